@@ -1,0 +1,682 @@
+//! pipeline.toml: the one configuration file, with named profiles.
+//!
+//! The top-level tables are the `default` profile. `[profiles.NAME.<table>]` overlays
+//! change only the keys they name. Every table denies unknown keys, and an error names the
+//! key and its line. The main type is [`PipelineConfig`]; its tables keep the names of
+//! BERT's flags (`max_seq_length`, `masked_lm_prob`) and HF's `BertConfig` (`hidden_size`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole configuration of one profile, after overlays are applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where the run lives and the master seed.
+    pub run: RunConfig,
+    /// Raw pre-training text and held-out evaluation text.
+    pub corpus: CorpusConfig,
+    /// WordPiece vocabulary training.
+    pub vocab: VocabConfig,
+    /// Next-sentence pair sampling.
+    pub pairs: PairsConfig,
+    /// Masked-LM instance creation.
+    pub mask: MaskConfig,
+    /// Model sizes, HF `BertConfig` names.
+    pub model: BertConfig,
+    /// Pre-training loop.
+    pub pretrain: PretrainConfig,
+    /// Fine-tuning tasks and recipe.
+    #[serde(default)]
+    pub finetune: FinetuneConfig,
+    /// Benchmark report.
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// `[run]`: the run directory and the master seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run directory holding the manifest and every artifact (relative to pipeline.toml).
+    pub dir: PathBuf,
+    /// Master seed; every stage derives its own seeds from it (`random_seed` in BERT).
+    #[serde(default = "default_seed")]
+    pub random_seed: u64,
+    /// Worker threads for rayon and the model (0 = all cores).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_seed() -> u64 {
+    12345
+}
+
+/// `[corpus]`: the raw text, BERT format (one sentence per line, blank line between documents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusConfig {
+    /// Glob patterns of pre-training text files (relative to pipeline.toml).
+    pub input: Vec<String>,
+    /// Held-out text for MLM perplexity (WikiText-2), optional.
+    #[serde(default)]
+    pub heldout: Option<String>,
+}
+
+/// `[vocab]`: WordPiece training with the `tokenizers` crate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocabConfig {
+    /// Target vocabulary size, special tokens included. Must equal `model.vocab_size`.
+    pub vocab_size: usize,
+    /// Lowercase and strip accents (uncased BERT).
+    #[serde(default = "yes")]
+    pub lowercase: bool,
+    /// Minimum pair frequency for a merge.
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+    /// Most distinct initial characters kept.
+    #[serde(default = "default_limit_alphabet")]
+    pub limit_alphabet: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_min_frequency() -> u64 {
+    2
+}
+fn default_limit_alphabet() -> usize {
+    1000
+}
+
+/// `[pairs]`: `create_instances_from_document` of Google's create_pretraining_data.py.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairsConfig {
+    /// Maximum total length of `[CLS] A [SEP] B [SEP]`.
+    pub max_seq_length: usize,
+    /// Probability of a shorter target length (BERT: 0.1).
+    pub short_seq_prob: f64,
+    /// Passes over the corpus, each with other pairs and, later, other masks (BERT: 10).
+    pub dupe_factor: usize,
+    /// Documents held out from every input file for evaluation (fraction, 0..1).
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+    /// Pairs per output shard.
+    #[serde(default = "default_shard_rows")]
+    pub shard_rows: usize,
+}
+
+fn default_eval_fraction() -> f64 {
+    0.02
+}
+fn default_shard_rows() -> usize {
+    32768
+}
+
+/// `[mask]`: `create_masked_lm_predictions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// Fraction of tokens masked (BERT: 0.15).
+    pub masked_lm_prob: f64,
+    /// Most masked positions per sequence (BERT: 20 at length 128, 80 at 512).
+    pub max_predictions_per_seq: usize,
+    /// Mask all WordPiece pieces of a word together.
+    #[serde(default)]
+    pub do_whole_word_mask: bool,
+}
+
+/// `[model]`: HF `BertConfig`, same key names, so `config.json` is written straight from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+fn default_ln_eps() -> f64 {
+    1e-12
+}
+
+impl Default for BertConfig {
+    /// bert-base-uncased.
+    fn default() -> Self {
+        BertConfig {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: default_act(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+        }
+    }
+}
+
+/// One pre-training phase (the paper trains 90% of steps at 128, then 10% at 512).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainPhase {
+    /// Sequence length of this phase's instances (must match the mask shards it reads).
+    pub max_seq_length: usize,
+    /// Optimizer steps in this phase.
+    pub num_train_steps: usize,
+}
+
+/// `[pretrain]`: the MLM + NSP training loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Sequences per optimizer step (before accumulation split).
+    pub train_batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    #[serde(default = "one")]
+    pub gradient_accumulation_steps: usize,
+    /// Peak learning rate (BERT: 1e-4).
+    pub learning_rate: f64,
+    /// Total optimizer steps.
+    pub num_train_steps: usize,
+    /// Linear warmup steps.
+    pub num_warmup_steps: usize,
+    /// AdamW decoupled weight decay, not applied to LayerNorm and bias (BERT: 0.01).
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "default_adam_eps")]
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clip (BERT: 1.0).
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Log metrics every N steps.
+    #[serde(default = "default_log_every")]
+    pub log_every_steps: usize,
+    /// Evaluate on the held-out shard every N steps (0 = only at the end).
+    #[serde(default)]
+    pub eval_every_steps: usize,
+    /// Held-out batches per evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    #[serde(default)]
+    pub save_checkpoints_steps: usize,
+    /// Checkpoints kept on disk.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Instances held in the streaming shuffle buffer.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    /// Optional seq-128-then-512 schedule; empty means one phase at the mask length.
+    #[serde(default)]
+    pub phases: Vec<PretrainPhase>,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-6
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_eval_batches() -> usize {
+    20
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_shuffle_buffer() -> usize {
+    10000
+}
+
+/// `[finetune]`: the GLUE / SQuAD recipe of the paper, per-task overrides and custom tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Task names to run: GLUE presets (`cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli`,
+    /// `rte`, `wnli`), `squad`, or a name under `[finetune.tasks]`.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Where the GLUE data lives (folders `CoLA/`, `SST-2/`, ...).
+    #[serde(default = "default_glue_dir")]
+    pub glue_dir: PathBuf,
+    /// SQuAD v1.1 files.
+    #[serde(default)]
+    pub squad: SquadConfig,
+    /// `pretrained` (this run's checkpoint), `scratch`, or a path to an HF-format BERT directory.
+    #[serde(default = "default_init")]
+    pub init: String,
+    /// Also fine-tune the same model from random weights, for the paper's comparison.
+    #[serde(default)]
+    pub compare_scratch: bool,
+    /// Seeds per task (mean, median and std are reported over them).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default = "default_ft_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "default_ft_batch")]
+    pub train_batch_size: usize,
+    #[serde(default = "default_ft_epochs")]
+    pub num_train_epochs: f64,
+    #[serde(default = "default_warmup_prop")]
+    pub warmup_proportion: f64,
+    #[serde(default = "default_ft_seq")]
+    pub max_seq_length: usize,
+    /// Subsample training sets to at most this many rows (0 = all); reported when used.
+    #[serde(default)]
+    pub max_train_examples: usize,
+    /// Subsample dev sets to at most this many rows (0 = all).
+    #[serde(default)]
+    pub max_eval_examples: usize,
+    /// Per-task overrides of the recipe (keys as above).
+    #[serde(default)]
+    pub overrides: BTreeMap<String, TaskOverride>,
+    /// Tasks defined in pipeline.toml alone.
+    #[serde(default)]
+    pub custom: BTreeMap<String, CustomTask>,
+}
+
+fn default_glue_dir() -> PathBuf {
+    PathBuf::from("datasets/glue")
+}
+fn default_init() -> String {
+    "pretrained".into()
+}
+fn default_seeds() -> Vec<u64> {
+    vec![1]
+}
+fn default_ft_lr() -> f64 {
+    5e-5
+}
+fn default_ft_batch() -> usize {
+    32
+}
+fn default_ft_epochs() -> f64 {
+    3.0
+}
+fn default_warmup_prop() -> f64 {
+    0.1
+}
+fn default_ft_seq() -> usize {
+    128
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("all finetune keys have defaults")
+    }
+}
+
+/// Per-task recipe overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskOverride {
+    pub learning_rate: Option<f64>,
+    pub train_batch_size: Option<usize>,
+    pub num_train_epochs: Option<f64>,
+    pub max_seq_length: Option<usize>,
+    pub max_train_examples: Option<usize>,
+    pub max_eval_examples: Option<usize>,
+    pub seeds: Option<Vec<u64>>,
+}
+
+/// A classification or regression task defined only in pipeline.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomTask {
+    /// Training file (TSV or CSV).
+    pub train: PathBuf,
+    /// Dev file used for the reported metrics.
+    pub dev: PathBuf,
+    /// Optional test file (predictions are written for it).
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Field delimiter: "\t" or ",".
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Honour double quotes around fields (CSV style). GLUE files need `false`.
+    #[serde(default)]
+    pub quoting: bool,
+    /// The first row holds column names.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Column (name when `header`, else 0-based index as a string) of the first text.
+    pub text_a: String,
+    /// Column of the second text, for pair tasks.
+    #[serde(default)]
+    pub text_b: Option<String>,
+    /// Column of the label.
+    pub label: String,
+    /// Label values for classification; empty means regression.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `accuracy`, `f1`, `mcc`, `pearson`, `spearman`; the first is the headline.
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<String>,
+}
+
+fn default_delimiter() -> String {
+    "\t".into()
+}
+fn default_metrics() -> Vec<String> {
+    vec!["accuracy".into()]
+}
+
+/// SQuAD v1.1 settings (paper: doc stride 128, max query 64, max answer 30).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SquadConfig {
+    /// Official train file; when absent, half the dev articles train and half evaluate.
+    #[serde(default)]
+    pub train_file: Option<PathBuf>,
+    #[serde(default = "default_squad_dev")]
+    pub dev_file: PathBuf,
+    #[serde(default = "default_squad_seq")]
+    pub max_seq_length: usize,
+    #[serde(default = "default_doc_stride")]
+    pub doc_stride: usize,
+    #[serde(default = "default_max_query")]
+    pub max_query_length: usize,
+    #[serde(default = "default_max_answer")]
+    pub max_answer_length: usize,
+    #[serde(default = "default_n_best")]
+    pub n_best_size: usize,
+    /// Cap on training questions (0 = all).
+    #[serde(default)]
+    pub max_train_examples: usize,
+    /// Cap on evaluated questions (0 = all).
+    #[serde(default)]
+    pub max_eval_examples: usize,
+}
+
+fn default_squad_dev() -> PathBuf {
+    PathBuf::from("datasets/squad/dev-v1.1.json")
+}
+fn default_squad_seq() -> usize {
+    384
+}
+fn default_doc_stride() -> usize {
+    128
+}
+fn default_max_query() -> usize {
+    64
+}
+fn default_max_answer() -> usize {
+    30
+}
+fn default_n_best() -> usize {
+    20
+}
+
+impl Default for SquadConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("all squad keys have defaults")
+    }
+}
+
+/// `[report]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Title printed at the top of the report.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// A loaded configuration: the profile's values plus where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The profile's settings.
+    pub config: PipelineConfig,
+    /// Profile name (`default` for the top-level tables).
+    pub profile: String,
+    /// Directory of pipeline.toml; relative paths resolve against it.
+    pub root: PathBuf,
+    /// The file it was read from.
+    pub path: PathBuf,
+}
+
+impl LoadedConfig {
+    /// Resolves a path from the config against the directory of pipeline.toml.
+    pub fn resolve(&self, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.resolve(&self.config.run.dir)
+    }
+}
+
+/// Reads `path` and returns the named profile (`default` = the top-level tables).
+pub fn load_config(path: &Path, profile: &str) -> Result<LoadedConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "{}: {e} (pass --config PATH or run from the repository root)",
+            path.display()
+        ))
+    })?;
+    let config = parse_config(&text, profile).map_err(|msg| {
+        Error::Config(format!("{}: {msg}", path.display()))
+    })?;
+    let root = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    Ok(LoadedConfig {
+        config,
+        profile: profile.to_string(),
+        root,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Parses the text of pipeline.toml and applies the profile overlay. The error is one line
+/// naming the key and its line number.
+pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineConfig, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))?;
+    let profiles = match doc.remove("profiles") {
+        None => toml::Table::new(),
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return Err("`profiles` must be a table of tables".into()),
+    };
+    // Validate the base document with spans, so unknown keys get a line number.
+    let base: PipelineConfig = toml::from_str(&strip_profiles(text))
+        .map_err(|e| one_line_toml_error(&e, text))?;
+    if profile == "default" {
+        validate(&base)?;
+        return Ok(base);
+    }
+    let Some(overlay) = profiles.get(profile) else {
+        let mut names: Vec<&str> = profiles.keys().map(String::as_str).collect();
+        names.insert(0, "default");
+        return Err(format!(
+            "no profile `{profile}`; known profiles: {}",
+            names.join(", ")
+        ));
+    };
+    let mut merged = toml::Value::Table(doc);
+    merge(&mut merged, overlay.clone());
+    let config: PipelineConfig = merged.try_into().map_err(|e: toml::de::Error| {
+        let msg = e.message().to_string();
+        let line = unknown_key(&msg).and_then(|k| find_key_line(text, &k));
+        match line {
+            Some(l) => format!("line {l}: in [profiles.{profile}]: {msg}"),
+            None => format!("in [profiles.{profile}]: {msg}"),
+        }
+    })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Removes everything from the first `[profiles...]` header on, keeping line numbers of the
+/// base tables unchanged.
+fn strip_profiles(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_profiles = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            let name = t.trim_start_matches('[').trim_start();
+            in_profiles = name.starts_with("profiles.") || name.starts_with("profiles]");
+        }
+        if !in_profiles {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn unknown_key(msg: &str) -> Option<String> {
+    let rest = msg.split("unknown field `").nth(1)?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines().enumerate().rev().find_map(|(i, l)| {
+        let t = l.trim_start();
+        let k = t.split('=').next()?.trim();
+        (t.contains('=') && k == key).then_some(i + 1)
+    })
+}
+
+fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Cross-table checks that serde cannot express.
+fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
+    if c.vocab.vocab_size != c.model.vocab_size {
+        return Err(format!(
+            "vocab.vocab_size = {} but model.vocab_size = {}: set both to the same value",
+            c.vocab.vocab_size, c.model.vocab_size
+        ));
+    }
+    if c.model.hidden_size % c.model.num_attention_heads != 0 {
+        return Err(format!(
+            "model.hidden_size = {} is not a multiple of model.num_attention_heads = {}",
+            c.model.hidden_size, c.model.num_attention_heads
+        ));
+    }
+    if c.pairs.max_seq_length > c.model.max_position_embeddings {
+        return Err(format!(
+            "pairs.max_seq_length = {} exceeds model.max_position_embeddings = {}",
+            c.pairs.max_seq_length, c.model.max_position_embeddings
+        ));
+    }
+    if c.pairs.max_seq_length < 8 {
+        return Err("pairs.max_seq_length must be at least 8".into());
+    }
+    if !(0.0..=1.0).contains(&c.pairs.short_seq_prob) {
+        return Err("pairs.short_seq_prob must be within 0..1".into());
+    }
+    if !(0.0..1.0).contains(&c.pairs.eval_fraction) {
+        return Err("pairs.eval_fraction must be within 0..1 (exclusive of 1)".into());
+    }
+    if !(c.mask.masked_lm_prob > 0.0 && c.mask.masked_lm_prob < 1.0) {
+        return Err("mask.masked_lm_prob must be within (0, 1)".into());
+    }
+    if c.pairs.dupe_factor == 0 {
+        return Err("pairs.dupe_factor must be at least 1".into());
+    }
+    if c.pretrain.train_batch_size == 0
+        || c.pretrain.train_batch_size % c.pretrain.gradient_accumulation_steps != 0
+    {
+        return Err(
+            "pretrain.train_batch_size must be a positive multiple of gradient_accumulation_steps"
+                .into(),
+        );
+    }
+    Ok(())
+}
