@@ -1,1 +1,228 @@
-//! TODO: mask
+//! Masked-LM instances: the second half of Google's `create_pretraining_data.py`.
+//!
+//! [`create_training_instance`] turns a [`SentencePair`] into `[CLS] A [SEP] B [SEP]` with
+//! segment ids, and [`create_masked_lm_predictions`] picks ~15% of its tokens to predict:
+//! 80% become `[MASK]`, 10% stay, 10% become a random token. [`create_training_instances`]
+//! masks a whole shard in parallel blocks, each with its own seeded generator, so the result
+//! is the same whatever the thread count.
+//!
+//! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py#L342>
+
+use std::ops::Range;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rayon::prelude::*;
+
+use crate::config::MaskConfig;
+use crate::error::{Error, Result};
+use crate::pairs::seeded_rng;
+use crate::shard::{SentencePair, TrainingInstance};
+
+/// Rows masked with one generator; blocks are masked in parallel.
+pub const MASK_BLOCK_ROWS: usize = 1024;
+
+/// What masking needs to know about the vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskVocab {
+    /// Random replacements are drawn from `0..vocab_size` (as Google draws from all words).
+    pub vocab_size: usize,
+    /// `[CLS]` id, never masked.
+    pub cls: u32,
+    /// `[SEP]` id, never masked.
+    pub sep: u32,
+    /// `[MASK]` id.
+    pub mask: u32,
+    /// `is_continuation[id]`: the token starts with `##` (whole-word masking joins it to the
+    /// piece before).
+    pub is_continuation: Vec<bool>,
+}
+
+impl MaskVocab {
+    /// Builds it from the tokens in id order (`tokens[id]`), finding `[CLS]`, `[SEP]` and
+    /// `[MASK]` by name.
+    pub fn from_tokens<S: AsRef<str>>(tokens: &[S]) -> Result<Self> {
+        let find = |name: &str| {
+            tokens
+                .iter()
+                .position(|t| t.as_ref() == name)
+                .map(|id| id as u32)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "the vocabulary has no {name} token: rebuild it with the vocab stage"
+                    ))
+                })
+        };
+        Ok(MaskVocab {
+            vocab_size: tokens.len(),
+            cls: find("[CLS]")?,
+            sep: find("[SEP]")?,
+            mask: find("[MASK]")?,
+            is_continuation: tokens.iter().map(|t| t.as_ref().starts_with("##")).collect(),
+        })
+    }
+
+    fn is_continuation(&self, id: u32) -> bool {
+        self.is_continuation
+            .get(id as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+/// Candidate positions, grouped: one group per token, or per whole word.
+struct CandidateIndexes {
+    indexes: Vec<usize>,
+    groups: Vec<Range<usize>>,
+}
+
+/// Groups the positions that may be masked: every token but `[CLS]`/`[SEP]`; with whole-word
+/// masking a `##` piece joins the group before it.
+fn candidate_indexes(tokens: &[u32], do_whole_word_mask: bool, vocab: &MaskVocab) -> CandidateIndexes {
+    let mut groups: Vec<Vec<usize>> = Vec::with_capacity(tokens.len());
+    for (i, &token) in tokens.iter().enumerate() {
+        if token == vocab.cls || token == vocab.sep {
+            continue;
+        }
+        // Whole Word Masking means that if we mask all of the wordpieces corresponding to an
+        // original word. When a word has been split into WordPieces, the first token does
+        // not have any marker and any subsequence tokens are prefixed with ##.
+        match groups.last_mut() {
+            Some(group) if do_whole_word_mask && vocab.is_continuation(token) => group.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
+    let mut candidates = CandidateIndexes {
+        indexes: Vec::with_capacity(tokens.len()),
+        groups: Vec::with_capacity(groups.len()),
+    };
+    for group in groups {
+        let start = candidates.indexes.len();
+        candidates.indexes.extend(group);
+        candidates.groups.push(start..candidates.indexes.len());
+    }
+    candidates
+}
+
+/// Creates the predictions for the masked LM objective.
+///
+/// Returns the tokens with masked positions replaced, the positions (ascending) and their
+/// original ids.
+pub fn create_masked_lm_predictions(
+    tokens: &[u32],
+    masked_lm_prob: f64,
+    max_predictions_per_seq: usize,
+    do_whole_word_mask: bool,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let CandidateIndexes {
+        indexes,
+        mut groups,
+    } = candidate_indexes(tokens, do_whole_word_mask, vocab);
+    groups.shuffle(rng);
+
+    let mut output_tokens = tokens.to_vec();
+    // Python's round() rounds half to even.
+    let num_to_predict = max_predictions_per_seq
+        .min(((tokens.len() as f64 * masked_lm_prob).round_ties_even() as usize).max(1));
+
+    let mut masked_lms: Vec<(usize, u32)> = Vec::with_capacity(num_to_predict);
+    let mut covered = vec![false; tokens.len()];
+    for group in groups {
+        if masked_lms.len() >= num_to_predict {
+            break;
+        }
+        let index_set = &indexes[group];
+        // If adding a whole-word mask would exceed the maximum number of predictions, then
+        // just skip this candidate.
+        if masked_lms.len() + index_set.len() > num_to_predict {
+            continue;
+        }
+        if index_set.iter().any(|&index| covered[index]) {
+            continue;
+        }
+        for &index in index_set {
+            covered[index] = true;
+            output_tokens[index] = masked_token(tokens[index], vocab, rng);
+            masked_lms.push((index, tokens[index]));
+        }
+    }
+    assert!(masked_lms.len() <= num_to_predict);
+    masked_lms.sort_unstable_by_key(|&(index, _)| index);
+
+    let masked_lm_positions = masked_lms.iter().map(|&(index, _)| index as u32).collect();
+    let masked_lm_labels = masked_lms.iter().map(|&(_, label)| label).collect();
+    (output_tokens, masked_lm_positions, masked_lm_labels)
+}
+
+/// What a chosen position shows the model instead of `original`.
+fn masked_token(original: u32, vocab: &MaskVocab, rng: &mut impl Rng) -> u32 {
+    // 80% of the time, replace with [MASK]
+    if rng.gen::<f64>() < 0.8 {
+        vocab.mask
+    // 10% of the time, keep original
+    } else if rng.gen::<f64>() < 0.5 {
+        original
+    // 10% of the time, replace with random word
+    } else {
+        rng.gen_range(0..vocab.vocab_size as u32)
+    }
+}
+
+/// Builds `[CLS] A [SEP] B [SEP]` with segment ids 0 for `[CLS] A [SEP]` and 1 for
+/// `B [SEP]`, then masks it.
+pub fn create_training_instance(
+    pair: &SentencePair,
+    cfg: &MaskConfig,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+) -> TrainingInstance {
+    let len_a = pair.tokens_a.len();
+    let len_b = pair.tokens_b.len();
+    let mut tokens = Vec::with_capacity(len_a + len_b + 3);
+    tokens.push(vocab.cls);
+    tokens.extend_from_slice(&pair.tokens_a);
+    tokens.push(vocab.sep);
+    tokens.extend_from_slice(&pair.tokens_b);
+    tokens.push(vocab.sep);
+    let mut segment_ids = vec![0u8; len_a + 2];
+    segment_ids.resize(len_a + len_b + 3, 1);
+
+    let (tokens, masked_lm_positions, masked_lm_labels) = create_masked_lm_predictions(
+        &tokens,
+        cfg.masked_lm_prob,
+        cfg.max_predictions_per_seq,
+        cfg.do_whole_word_mask,
+        vocab,
+        rng,
+    );
+    TrainingInstance {
+        tokens,
+        segment_ids,
+        masked_lm_positions,
+        masked_lm_labels,
+        is_random_next: pair.is_random_next,
+    }
+}
+
+/// Masks one shard of pairs. Blocks of [`MASK_BLOCK_ROWS`] rows run in parallel, each with a
+/// generator seeded from `(random_seed, "mask", shard_index, block)`.
+pub fn create_training_instances(
+    pairs: &[SentencePair],
+    cfg: &MaskConfig,
+    vocab: &MaskVocab,
+    random_seed: u64,
+    shard_index: usize,
+) -> Vec<TrainingInstance> {
+    pairs
+        .par_chunks(MASK_BLOCK_ROWS)
+        .enumerate()
+        .flat_map_iter(|(block, rows)| {
+            let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
+            rows.iter()
+                .map(|pair| create_training_instance(pair, cfg, vocab, &mut rng))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -1,1 +1,556 @@
-//! TODO: pairs
+//! Next-sentence pairs: the first half of Google's `create_pretraining_data.py`.
+//!
+//! A corpus file holds one sentence per line and a blank line between documents.
+//! [`create_instances_from_document`] cuts a document into `A`/`B` segment pairs (half of
+//! them with `B` taken from another document), and [`truncate_seq_pair`] fits each pair into
+//! `max_seq_length`. Masking is left to [`crate::mask`].
+//!
+//! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
+//! input file on its own (rayon over files; the "other document" comes from the same file),
+//! so peak memory is one file per thread, not the corpus. Every random stream is a
+//! [`ChaCha8Rng`] seeded from `(random_seed, stage, file, dupe)` by [`seeded_rng`], so the
+//! output is bit-identical whatever the thread count.
+//!
+//! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py>
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::config::PairsConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+use crate::shard::SentencePair;
+
+/// One document: its sentences ("segments" in Google's code) as token ids, none empty.
+pub type Document = Vec<Vec<u32>>;
+
+/// A line longer than this is not a sentence: the file is probably not one sentence per line.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Tokenizes a batch of lines into token ids, without special tokens.
+pub type TokenizeFn<'a> = dyn Fn(&[&str]) -> Result<Vec<Vec<u32>>> + Sync + 'a;
+
+/// Receives each finished shard of pairs; called from several threads.
+pub type PairSinkFn<'a> = dyn Fn(PairShard<'_>) -> Result<()> + Sync + 'a;
+
+/// A ChaCha8 generator seeded from the master seed, a stage label and indices (file, dupe,
+/// shard...). Streams for different labels or indices are independent, and none depends on
+/// which thread runs it.
+pub fn seeded_rng(random_seed: u64, stage: &str, indices: &[u64]) -> ChaCha8Rng {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&random_seed.to_le_bytes());
+    hasher.update(&(stage.len() as u64).to_le_bytes());
+    hasher.update(stage.as_bytes());
+    for index in indices {
+        hasher.update(&index.to_le_bytes());
+    }
+    ChaCha8Rng::from_seed(*hasher.finalize().as_bytes())
+}
+
+/// Which split a pair belongs to: documents held out of each file form `Eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Pre-training pairs.
+    Train,
+    /// Pairs from held-out documents, for evaluating the masked LM.
+    Eval,
+}
+
+impl Split {
+    /// `train` or `eval`: the name used in shard file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Eval => "eval",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One output shard handed to the sink: at most `shard_rows` pairs of one split of one file.
+#[derive(Debug, Clone, Copy)]
+pub struct PairShard<'a> {
+    /// Train or eval.
+    pub split: Split,
+    /// Index of the input file in the list given to [`create_training_pairs`].
+    pub file_index: usize,
+    /// Index of this shard among the file's shards of this split.
+    pub shard_index: usize,
+    /// The pairs, already shuffled.
+    pub pairs: &'a [SentencePair],
+}
+
+impl PairShard<'_> {
+    /// A file stem unique within a run, e.g. `train-00003-0001`.
+    pub fn stem(&self) -> String {
+        format!(
+            "{}-{:05}-{:04}",
+            self.split, self.file_index, self.shard_index
+        )
+    }
+}
+
+/// Counts for one input file, or (summed) for the whole corpus.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PairsSummary {
+    /// Input files read.
+    pub files: usize,
+    /// Bytes of input text.
+    pub input_bytes: u64,
+    /// Documents with at least one non-empty sentence.
+    pub documents: usize,
+    /// Of those, documents held out for the eval split.
+    pub eval_documents: usize,
+    /// WordPiece tokens in all documents.
+    pub tokens: u64,
+    /// Pairs written to the train split (all dupe passes).
+    pub train_pairs: usize,
+    /// Pairs written to the eval split.
+    pub eval_pairs: usize,
+}
+
+impl PairsSummary {
+    fn add(&mut self, other: &PairsSummary) {
+        self.files += other.files;
+        self.input_bytes += other.input_bytes;
+        self.documents += other.documents;
+        self.eval_documents += other.eval_documents;
+        self.tokens += other.tokens;
+        self.train_pairs += other.train_pairs;
+        self.eval_pairs += other.eval_pairs;
+    }
+}
+
+/// The pairs made from one input file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilePairs {
+    /// Shuffled train pairs of every dupe pass.
+    pub train: Vec<SentencePair>,
+    /// Shuffled pairs of the held-out documents (one pass).
+    pub eval: Vec<SentencePair>,
+    /// This file's counts.
+    pub summary: PairsSummary,
+}
+
+/// Reads a corpus file and checks it is text in BERT format; the error names the file and
+/// says what to fix (empty, binary, not UTF-8, a huge line, fewer than 2 documents).
+pub fn read_corpus_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).at(path)?;
+    check_corpus_text(path, bytes)
+}
+
+/// The checks of [`read_corpus_file`] on bytes already read.
+pub fn check_corpus_text(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::data(
+            path,
+            "empty file: no documents (write one sentence per line, a blank line between documents)",
+        ));
+    }
+    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
+        return Err(Error::data(
+            path,
+            format!("binary file (NUL byte at offset {offset}): give a UTF-8 text file, one sentence per line"),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        Error::data(
+            path,
+            format!("not UTF-8 at byte offset {offset}: re-encode the file as UTF-8 (e.g. iconv -t UTF-8)"),
+        )
+    })?;
+    if let Some((number, line)) = text
+        .lines()
+        .enumerate()
+        .find(|(_, line)| line.len() > MAX_LINE_BYTES)
+    {
+        return Err(Error::data(
+            path,
+            format!(
+                "line {} is {} bytes (over 1 MiB): not one sentence per line? split it into sentences",
+                number + 1,
+                line.len()
+            ),
+        ));
+    }
+    let documents = split_documents(&text).len();
+    check_document_count(path, documents)?;
+    Ok(text)
+}
+
+fn check_document_count(path: &Path, documents: usize) -> Result<()> {
+    if documents < 2 {
+        return Err(Error::data(
+            path,
+            format!("only {documents} document(s): next-sentence sampling needs at least 2; separate documents with a blank line"),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits BERT-format text into documents of trimmed, non-empty lines. Blank lines separate
+/// documents; documents without a sentence are dropped (as Google's reader does).
+pub fn split_documents(text: &str) -> Vec<Vec<&str>> {
+    let mut documents = vec![Vec::new()];
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            if !documents.last().is_some_and(Vec::is_empty) {
+                documents.push(Vec::new());
+            }
+        } else if let Some(document) = documents.last_mut() {
+            document.push(line);
+        }
+    }
+    documents.retain(|d| !d.is_empty());
+    documents
+}
+
+/// Tokenizes every line of every document in one batch; sentences with no tokens are
+/// dropped, then documents with no sentences (as Google's reader does).
+pub fn tokenize_documents(
+    documents: &[Vec<&str>],
+    tokenize: &TokenizeFn<'_>,
+) -> Result<Vec<Document>> {
+    let lines: Vec<&str> = documents.iter().flatten().copied().collect();
+    let mut ids = tokenize(&lines)?.into_iter();
+    let mut tokenized = Vec::with_capacity(documents.len());
+    for document in documents {
+        let segments: Document = ids
+            .by_ref()
+            .take(document.len())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !segments.is_empty() {
+            tokenized.push(segments);
+        }
+    }
+    Ok(tokenized)
+}
+
+/// Truncates a pair of sequences to a maximum sequence length.
+///
+/// The longer one loses a token each step, from the front or the back at random, "to add
+/// more randomness and avoid biases".
+pub fn truncate_seq_pair(
+    tokens_a: &mut Vec<u32>,
+    tokens_b: &mut Vec<u32>,
+    max_num_tokens: usize,
+    rng: &mut impl Rng,
+) {
+    // Same steps as Google's loop, on index ranges so dropping the front is O(1).
+    let (mut a, mut b) = (0..tokens_a.len(), 0..tokens_b.len());
+    while a.len() + b.len() > max_num_tokens {
+        let trunc = if a.len() > b.len() { &mut a } else { &mut b };
+        assert!(!trunc.is_empty());
+        if rng.gen::<f64>() < 0.5 {
+            trunc.start += 1;
+        } else {
+            trunc.end -= 1;
+        }
+    }
+    tokens_a.truncate(a.end);
+    tokens_a.drain(..a.start);
+    tokens_b.truncate(b.end);
+    tokens_b.drain(..b.start);
+}
+
+/// Creates `SentencePair`s for a single document.
+///
+/// Segments are gathered into a chunk until it reaches the target length; a random prefix
+/// of the chunk becomes `A`; `B` is the rest of the chunk, or (half of the time, and always
+/// when the chunk is one segment) a span of a random other document.
+pub fn create_instances_from_document(
+    all_documents: &[Document],
+    document_index: usize,
+    max_seq_length: usize,
+    short_seq_prob: f64,
+    rng: &mut impl Rng,
+) -> Vec<SentencePair> {
+    let document = &all_documents[document_index];
+
+    // Account for [CLS], [SEP], [SEP]
+    let max_num_tokens = max_seq_length - 3;
+
+    // We *usually* want to fill up the entire sequence since we are padding to
+    // `max_seq_length` anyways, so short sequences are generally wasted computation.
+    // However, we *sometimes* (i.e., short_seq_prob == 0.1 == 10% of the time) want to use
+    // shorter sequences to minimize the mismatch between pre-training and fine-tuning.
+    let mut target_seq_length = max_num_tokens;
+    if rng.gen::<f64>() < short_seq_prob {
+        target_seq_length = rng.gen_range(2..=max_num_tokens);
+    }
+
+    let mut instances = Vec::new();
+    let mut current_chunk: Vec<&[u32]> = Vec::new();
+    let mut current_length = 0;
+    let mut i = 0;
+    while i < document.len() {
+        let segment = &document[i];
+        current_chunk.push(segment);
+        current_length += segment.len();
+        if i == document.len() - 1 || current_length >= target_seq_length {
+            // `a_end` is how many segments from `current_chunk` go into the `A` sentence.
+            let mut a_end = 1;
+            if current_chunk.len() >= 2 {
+                a_end = rng.gen_range(1..=current_chunk.len() - 1);
+            }
+            let mut tokens_a: Vec<u32> = current_chunk[..a_end].concat();
+
+            let mut tokens_b = Vec::new();
+            let is_random_next = current_chunk.len() == 1 || rng.gen::<f64>() < 0.5;
+            if is_random_next {
+                let target_b_length = target_seq_length.saturating_sub(tokens_a.len());
+                let random_document =
+                    &all_documents[pick_random_document(all_documents.len(), document_index, rng)];
+                let random_start = rng.gen_range(0..random_document.len());
+                for segment in &random_document[random_start..] {
+                    tokens_b.extend_from_slice(segment);
+                    if tokens_b.len() >= target_b_length {
+                        break;
+                    }
+                }
+                // We didn't actually use these segments so we "put them back" so they
+                // don't go to waste.
+                let num_unused_segments = current_chunk.len() - a_end;
+                i -= num_unused_segments;
+            } else {
+                tokens_b = current_chunk[a_end..].concat();
+            }
+            truncate_seq_pair(&mut tokens_a, &mut tokens_b, max_num_tokens, rng);
+            assert!(!tokens_a.is_empty());
+            assert!(!tokens_b.is_empty());
+            instances.push(SentencePair {
+                tokens_a,
+                tokens_b,
+                is_random_next,
+            });
+            current_chunk.clear();
+            current_length = 0;
+        }
+        i += 1;
+    }
+    instances
+}
+
+/// Picks the document `B` comes from: "we try to make sure that the random document is not
+/// the same as the document we're processing" (10 tries, as Google).
+fn pick_random_document(num_documents: usize, document_index: usize, rng: &mut impl Rng) -> usize {
+    let mut random_document_index = document_index;
+    for _ in 0..10 {
+        random_document_index = rng.gen_range(0..num_documents);
+        if random_document_index != document_index {
+            break;
+        }
+    }
+    random_document_index
+}
+
+/// How many of a file's `num_documents` (already shuffled) are held out for eval: the
+/// rounded fraction, or none when either split would have fewer than the 2 documents
+/// next-sentence sampling needs.
+pub fn eval_document_count(num_documents: usize, eval_fraction: f64) -> usize {
+    let held_out = (num_documents as f64 * eval_fraction).round() as usize;
+    if held_out < 2 || num_documents.saturating_sub(held_out) < 2 {
+        0
+    } else {
+        held_out
+    }
+}
+
+/// Pairs of one tokenized file: documents shuffled, a held-out eval split, `dupe_factor`
+/// passes over the train documents, then the train pairs shuffled.
+pub fn create_pairs_from_documents(
+    mut documents: Vec<Document>,
+    file_index: usize,
+    cfg: &PairsConfig,
+    random_seed: u64,
+) -> FilePairs {
+    let file = file_index as u64;
+    documents.shuffle(&mut seeded_rng(random_seed, "pairs/documents", &[file]));
+    let num_eval = eval_document_count(documents.len(), cfg.eval_fraction);
+    let (eval_documents, train_documents) = documents.split_at(num_eval);
+
+    let mut train = Vec::new();
+    for dupe in 0..cfg.dupe_factor {
+        let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
+        for document_index in 0..train_documents.len() {
+            train.extend(create_instances_from_document(
+                train_documents,
+                document_index,
+                cfg.max_seq_length,
+                cfg.short_seq_prob,
+                &mut rng,
+            ));
+        }
+    }
+    train.shuffle(&mut seeded_rng(random_seed, "pairs/shuffle", &[file]));
+
+    let mut eval = Vec::new();
+    let mut rng = seeded_rng(random_seed, "pairs/eval", &[file]);
+    for document_index in 0..eval_documents.len() {
+        eval.extend(create_instances_from_document(
+            eval_documents,
+            document_index,
+            cfg.max_seq_length,
+            cfg.short_seq_prob,
+            &mut rng,
+        ));
+    }
+    eval.shuffle(&mut rng);
+
+    let summary = PairsSummary {
+        files: 1,
+        input_bytes: 0,
+        documents: documents.len(),
+        eval_documents: num_eval,
+        tokens: documents.iter().flatten().map(|s| s.len() as u64).sum(),
+        train_pairs: train.len(),
+        eval_pairs: eval.len(),
+    };
+    FilePairs {
+        train,
+        eval,
+        summary,
+    }
+}
+
+/// Reads, checks, tokenizes and pairs one corpus file.
+pub fn create_pairs_from_file(
+    path: &Path,
+    file_index: usize,
+    cfg: &PairsConfig,
+    random_seed: u64,
+    tokenize: &TokenizeFn<'_>,
+) -> Result<FilePairs> {
+    let text = read_corpus_file(path)?;
+    let documents = tokenize_documents(&split_documents(&text), tokenize)?;
+    check_document_count(path, documents.len())?;
+    let mut pairs = create_pairs_from_documents(documents, file_index, cfg, random_seed);
+    pairs.summary.input_bytes = text.len() as u64;
+    tracing::debug!(
+        file = %path.display(),
+        documents = pairs.summary.documents,
+        train_pairs = pairs.summary.train_pairs,
+        eval_pairs = pairs.summary.eval_pairs,
+        "paired"
+    );
+    Ok(pairs)
+}
+
+/// Hands a file's pairs to the sink in shards of at most `shard_rows`.
+fn emit_shards(
+    split: Split,
+    file_index: usize,
+    pairs: &[SentencePair],
+    shard_rows: usize,
+    sink: &PairSinkFn<'_>,
+) -> Result<()> {
+    for (shard_index, chunk) in pairs.chunks(shard_rows.max(1)).enumerate() {
+        sink(PairShard {
+            split,
+            file_index,
+            shard_index,
+            pairs: chunk,
+        })?;
+    }
+    Ok(())
+}
+
+/// The `pairs` stage's driver, like Google's `create_training_instances` without masking.
+///
+/// Files are processed in parallel and independently: each is read, tokenized with
+/// `tokenize`, paired, and its shards handed to `sink` before the next file is taken, so
+/// memory holds one file per thread. Shards are named by (split, file, shard), so the
+/// output does not depend on the thread count. `progress` counts input bytes.
+pub fn create_training_pairs(
+    input_files: &[PathBuf],
+    cfg: &PairsConfig,
+    random_seed: u64,
+    tokenize: &TokenizeFn<'_>,
+    sink: &PairSinkFn<'_>,
+    progress: &dyn Progress,
+) -> Result<PairsSummary> {
+    if cfg.max_seq_length < 5 {
+        return Err(Error::Config(format!(
+            "pairs.max_seq_length = {} leaves no room for [CLS] A [SEP] B [SEP]: use at least 8",
+            cfg.max_seq_length
+        )));
+    }
+    let total_bytes = input_files
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).at(p))
+        .sum::<Result<u64>>()?;
+    progress.start("pairs", total_bytes);
+    let per_file = input_files
+        .par_iter()
+        .enumerate()
+        .map(|(file_index, path)| {
+            let pairs = create_pairs_from_file(path, file_index, cfg, random_seed, tokenize)?;
+            emit_shards(Split::Train, file_index, &pairs.train, cfg.shard_rows, sink)?;
+            emit_shards(Split::Eval, file_index, &pairs.eval, cfg.shard_rows, sink)?;
+            progress.advance(pairs.summary.input_bytes);
+            Ok(pairs.summary)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    progress.finish();
+    let mut summary = PairsSummary::default();
+    for file in &per_file {
+        summary.add(file);
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(a: &[u32], b: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        (a.to_vec(), b.to_vec())
+    }
+
+    #[test]
+    fn truncate_keeps_the_shorter_side_until_equal() {
+        let (mut a, mut b) = pair(&[1, 2, 3, 4, 5, 6, 7, 8], &[9, 10]);
+        let mut rng = seeded_rng(1, "test", &[]);
+        truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+        assert_eq!((a.len(), b.len()), (4, 2));
+        assert_eq!(b, vec![9, 10]);
+        // What is left of A is a contiguous window of the original.
+        assert!(a.windows(2).all(|w| w[1] == w[0] + 1), "{a:?}");
+    }
+
+    #[test]
+    fn split_documents_on_blank_lines() {
+        let text = "\n a b \nc\n\n\n\nd\n  \n";
+        assert_eq!(split_documents(text), vec![vec!["a b", "c"], vec!["d"]]);
+    }
+
+    #[test]
+    fn eval_count_needs_two_documents_on_each_side() {
+        assert_eq!(eval_document_count(100, 0.02), 2);
+        assert_eq!(eval_document_count(10, 0.02), 0);
+        assert_eq!(eval_document_count(3, 0.5), 0);
+        assert_eq!(eval_document_count(400, 0.0), 0);
+    }
+
+    #[test]
+    fn seeds_differ_by_label_and_index() {
+        let draw = |label, idx: &[u64]| seeded_rng(7, label, idx).gen::<u64>();
+        assert_eq!(draw("pairs", &[0, 1]), draw("pairs", &[0, 1]));
+        assert_ne!(draw("pairs", &[0, 1]), draw("pairs", &[1, 0]));
+        assert_ne!(draw("pairs", &[0]), draw("mask", &[0]));
+    }
+}

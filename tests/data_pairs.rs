@@ -1,0 +1,365 @@
+//! Next-sentence pairs: exact behaviour of Google's algorithm on small fixed documents,
+//! determinism of the streaming driver on real text, and every bad-input error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use bertline::config::PairsConfig;
+use bertline::pairs::{
+    create_instances_from_document, create_pairs_from_file, create_training_pairs,
+    read_corpus_file, seeded_rng, truncate_seq_pair, Document, PairsSummary, Split,
+};
+use bertline::progress::NoProgress;
+use bertline::{Error, SentencePair};
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Ten documents of `segments` sentences, each sentence `len` ids unique in the corpus
+/// (document d, sentence s, token t -> d*10_000 + s*100 + t + 1).
+fn numbered_documents(num_documents: u32, segments: u32, len: u32) -> Vec<Document> {
+    (0..num_documents)
+        .map(|d| {
+            (0..segments)
+                .map(|s| (0..len).map(|t| d * 10_000 + s * 100 + t + 1).collect())
+                .collect()
+        })
+        .collect()
+}
+
+fn config(max_seq_length: usize, dupe_factor: usize) -> PairsConfig {
+    PairsConfig {
+        max_seq_length,
+        short_seq_prob: 0.1,
+        dupe_factor,
+        eval_fraction: 0.02,
+        shard_rows: 1000,
+    }
+}
+
+#[test]
+fn truncate_seq_pair_trims_the_longer_side_first() {
+    let mut rng = seeded_rng(3, "test", &[]);
+    // 8 + 2 > 6: A alone loses 4 tokens.
+    let (mut a, mut b) = ((1..=8).collect::<Vec<u32>>(), vec![20, 21]);
+    truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+    assert_eq!((a.len(), b.len()), (4, 2));
+    assert_eq!(b, vec![20, 21]);
+    // 5 + 5 > 6: ties trim B, so B 4, A 4, B 3, A 3.
+    let (mut a, mut b) = ((1..=5).collect::<Vec<u32>>(), (11..=15).collect::<Vec<u32>>());
+    truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+    assert_eq!((a.len(), b.len()), (3, 3));
+    for side in [&a, &b] {
+        assert!(side.windows(2).all(|w| w[1] == w[0] + 1), "{side:?} not contiguous");
+    }
+    // Already short enough: untouched.
+    let (mut a, mut b) = (vec![1, 2], vec![3]);
+    truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+    assert_eq!((a, b), (vec![1, 2], vec![3]));
+}
+
+#[test]
+fn truncate_seq_pair_cuts_both_ends() {
+    // Over many draws, both the front and the back of A get cut.
+    let (mut front, mut back) = (false, false);
+    for seed in 0..50 {
+        let (mut a, mut b) = ((1..=10).collect::<Vec<u32>>(), vec![99]);
+        truncate_seq_pair(&mut a, &mut b, 6, &mut seeded_rng(seed, "test", &[]));
+        front |= a[0] != 1;
+        back |= *a.last().unwrap() != 10;
+    }
+    assert!(front && back);
+}
+
+#[test]
+fn a_single_sentence_document_always_gets_a_random_next() {
+    let documents: Vec<Document> = vec![vec![vec![1, 2, 3]], vec![vec![10, 11], vec![12, 13]]];
+    for seed in 0..20 {
+        let pairs = create_instances_from_document(
+            &documents,
+            0,
+            128,
+            0.0,
+            &mut seeded_rng(seed, "test", &[]),
+        );
+        assert_eq!(pairs.len(), 1);
+        let pair = &pairs[0];
+        assert!(pair.is_random_next);
+        assert_eq!(pair.tokens_a, vec![1, 2, 3]);
+        // B runs from a random sentence of document 1 to its end (the target is 122 tokens).
+        assert!(
+            pair.tokens_b == vec![10, 11, 12, 13] || pair.tokens_b == vec![12, 13],
+            "{:?}",
+            pair.tokens_b
+        );
+    }
+}
+
+#[test]
+fn every_sentence_lands_in_a_or_in_an_actual_next_exactly_once() {
+    // 10 documents of 12 sentences of 5 tokens: each document (60 tokens) fits in one chunk,
+    // so nothing is truncated, and random-next chunks put their unused sentences back.
+    let documents = numbered_documents(10, 12, 5);
+    let (mut random, mut actual) = (0, 0);
+    for seed in 0..30 {
+        let mut rng = seeded_rng(seed, "test", &[]);
+        let pairs = create_instances_from_document(&documents, 4, 128, 0.0, &mut rng);
+        let mut used: Vec<u32> = Vec::new();
+        for pair in &pairs {
+            used.extend(&pair.tokens_a);
+            if pair.is_random_next {
+                random += 1;
+                assert!(pair.tokens_b.iter().all(|&t| t / 10_000 != 4), "B from document 4");
+            } else {
+                actual += 1;
+                used.extend(&pair.tokens_b);
+                // The actual next continues A.
+                assert_eq!(pair.tokens_b[0], pair.tokens_a.last().unwrap() + 96);
+            }
+        }
+        let document: Vec<u32> = documents[4].concat();
+        assert_eq!(used, document, "seed {seed}");
+    }
+    assert!(random > 0 && actual > 0);
+}
+
+#[test]
+fn pairs_fit_max_seq_length_and_use_short_targets() {
+    // Long sentences force chunking and truncation.
+    let documents = numbered_documents(6, 20, 30);
+    let mut lengths = Vec::new();
+    for seed in 0..40 {
+        let mut rng = seeded_rng(seed, "test", &[]);
+        for index in 0..documents.len() {
+            for pair in create_instances_from_document(&documents, index, 64, 0.3, &mut rng) {
+                assert!(!pair.tokens_a.is_empty() && !pair.tokens_b.is_empty());
+                let total = pair.tokens_a.len() + pair.tokens_b.len();
+                assert!(total <= 61, "{total} > 64 - 3");
+                lengths.push(total);
+            }
+        }
+    }
+    assert_eq!(*lengths.iter().max().unwrap(), 61);
+    // short_seq_prob = 0.3 gives targets in 2..=61, so shorter pairs occur.
+    assert!(lengths.iter().filter(|&&l| l < 40).count() > lengths.len() / 20);
+}
+
+#[test]
+fn same_seed_same_pairs_other_seed_other_pairs() {
+    let documents = numbered_documents(8, 10, 7);
+    let run = |seed| {
+        let mut rng = seeded_rng(seed, "test", &[]);
+        (0..documents.len())
+            .flat_map(|i| create_instances_from_document(&documents, i, 32, 0.1, &mut rng))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+// ---- the streaming driver on real text -------------------------------------------------
+
+/// A WordPiece tokenizer (8192, uncased) trained once per test binary on wiki_00.
+fn wordpiece() -> &'static tokenizers::Tokenizer {
+    static TOKENIZER: OnceLock<tokenizers::Tokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| {
+        use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+        use tokenizers::models::{ModelWrapper, TrainerWrapper};
+        use tokenizers::normalizers::BertNormalizer;
+        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+        use tokenizers::AddedToken;
+        let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .map(|t| AddedToken::from(t, true))
+            .to_vec();
+        let mut trainer = TrainerWrapper::WordPieceTrainer(
+            WordPieceTrainer::builder()
+                .vocab_size(8192)
+                .show_progress(false)
+                .special_tokens(specials)
+                .build(),
+        );
+        let mut tokenizer = tokenizers::Tokenizer::new(ModelWrapper::WordPiece(WordPiece::default()));
+        tokenizer.with_normalizer(Some(BertNormalizer::default()));
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        let wiki = repo_file("datasets/pretrain/wiki_00.txt");
+        tokenizer
+            .train_from_files(&mut trainer, vec![wiki.display().to_string()])
+            .expect("train WordPiece");
+        tokenizer
+    })
+}
+
+fn tokenize(lines: &[&str]) -> bertline::Result<Vec<Vec<u32>>> {
+    let encodings = wordpiece()
+        .encode_batch_fast(lines.to_vec(), false)
+        .map_err(|e| Error::Model(e.to_string()))?;
+    Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+}
+
+type Shards = BTreeMap<(Split, usize, usize), Vec<SentencePair>>;
+
+fn run_driver(files: &[PathBuf], cfg: &PairsConfig, threads: usize) -> (PairsSummary, Shards) {
+    let shards = Mutex::new(Shards::new());
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let summary = pool
+        .install(|| {
+            create_training_pairs(
+                files,
+                cfg,
+                12345,
+                &tokenize,
+                &|shard| {
+                    let key = (shard.split, shard.file_index, shard.shard_index);
+                    let old = shards.lock().unwrap().insert(key, shard.pairs.to_vec());
+                    assert!(old.is_none(), "shard {} written twice", shard.stem());
+                    Ok(())
+                },
+                &NoProgress,
+            )
+        })
+        .unwrap();
+    (summary, shards.into_inner().unwrap())
+}
+
+#[test]
+fn driver_is_deterministic_across_thread_counts_and_seeds() {
+    let files = vec![
+        repo_file("datasets/pretrain/wiki_01.txt"),
+        repo_file("datasets/pretrain/gutenberg_pg11.txt"),
+    ];
+    let cfg = PairsConfig {
+        shard_rows: 2000,
+        ..config(128, 2)
+    };
+    let (summary_1, shards_1) = run_driver(&files, &cfg, 1);
+    let (summary_2, shards_2) = run_driver(&files, &cfg, 2);
+    assert_eq!(summary_1, summary_2);
+    assert_eq!(shards_1, shards_2);
+
+    // Shard layout: full shards of 2000, then the rest, per file and split.
+    assert_eq!(summary_1.files, 2);
+    let rows = |split| shards_1.iter().filter(|(k, _)| k.0 == split).map(|(_, v)| v.len());
+    assert_eq!(rows(Split::Train).sum::<usize>(), summary_1.train_pairs);
+    assert_eq!(rows(Split::Eval).sum::<usize>(), summary_1.eval_pairs);
+    for ((split, file, shard), pairs) in &shards_1 {
+        let next = (*split, *file, shard + 1);
+        if shards_1.contains_key(&next) {
+            assert_eq!(pairs.len(), 2000);
+        }
+        assert!(pairs.iter().all(|p| p.tokens_a.len() + p.tokens_b.len() <= 125));
+    }
+    // wiki_01 has hundreds of documents: 2% of them are held out.
+    assert!(summary_1.eval_documents >= 4, "{summary_1:?}");
+    assert!(summary_1.eval_pairs > 0);
+    // Alice has 12 chapters: 2% rounds to 0 held out.
+    let alice = create_pairs_from_file(&files[1], 1, &cfg, 12345, &tokenize).unwrap();
+    assert_eq!(alice.summary.eval_documents, 0);
+    assert!(alice.eval.is_empty());
+
+    // Another seed gives other pairs.
+    let other = create_pairs_from_file(&files[1], 1, &cfg, 54321, &tokenize).unwrap();
+    assert_ne!(other.train, alice.train);
+    assert_eq!(shards_1[&(Split::Train, 1, 0)], alice.train[..2000.min(alice.train.len())]);
+}
+
+#[test]
+fn dupe_passes_draw_different_pairs() {
+    let file = repo_file("datasets/pretrain/gutenberg_pg11.txt");
+    let one = create_pairs_from_file(&file, 0, &config(128, 1), 7, &tokenize).unwrap();
+    let two = create_pairs_from_file(&file, 0, &config(128, 2), 7, &tokenize).unwrap();
+    // The first pass is the same, the second adds different pairs (then all are shuffled).
+    let n = one.train.len();
+    assert!(two.train.len() > n + n / 2 && two.train.len() < 2 * n + n / 2);
+    let mut sorted_one = one.train.clone();
+    let mut sorted_two = two.train.clone();
+    let key = |p: &SentencePair| (p.tokens_a.clone(), p.tokens_b.clone(), p.is_random_next);
+    sorted_one.sort_by_key(key);
+    sorted_two.sort_by_key(key);
+    assert!(sorted_one.iter().all(|p| sorted_two.binary_search_by_key(&key(p), key).is_ok()));
+    assert_ne!(sorted_two.len(), sorted_one.len());
+}
+
+// ---- bad inputs ------------------------------------------------------------------------
+
+fn bad_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+fn data_error(path: &Path) -> String {
+    let err = read_corpus_file(path).unwrap_err();
+    assert!(matches!(err, Error::Data { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    msg
+}
+
+#[test]
+fn empty_file_is_rejected() {
+    let (_dir, path) = bad_file("empty.txt", b"");
+    assert!(data_error(&path).contains("empty file"));
+    let (_dir, path) = bad_file("blank.txt", b"\n \n\t\n");
+    assert!(data_error(&path).contains("empty file"));
+}
+
+#[test]
+fn binary_file_is_rejected() {
+    let (_dir, path) = bad_file("model.bin", b"One sentence.\n\x00\x01\x02\n\nAnother.\n");
+    assert!(data_error(&path).contains("binary file (NUL byte at offset 14)"));
+}
+
+#[test]
+fn non_utf8_file_names_the_offset() {
+    let (_dir, path) = bad_file("latin1.txt", b"Caf\xe9 au lait.\n\nAnother one.\n");
+    let msg = data_error(&path);
+    assert!(msg.contains("not UTF-8 at byte offset 3"), "{msg}");
+}
+
+#[test]
+fn huge_line_is_rejected() {
+    let mut text = b"A sentence.\n\n".to_vec();
+    text.extend(std::iter::repeat_n(b'x', (1 << 20) + 1));
+    text.extend(b"\n\nLast one.\n");
+    let (_dir, path) = bad_file("one_line.txt", &text);
+    let msg = data_error(&path);
+    assert!(msg.contains("line 3") && msg.contains("split it"), "{msg}");
+}
+
+#[test]
+fn single_document_is_rejected() {
+    let (_dir, path) = bad_file("one_doc.txt", b"First sentence.\nSecond sentence.\n");
+    let msg = data_error(&path);
+    assert!(msg.contains("only 1 document") && msg.contains("blank line"), "{msg}");
+}
+
+#[test]
+fn one_sentence_documents_among_others_are_fine() {
+    let (_dir, path) = bad_file("short.txt", b"Only one.\n\nFirst here.\nSecond here.\n\nAlone.\n");
+    assert!(read_corpus_file(&path).is_ok());
+}
+
+#[test]
+fn missing_file_and_driver_errors_name_the_file() {
+    let missing = repo_file("datasets/pretrain/no_such_file.txt");
+    let err = read_corpus_file(&missing).unwrap_err();
+    assert!(err.to_string().contains("no_such_file.txt"), "{err}");
+
+    // A bad file among good ones stops the driver with that file's error.
+    let (_dir, bad) = bad_file("latin1.txt", b"Caf\xe9.\n\nAnother.\n");
+    let files = vec![repo_file("datasets/pretrain/gutenberg_pg11.txt"), bad.clone()];
+    let err = create_training_pairs(
+        &files,
+        &config(128, 1),
+        1,
+        &tokenize,
+        &|_| Ok(()),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(&bad.display().to_string()), "{err}");
+}

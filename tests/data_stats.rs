@@ -1,0 +1,195 @@
+//! Instance statistics: exact counts on hand-made instances and shards, and the pipeline's
+//! pairs + masking on real Wikipedia text against the numbers Google's
+//! `create_pretraining_data.py` gives on the same text.
+
+use std::path::{Path, PathBuf};
+
+use bertline::config::{MaskConfig, PairsConfig};
+use bertline::mask::{create_training_instances, MaskVocab};
+use bertline::pairs::create_pairs_from_file;
+use bertline::shard::InstanceShard;
+use bertline::stats::InstanceStats;
+use bertline::{Error, TrainingInstance};
+
+const MASK: u32 = 4;
+
+fn instance(tokens: Vec<u32>, positions: Vec<u32>, labels: Vec<u32>, random: bool) -> TrainingInstance {
+    let segment_ids = vec![0; tokens.len()];
+    TrainingInstance {
+        tokens,
+        segment_ids,
+        masked_lm_positions: positions,
+        masked_lm_labels: labels,
+        is_random_next: random,
+    }
+}
+
+/// Two instances: 6 tokens with [MASK] at 1 and kept at 4; 5 tokens with random at 2.
+fn two_instances() -> Vec<TrainingInstance> {
+    vec![
+        instance(vec![2, MASK, 11, 3, 12, 3], vec![1, 4], vec![10, 12], true),
+        instance(vec![2, 20, 99, 3, 3], vec![2], vec![21], false),
+    ]
+}
+
+/// The same two instances as a padded shard (seq_len 8, 3 predictions).
+fn two_instance_shard() -> InstanceShard {
+    let pad = |mut v: Vec<u32>, n: usize| {
+        v.resize(n, 0);
+        v
+    };
+    InstanceShard {
+        rows: 2,
+        seq_len: 8,
+        max_predictions: 3,
+        input_ids: [pad(vec![2, MASK, 11, 3, 12, 3], 8), pad(vec![2, 20, 99, 3, 3], 8)].concat(),
+        token_type_ids: vec![0; 16],
+        attention_mask: [pad(vec![1; 6], 8), pad(vec![1; 5], 8)].concat(),
+        masked_lm_positions: vec![1, 4, 0, 2, 0, 0],
+        masked_lm_ids: vec![10, 12, 0, 21, 0, 0],
+        masked_lm_weights: vec![1.0, 1.0, 0.0, 1.0, 0.0, 0.0],
+        next_sentence_label: vec![1, 0],
+    }
+}
+
+#[test]
+fn counts_from_instances_and_from_shards_agree() {
+    let mut from_instances = InstanceStats::default();
+    for i in &two_instances() {
+        from_instances.add_instance(i, MASK);
+    }
+    let expected = InstanceStats {
+        instances: 2,
+        tokens: 11,
+        random_next: 1,
+        masked: 3,
+        shown_mask: 1,
+        shown_kept: 1,
+        shown_random: 1,
+    };
+    assert_eq!(from_instances, expected);
+    assert_eq!(InstanceStats::from_shards([two_instance_shard()], MASK), expected);
+    assert_eq!(expected.avg_tokens(), 5.5);
+    assert_eq!(expected.random_next_fraction(), 0.5);
+    assert_eq!(expected.avg_masked(), 1.5);
+    let third = 1.0 / 3.0;
+    assert_eq!((expected.mask_fraction(), expected.kept_fraction(), expected.random_fraction()), (third, third, third));
+
+    let mut merged = expected.clone();
+    merged.merge(&expected);
+    assert_eq!(merged.instances, 4);
+    assert_eq!(merged.avg_tokens(), 5.5);
+}
+
+#[test]
+fn empty_stats_have_zero_averages_not_nan() {
+    let stats = InstanceStats::default();
+    assert_eq!(stats.avg_tokens(), 0.0);
+    assert_eq!(stats.mask_fraction(), 0.0);
+}
+
+#[test]
+fn display_and_json() {
+    let stats = InstanceStats::from_shards([two_instance_shard()], MASK);
+    let table = stats.to_string();
+    assert!(table.contains("avg non-pad tokens"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("instances") && l.ends_with(" 2")), "{table}");
+    assert!(table.contains("5.5") && table.contains("0.500") && table.contains("1.50"), "{table}");
+    let json: serde_json::Value = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["instances"], 2);
+    assert_eq!(json["avg_tokens"], 5.5);
+    assert_eq!(json["random_next_fraction"], 0.5);
+    assert_eq!(json["shown_random"], 1);
+}
+
+// ---- real text against Google's script -------------------------------------------------
+
+fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A WordPiece tokenizer (8192, uncased, BERT normalizer and pre-tokenizer) trained on `file`.
+fn train_wordpiece(file: &Path) -> tokenizers::Tokenizer {
+    use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+    use tokenizers::models::{ModelWrapper, TrainerWrapper};
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::AddedToken;
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(|t| AddedToken::from(t, true))
+        .to_vec();
+    let mut trainer = TrainerWrapper::WordPieceTrainer(
+        WordPieceTrainer::builder()
+            .vocab_size(8192)
+            .show_progress(false)
+            .special_tokens(specials)
+            .build(),
+    );
+    let mut tokenizer = tokenizers::Tokenizer::new(ModelWrapper::WordPiece(WordPiece::default()));
+    tokenizer.with_normalizer(Some(BertNormalizer::default()));
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    tokenizer
+        .train_from_files(&mut trainer, vec![file.display().to_string()])
+        .expect("train WordPiece");
+    tokenizer
+}
+
+fn mask_vocab(tokenizer: &tokenizers::Tokenizer) -> MaskVocab {
+    let mut tokens = vec![String::new(); tokenizer.get_vocab_size(false)];
+    for (token, id) in tokenizer.get_vocab(false) {
+        tokens[id as usize] = token;
+    }
+    MaskVocab::from_tokens(&tokens).unwrap()
+}
+
+#[test]
+fn wiki_00_matches_googles_create_pretraining_data() {
+    let wiki = repo_file("datasets/pretrain/wiki_00.txt");
+    let tokenizer = train_wordpiece(&wiki);
+    let vocab = mask_vocab(&tokenizer);
+    assert_eq!((vocab.vocab_size, vocab.cls, vocab.sep, vocab.mask), (8192, 2, 3, MASK));
+    let tokenize = |lines: &[&str]| -> bertline::Result<Vec<Vec<u32>>> {
+        let encodings = tokenizer
+            .encode_batch_fast(lines.to_vec(), false)
+            .map_err(|e| Error::Model(e.to_string()))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    };
+    let pairs_cfg = PairsConfig {
+        max_seq_length: 128,
+        short_seq_prob: 0.1,
+        dupe_factor: 5,
+        eval_fraction: 0.0,
+        shard_rows: 32768,
+    };
+    let mask_cfg = MaskConfig {
+        masked_lm_prob: 0.15,
+        max_predictions_per_seq: 20,
+        do_whole_word_mask: false,
+    };
+    let pairs = create_pairs_from_file(&wiki, 0, &pairs_cfg, 12345, &tokenize).unwrap();
+    let instances = create_training_instances(&pairs.train, &mask_cfg, &vocab, 12345, 0);
+    let mut stats = InstanceStats::default();
+    for i in &instances {
+        stats.add_instance(i, vocab.mask);
+        assert!(i.tokens.len() <= 128 && i.masked_lm_positions.len() <= 20);
+    }
+    eprintln!("{stats}");
+
+    // Google's script on this file, same vocabulary size and flags, gives about 111 non-pad
+    // tokens, 0.56 random-next, 16.5 masked positions and a 0.80/0.10/0.10 split.
+    // Tolerances: ~12,000 instances, but the 5 dupe passes reuse the same ~400 documents,
+    // so sampling noise is set by the documents, not the instances. Per-instance length has
+    // a standard deviation near 35 tokens; over ~2,400 independent pairs per pass that is
+    // 0.7 tokens, and the vocabulary itself (trained here, not Google's) moves the length by
+    // a token or two: +-4 tokens. Random-next: binomial 0.5 over 12,000 draws is 0.005,
+    // plus the document-level share of one-sentence chunks: +-0.03. Masked positions follow
+    // round(0.15 * length) capped at 20, so they track length: 4 tokens -> 0.6: +-0.8. The
+    // split is per position over ~200,000 draws (standard error 0.001): +-0.01.
+    assert!(stats.instances > 8_000, "{stats}");
+    assert!((stats.avg_tokens() - 111.0).abs() < 4.0, "{stats}");
+    assert!((stats.random_next_fraction() - 0.56).abs() < 0.03, "{stats}");
+    assert!((stats.avg_masked() - 16.5).abs() < 0.8, "{stats}");
+    assert!((stats.mask_fraction() - 0.80).abs() < 0.01, "{stats}");
+    assert!((stats.random_fraction() - 0.10).abs() < 0.01, "{stats}");
+    assert!((stats.kept_fraction() - 0.10).abs() < 0.01, "{stats}");
+}
