@@ -58,7 +58,10 @@ impl MaskVocab {
             cls: find("[CLS]")?,
             sep: find("[SEP]")?,
             mask: find("[MASK]")?,
-            is_continuation: tokens.iter().map(|t| t.as_ref().starts_with("##")).collect(),
+            is_continuation: tokens
+                .iter()
+                .map(|t| t.as_ref().starts_with("##"))
+                .collect(),
         })
     }
 
@@ -78,7 +81,11 @@ struct CandidateIndexes {
 
 /// Groups the positions that may be masked: every token but `[CLS]`/`[SEP]`; with whole-word
 /// masking a `##` piece joins the group before it.
-fn candidate_indexes(tokens: &[u32], do_whole_word_mask: bool, vocab: &MaskVocab) -> CandidateIndexes {
+fn candidate_indexes(
+    tokens: &[u32],
+    do_whole_word_mask: bool,
+    vocab: &MaskVocab,
+) -> CandidateIndexes {
     let mut groups: Vec<Vec<usize>> = Vec::with_capacity(tokens.len());
     for (i, &token) in tokens.iter().enumerate() {
         if token == vocab.cls || token == vocab.sep {

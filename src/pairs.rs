@@ -254,7 +254,7 @@ pub fn truncate_seq_pair(
     let (mut a, mut b) = (0..tokens_a.len(), 0..tokens_b.len());
     while a.len() + b.len() > max_num_tokens {
         let trunc = if a.len() > b.len() { &mut a } else { &mut b };
-        assert!(!trunc.is_empty());
+        assert!(trunc.start < trunc.end);
         if rng.gen::<f64>() < 0.5 {
             trunc.start += 1;
         } else {

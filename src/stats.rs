@@ -176,16 +176,36 @@ impl fmt::Display for InstanceStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = [
             ("instances", format!("{}", self.instances), ""),
-            ("avg non-pad tokens", format!("{:.1}", self.avg_tokens()), ""),
+            (
+                "avg non-pad tokens",
+                format!("{:.1}", self.avg_tokens()),
+                "",
+            ),
             (
                 "random next",
                 format!("{:.3}", self.random_next_fraction()),
                 "Google: ~0.5 and up",
             ),
-            ("avg masked positions", format!("{:.2}", self.avg_masked()), ""),
-            ("  [MASK]", format!("{:.3}", self.mask_fraction()), "BERT: 0.8"),
-            ("  random", format!("{:.3}", self.random_fraction()), "BERT: 0.1"),
-            ("  kept", format!("{:.3}", self.kept_fraction()), "BERT: 0.1"),
+            (
+                "avg masked positions",
+                format!("{:.2}", self.avg_masked()),
+                "",
+            ),
+            (
+                "  [MASK]",
+                format!("{:.3}", self.mask_fraction()),
+                "BERT: 0.8",
+            ),
+            (
+                "  random",
+                format!("{:.3}", self.random_fraction()),
+                "BERT: 0.1",
+            ),
+            (
+                "  kept",
+                format!("{:.3}", self.kept_fraction()),
+                "BERT: 0.1",
+            ),
         ];
         writeln!(f, "{:<22} {:>10}", "statistic", "value")?;
         for (name, value, note) in rows {

@@ -3,8 +3,8 @@
 
 use bertline::config::MaskConfig;
 use bertline::mask::{
-    create_masked_lm_predictions, create_training_instance, create_training_instances,
-    MaskVocab, MASK_BLOCK_ROWS,
+    create_masked_lm_predictions, create_training_instance, create_training_instances, MaskVocab,
+    MASK_BLOCK_ROWS,
 };
 use bertline::pairs::seeded_rng;
 use bertline::SentencePair;
@@ -63,8 +63,12 @@ fn instance_layout_is_cls_a_sep_b_sep() {
         tokens_b: vec![12, 13, 14],
         is_random_next: true,
     };
-    let instance =
-        create_training_instance(&pair, &cfg(0.15, 20, false), &vocab(), &mut seeded_rng(1, "t", &[]));
+    let instance = create_training_instance(
+        &pair,
+        &cfg(0.15, 20, false),
+        &vocab(),
+        &mut seeded_rng(1, "t", &[]),
+    );
     assert_eq!(instance.segment_ids, vec![0, 0, 0, 0, 1, 1, 1, 1]);
     assert!(instance.is_random_next);
     let original = [CLS, 10, 11, SEP, 12, 13, 14, SEP];
@@ -87,8 +91,14 @@ fn num_to_predict_rounds_half_to_even_like_python() {
         let words: Vec<u32> = (0..len as u32 - 3).map(|i| 5 + i % 45).collect();
         let tokens = with_specials(&words[..1], &words[1..]);
         assert_eq!(tokens.len(), len);
-        let (_, positions, _) =
-            create_masked_lm_predictions(&tokens, prob, max, false, &v, &mut seeded_rng(9, "t", &[]));
+        let (_, positions, _) = create_masked_lm_predictions(
+            &tokens,
+            prob,
+            max,
+            false,
+            &v,
+            &mut seeded_rng(9, "t", &[]),
+        );
         positions.len()
     };
     assert_eq!(count(10, 0.15, 20), 2); // 1.5 -> 2
@@ -108,7 +118,10 @@ fn special_tokens_are_never_masked_and_labels_are_the_originals() {
         let tokens = with_specials(&words[..15], &words[15..]);
         let (output, positions, labels) =
             create_masked_lm_predictions(&tokens, 0.15, 20, seed % 2 == 0, &v, &mut rng);
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "ascending: {positions:?}");
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "ascending: {positions:?}"
+        );
         for (&p, &label) in positions.iter().zip(&labels) {
             assert!(tokens[p as usize] != CLS && tokens[p as usize] != SEP);
             assert_eq!(label, tokens[p as usize]);
@@ -131,7 +144,10 @@ fn whole_word_masking_masks_all_pieces_of_a_word() {
     let word_of = |i: usize| -> usize {
         // Index of the word start at or before i (skipping over [SEP]s is not needed here:
         // no piece follows a [SEP]).
-        (0..=i).rev().find(|&j| !v.is_continuation[tokens[j] as usize]).unwrap()
+        (0..=i)
+            .rev()
+            .find(|&j| !v.is_continuation[tokens[j] as usize])
+            .unwrap()
     };
     let mut split_words = 0;
     for seed in 0..300 {
@@ -143,13 +159,22 @@ fn whole_word_masking_masks_all_pieces_of_a_word() {
             let end = (start + 1..tokens.len())
                 .find(|&j| !v.is_continuation[tokens[j] as usize])
                 .unwrap_or(tokens.len());
-            assert!((start..end).all(|j| masked.contains(&j)), "seed {seed}: {masked:?}");
+            assert!(
+                (start..end).all(|j| masked.contains(&j)),
+                "seed {seed}: {masked:?}"
+            );
         }
         // 26 tokens * 0.3 = 7.8 -> 8: whole words are skipped when they would overshoot.
         assert!(masked.len() <= 8);
         // Without whole-word masking, words do get split.
-        let (_, positions, _) =
-            create_masked_lm_predictions(&tokens, 0.3, 20, false, &v, &mut seeded_rng(seed, "t", &[]));
+        let (_, positions, _) = create_masked_lm_predictions(
+            &tokens,
+            0.3,
+            20,
+            false,
+            &v,
+            &mut seeded_rng(seed, "t", &[]),
+        );
         split_words += positions.iter().any(|&p| {
             let p = p as usize;
             v.is_continuation[tokens[p] as usize] && !positions.contains(&(word_of(p) as u32))
@@ -188,7 +213,11 @@ fn replacement_split_is_80_10_10() {
     let frac = |n: i32| n as f64 / total as f64;
     assert_eq!(total, 20_000 * 19);
     assert!((frac(mask) - 0.801).abs() < 0.004, "mask {}", frac(mask));
-    assert!((frac(random) - 0.098).abs() < 0.004, "random {}", frac(random));
+    assert!(
+        (frac(random) - 0.098).abs() < 0.004,
+        "random {}",
+        frac(random)
+    );
     assert!((frac(kept) - 0.101).abs() < 0.004, "kept {}", frac(kept));
 }
 
@@ -214,7 +243,10 @@ fn shard_masking_is_deterministic_across_thread_counts() {
     assert_eq!(one.len(), pairs.len());
     for (instance, pair) in one.iter().zip(&pairs) {
         assert_eq!(instance.is_random_next, pair.is_random_next);
-        assert_eq!(instance.tokens.len(), pair.tokens_a.len() + pair.tokens_b.len() + 3);
+        assert_eq!(
+            instance.tokens.len(),
+            pair.tokens_a.len() + pair.tokens_b.len() + 3
+        );
     }
     assert_ne!(one, run(1, 12346, 0), "other seed, same masks");
     assert_ne!(one, run(1, 12345, 1), "other shard, same masks");

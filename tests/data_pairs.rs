@@ -48,11 +48,17 @@ fn truncate_seq_pair_trims_the_longer_side_first() {
     assert_eq!((a.len(), b.len()), (4, 2));
     assert_eq!(b, vec![20, 21]);
     // 5 + 5 > 6: ties trim B, so B 4, A 4, B 3, A 3.
-    let (mut a, mut b) = ((1..=5).collect::<Vec<u32>>(), (11..=15).collect::<Vec<u32>>());
+    let (mut a, mut b) = (
+        (1..=5).collect::<Vec<u32>>(),
+        (11..=15).collect::<Vec<u32>>(),
+    );
     truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
     assert_eq!((a.len(), b.len()), (3, 3));
     for side in [&a, &b] {
-        assert!(side.windows(2).all(|w| w[1] == w[0] + 1), "{side:?} not contiguous");
+        assert!(
+            side.windows(2).all(|w| w[1] == w[0] + 1),
+            "{side:?} not contiguous"
+        );
     }
     // Already short enough: untouched.
     let (mut a, mut b) = (vec![1, 2], vec![3]);
@@ -111,7 +117,10 @@ fn every_sentence_lands_in_a_or_in_an_actual_next_exactly_once() {
             used.extend(&pair.tokens_a);
             if pair.is_random_next {
                 random += 1;
-                assert!(pair.tokens_b.iter().all(|&t| t / 10_000 != 4), "B from document 4");
+                assert!(
+                    pair.tokens_b.iter().all(|&t| t / 10_000 != 4),
+                    "B from document 4"
+                );
             } else {
                 actual += 1;
                 used.extend(&pair.tokens_b);
@@ -142,8 +151,31 @@ fn pairs_fit_max_seq_length_and_use_short_targets() {
         }
     }
     assert_eq!(*lengths.iter().max().unwrap(), 61);
-    // short_seq_prob = 0.3 gives targets in 2..=61, so shorter pairs occur.
-    assert!(lengths.iter().filter(|&&l| l < 40).count() > lengths.len() / 20);
+
+    // With 5-token sentences a pair is about as long as its target: short_seq_prob = 0.3
+    // gives targets in 2..=61 for 30% of the documents, so many more pairs are short than
+    // with 0.0, where only a document's last chunk can be short.
+    let documents = numbered_documents(6, 40, 5);
+    let short_fraction = |short_seq_prob: f64| {
+        let (mut short, mut total) = (0, 0);
+        for seed in 0..40 {
+            let mut rng = seeded_rng(seed, "test", &[]);
+            for index in 0..documents.len() {
+                for pair in
+                    create_instances_from_document(&documents, index, 64, short_seq_prob, &mut rng)
+                {
+                    total += 1;
+                    short += usize::from(pair.tokens_a.len() + pair.tokens_b.len() < 30);
+                }
+            }
+        }
+        short as f64 / total as f64
+    };
+    let (never, sometimes) = (short_fraction(0.0), short_fraction(0.3));
+    assert!(
+        sometimes > 2.0 * never && sometimes > 0.15,
+        "{never} vs {sometimes}"
+    );
 }
 
 #[test]
@@ -180,7 +212,8 @@ fn wordpiece() -> &'static tokenizers::Tokenizer {
                 .special_tokens(specials)
                 .build(),
         );
-        let mut tokenizer = tokenizers::Tokenizer::new(ModelWrapper::WordPiece(WordPiece::default()));
+        let mut tokenizer =
+            tokenizers::Tokenizer::new(ModelWrapper::WordPiece(WordPiece::default()));
         tokenizer.with_normalizer(Some(BertNormalizer::default()));
         tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
         let wiki = repo_file("datasets/pretrain/wiki_00.txt");
@@ -202,7 +235,10 @@ type Shards = BTreeMap<(Split, usize, usize), Vec<SentencePair>>;
 
 fn run_driver(files: &[PathBuf], cfg: &PairsConfig, threads: usize) -> (PairsSummary, Shards) {
     let shards = Mutex::new(Shards::new());
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let summary = pool
         .install(|| {
             create_training_pairs(
@@ -240,7 +276,12 @@ fn driver_is_deterministic_across_thread_counts_and_seeds() {
 
     // Shard layout: full shards of 2000, then the rest, per file and split.
     assert_eq!(summary_1.files, 2);
-    let rows = |split| shards_1.iter().filter(|(k, _)| k.0 == split).map(|(_, v)| v.len());
+    let rows = |split| {
+        shards_1
+            .iter()
+            .filter(move |(k, _)| k.0 == split)
+            .map(|(_, v)| v.len())
+    };
     assert_eq!(rows(Split::Train).sum::<usize>(), summary_1.train_pairs);
     assert_eq!(rows(Split::Eval).sum::<usize>(), summary_1.eval_pairs);
     for ((split, file, shard), pairs) in &shards_1 {
@@ -248,7 +289,9 @@ fn driver_is_deterministic_across_thread_counts_and_seeds() {
         if shards_1.contains_key(&next) {
             assert_eq!(pairs.len(), 2000);
         }
-        assert!(pairs.iter().all(|p| p.tokens_a.len() + p.tokens_b.len() <= 125));
+        assert!(pairs
+            .iter()
+            .all(|p| p.tokens_a.len() + p.tokens_b.len() <= 125));
     }
     // wiki_01 has hundreds of documents: 2% of them are held out.
     assert!(summary_1.eval_documents >= 4, "{summary_1:?}");
@@ -261,7 +304,10 @@ fn driver_is_deterministic_across_thread_counts_and_seeds() {
     // Another seed gives other pairs.
     let other = create_pairs_from_file(&files[1], 1, &cfg, 54321, &tokenize).unwrap();
     assert_ne!(other.train, alice.train);
-    assert_eq!(shards_1[&(Split::Train, 1, 0)], alice.train[..2000.min(alice.train.len())]);
+    assert_eq!(
+        shards_1[&(Split::Train, 1, 0)],
+        alice.train[..2000.min(alice.train.len())]
+    );
 }
 
 #[test]
@@ -277,7 +323,9 @@ fn dupe_passes_draw_different_pairs() {
     let key = |p: &SentencePair| (p.tokens_a.clone(), p.tokens_b.clone(), p.is_random_next);
     sorted_one.sort_by_key(key);
     sorted_two.sort_by_key(key);
-    assert!(sorted_one.iter().all(|p| sorted_two.binary_search_by_key(&key(p), key).is_ok()));
+    assert!(sorted_one
+        .iter()
+        .all(|p| sorted_two.binary_search_by_key(&key(p), key).is_ok()));
     assert_ne!(sorted_two.len(), sorted_one.len());
 }
 
@@ -334,12 +382,18 @@ fn huge_line_is_rejected() {
 fn single_document_is_rejected() {
     let (_dir, path) = bad_file("one_doc.txt", b"First sentence.\nSecond sentence.\n");
     let msg = data_error(&path);
-    assert!(msg.contains("only 1 document") && msg.contains("blank line"), "{msg}");
+    assert!(
+        msg.contains("only 1 document") && msg.contains("blank line"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn one_sentence_documents_among_others_are_fine() {
-    let (_dir, path) = bad_file("short.txt", b"Only one.\n\nFirst here.\nSecond here.\n\nAlone.\n");
+    let (_dir, path) = bad_file(
+        "short.txt",
+        b"Only one.\n\nFirst here.\nSecond here.\n\nAlone.\n",
+    );
     assert!(read_corpus_file(&path).is_ok());
 }
 
@@ -351,7 +405,10 @@ fn missing_file_and_driver_errors_name_the_file() {
 
     // A bad file among good ones stops the driver with that file's error.
     let (_dir, bad) = bad_file("latin1.txt", b"Caf\xe9.\n\nAnother.\n");
-    let files = vec![repo_file("datasets/pretrain/gutenberg_pg11.txt"), bad.clone()];
+    let files = vec![
+        repo_file("datasets/pretrain/gutenberg_pg11.txt"),
+        bad.clone(),
+    ];
     let err = create_training_pairs(
         &files,
         &config(128, 1),
@@ -361,5 +418,8 @@ fn missing_file_and_driver_errors_name_the_file() {
         &NoProgress,
     )
     .unwrap_err();
-    assert!(err.to_string().contains(&bad.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&bad.display().to_string()),
+        "{err}"
+    );
 }
