@@ -9,15 +9,23 @@
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py#L342>
 
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rayon::prelude::*;
+use serde_json::json;
 
 use crate::config::MaskConfig;
 use crate::error::{Error, Result};
-use crate::pairs::seeded_rng;
-use crate::shard::{SentencePair, TrainingInstance};
+use crate::manifest::ArtifactRecord;
+use crate::pairs::{pairs_kind, seeded_rng, Split};
+use crate::progress::Progress;
+use crate::shard::{read_pairs, write_instances, SentencePair, TrainingInstance};
+use crate::stage::{Begin, Outcome, Stage, StageCtx};
+use crate::stats::InstanceStats;
+use crate::tokenize::{load_stage_vocab, WordPiece};
 
 /// Rows masked with one generator; blocks are masked in parallel.
 pub const MASK_BLOCK_ROWS: usize = 1024;
@@ -63,6 +71,18 @@ impl MaskVocab {
                 .map(|t| t.as_ref().starts_with("##"))
                 .collect(),
         })
+    }
+
+    /// The vocabulary of a trained [`WordPiece`].
+    pub fn from_wordpiece(wordpiece: &WordPiece) -> Self {
+        let special = wordpiece.special();
+        MaskVocab {
+            vocab_size: wordpiece.vocab_size(),
+            cls: special.cls,
+            sep: special.sep,
+            mask: special.mask,
+            is_continuation: wordpiece.continuation_flags().to_vec(),
+        }
     }
 
     fn is_continuation(&self, id: u32) -> bool {
@@ -232,4 +252,89 @@ pub fn create_training_instances(
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Artifact kind of the `mask` stage's shards of `split`.
+pub fn instances_kind(split: Split) -> &'static str {
+    match split {
+        Split::Train => "instances-train",
+        Split::Eval => "instances-eval",
+    }
+}
+
+/// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS.parquet`, one
+/// instance shard per pairs shard (same name), padded to `max_seq_length`. Shard `i` of the
+/// pairs record is masked with seeds from `(random_seed, "mask", i, block)`.
+pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
+    let cfg = ctx.config();
+    let mut run = match ctx.begin(Stage::Mask)? {
+        Begin::Skip(record) => return Ok(Outcome::Skipped(record)),
+        Begin::Run(run) => run,
+    };
+    let (wordpiece, _) = load_stage_vocab(ctx)?;
+    let vocab = MaskVocab::from_wordpiece(&wordpiece);
+    let pairs_record = ctx.upstream(Stage::Pairs)?;
+    let started = Instant::now();
+    let shards: Vec<(usize, &ArtifactRecord, Split)> = [Split::Train, Split::Eval]
+        .into_iter()
+        .flat_map(|split| {
+            pairs_record
+                .artifacts_of(pairs_kind(split))
+                .map(move |a| (a, split))
+        })
+        .enumerate()
+        .map(|(index, (artifact, split))| (index, artifact, split))
+        .collect();
+    progress.start("mask", shards.iter().map(|(_, a, _)| a.rows).sum());
+    let per_shard = shards
+        .par_iter()
+        .map(|&(index, artifact, split)| {
+            let pairs = read_pairs(&ctx.path_of(artifact))?;
+            let instances =
+                create_training_instances(&pairs, &cfg.mask, &vocab, cfg.run.random_seed, index);
+            let name = Path::new(&artifact.path)
+                .file_name()
+                .expect("artifact path names a file")
+                .to_string_lossy()
+                .into_owned();
+            write_instances(
+                &run.dir().join(&name),
+                &instances,
+                cfg.pairs.max_seq_length,
+                cfg.mask.max_predictions_per_seq,
+            )?;
+            let mut stats = InstanceStats::default();
+            for instance in &instances {
+                stats.add_instance(instance, vocab.mask);
+            }
+            if index == 0 {
+                for instance in instances.iter().take(3) {
+                    tracing::debug!("instance:\n{instance}");
+                }
+            }
+            progress.advance(pairs.len() as u64);
+            Ok((name, split, instances.len() as u64, stats))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    progress.finish();
+    let mut totals = InstanceStats::default();
+    for (name, split, rows, stats) in &per_shard {
+        run.add(name, instances_kind(*split), *rows)?;
+        totals.merge(stats);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut metrics = serde_json::to_value(&totals).expect("stats serialise");
+    metrics["shards"] = json!(per_shard.len());
+    metrics["seconds"] = json!(seconds);
+    metrics["instances_per_s"] = json!(totals.instances as f64 / seconds);
+    Ok(Outcome::Ran(run.finish(ctx, metrics)?))
+}
+
+/// The written instance shards of `split`, for the trainer (the `mask` stage must be fresh).
+pub fn instance_shards(ctx: &StageCtx, split: Split) -> Result<Vec<PathBuf>> {
+    let record = ctx.upstream(Stage::Mask)?;
+    Ok(record
+        .artifacts_of(instances_kind(split))
+        .map(|a| ctx.path_of(a))
+        .collect())
 }

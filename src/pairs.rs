@@ -15,23 +15,26 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::config::PairsConfig;
+use crate::corpus;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::shard::SentencePair;
+use crate::shard::{write_pairs, SentencePair};
+use crate::stage::{corpus_files, derive_seed, Begin, Outcome, Stage, StageCtx};
+use crate::tokenize::load_stage_vocab;
 
 /// One document: its sentences ("segments" in Google's code) as token ids, none empty.
 pub type Document = Vec<Vec<u32>>;
-
-/// A line longer than this is not a sentence: the file is probably not one sentence per line.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// Tokenizes a batch of lines into token ids, without special tokens.
 pub type TokenizeFn<'a> = dyn Fn(&[&str]) -> Result<Vec<Vec<u32>>> + Sync + 'a;
@@ -43,14 +46,7 @@ pub type PairSinkFn<'a> = dyn Fn(PairShard<'_>) -> Result<()> + Sync + 'a;
 /// shard...). Streams for different labels or indices are independent, and none depends on
 /// which thread runs it.
 pub fn seeded_rng(random_seed: u64, stage: &str, indices: &[u64]) -> ChaCha8Rng {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&random_seed.to_le_bytes());
-    hasher.update(&(stage.len() as u64).to_le_bytes());
-    hasher.update(stage.as_bytes());
-    for index in indices {
-        hasher.update(&index.to_le_bytes());
-    }
-    ChaCha8Rng::from_seed(*hasher.finalize().as_bytes())
+    ChaCha8Rng::seed_from_u64(derive_seed(random_seed, stage, indices))
 }
 
 /// Which split a pair belongs to: documents held out of each file form `Eval`.
@@ -144,50 +140,11 @@ pub struct FilePairs {
     pub summary: PairsSummary,
 }
 
-/// Reads a corpus file and checks it is text in BERT format; the error names the file and
-/// says what to fix (empty, binary, not UTF-8, a huge line, fewer than 2 documents).
+/// Reads a corpus file with [`crate::corpus::read_corpus`]'s checks (empty, binary, not
+/// UTF-8, a huge line) plus the one pairing needs: at least 2 documents.
 pub fn read_corpus_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).at(path)?;
-    check_corpus_text(path, bytes)
-}
-
-/// The checks of [`read_corpus_file`] on bytes already read.
-pub fn check_corpus_text(path: &Path, bytes: Vec<u8>) -> Result<String> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::data(
-            path,
-            "empty file: no documents (write one sentence per line, a blank line between documents)",
-        ));
-    }
-    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
-        return Err(Error::data(
-            path,
-            format!("binary file (NUL byte at offset {offset}): give a UTF-8 text file, one sentence per line"),
-        ));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let offset = e.utf8_error().valid_up_to();
-        Error::data(
-            path,
-            format!("not UTF-8 at byte offset {offset}: re-encode the file as UTF-8 (e.g. iconv -t UTF-8)"),
-        )
-    })?;
-    if let Some((number, line)) = text
-        .lines()
-        .enumerate()
-        .find(|(_, line)| line.len() > MAX_LINE_BYTES)
-    {
-        return Err(Error::data(
-            path,
-            format!(
-                "line {} is {} bytes (over 1 MiB): not one sentence per line? split it into sentences",
-                number + 1,
-                line.len()
-            ),
-        ));
-    }
-    let documents = split_documents(&text).len();
-    check_document_count(path, documents)?;
+    let text = corpus::read_corpus(path)?;
+    check_document_count(path, corpus::documents(&text).len())?;
     Ok(text)
 }
 
@@ -199,23 +156,6 @@ fn check_document_count(path: &Path, documents: usize) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Splits BERT-format text into documents of trimmed, non-empty lines. Blank lines separate
-/// documents; documents without a sentence are dropped (as Google's reader does).
-pub fn split_documents(text: &str) -> Vec<Vec<&str>> {
-    let mut documents = vec![Vec::new()];
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() {
-            if !documents.last().is_some_and(Vec::is_empty) {
-                documents.push(Vec::new());
-            }
-        } else if let Some(document) = documents.last_mut() {
-            document.push(line);
-        }
-    }
-    documents.retain(|d| !d.is_empty());
-    documents
 }
 
 /// Tokenizes every line of every document in one batch; sentences with no tokens are
@@ -436,7 +376,7 @@ pub fn create_pairs_from_file(
     tokenize: &TokenizeFn<'_>,
 ) -> Result<FilePairs> {
     let text = read_corpus_file(path)?;
-    let documents = tokenize_documents(&split_documents(&text), tokenize)?;
+    let documents = tokenize_documents(&corpus::documents(&text), tokenize)?;
     check_document_count(path, documents.len())?;
     let mut pairs = create_pairs_from_documents(documents, file_index, cfg, random_seed);
     pairs.summary.input_bytes = text.len() as u64;
@@ -513,6 +453,55 @@ pub fn create_training_pairs(
     Ok(summary)
 }
 
+/// Artifact kind of the `pairs` stage's shards of `split`.
+pub fn pairs_kind(split: Split) -> &'static str {
+    match split {
+        Split::Train => "pairs-train",
+        Split::Eval => "pairs-eval",
+    }
+}
+
+/// The `pairs` stage: corpus text + vocabulary -> `<run>/pairs/{train,eval}-FFFFF-SSSS.parquet`.
+pub fn run_pairs(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
+    let cfg = ctx.config();
+    let files = corpus_files(&ctx.loaded)?;
+    let mut run = match ctx.begin(Stage::Pairs)? {
+        Begin::Skip(record) => return Ok(Outcome::Skipped(record)),
+        Begin::Run(run) => run,
+    };
+    let (wordpiece, _) = load_stage_vocab(ctx)?;
+    let started = Instant::now();
+    let written = Mutex::new(Vec::new());
+    let summary = create_training_pairs(
+        &files,
+        &cfg.pairs,
+        cfg.run.random_seed,
+        &|lines| wordpiece.encode_lines(lines),
+        &|shard| {
+            let rel = format!("{}.parquet", shard.stem());
+            let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
+            let mut written = written.lock().expect("shard list lock");
+            written.push((rel, pairs_kind(shard.split), info.rows));
+            Ok(())
+        },
+        progress,
+    )?;
+    let mut written = written.into_inner().expect("shard list lock");
+    written.sort();
+    for (rel, kind, rows) in &written {
+        run.add(rel, kind, *rows)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if cfg.pairs.eval_fraction > 0.0 && summary.eval_documents == 0 {
+        tracing::warn!("no input file has enough documents to hold out an eval split");
+    }
+    let mut metrics = serde_json::to_value(&summary).expect("summary serialises");
+    metrics["seconds"] = json!(seconds);
+    metrics["pairs_per_s"] = json!((summary.train_pairs + summary.eval_pairs) as f64 / seconds);
+    metrics["input_mb_per_s"] = json!(summary.input_bytes as f64 / 1e6 / seconds);
+    Ok(Outcome::Ran(run.finish(ctx, metrics)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,12 +519,6 @@ mod tests {
         assert_eq!(b, vec![9, 10]);
         // What is left of A is a contiguous window of the original.
         assert!(a.windows(2).all(|w| w[1] == w[0] + 1), "{a:?}");
-    }
-
-    #[test]
-    fn split_documents_on_blank_lines() {
-        let text = "\n a b \nc\n\n\n\nd\n  \n";
-        assert_eq!(split_documents(text), vec![vec!["a b", "c"], vec!["d"]]);
     }
 
     #[test]

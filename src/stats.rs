@@ -6,7 +6,12 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::shard::{InstanceShard, TrainingInstance};
+use crate::error::Result;
+use crate::mask::instance_shards;
+use crate::pairs::Split;
+use crate::shard::{read_instances, InstanceShard, TrainingInstance};
+use crate::stage::StageCtx;
+use crate::tokenize::SPECIAL;
 
 /// Counts over instances; the averages are derived from them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,7 +157,7 @@ struct StatsRecord {
 }
 
 impl Serialize for InstanceStats {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         StatsRecord {
             instances: self.instances,
             tokens: self.tokens,
@@ -214,4 +219,13 @@ impl fmt::Display for InstanceStats {
         }
         Ok(())
     }
+}
+
+/// Stats over the `mask` stage's written shards of `split`, read one at a time.
+pub fn stage_stats(ctx: &StageCtx, split: Split) -> Result<InstanceStats> {
+    let mut stats = InstanceStats::default();
+    for path in instance_shards(ctx, split)? {
+        stats.add_shard(&read_instances(&path)?, SPECIAL.mask);
+    }
+    Ok(stats)
 }

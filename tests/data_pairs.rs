@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use bertline::config::PairsConfig;
+use bertline::config::{PairsConfig, VocabConfig};
 use bertline::pairs::{
     create_instances_from_document, create_pairs_from_file, create_training_pairs,
     read_corpus_file, seeded_rng, truncate_seq_pair, Document, PairsSummary, Split,
 };
 use bertline::progress::NoProgress;
+use bertline::tokenize::{train_wordpiece, WordPiece};
 use bertline::{Error, SentencePair};
 
 fn repo_file(relative: &str) -> PathBuf {
@@ -193,42 +194,25 @@ fn same_seed_same_pairs_other_seed_other_pairs() {
 
 // ---- the streaming driver on real text -------------------------------------------------
 
-/// A WordPiece tokenizer (8192, uncased) trained once per test binary on wiki_00.
-fn wordpiece() -> &'static tokenizers::Tokenizer {
-    static TOKENIZER: OnceLock<tokenizers::Tokenizer> = OnceLock::new();
-    TOKENIZER.get_or_init(|| {
-        use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
-        use tokenizers::models::{ModelWrapper, TrainerWrapper};
-        use tokenizers::normalizers::BertNormalizer;
-        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-        use tokenizers::AddedToken;
-        let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-            .map(|t| AddedToken::from(t, true))
-            .to_vec();
-        let mut trainer = TrainerWrapper::WordPieceTrainer(
-            WordPieceTrainer::builder()
-                .vocab_size(8192)
-                .show_progress(false)
-                .special_tokens(specials)
-                .build(),
-        );
-        let mut tokenizer =
-            tokenizers::Tokenizer::new(ModelWrapper::WordPiece(WordPiece::default()));
-        tokenizer.with_normalizer(Some(BertNormalizer::default()));
-        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+/// The pipeline's WordPiece vocabulary (8192, uncased), trained once per test binary on
+/// wiki_00.
+fn wordpiece() -> &'static WordPiece {
+    static WORDPIECE: OnceLock<WordPiece> = OnceLock::new();
+    WORDPIECE.get_or_init(|| {
         let wiki = repo_file("datasets/pretrain/wiki_00.txt");
-        tokenizer
-            .train_from_files(&mut trainer, vec![wiki.display().to_string()])
-            .expect("train WordPiece");
-        tokenizer
+        let text = std::fs::read_to_string(&wiki).unwrap();
+        let cfg = VocabConfig {
+            vocab_size: 8192,
+            lowercase: true,
+            min_frequency: 2,
+            limit_alphabet: 1000,
+        };
+        train_wordpiece(&cfg, text.lines().filter(|l| !l.trim().is_empty()), &wiki).unwrap()
     })
 }
 
 fn tokenize(lines: &[&str]) -> bertline::Result<Vec<Vec<u32>>> {
-    let encodings = wordpiece()
-        .encode_batch_fast(lines.to_vec(), false)
-        .map_err(|e| Error::Model(e.to_string()))?;
-    Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    wordpiece().encode_lines(lines)
 }
 
 type Shards = BTreeMap<(Split, usize, usize), Vec<SentencePair>>;
@@ -350,9 +334,9 @@ fn data_error(path: &Path) -> String {
 #[test]
 fn empty_file_is_rejected() {
     let (_dir, path) = bad_file("empty.txt", b"");
-    assert!(data_error(&path).contains("empty file"));
+    assert!(data_error(&path).contains("empty corpus file"));
     let (_dir, path) = bad_file("blank.txt", b"\n \n\t\n");
-    assert!(data_error(&path).contains("empty file"));
+    assert!(data_error(&path).contains("empty corpus file"));
 }
 
 #[test]
@@ -365,7 +349,10 @@ fn binary_file_is_rejected() {
 fn non_utf8_file_names_the_offset() {
     let (_dir, path) = bad_file("latin1.txt", b"Caf\xe9 au lait.\n\nAnother one.\n");
     let msg = data_error(&path);
-    assert!(msg.contains("not UTF-8 at byte offset 3"), "{msg}");
+    assert!(
+        msg.contains("not UTF-8 (invalid byte at offset 3)"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -375,7 +362,7 @@ fn huge_line_is_rejected() {
     text.extend(b"\n\nLast one.\n");
     let (_dir, path) = bad_file("one_line.txt", &text);
     let msg = data_error(&path);
-    assert!(msg.contains("line 3") && msg.contains("split it"), "{msg}");
+    assert!(msg.contains("line 3 ") && msg.contains("split it"), "{msg}");
 }
 
 #[test]
