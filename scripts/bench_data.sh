@@ -64,28 +64,35 @@ timed() {
     end=$(date +%s.%N)
     wall_s=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
     rss_kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/time-$1.txt")
+    cpu_s=$(awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.3f", s }' "$tmp/time-$1.txt")
 }
 timed pairs
-pairs_s=$wall_s pairs_rss=$rss_kb
+pairs_s=$wall_s pairs_rss=$rss_kb pairs_cpu=$cpu_s
 timed mask
-mask_s=$wall_s mask_rss=$rss_kb
+mask_s=$wall_s mask_rss=$rss_kb mask_cpu=$cpu_s
 
 instances=$(run mask stats --json | awk -F': ' '/"instances"/ { gsub(/,/, "", $2); print $2 }')
 bytes=$(cat "${files[@]}" | wc -c)
 threads=$(nproc)
 
+# Google's script is one single-threaded Python process, so its CPU time is about its wall
+# time; instances per CPU-second compares the two fairly on a loaded machine.
+
 awk -v n="$instances" -v b="$bytes" -v ps="$pairs_s" -v ms="$mask_s" \
-    -v pr="$pairs_rss" -v mr="$mask_rss" -v t="$threads" 'BEGIN {
+    -v pr="$pairs_rss" -v mr="$mask_rss" -v t="$threads" -v cpu="$(awk -v a="$pairs_cpu" -v b="$mask_cpu" 'BEGIN { print a + b }')" \
+    -v load="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
     s = ps + ms
     rss = (pr > mr ? pr : mr) / 1024
     g_n = 95106; g_s = 106; g_rss = 928
-    printf "bench_data: wiki_00..07 (%.1f MB), seq 128, max_pred 20, dupe 5, %d cores\n", b / 1e6, t
+    printf "bench_data: wiki_00..07 (%.1f MB), seq 128, max_pred 20, dupe 5, %d cores, load %s\n", b / 1e6, t, load
     printf "%-22s %14s %14s %10s\n", "", "bertline", "Google", "ratio"
     printf "%-22s %14d %14d\n", "instances", n, g_n
     printf "%-22s %14.2f %14.1f\n", "wall s (pairs+mask)", s, g_s
     printf "%-22s %14.2f\n", "  pairs s", ps
     printf "%-22s %14.2f\n", "  mask s", ms
     printf "%-22s %14.0f %14.0f %9.0fx\n", "instances/s", n / s, g_n / g_s, (n / s) / (g_n / g_s)
+    printf "%-22s %14.2f %14.1f\n", "CPU s (user+sys)", cpu, g_s
+    printf "%-22s %14.0f %14.0f %9.0fx\n", "instances/CPU-s", n / cpu, g_n / g_s, (n / cpu) / (g_n / g_s)
     printf "%-22s %14.2f %14.3f %9.0fx\n", "input MB/s", b / 1e6 / s, b / 1e6 / g_s, g_s / s
     printf "%-22s %14.0f %14.0f %9.2fx\n", "peak RSS MB", rss, g_rss, rss / g_rss
     printf "targets: >= 100x throughput: %s; < 200 MB RSS: %s\n",

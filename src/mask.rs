@@ -106,27 +106,25 @@ fn candidate_indexes(
     do_whole_word_mask: bool,
     vocab: &MaskVocab,
 ) -> CandidateIndexes {
-    let mut groups: Vec<Vec<usize>> = Vec::with_capacity(tokens.len());
+    let mut candidates = CandidateIndexes {
+        indexes: Vec::with_capacity(tokens.len()),
+        groups: Vec::with_capacity(tokens.len()),
+    };
     for (i, &token) in tokens.iter().enumerate() {
         if token == vocab.cls || token == vocab.sep {
             continue;
         }
         // Whole Word Masking means that if we mask all of the wordpieces corresponding to an
         // original word. When a word has been split into WordPieces, the first token does
-        // not have any marker and any subsequence tokens are prefixed with ##.
-        match groups.last_mut() {
-            Some(group) if do_whole_word_mask && vocab.is_continuation(token) => group.push(i),
-            _ => groups.push(vec![i]),
+        // not have any marker and any subsequence tokens are prefixed with ##. So whenever
+        // we see the ## token, we append it to the previous set of word indexes.
+        candidates.indexes.push(i);
+        let end = candidates.indexes.len();
+        match candidates.groups.last_mut() {
+            // The last group always ends at the end of `indexes`, so it can grow.
+            Some(group) if do_whole_word_mask && vocab.is_continuation(token) => group.end = end,
+            _ => candidates.groups.push(end - 1..end),
         }
-    }
-    let mut candidates = CandidateIndexes {
-        indexes: Vec::with_capacity(tokens.len()),
-        groups: Vec::with_capacity(groups.len()),
-    };
-    for group in groups {
-        let start = candidates.indexes.len();
-        candidates.indexes.extend(group);
-        candidates.groups.push(start..candidates.indexes.len());
     }
     candidates
 }

@@ -25,6 +25,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
+mod ascii_wordpiece;
+pub use ascii_wordpiece::AsciiWordPiece;
+
 use crate::config::PairsConfig;
 use crate::corpus;
 use crate::error::{Error, IoContext, Result};
@@ -470,13 +473,14 @@ pub fn run_pairs(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         Begin::Run(run) => run,
     };
     let (wordpiece, _) = load_stage_vocab(ctx)?;
+    let tokenizer = AsciiWordPiece::new(&wordpiece);
     let started = Instant::now();
     let written = Mutex::new(Vec::new());
     let summary = create_training_pairs(
         &files,
         &cfg.pairs,
         cfg.run.random_seed,
-        &|lines| wordpiece.encode_lines(lines),
+        &|lines| tokenizer.encode_lines(lines),
         &|shard| {
             let rel = format!("{}.parquet", shard.stem());
             let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use bertline::config::{PairsConfig, VocabConfig};
 use bertline::pairs::{
     create_instances_from_document, create_pairs_from_file, create_training_pairs,
-    read_corpus_file, seeded_rng, truncate_seq_pair, Document, PairsSummary, Split,
+    read_corpus_file, seeded_rng, truncate_seq_pair, AsciiWordPiece, Document, PairsSummary, Split,
 };
 use bertline::progress::NoProgress;
 use bertline::tokenize::{train_wordpiece, WordPiece};
@@ -213,6 +213,51 @@ fn wordpiece() -> &'static WordPiece {
 
 fn tokenize(lines: &[&str]) -> bertline::Result<Vec<Vec<u32>>> {
     wordpiece().encode_lines(lines)
+}
+
+#[test]
+fn ascii_fast_path_gives_the_hf_tokenizers_ids() {
+    let wordpiece = wordpiece();
+    let fast = AsciiWordPiece::new(wordpiece);
+    let mut lines: Vec<String> = Vec::new();
+    for file in ["wiki_00.txt", "wiki_01.txt", "gutenberg_pg11.txt"] {
+        let text =
+            std::fs::read_to_string(repo_file(&format!("datasets/pretrain/{file}"))).unwrap();
+        lines.extend(
+            text.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty()),
+        );
+    }
+    let real = lines.len();
+    // Edge cases: an over-long word, tabs, control bytes, a literal special token, a word
+    // with no WordPiece match, non-ASCII text, punctuation runs, empty.
+    lines.extend([
+        "x".repeat(101),
+        "y".repeat(100),
+        "tab\tseparated\r\nwords".into(),
+        "bell\x07 and\x7f delete".into(),
+        "a [MASK] in [CLS] text [SEP]".into(),
+        "zqxjzqxj qqqqq".into(),
+        "Caf\u{e9} na\u{ef}ve \u{4e2d}\u{6587}".into(),
+        "\"Well...\" -- (yes)! $5,000 & 100% [sic] {a|b} ~x^y".into(),
+        String::new(),
+    ]);
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let expected = wordpiece.encode_lines(&refs).unwrap();
+    assert_eq!(fast.encode_lines(&refs).unwrap(), expected);
+    // The fast path covers most real lines, and the ones it takes match line by line.
+    let mut covered = 0;
+    for (line, ids) in refs.iter().zip(&expected) {
+        if let Some(fast_ids) = fast.encode_ascii_line(line) {
+            assert_eq!(&fast_ids, ids, "{line}");
+            covered += 1;
+        }
+    }
+    assert!(covered * 10 > real * 8, "{covered} of {real} lines");
+    assert!(fast.encode_ascii_line("a [MASK] here").is_none());
+    assert!(fast.encode_ascii_line("caf\u{e9}").is_none());
+    assert_eq!(fast.encode_ascii_line(&"x".repeat(101)), Some(vec![1]));
 }
 
 type Shards = BTreeMap<(Split, usize, usize), Vec<SentencePair>>;

@@ -192,7 +192,8 @@ fn wiki_00_matches_googles_create_pretraining_data() {
 
     // Reference: Google's functions (create_training_instances, create_instances_from_
     // document, create_masked_lm_predictions, truncate_seq_pair, copied verbatim into
-    // Python) run on the same token ids of wiki_00 with the same flags, over 11 seeds:
+    // scripts/google_pretraining_data_ref.py) run on the same token ids of wiki_00 with the
+    // same flags, over 11 seeds:
     // 11,760 instances (sd 140), 108.7 non-pad tokens (sd 0.9), 0.565 random-next (sd
     // 0.006), 16.18 masked positions (sd 0.14), split 0.800/0.100/0.100 (sd 0.001). Over
     // wiki_00..07 Google's script gives about 111 tokens, 0.56 random-next and 16.5 masked.
