@@ -30,6 +30,9 @@ use crate::tokenize::{load_stage_vocab, WordPiece};
 /// Rows masked with one generator; blocks are masked in parallel.
 pub const MASK_BLOCK_ROWS: usize = 1024;
 
+/// Most rows per instance shard: Parquet writing holds several copies of a shard in memory.
+pub const INSTANCE_SHARD_ROWS: usize = 4096;
+
 /// What masking needs to know about the vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskVocab {
@@ -260,9 +263,10 @@ pub fn instances_kind(split: Split) -> &'static str {
     }
 }
 
-/// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS.parquet`, one
-/// instance shard per pairs shard (same name), padded to `max_seq_length`. Shard `i` of the
-/// pairs record is masked with seeds from `(random_seed, "mask", i, block)`.
+/// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS-PP.parquet`: each
+/// pairs shard becomes parts of at most [`INSTANCE_SHARD_ROWS`] instances, padded to
+/// `max_seq_length`. Shard `i` of the pairs record is masked with seeds from
+/// `(random_seed, "mask", i, block)`.
 pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let mut run = match ctx.begin(Stage::Mask)? {
@@ -290,39 +294,49 @@ pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             let pairs = read_pairs(&ctx.path_of(artifact))?;
             let instances =
                 create_training_instances(&pairs, &cfg.mask, &vocab, cfg.run.random_seed, index);
-            let name = Path::new(&artifact.path)
-                .file_name()
-                .expect("artifact path names a file")
-                .to_string_lossy()
-                .into_owned();
-            write_instances(
-                &run.dir().join(&name),
-                &instances,
-                cfg.pairs.max_seq_length,
-                cfg.mask.max_predictions_per_seq,
-            )?;
-            let mut stats = InstanceStats::default();
-            for instance in &instances {
-                stats.add_instance(instance, vocab.mask);
-            }
             if index == 0 {
                 for instance in instances.iter().take(3) {
                     tracing::debug!("instance:\n{instance}");
                 }
             }
+            let stem = Path::new(&artifact.path)
+                .file_stem()
+                .expect("artifact path names a file")
+                .to_string_lossy()
+                .into_owned();
+            // Parquet writing holds several copies of a part, so parts stay small.
+            let mut parts = Vec::new();
+            for (part, rows) in instances.chunks(INSTANCE_SHARD_ROWS).enumerate() {
+                let name = format!("{stem}-{part:02}.parquet");
+                write_instances(
+                    &run.dir().join(&name),
+                    rows,
+                    cfg.pairs.max_seq_length,
+                    cfg.mask.max_predictions_per_seq,
+                )?;
+                parts.push((name, split, rows.len() as u64));
+            }
+            let mut stats = InstanceStats::default();
+            for instance in &instances {
+                stats.add_instance(instance, vocab.mask);
+            }
             progress.advance(pairs.len() as u64);
-            Ok((name, split, instances.len() as u64, stats))
+            Ok((parts, stats))
         })
         .collect::<Result<Vec<_>>>()?;
     progress.finish();
     let mut totals = InstanceStats::default();
-    for (name, split, rows, stats) in &per_shard {
-        run.add(name, instances_kind(*split), *rows)?;
+    let mut written = 0;
+    for (parts, stats) in &per_shard {
+        for (name, split, rows) in parts {
+            run.add(name, instances_kind(*split), *rows)?;
+            written += 1;
+        }
         totals.merge(stats);
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut metrics = serde_json::to_value(&totals).expect("stats serialise");
-    metrics["shards"] = json!(per_shard.len());
+    metrics["shards"] = json!(written);
     metrics["seconds"] = json!(seconds);
     metrics["instances_per_s"] = json!(totals.instances as f64 / seconds);
     Ok(Outcome::Ran(run.finish(ctx, metrics)?))

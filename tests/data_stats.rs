@@ -212,3 +212,96 @@ fn wiki_00_matches_googles_create_pretraining_data() {
     assert!((stats.random_fraction() - 0.10).abs() < 0.0035, "{stats}");
     assert!((stats.kept_fraction() - 0.10).abs() < 0.0035, "{stats}");
 }
+
+// ---- the stages through StageCtx ------------------------------------------------------
+
+/// vocab -> pairs -> mask -> stats on the shipped tiny profile (Alice), in a temp run dir:
+/// artifacts recorded, rows agree, a rerun is skipped, a forced rerun writes the same bytes.
+#[test]
+fn pairs_and_mask_stages_run_skip_and_reproduce() {
+    use bertline::mask::{instance_shards, run_mask};
+    use bertline::pairs::{run_pairs, Split};
+    use bertline::progress::NoProgress;
+    use bertline::stage::{StageCtx, StageOptions};
+    use bertline::stats::stage_stats;
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo.join("pipeline.toml"))
+        .unwrap()
+        .replace(
+            "dir = \"runs/tiny\"",
+            &format!("dir = {:?}", tmp.path().join("run")),
+        )
+        .replace(
+            "input = [\"datasets/pretrain/gutenberg_pg11.txt\"]",
+            &format!(
+                "input = [{:?}, {:?}]",
+                repo.join("datasets/pretrain/gutenberg_pg11.txt"),
+                repo.join("datasets/pretrain/wiki_01.txt")
+            ),
+        );
+    let config = tmp.path().join("pipeline.toml");
+    std::fs::write(&config, text).unwrap();
+    let open = |force| {
+        StageCtx::open(StageOptions {
+            config: config.clone(),
+            profile: "tiny".into(),
+            force,
+            verify: true,
+        })
+        .unwrap()
+    };
+
+    let ctx = open(false);
+    bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+    let pairs = run_pairs(&ctx, &NoProgress).unwrap();
+    assert!(!pairs.skipped());
+    let record = pairs.record();
+    let metrics = &record.metrics;
+    let train_rows: u64 = record.artifacts_of("pairs-train").map(|a| a.rows).sum();
+    let eval_rows: u64 = record.artifacts_of("pairs-eval").map(|a| a.rows).sum();
+    assert_eq!(train_rows, metrics["train_pairs"].as_u64().unwrap());
+    assert_eq!(eval_rows, metrics["eval_pairs"].as_u64().unwrap());
+    // Alice's 12 chapters are too few to hold out 10%; wiki_01's documents are not.
+    assert!(record
+        .artifacts_of("pairs-eval")
+        .all(|a| a.path.contains("eval-00001-")));
+    assert!(eval_rows > 0 && train_rows > 10 * eval_rows);
+
+    let mask = run_mask(&ctx, &NoProgress).unwrap();
+    assert!(!mask.skipped());
+    let instance_rows: u64 = mask.record().artifacts.iter().map(|a| a.rows).sum();
+    assert_eq!(instance_rows, train_rows + eval_rows);
+    let stats = stage_stats(&ctx, Split::Train).unwrap();
+    assert_eq!(stats.instances, train_rows);
+    assert_eq!(
+        stats.instances + stage_stats(&ctx, Split::Eval).unwrap().instances,
+        mask.record().metrics["instances"].as_u64().unwrap()
+    );
+    // max_seq_length 64, max_predictions_per_seq 10 in the tiny profile.
+    for path in instance_shards(&ctx, Split::Train).unwrap() {
+        let shard = read_instances(&path).unwrap();
+        assert_eq!((shard.seq_len, shard.max_predictions), (64, 10));
+    }
+    assert!(run_pairs(&ctx, &NoProgress).unwrap().skipped());
+    assert!(run_mask(&ctx, &NoProgress).unwrap().skipped());
+    drop(ctx);
+
+    // Forced reruns reproduce every shard byte for byte.
+    let ctx = open(true);
+    let hashes = |r: &bertline::manifest::StageRecord| {
+        r.artifacts
+            .iter()
+            .map(|a| (a.path.clone(), a.blake3.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        hashes(run_pairs(&ctx, &NoProgress).unwrap().record()),
+        hashes(record)
+    );
+    assert_eq!(
+        hashes(run_mask(&ctx, &NoProgress).unwrap().record()),
+        hashes(mask.record())
+    );
+}
