@@ -242,6 +242,12 @@ fn ascii_fast_path_gives_the_hf_tokenizers_ids() {
         "Caf\u{e9} na\u{ef}ve \u{4e2d}\u{6587}".into(),
         "\"Well...\" -- (yes)! $5,000 & 100% [sic] {a|b} ~x^y".into(),
         String::new(),
+        // Non-ASCII words among ASCII ones: accents, combining marks, no-break and
+        // zero-width spaces, form feed and vertical tab (removed, not spaces), CJK next to
+        // ASCII, Greek final sigma.
+        "na\u{ef}ve caf\u{e9}s, e\u{301}t\u{e9} \u{dc}-Bahn (M\u{fc}nchen).".into(),
+        "a\u{a0}b c\u{200b}d e\x0cf g\x0bh".into(),
+        "abc\u{4e2d}\u{6587}def \u{c5}ngstr\u{f6}m \u{39f}\u{394}\u{39f}\u{3a3} \u{2014}dash\u{2014}".into(),
     ]);
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let expected = wordpiece.encode_lines(&refs).unwrap();

@@ -1,10 +1,10 @@
-//! A fast, exact path of BERT's WordPiece tokenizer for pure-ASCII lines, the bulk of
-//! English text. HF `tokenizers` spends most of the `pairs` stage on Unicode tables and
-//! offset bookkeeping that ASCII lines do not need; [`AsciiWordPiece`] splits and looks
-//! pieces up directly and hands every other line to the HF tokenizer, so the ids are the
-//! same either way (`tests/data_pairs.rs` checks this on every line of the shipped text).
+//! A fast, exact path of BERT's WordPiece tokenizer for ASCII words, the bulk of English
+//! text. HF `tokenizers` spends most of the `pairs` stage on Unicode tables and offset
+//! bookkeeping that ASCII does not need; [`AsciiWordPiece`] splits and looks pieces up
+//! directly and hands every other word to the HF tokenizer, so the ids are the same either
+//! way (`tests/data_pairs.rs` checks this on every line of the shipped text).
 //!
-//! For an ASCII line BertNormalizer is: drop control bytes, map `\t \n \r` to spaces,
+//! For ASCII text BertNormalizer is: drop control bytes, map `\t \n \r` to spaces,
 //! lowercase (uncased); BertPreTokenizer splits on whitespace and isolates each ASCII
 //! punctuation byte; WordPiece is greedy longest-match-first with `##` continuations, and a
 //! word over `max_input_chars_per_word` or with no match is one `[UNK]`.
@@ -92,57 +92,72 @@ impl<'a> AsciiWordPiece<'a> {
         fast
     }
 
-    /// Encodes lines to ids without special tokens: ASCII lines here, the rest in one HF
-    /// batch.
+    /// Encodes lines to ids without special tokens. Whitespace-separated chunks of plain
+    /// ASCII are encoded here; the other chunks (and whole lines holding an added token) go
+    /// to HF in one batch. Chunks can be encoded apart because nothing in BERT's
+    /// normalizer, pre-tokenizer or WordPiece crosses a space, tab or line break.
     pub fn encode_lines(&self, lines: &[&str]) -> Result<Vec<Vec<u32>>> {
         let mut ids = Vec::with_capacity(lines.len());
         let mut word = String::new();
-        let mut fallback: Vec<usize> = Vec::new();
+        // Text HF encodes, and where its ids go: (line, position in that line's ids).
+        let mut slow_text: Vec<&str> = Vec::new();
+        let mut slow_place: Vec<(usize, usize)> = Vec::new();
         for (index, line) in lines.iter().enumerate() {
             let mut out = Vec::new();
-            if !self.encode_ascii(line, &mut word, &mut out) {
-                fallback.push(index);
+            if !self.enabled || self.added_tokens.iter().any(|t| line.contains(t.as_str())) {
+                slow_text.push(line);
+                slow_place.push((index, 0));
+            } else {
+                for chunk in line.split([' ', '\t', '\n', '\r']) {
+                    if chunk.bytes().all(|b| b.is_ascii_graphic()) {
+                        self.encode_ascii_chunk(chunk, &mut word, &mut out);
+                    } else {
+                        slow_text.push(chunk);
+                        slow_place.push((index, out.len()));
+                    }
+                }
             }
             ids.push(out);
         }
-        if !fallback.is_empty() {
-            let rest: Vec<&str> = fallback.iter().map(|&i| lines[i]).collect();
-            let encoded = self
-                .wordpiece
-                .tokenizer()
-                .encode_batch_fast(rest, false)
-                .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
-            for (index, encoding) in fallback.into_iter().zip(encoded) {
-                ids[index] = encoding.get_ids().to_vec();
-            }
+        if slow_text.is_empty() {
+            return Ok(ids);
+        }
+        let encoded = self
+            .wordpiece
+            .tokenizer()
+            .encode_batch_fast(slow_text, false)
+            .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
+        // Insert from the back, so earlier positions in the same line stay valid.
+        for ((line, position), encoding) in slow_place.into_iter().zip(encoded).rev() {
+            let line_ids: &mut Vec<u32> = &mut ids[line];
+            line_ids.splice(position..position, encoding.get_ids().iter().copied());
         }
         Ok(ids)
     }
 
-    /// The ids of one line by the fast path, or `None` when the line needs HF (not ASCII,
-    /// control bytes, an added token, or a tokenizer other than plain BERT).
+    /// The ids of one line by the fast path alone, or `None` when some of it needs HF (not
+    /// ASCII, control bytes, an added token, or a tokenizer other than plain BERT).
     pub fn encode_ascii_line(&self, line: &str) -> Option<Vec<u32>> {
-        let mut out = Vec::new();
-        self.encode_ascii(line, &mut String::new(), &mut out)
-            .then_some(out)
-    }
-
-    /// Encodes one line into `out`; false (and `out` unusable) when it needs HF.
-    fn encode_ascii(&self, line: &str, word: &mut String, out: &mut Vec<u32>) -> bool {
-        let plain = |b: &u8| {
-            b.is_ascii() && (*b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r')) && *b != 0x7f
-        };
+        let plain = |b: u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r');
         if !self.enabled
-            || !line.as_bytes().iter().all(plain)
+            || !line.bytes().all(plain)
             || self.added_tokens.iter().any(|t| line.contains(t.as_str()))
         {
-            return false;
+            return None;
         }
+        let (mut word, mut out) = (String::new(), Vec::new());
+        for chunk in line.split([' ', '\t', '\n', '\r']) {
+            self.encode_ascii_chunk(chunk, &mut word, &mut out);
+        }
+        Some(out)
+    }
+
+    /// Encodes a chunk of printable ASCII (no whitespace): punctuation bytes are words of
+    /// their own, letters are lowercased when the tokenizer is uncased.
+    fn encode_ascii_chunk(&self, chunk: &str, word: &mut String, out: &mut Vec<u32>) {
         word.clear();
-        for &byte in line.as_bytes() {
-            if byte.is_ascii_whitespace() {
-                self.push_word(word, out);
-            } else if byte.is_ascii_punctuation() {
+        for &byte in chunk.as_bytes() {
+            if byte.is_ascii_punctuation() {
                 self.push_word(word, out);
                 word.push(byte as char);
                 self.push_word(word, out);
@@ -153,7 +168,6 @@ impl<'a> AsciiWordPiece<'a> {
             }
         }
         self.push_word(word, out);
-        true
     }
 
     /// WordPiece on one word (greedy longest match first), then clears it.
