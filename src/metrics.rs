@@ -79,9 +79,7 @@ impl Metric {
         match (self, predicted, gold) {
             (Metric::Accuracy, Targets::Classes(p), Targets::Classes(g)) => Ok(accuracy(p, g)),
             (Metric::F1, Targets::Classes(p), Targets::Classes(g)) => Ok(f1_binary(p, g)),
-            (Metric::Mcc, Targets::Classes(p), Targets::Classes(g)) => {
-                Ok(matthews_corrcoef(p, g))
-            }
+            (Metric::Mcc, Targets::Classes(p), Targets::Classes(g)) => Ok(matthews_corrcoef(p, g)),
             (Metric::Pearson, p, g) => Ok(pearson(&p.as_scores(), &g.as_scores())),
             (Metric::Spearman, p, g) => Ok(spearman(&p.as_scores(), &g.as_scores())),
             (m, _, _) => Err(Error::Model(format!(
@@ -133,7 +131,10 @@ impl Targets {
 }
 
 fn check_lengths(a: usize, b: usize) {
-    assert_eq!(a, b, "metric inputs differ in length: {a} predictions vs {b} labels");
+    assert_eq!(
+        a, b,
+        "metric inputs differ in length: {a} predictions vs {b} labels"
+    );
 }
 
 /// Fraction of positions where `predicted == gold`; 0.0 for empty input.

@@ -238,7 +238,10 @@ pub fn read_squad_examples(dataset: &SquadDataset, is_training: bool) -> Vec<Squ
         }
     }
     if unmatched > 0 {
-        tracing::warn!(unmatched, "SQuAD questions dropped: answer not found in the context");
+        tracing::warn!(
+            unmatched,
+            "SQuAD questions dropped: answer not found in the context"
+        );
     }
     examples
 }
@@ -310,7 +313,10 @@ pub struct TokenizedContext {
 }
 
 /// Tokenizes a whole context once and maps every piece to its whitespace word.
-pub fn tokenize_context(context: &SquadContext, tokenizer: &dyn Wordpiece) -> Result<TokenizedContext> {
+pub fn tokenize_context(
+    context: &SquadContext,
+    tokenizer: &dyn Wordpiece,
+) -> Result<TokenizedContext> {
     let pieces = tokenizer.tokenize_with_offsets(&context.text)?;
     let mut tok_to_orig_index = Vec::with_capacity(pieces.len());
     for &(_, (start, _)) in &pieces {
@@ -412,7 +418,11 @@ pub struct DocSpan {
 
 /// The sliding windows of run_squad.py: each as long as allowed, the next starting
 /// `doc_stride` tokens later, until the last one reaches the end.
-pub fn doc_spans(num_doc_tokens: usize, max_tokens_for_doc: usize, doc_stride: usize) -> Vec<DocSpan> {
+pub fn doc_spans(
+    num_doc_tokens: usize,
+    max_tokens_for_doc: usize,
+    doc_stride: usize,
+) -> Vec<DocSpan> {
     let mut spans = Vec::new();
     let mut start_offset = 0;
     while start_offset < num_doc_tokens {
@@ -508,7 +518,11 @@ pub fn convert_examples_to_features(
                     query_ids.len()
                 ))
             })?;
-        let spans = doc_spans(context_tokens.ids.len(), max_tokens_for_doc, sizes.doc_stride);
+        let spans = doc_spans(
+            context_tokens.ids.len(),
+            max_tokens_for_doc,
+            sizes.doc_stride,
+        );
         for (doc_span_index, span) in spans.iter().enumerate() {
             let doc_offset = query_ids.len() + 2;
             let mut input_ids = Vec::with_capacity(doc_offset + span.length + 1);
@@ -709,7 +723,10 @@ fn span_text(example: &SquadExample, feature: &SquadFeature, start: usize, end: 
 /// and collapse whitespace.
 pub fn normalize_answer(s: &str) -> String {
     let lower = s.to_lowercase();
-    let no_punc: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_punc: String = lower
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
     let no_articles = remove_articles(&no_punc);
     no_articles.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -799,7 +816,12 @@ pub struct SquadScores {
 /// scoring 0 (the official script prints "Unanswered question ... will receive score 0").
 pub fn evaluate(dataset: &SquadDataset, predictions: &HashMap<String, String>) -> SquadScores {
     let (mut exact_match, mut f1, mut total, mut answered) = (0.0, 0.0, 0usize, 0usize);
-    for qa in dataset.data.iter().flat_map(|a| &a.paragraphs).flat_map(|p| &p.qas) {
+    for qa in dataset
+        .data
+        .iter()
+        .flat_map(|a| &a.paragraphs)
+        .flat_map(|p| &p.qas)
+    {
         total += 1;
         let Some(prediction) = predictions.get(&qa.id) else {
             continue;

@@ -337,7 +337,11 @@ pub fn glue_preset(name: &str, glue_dir: &Path) -> Option<TaskSpec> {
                     "dev",
                     g.labelled("dev.tsv", a, b, "is_duplicate"),
                 )],
-                test: vec![test_split("test", g.test("test.tsv", a, b, "id"), "QQP.tsv")],
+                test: vec![test_split(
+                    "test",
+                    g.test("test.tsv", a, b, "id"),
+                    "QQP.tsv",
+                )],
             }
         }
         // MNLI: sentence1, sentence2 and gold_label by name (dev files carry five
@@ -567,7 +571,10 @@ impl TaskSpec {
         let unlabelled = |e: &Example| {
             Error::data(
                 path,
-                format!("line {}: row has no label but is used for evaluation", e.line),
+                format!(
+                    "line {}: row has no label but is used for evaluation",
+                    e.line
+                ),
             )
         };
         match self.kind {
@@ -607,15 +614,12 @@ pub fn read_examples(task: &str, table: &TableSpec, kind: &TaskKind) -> Result<V
     let path = &table.path;
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(missing_file(task, path))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing_file(task, path)),
         Err(e) => return Err(Error::io(path, e)),
     };
     let rows = if table.quoting {
-        split_quoted_rows(&text, table.delimiter).map_err(|(line, msg)| {
-            Error::data(path, format!("line {line}: {msg}"))
-        })?
+        split_quoted_rows(&text, table.delimiter)
+            .map_err(|(line, msg)| Error::data(path, format!("line {line}: {msg}")))?
     } else {
         split_plain_rows(&text, table.delimiter)
     };
@@ -710,10 +714,13 @@ fn parse_label(value: &str, kind: &TaskKind) -> std::result::Result<Label, Strin
     }
 }
 
+/// Rows of a table file: `(1-based line where the row starts, fields)`.
+pub type Rows = Vec<(usize, Vec<String>)>;
+
 /// Splits text into rows of fields on `delimiter`, with no quote handling (GLUE's TSVs).
 /// Returns `(1-based line, fields)`; blank lines are skipped, `\r\n` is accepted and a
 /// byte-order mark at the start is dropped.
-pub fn split_plain_rows(text: &str, delimiter: char) -> Vec<(usize, Vec<String>)> {
+pub fn split_plain_rows(text: &str, delimiter: char) -> Rows {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.split('\n')
         .enumerate()
@@ -722,7 +729,9 @@ pub fn split_plain_rows(text: &str, delimiter: char) -> Vec<(usize, Vec<String>)
             (!line.is_empty()).then(|| {
                 (
                     i + 1,
-                    line.split(delimiter).map(str::to_string).collect::<Vec<_>>(),
+                    line.split(delimiter)
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
                 )
             })
         })
@@ -737,7 +746,7 @@ pub fn split_plain_rows(text: &str, delimiter: char) -> Vec<(usize, Vec<String>)
 pub fn split_quoted_rows(
     text: &str,
     delimiter: char,
-) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+) -> std::result::Result<Rows, (usize, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut rows = Vec::new();
     let mut chars = text.chars().peekable();
@@ -757,9 +766,7 @@ pub fn split_quoted_rows(
                 let quote_line = line;
                 loop {
                     match chars.next() {
-                        None => {
-                            return Err((quote_line, "unterminated quoted field".to_string()))
-                        }
+                        None => return Err((quote_line, "unterminated quoted field".to_string())),
                         Some('"') if chars.peek() == Some(&'"') => {
                             chars.next();
                             field.push('"');
@@ -849,7 +856,11 @@ pub fn write_glue_submission(
                 .ok_or_else(|| Error::Model(format!("{file}: class id {c} out of range")))?,
             (Prediction::Score(s), TaskKind::Regression) => {
                 // GLUE's STS-B scorer expects similarities within 0..5.
-                let s = if task.name == "stsb" { s.clamp(0.0, 5.0) } else { *s };
+                let s = if task.name == "stsb" {
+                    s.clamp(0.0, 5.0)
+                } else {
+                    *s
+                };
                 format!("{s:.3}")
             }
             _ => {

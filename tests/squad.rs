@@ -50,9 +50,11 @@ fn basic_tokens(text: &str) -> Vec<String> {
 /// A BERT WordPiece tokenizer whose vocabulary holds the words of `texts`, except
 /// "broncos", which is split into "bron ##cos" to exercise sub-word pieces.
 fn tokenizer_for(texts: &[&str]) -> Tokenizer {
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "bron", "##cos"]
-        .map(String::from)
-        .to_vec();
+    let mut vocab: Vec<String> = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "bron", "##cos",
+    ]
+    .map(String::from)
+    .to_vec();
     for text in texts {
         for t in basic_tokens(text) {
             if t != "broncos" && !vocab.contains(&t) {
@@ -103,8 +105,15 @@ fn shipped_dev_file_counts() {
     // Every training question's first answer lies on whole doc tokens, except a handful
     // whose answer text differs from the context in whitespace or starts mid-word.
     let examples = read_squad_examples(&train, true);
-    assert!(examples.len() * 1000 >= train.num_questions() * 995, "{}", examples.len());
-    assert_eq!(read_squad_examples(&eval, false).len(), eval.num_questions());
+    assert!(
+        examples.len() * 1000 >= train.num_questions() * 995,
+        "{}",
+        examples.len()
+    );
+    assert_eq!(
+        read_squad_examples(&eval, false).len(),
+        eval.num_questions()
+    );
 }
 
 #[test]
@@ -113,16 +122,25 @@ fn truncate_questions_keeps_the_first_ones() {
     dataset.truncate_questions(50);
     assert_eq!(dataset.num_questions(), 50);
     assert_eq!(dataset.data.len(), 1);
-    assert_eq!(dataset.data[0].paragraphs[0].qas[0].id, "56be4db0acb8001400a502ec");
+    assert_eq!(
+        dataset.data[0].paragraphs[0].qas[0].id,
+        "56be4db0acb8001400a502ec"
+    );
 }
 
 #[test]
 fn whitespace_doc_tokens_and_answer_positions() {
     let context = SquadContext::new("  The  Broncos\u{202f}won\n(24–10). ".into());
     assert_eq!(context.doc_tokens, ["The", "Broncos", "won", "(24–10)."]);
-    assert_eq!(&context.text[context.word_spans[3].0..context.word_spans[3].1], "(24–10).");
+    assert_eq!(
+        &context.text[context.word_spans[3].0..context.word_spans[3].1],
+        "(24–10)."
+    );
     // Characters, not bytes: "–" is one character.
-    assert_eq!(context.char_to_word_offset.len(), context.text.chars().count());
+    assert_eq!(
+        context.char_to_word_offset.len(),
+        context.text.chars().count()
+    );
     assert_eq!(context.char_to_word_offset[0], None);
     assert_eq!(context.char_to_word_offset[2], Some(0));
     assert_eq!(context.char_to_word_offset[5], Some(0));
@@ -138,7 +156,10 @@ fn whitespace_doc_tokens_and_answer_positions() {
 
 #[test]
 fn normalize_answer_matches_the_official_script() {
-    assert_eq!(normalize_answer("The  Quick, brown fox!"), "quick brown fox");
+    assert_eq!(
+        normalize_answer("The  Quick, brown fox!"),
+        "quick brown fox"
+    );
     assert_eq!(normalize_answer("An apple a day"), "apple day");
     assert_eq!(normalize_answer("anthem theatre"), "anthem theatre");
     assert_eq!(normalize_answer("Denver Broncos."), "denver broncos");
@@ -173,7 +194,10 @@ fn evaluate_scores_in_percent_and_counts_unanswered_as_zero() {
     // Right, right after normalisation, one extra word, and one unanswered.
     predictions.insert(qas[0].id.clone(), "Denver Broncos".to_string());
     predictions.insert(qas[1].id.clone(), "the carolina panthers.".to_string());
-    predictions.insert(qas[2].id.clone(), format!("{} extra", qas[2].answers[0].text));
+    predictions.insert(
+        qas[2].id.clone(),
+        format!("{} extra", qas[2].answers[0].text),
+    );
     let scores = evaluate(&dataset, &predictions);
     assert_eq!((scores.total, scores.answered), (4, 3));
     assert!((scores.exact_match - 50.0).abs() < 1e-9, "{scores:?}");
@@ -181,7 +205,10 @@ fn evaluate_scores_in_percent_and_counts_unanswered_as_zero() {
     let n = gold2.split_whitespace().count() as f64;
     let f1_2 = 2.0 * (n / (n + 1.0)) / (n / (n + 1.0) + 1.0);
     let expected_f1 = 100.0 * (1.0 + 1.0 + f1_2) / 4.0;
-    assert!((scores.f1 - expected_f1).abs() < 1e-9, "{scores:?} vs {expected_f1}");
+    assert!(
+        (scores.f1 - expected_f1).abs() < 1e-9,
+        "{scores:?} vs {expected_f1}"
+    );
 }
 
 #[test]
@@ -192,7 +219,13 @@ fn sliding_windows_and_max_context() {
         .map(|(start, length)| DocSpan { start, length })
         .to_vec();
     assert_eq!(spans, expected);
-    assert_eq!(doc_spans(5, 10, 8), vec![DocSpan { start: 0, length: 5 }]);
+    assert_eq!(
+        doc_spans(5, 10, 8),
+        vec![DocSpan {
+            start: 0,
+            length: 5
+        }]
+    );
     assert!(doc_spans(0, 10, 8).is_empty());
     // The example in run_squad.py: "bought" (7) has 4 left / 0 right context in span B
     // (3..8) and 1 left / 3 right in span C (6..11), so C is its max-context span.
@@ -214,7 +247,8 @@ fn features_of_a_long_paragraph() {
         doc_stride: 10,
         max_query_length: 64,
     };
-    let features = convert_examples_to_features(&[example.clone()], &tokenizer, sizes).unwrap();
+    let features =
+        convert_examples_to_features(std::slice::from_ref(&example), &tokenizer, sizes).unwrap();
     let doc = &features[0].context_tokens;
     let n = doc.ids.len();
     // Words become pieces: "broncos" is split, so pieces outnumber whitespace words.
@@ -224,15 +258,32 @@ fn features_of_a_long_paragraph() {
     assert_eq!(
         tokens_of(&tokenizer, &first.input_ids[..16]),
         [
-            "[CLS]", "which", "nfl", "team", "represented", "the", "afc", "at", "super",
-            "bowl", "50", "?", "[SEP]", "super", "bowl", "50"
+            "[CLS]",
+            "which",
+            "nfl",
+            "team",
+            "represented",
+            "the",
+            "afc",
+            "at",
+            "super",
+            "bowl",
+            "50",
+            "?",
+            "[SEP]",
+            "super",
+            "bowl",
+            "50"
         ]
     );
     assert_eq!(first.doc_offset, 13);
     assert_eq!(first.input_ids.len(), 40);
     assert_eq!(first.segment_ids[..13], [0; 13]);
     assert_eq!(first.segment_ids[13..], [1; 27]);
-    assert_eq!(*first.input_ids.last().unwrap(), tokenizer.token_to_id("[SEP]").unwrap());
+    assert_eq!(
+        *first.input_ids.last().unwrap(),
+        tokenizer.token_to_id("[SEP]").unwrap()
+    );
     let expected_windows = (n - 26).div_ceil(10) + 1;
     assert_eq!(features.len(), expected_windows);
     for (i, f) in features.iter().enumerate() {
@@ -255,7 +306,10 @@ fn features_of_a_long_paragraph() {
             let answer = tokens_of(&tokenizer, &f.input_ids[f.start_position..=f.end_position]);
             assert_eq!(answer, ["denver", "bron", "##cos"]);
             // Both pieces of "Broncos" map back to the same whitespace word.
-            assert_eq!(f.token_to_orig(f.start_position + 1), f.token_to_orig(f.end_position));
+            assert_eq!(
+                f.token_to_orig(f.start_position + 1),
+                f.token_to_orig(f.end_position)
+            );
             assert_eq!(
                 example.context.doc_tokens[f.token_to_orig(f.end_position).unwrap()],
                 "Broncos"
@@ -265,7 +319,10 @@ fn features_of_a_long_paragraph() {
         }
     }
     // 26-piece windows 10 apart hold a 3-piece answer in two or three of them.
-    assert!((2..=3).contains(&windows_with_answer), "{windows_with_answer}");
+    assert!(
+        (2..=3).contains(&windows_with_answer),
+        "{windows_with_answer}"
+    );
     // Every context piece is the max-context token of exactly one window.
     for t in 0..n {
         let owners = features
@@ -276,7 +333,10 @@ fn features_of_a_long_paragraph() {
         assert_eq!(owners, 1, "piece {t}");
     }
     let (ids, segments, mask) = features[0].padded(48, 0);
-    assert_eq!((ids.len(), segments.len(), mask.iter().sum::<u32>()), (48, 48, 40));
+    assert_eq!(
+        (ids.len(), segments.len(), mask.iter().sum::<u32>()),
+        (48, 48, 40)
+    );
 }
 
 #[test]
@@ -329,7 +389,12 @@ fn span_selection_on_fixed_logits() {
     // the trailing comma is separate from "Broncos".
     assert_eq!(
         texts[..4],
-        ["Denver Broncos", "the Denver Broncos", "Denver Broncos,", "the Denver Broncos,"]
+        [
+            "Denver Broncos",
+            "the Denver Broncos",
+            "Denver Broncos,",
+            "the Denver Broncos,"
+        ]
     );
     assert_eq!((nbest[0].start_logit, nbest[0].end_logit), (5.0, 5.0));
     let total: f32 = nbest.iter().map(|n| n.probability).sum();
@@ -347,12 +412,20 @@ fn span_selection_on_fixed_logits() {
 
 #[test]
 fn best_indexes_are_sorted_and_stable() {
-    assert_eq!(get_best_indexes(&[0.1, 0.9, 0.5, 0.9, -1.0], 3), vec![1, 3, 2]);
+    assert_eq!(
+        get_best_indexes(&[0.1, 0.9, 0.5, 0.9, -1.0], 3),
+        vec![1, 3, 2]
+    );
     assert_eq!(get_best_indexes(&[0.1, 0.2], 5), vec![1, 0]);
 }
 
 #[test]
 fn missing_squad_file_names_it() {
-    let err = load_squad(Path::new("nowhere/train-v1.1.json")).unwrap_err().to_string();
-    assert!(err.contains("nowhere/train-v1.1.json") && err.contains("not found"), "{err}");
+    let err = load_squad(Path::new("nowhere/train-v1.1.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nowhere/train-v1.1.json") && err.contains("not found"),
+        "{err}"
+    );
 }

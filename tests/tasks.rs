@@ -68,9 +68,15 @@ fn sst2_rows_and_fields() {
     assert_eq!(task.name, "sst2");
     let (train, dev, test) = load_all(&task);
     assert_eq!((train.len(), dev.len(), test.len()), (67349, 872, 1821));
-    assert_eq!(train[0].text_a, "hide new secretions from the parental units ");
+    assert_eq!(
+        train[0].text_a,
+        "hide new secretions from the parental units "
+    );
     assert_eq!(train[0].label, Some(Label::Class(0)));
-    assert_eq!(dev[0].text_a, "it 's a charming and often affecting journey . ");
+    assert_eq!(
+        dev[0].text_a,
+        "it 's a charming and often affecting journey . "
+    );
     assert_eq!(dev[0].label, Some(Label::Class(1)));
     assert_eq!(dev[0].text_b, None);
     assert_eq!(test[0].id, "0");
@@ -102,7 +108,9 @@ fn mrpc_keeps_stray_quotes_and_reads_past_the_bom() {
         .as_deref()
         .unwrap()
         .starts_with("\" The foodservice pie business"));
-    assert!(test[0].text_a.starts_with("PCCW 's chief operating officer"));
+    assert!(test[0]
+        .text_a
+        .starts_with("PCCW 's chief operating officer"));
 }
 
 #[test]
@@ -142,7 +150,10 @@ fn wnli_rows_and_fields() {
     );
     assert_eq!(train[0].text_b.as_deref(), Some("The carrot had a hole."));
     assert_eq!(dev[70].label, Some(Label::Class(0)));
-    assert_eq!(dev[70].text_b.as_deref(), Some("Eric was not particularly eager to see it."));
+    assert_eq!(
+        dev[70].text_b.as_deref(),
+        Some("Eric was not particularly eager to see it.")
+    );
 }
 
 #[test]
@@ -158,7 +169,10 @@ fn qnli_dev_loads_but_missing_train_is_an_error_naming_the_file() {
     assert_eq!(dev[1].label, Some(Label::Class(1)));
     assert_eq!(task.load(&task.test[0].table).unwrap().len(), 5463);
     let err = task.check_files().unwrap_err().to_string();
-    assert!(err.contains("QNLI/train.tsv") && err.contains("`qnli`"), "{err}");
+    assert!(
+        err.contains("QNLI/train.tsv") && err.contains("`qnli`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -196,8 +210,14 @@ fn quoted_rows_follow_rfc4180() {
         (6, vec!["last".into(), "".into()]),
     ];
     assert_eq!(rows, expect);
-    assert_eq!(split_quoted_rows("a,\"open\nb", ','), Err((1, "unterminated quoted field".into())));
-    assert!(split_quoted_rows("\"x\"y,z", ',').unwrap_err().1.contains("after a closing quote"));
+    assert_eq!(
+        split_quoted_rows("a,\"open\nb", ','),
+        Err((1, "unterminated quoted field".into()))
+    );
+    assert!(split_quoted_rows("\"x\"y,z", ',')
+        .unwrap_err()
+        .1
+        .contains("after a closing quote"));
 }
 
 fn custom_config(dir: &Path, extra: &str) -> FinetuneConfig {
@@ -231,7 +251,11 @@ fn custom_csv_task_with_quotes() {
          2,Meh,\"Long\nand dull\",neg\n",
     )
     .unwrap();
-    std::fs::write(dir.path().join("dev.csv"), "id,title,review,sentiment\n3,A,B,pos\n").unwrap();
+    std::fs::write(
+        dir.path().join("dev.csv"),
+        "id,title,review,sentiment\n3,A,B,pos\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("test.csv"), "id,title,review\n4,C,D\n").unwrap();
     let config = custom_config(dir.path(), "");
     let task = resolve_task("reviews", &config, &glue_dir(), dir.path()).unwrap();
@@ -262,9 +286,16 @@ fn bad_rows_name_the_file_and_line() {
     let err = task.load_train().unwrap_err().to_string();
     assert!(err.contains("train.csv") && err.contains("line 3"), "{err}");
     assert!(err.contains("3 columns, expected 4"), "{err}");
-    std::fs::write(&train, "id,title,review,sentiment\n1,a,b,pos\n\n2,a,b,neutral\n").unwrap();
+    std::fs::write(
+        &train,
+        "id,title,review,sentiment\n1,a,b,pos\n\n2,a,b,neutral\n",
+    )
+    .unwrap();
     let err = task.load_train().unwrap_err().to_string();
-    assert!(err.contains("line 4") && err.contains("unknown label `neutral`"), "{err}");
+    assert!(
+        err.contains("line 4") && err.contains("unknown label `neutral`"),
+        "{err}"
+    );
     std::fs::write(&train, "id,title,text,sentiment\n").unwrap();
     let err = task.load_train().unwrap_err().to_string();
     assert!(err.contains("no column named `review`"), "{err}");
@@ -276,7 +307,10 @@ fn unknown_task_and_bad_custom_metric_are_config_errors() {
     let err = resolve_task("glue-x", &config, &glue_dir(), Path::new("."))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown task `glue-x`") && err.contains("cola"), "{err}");
+    assert!(
+        err.contains("unknown task `glue-x`") && err.contains("cola"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut config = custom_config(dir.path(), "");
     config.custom.get_mut("reviews").unwrap().metrics = vec!["auc".into()];
@@ -299,10 +333,14 @@ fn glue_submission_files_use_index_and_label_names() {
     let cola = preset("cola");
     let test = cola.load(&cola.test[0].table).unwrap();
     let predictions: Vec<Prediction> = (0..test.len()).map(|i| Prediction::Class(i % 2)).collect();
-    let path = write_glue_submission(out.path(), &cola, &cola.test[0], &test, &predictions).unwrap();
+    let path =
+        write_glue_submission(out.path(), &cola, &cola.test[0], &test, &predictions).unwrap();
     assert_eq!(path.file_name().unwrap(), "CoLA.tsv");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("index\tprediction\n0\t0\n1\t1\n2\t0\n"), "{text}");
+    assert!(
+        text.starts_with("index\tprediction\n0\t0\n1\t1\n2\t0\n"),
+        "{text}"
+    );
     assert_eq!(text.lines().count(), 1 + 1063);
 
     let stsb = preset("stsb");
@@ -310,19 +348,29 @@ fn glue_submission_files_use_index_and_label_names() {
     let mut scores = vec![Prediction::Score(2.0); test.len()];
     scores[0] = Prediction::Score(5.7);
     scores[1] = Prediction::Score(-0.2);
-    scores[2] = Prediction::Score(3.14159);
+    scores[2] = Prediction::Score(3.2468);
     let path = write_glue_submission(out.path(), &stsb, &stsb.test[0], &test, &scores).unwrap();
     assert_eq!(path.file_name().unwrap(), "STS-B.tsv");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("index\tprediction\n0\t5.000\n1\t0.000\n2\t3.142\n3\t2.000\n"), "{text}");
+    assert!(
+        text.starts_with("index\tprediction\n0\t5.000\n1\t0.000\n2\t3.247\n3\t2.000\n"),
+        "{text}"
+    );
 
     let qnli = glue_preset("qnli", &shared_glue_dir()).unwrap();
     let rows = qnli.load(&qnli.test[0].table).unwrap();
     let predictions = vec![Prediction::Class(1); rows.len()];
-    let path = write_glue_submission(out.path(), &qnli, &qnli.test[0], &rows, &predictions).unwrap();
+    let path =
+        write_glue_submission(out.path(), &qnli, &qnli.test[0], &rows, &predictions).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("index\tprediction\n0\tnot_entailment\n"), "{text}");
+    assert!(
+        text.starts_with("index\tprediction\n0\tnot_entailment\n"),
+        "{text}"
+    );
 
     let err = write_glue_submission(out.path(), &cola, &cola.test[0], &rows[..2], &[]).unwrap_err();
-    assert!(err.to_string().contains("0 predictions for 2 test rows"), "{err}");
+    assert!(
+        err.to_string().contains("0 predictions for 2 test rows"),
+        "{err}"
+    );
 }
