@@ -50,9 +50,14 @@ impl ParamGrads {
             *self = other;
             return;
         }
-        assert_eq!(self.names, other.names, "accumulating gradients of another model");
+        assert_eq!(
+            self.names, other.names,
+            "accumulating gradients of another model"
+        );
         for (acc, g) in self.values.iter_mut().zip(other.values) {
-            acc.par_iter_mut().zip(g.par_iter()).for_each(|(a, b)| *a += b);
+            acc.par_iter_mut()
+                .zip(g.par_iter())
+                .for_each(|(a, b)| *a += b);
         }
     }
 
@@ -108,7 +113,12 @@ pub fn total_train_steps(cfg: &PretrainConfig) -> usize {
 /// 2) then linear decay to 0 at the last step (HF `get_linear_schedule_with_warmup`, BERT's
 ///    `polynomial_decay` with power 1 after warmup).
 pub fn lr_at(step: usize, cfg: &PretrainConfig) -> f64 {
-    schedule(step, cfg.learning_rate, cfg.num_warmup_steps, total_train_steps(cfg))
+    schedule(
+        step,
+        cfg.learning_rate,
+        cfg.num_warmup_steps,
+        total_train_steps(cfg),
+    )
 }
 
 /// [`lr_at`] with explicit values (fine-tuning uses the same schedule).
@@ -180,7 +190,12 @@ impl AdamW {
     /// m ← m + (1 − β1)(g − m);  v ← β2 v + (1 − β2) g²
     /// p ← p − lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε)
     /// ```
-    pub fn update<D: Device<f32>, M: HfParams<D>>(&mut self, model: &mut M, grads: &ParamGrads, lr: f64) {
+    pub fn update<D: Device<f32>, M: HfParams<D>>(
+        &mut self,
+        model: &mut M,
+        grads: &ParamGrads,
+        lr: f64,
+    ) {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -200,7 +215,11 @@ impl AdamW {
                 exp_avg: vec![0.0; values.len()],
                 exp_avg_sq: vec![0.0; values.len()],
             });
-            let decay = if decays(&name) { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            let decay = if decays(&name) {
+                (1.0 - lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
             values
                 .par_iter_mut()
                 .zip(moments.exp_avg.par_iter_mut())
@@ -224,7 +243,10 @@ impl AdamW {
         for (name, m) in &self.moments {
             let n = m.exp_avg.len();
             tensors.insert(format!("{name}.exp_avg"), (vec![n], m.exp_avg.clone()));
-            tensors.insert(format!("{name}.exp_avg_sq"), (vec![n], m.exp_avg_sq.clone()));
+            tensors.insert(
+                format!("{name}.exp_avg_sq"),
+                (vec![n], m.exp_avg_sq.clone()),
+            );
         }
         let c = self.config;
         let metadata = HashMap::from([
@@ -240,12 +262,18 @@ impl AdamW {
 
     /// Reads state written by [`AdamW::save`] for `model`: every parameter must have moments
     /// of its size (a fresh state, step 0, has none).
-    pub fn load<D: Device<f32>, M: HfParams<D>>(path: &Path, config: AdamWConfig, model: &M) -> Result<Self> {
+    pub fn load<D: Device<f32>, M: HfParams<D>>(
+        path: &Path,
+        config: AdamWConfig,
+        model: &M,
+    ) -> Result<Self> {
         let (mut tensors, metadata) = read_safetensors(path)?;
         let step: u64 = metadata
             .get("step")
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::checkpoint(path, "no `step` in the metadata: not an optimizer state"))?;
+            .ok_or_else(|| {
+                Error::checkpoint(path, "no `step` in the metadata: not an optimizer state")
+            })?;
         let mut moments = BTreeMap::new();
         if step > 0 {
             for (name, p) in model.named_parameters() {
@@ -264,7 +292,13 @@ impl AdamW {
                 };
                 let exp_avg = take("exp_avg")?;
                 let exp_avg_sq = take("exp_avg_sq")?;
-                moments.insert(name, Moments { exp_avg, exp_avg_sq });
+                moments.insert(
+                    name,
+                    Moments {
+                        exp_avg,
+                        exp_avg_sq,
+                    },
+                );
             }
         }
         Ok(AdamW {

@@ -59,9 +59,19 @@ fn saved_keys_and_shapes_are_exactly_hf_bert_for_pretraining() {
     let keys: Vec<&str> = tensors.keys().map(String::as_str).collect();
     assert_eq!(keys, expected);
     assert_eq!(metadata.get("format").map(String::as_str), Some("pt"));
-    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
-    assert_eq!(tensors["bert.encoder.layer.0.intermediate.dense.weight"].0, vec![i, h]);
-    assert_eq!(tensors["bert.encoder.layer.0.output.dense.weight"].0, vec![h, i]);
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    assert_eq!(
+        tensors["bert.encoder.layer.0.intermediate.dense.weight"].0,
+        vec![i, h]
+    );
+    assert_eq!(
+        tensors["bert.encoder.layer.0.output.dense.weight"].0,
+        vec![h, i]
+    );
     assert_eq!(tensors["cls.predictions.decoder.weight"].0, vec![v, h]);
     assert_eq!(tensors["cls.seq_relationship.weight"].0, vec![2, h]);
     assert_eq!(
@@ -69,10 +79,13 @@ fn saved_keys_and_shapes_are_exactly_hf_bert_for_pretraining() {
         tensors["bert.embeddings.word_embeddings.weight"]
     );
     // Padding row of the word embeddings starts at zero (HF _init_weights).
-    assert!(tensors["bert.embeddings.word_embeddings.weight"].1[..h].iter().all(|&x| x == 0.0));
+    assert!(tensors["bert.embeddings.word_embeddings.weight"].1[..h]
+        .iter()
+        .all(|&x| x == 0.0));
 
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
+            .unwrap();
     assert_eq!(json["model_type"], "bert");
     assert_eq!(json["architectures"][0], "BertForPreTraining");
     assert_eq!(json["hidden_size"], 16);
@@ -86,7 +99,13 @@ fn save_then_load_is_bit_exact_and_gives_the_same_loss() {
     // Perturb the LayerNorm weights so round-tripping non-trivial values is tested.
     for (name, mut p) in model.named_parameters_mut() {
         if name.contains("LayerNorm.weight") {
-            let values: Vec<f32> = p.as_ref().to_vec().iter().enumerate().map(|(i, v)| v + i as f32 * 1e-3).collect();
+            let values: Vec<f32> = p
+                .as_ref()
+                .to_vec()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + i as f32 * 1e-3)
+                .collect();
             p.copy_from(&values);
         }
     }
@@ -100,10 +119,15 @@ fn save_then_load_is_bit_exact_and_gives_the_same_loss() {
     for ((na, pa), (nb, pb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
         let (va, vb) = (pa.to_vec(), pb.to_vec());
-        assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{na}");
+        assert!(
+            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{na}"
+        );
     }
     let loss = |m: &bertline::model::BertForPreTraining<Cpu>| {
-        m.loss::<NoneTape>(&tiny_batch(), &mut Mode::Eval).loss.array()
+        m.loss::<NoneTape>(&tiny_batch(), &mut Mode::Eval)
+            .loss
+            .array()
     };
     assert_eq!(loss(&model).to_bits(), loss(&loaded).to_bits());
 }
@@ -140,14 +164,20 @@ fn missing_key_and_shape_mismatch_are_one_line_errors_naming_file_and_key() {
     write_safetensors(&path, &missing, Default::default()).unwrap();
     let err = load_pretraining(dir.path(), &dev).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
-    assert!(err.contains("bert.encoder.layer.1.output.dense.bias"), "{err}");
+    assert!(
+        err.contains("bert.encoder.layer.1.output.dense.bias"),
+        "{err}"
+    );
     assert!(!err.contains('\n'));
 
     let mut wrong = tensors.clone();
     wrong.insert("bert.pooler.dense.bias".into(), (vec![3], vec![0.0; 3]));
     write_safetensors(&path, &wrong, Default::default()).unwrap();
     let err = load_pretraining(dir.path(), &dev).unwrap_err().to_string();
-    assert!(err.contains("bert.pooler.dense.bias") && err.contains("[3]"), "{err}");
+    assert!(
+        err.contains("bert.pooler.dense.bias") && err.contains("[3]"),
+        "{err}"
+    );
 
     std::fs::write(&path, b"not a checkpoint").unwrap();
     let err = load_pretraining(dir.path(), &dev).unwrap_err().to_string();
@@ -162,14 +192,26 @@ fn classifier_from_a_pretraining_checkpoint_keeps_bert_and_gets_a_fresh_head() {
     save_pretraining(&model, &config, dir.path()).unwrap();
     let (classifier, _) = load_sequence_classification(dir.path(), 3, &dev, 42).unwrap();
     assert_eq!(
-        classifier.bert.encoder.layer[1].output.dense.weight.as_vec(),
+        classifier.bert.encoder.layer[1]
+            .output
+            .dense
+            .weight
+            .as_vec(),
         model.bert.encoder.layer[1].output.dense.weight.as_vec()
     );
-    assert_eq!(*classifier.classifier.weight.shape(), (3, config.hidden_size));
+    assert_eq!(
+        *classifier.classifier.weight.shape(),
+        (3, config.hidden_size)
+    );
     let w = classifier.classifier.weight.as_vec();
     let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     assert!(std > 0.005 && std < 0.05, "classifier init std {std}");
-    assert!(classifier.classifier.bias.as_vec().iter().all(|&b| b == 0.0));
+    assert!(classifier
+        .classifier
+        .bias
+        .as_vec()
+        .iter()
+        .all(|&b| b == 0.0));
 
     // Reloading the same checkpoint with the same seed gives the same head.
     let (again, _) = load_sequence_classification(dir.path(), 3, &dev, 42).unwrap();
@@ -191,8 +233,13 @@ fn hf_config_json_with_extra_keys_reads_and_unsupported_activation_fails() {
             "type_vocab_size": 2, "use_cache": true, "vocab_size": 30522}"#,
     )
     .unwrap();
-    assert_eq!(read_config_json(&path).unwrap(), bertline::BertConfig::default());
-    let text = std::fs::read_to_string(&path).unwrap().replace("\"gelu\"", "\"relu\"");
+    assert_eq!(
+        read_config_json(&path).unwrap(),
+        bertline::BertConfig::default()
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"gelu\"", "\"relu\"");
     std::fs::write(&path, text).unwrap();
     let err = read_config_json(&path).unwrap_err().to_string();
     assert!(err.contains("config.json") && err.contains("relu"), "{err}");
@@ -207,17 +254,32 @@ fn legacy_gamma_beta_names_load() {
     let renamed: Vec<(String, String)> = tensors
         .keys()
         .filter(|k| k.contains("LayerNorm"))
-        .map(|k| (k.clone(), k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")))
+        .map(|k| {
+            (
+                k.clone(),
+                k.replace("LayerNorm.weight", "LayerNorm.gamma")
+                    .replace("LayerNorm.bias", "LayerNorm.beta"),
+            )
+        })
         .collect();
     for (old, new) in renamed {
         let t = tensors.remove(&old).unwrap();
         tensors.insert(new, t);
     }
-    let report = load_params(&mut other, &tensors, std::path::Path::new("x.safetensors"), &[]).unwrap();
+    let report = load_params(
+        &mut other,
+        &tensors,
+        std::path::Path::new("x.safetensors"),
+        &[],
+    )
+    .unwrap();
     assert!(report.fresh.is_empty());
     assert_eq!(
         report.unused,
-        vec!["cls.predictions.decoder.bias".to_string(), "cls.predictions.decoder.weight".to_string()]
+        vec![
+            "cls.predictions.decoder.bias".to_string(),
+            "cls.predictions.decoder.weight".to_string()
+        ]
     );
     assert_eq!(
         other.bert.embeddings.layer_norm.weight.as_vec(),

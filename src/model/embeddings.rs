@@ -70,7 +70,8 @@ impl<D: Device<f32>> BertInputs<D> {
         attention_mask: &IdMatrix<D>,
     ) -> Self {
         let (batch, seq_len) = *input_ids.shape();
-        let to_u32 = |t: &IdMatrix<D>| -> Vec<u32> { t.as_vec().iter().map(|&x| x as u32).collect() };
+        let to_u32 =
+            |t: &IdMatrix<D>| -> Vec<u32> { t.as_vec().iter().map(|&x| x as u32).collect() };
         Self::new(
             input_ids.device(),
             batch,
@@ -84,7 +85,11 @@ impl<D: Device<f32>> BertInputs<D> {
     /// Checks every id against the model's table sizes: a one-line error instead of an
     /// out-of-bounds panic inside the gather.
     pub fn check(&self, config: &BertConfig) -> Result<()> {
-        if let Some(&bad) = self.host_input_ids.iter().find(|&&i| i >= config.vocab_size) {
+        if let Some(&bad) = self
+            .host_input_ids
+            .iter()
+            .find(|&&i| i >= config.vocab_size)
+        {
             return Err(Error::Model(format!(
                 "token id {bad} is outside the vocabulary (vocab_size = {}): the shards were \
                  built with another vocabulary; rebuild them or fix model.vocab_size",
@@ -148,10 +153,16 @@ impl<D: Device<f32>> BertEmbeddings<D> {
     }
 
     /// `[batch * seq, hidden]` embeddings of `inputs`.
-    pub fn forward<T: Tape<f32, D>>(&self, inputs: &BertInputs<D>, mode: &mut Mode) -> Matrix<D, T> {
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        inputs: &BertInputs<D>,
+        mode: &mut Mode,
+    ) -> Matrix<D, T> {
         let words = self.word_embeddings.forward::<T>(&inputs.input_ids);
         let words = self.stop_padding_gradient(words, inputs);
-        let types = self.token_type_embeddings.forward::<T>(&inputs.token_type_ids);
+        let types = self
+            .token_type_embeddings
+            .forward::<T>(&inputs.token_type_ids);
         let positions = self.position_embeddings.forward::<T>(&inputs.position_ids);
         // HF order: (inputs_embeds + token_type_embeddings) + position_embeddings.
         let embeddings = words + types + positions;

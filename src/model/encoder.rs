@@ -7,8 +7,8 @@ use dfdx::tensor::{Tape, WithEmptyTape};
 use dfdx::tensor_ops::{BroadcastTo, Device, GatherTo, PermuteTo, ReshapeTo, TryMatMul};
 
 use super::{
-    gelu, hf_params, BertConfig, BertEmbeddings, BertInputs, IdMatrix, Init, LayerNorm,
-    Linear, Matrix, Mode,
+    gelu, hf_params, BertConfig, BertEmbeddings, BertInputs, IdMatrix, Init, LayerNorm, Linear,
+    Matrix, Mode,
 };
 
 // modeling_bert.py#L228 (BertSelfAttention)
@@ -370,4 +370,3 @@ impl<D: Device<f32>> BertModel<D> {
         self.encoder.forward(embeddings, inputs, mode)
     }
 }
-

@@ -83,8 +83,12 @@ pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, Strin
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e:?}")))?;
     let mut out = TensorMap::new();
     for (name, view) in file.tensors() {
-        let values = decode_f32(view.dtype(), view.data())
-            .ok_or_else(|| Error::checkpoint(path, format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+        let values = decode_f32(view.dtype(), view.data()).ok_or_else(|| {
+            Error::checkpoint(
+                path,
+                format!("{name}: unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok((out, metadata.metadata().clone().unwrap_or_default()))
@@ -161,7 +165,11 @@ pub fn save_pretraining<D: Device<f32>>(
     dir: &Path,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
-    write_safetensors(&dir.join(MODEL_FILE), &pretraining_tensors(model), pt_metadata())?;
+    write_safetensors(
+        &dir.join(MODEL_FILE),
+        &pretraining_tensors(model),
+        pt_metadata(),
+    )?;
     write_config_json(config, "BertForPreTraining", None, &dir.join(CONFIG_FILE))
 }
 
@@ -189,7 +197,12 @@ pub fn save_question_answering<D: Device<f32>>(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     write_safetensors(&dir.join(MODEL_FILE), &model_tensors(model), pt_metadata())?;
-    write_config_json(config, "BertForQuestionAnswering", None, &dir.join(CONFIG_FILE))
+    write_config_json(
+        config,
+        "BertForQuestionAnswering",
+        None,
+        &dir.join(CONFIG_FILE),
+    )
 }
 
 /// HF `config.json`: the [`BertConfig`] keys plus `model_type`, `architectures` and, for
@@ -207,8 +220,9 @@ pub fn write_config_json(
     object.insert("position_embedding_type".into(), "absolute".into());
     object.insert("torch_dtype".into(), "float32".into());
     if let Some(n) = num_labels {
-        let id2label: serde_json::Map<String, serde_json::Value> =
-            (0..n).map(|i| (i.to_string(), format!("LABEL_{i}").into())).collect();
+        let id2label: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| (i.to_string(), format!("LABEL_{i}").into()))
+            .collect();
         let label2id: serde_json::Map<String, serde_json::Value> =
             (0..n).map(|i| (format!("LABEL_{i}"), i.into())).collect();
         object.insert("id2label".into(), id2label.into());
@@ -231,7 +245,10 @@ pub fn read_config_json(path: &Path) -> Result<BertConfig> {
     let object = json
         .as_object()
         .ok_or_else(|| Error::checkpoint(path, "expected a JSON object"))?;
-    if let Some(kind) = object.get("position_embedding_type").and_then(|v| v.as_str()) {
+    if let Some(kind) = object
+        .get("position_embedding_type")
+        .and_then(|v| v.as_str())
+    {
         if kind != "absolute" {
             return Err(Error::checkpoint(
                 path,
@@ -251,7 +268,10 @@ pub fn read_config_json(path: &Path) -> Result<BertConfig> {
     if config.hidden_act != "gelu" {
         return Err(Error::checkpoint(
             path,
-            format!("hidden_act = {:?}: only \"gelu\" is supported", config.hidden_act),
+            format!(
+                "hidden_act = {:?}: only \"gelu\" is supported",
+                config.hidden_act
+            ),
         ));
     }
     if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
@@ -303,7 +323,9 @@ pub fn load_params<D: Device<f32>, M: HfParams<D>>(
         if *shape != expected {
             return Err(Error::checkpoint(
                 path,
-                format!("{key}: shape {shape:?} but the model expects {expected:?} (check config.json)"),
+                format!(
+                    "{key}: shape {shape:?} but the model expects {expected:?} (check config.json)"
+                ),
             ));
         }
         param.copy_from(values);
@@ -372,8 +394,11 @@ pub fn load_sequence_classification<D: Device<f32>>(
 ) -> Result<(BertForSequenceClassification<D>, BertConfig)> {
     let (config, tensors, path) = read_model_dir(dir)?;
     let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-    let mut model =
-        BertForSequenceClassification::new(&config, num_labels, &mut init(&config, device, &mut rng));
+    let mut model = BertForSequenceClassification::new(
+        &config,
+        num_labels,
+        &mut init(&config, device, &mut rng),
+    );
     load_params(&mut model, &tensors, &path, &["classifier."])?;
     Ok((model, config))
 }
@@ -388,6 +413,11 @@ pub fn load_question_answering<D: Device<f32>>(
     let (config, tensors, path) = read_model_dir(dir)?;
     let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     let mut model = BertForQuestionAnswering::new(&config, &mut init(&config, device, &mut rng));
-    load_params(&mut model, &tensors, &path, &["qa_outputs.", "bert.pooler."])?;
+    load_params(
+        &mut model,
+        &tensors,
+        &path,
+        &["qa_outputs.", "bert.pooler."],
+    )?;
     Ok((model, config))
 }

@@ -6,12 +6,14 @@
 
 use dfdx::shapes::{Axes2, Axis, HasShape};
 use dfdx::tensor::{PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
-use dfdx::tensor_ops::{BroadcastTo, Device, GatherTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul};
+use dfdx::tensor_ops::{
+    BroadcastTo, Device, GatherTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul,
+};
 
 use super::encoder::BertModelOutput;
 use super::{
-    gelu, hf_params, mean_of, BertConfig, BertInputs, BertModel, Init, LayerNorm,
-    Linear, Matrix, Mode, Scalar, Vector,
+    gelu, hf_params, mean_of, BertConfig, BertInputs, BertModel, Init, LayerNorm, Linear, Matrix,
+    Mode, Scalar, Vector,
 };
 use crate::shard::InstanceShard;
 
@@ -35,7 +37,8 @@ impl<D: Device<f32>> BertPredictionHeadTransform<D> {
     }
 
     pub fn forward<T: Tape<f32, D>>(&self, hidden_states: Matrix<D, T>) -> Matrix<D, T> {
-        self.layer_norm.forward(gelu(self.dense.forward(hidden_states)))
+        self.layer_norm
+            .forward(gelu(self.dense.forward(hidden_states)))
     }
 }
 
@@ -135,18 +138,38 @@ impl MaskedLmBatch {
                 batch.seq_len = shard.seq_len;
                 batch.max_predictions = shard.max_predictions;
             }
-            assert_eq!(shard.seq_len, batch.seq_len, "shards of one batch differ in seq_len");
-            assert_eq!(shard.max_predictions, batch.max_predictions, "max_predictions differ");
+            assert_eq!(
+                shard.seq_len, batch.seq_len,
+                "shards of one batch differ in seq_len"
+            );
+            assert_eq!(
+                shard.max_predictions, batch.max_predictions,
+                "max_predictions differ"
+            );
             let (s, p) = (shard.seq_len, shard.max_predictions);
             let tokens = row * s..(row + 1) * s;
             let preds = row * p..(row + 1) * p;
-            batch.input_ids.extend_from_slice(&shard.input_ids[tokens.clone()]);
-            batch.token_type_ids.extend_from_slice(&shard.token_type_ids[tokens.clone()]);
-            batch.attention_mask.extend_from_slice(&shard.attention_mask[tokens]);
-            batch.masked_lm_positions.extend_from_slice(&shard.masked_lm_positions[preds.clone()]);
-            batch.masked_lm_ids.extend_from_slice(&shard.masked_lm_ids[preds.clone()]);
-            batch.masked_lm_weights.extend_from_slice(&shard.masked_lm_weights[preds]);
-            batch.next_sentence_label.push(shard.next_sentence_label[row]);
+            batch
+                .input_ids
+                .extend_from_slice(&shard.input_ids[tokens.clone()]);
+            batch
+                .token_type_ids
+                .extend_from_slice(&shard.token_type_ids[tokens.clone()]);
+            batch
+                .attention_mask
+                .extend_from_slice(&shard.attention_mask[tokens]);
+            batch
+                .masked_lm_positions
+                .extend_from_slice(&shard.masked_lm_positions[preds.clone()]);
+            batch
+                .masked_lm_ids
+                .extend_from_slice(&shard.masked_lm_ids[preds.clone()]);
+            batch
+                .masked_lm_weights
+                .extend_from_slice(&shard.masked_lm_weights[preds]);
+            batch
+                .next_sentence_label
+                .push(shard.next_sentence_label[row]);
             batch.batch += 1;
         }
         batch
@@ -260,7 +283,11 @@ impl<D: Device<f32>> BertForPreTraining<D> {
     /// The pre-training loss of one batch (Google's `get_masked_lm_output` and
     /// `get_next_sentence_output`):
     /// `Σ w·nll / (Σ w + 1e-5)` over masked positions plus the mean NSP cross-entropy.
-    pub fn loss<T: Tape<f32, D>>(&self, batch: &MaskedLmBatch, mode: &mut Mode) -> PretrainingLoss<D, T> {
+    pub fn loss<T: Tape<f32, D>>(
+        &self,
+        batch: &MaskedLmBatch,
+        mode: &mut Mode,
+    ) -> PretrainingLoss<D, T> {
         let inputs = batch.inputs(&self.bert.embeddings.word_embeddings.weight.device().clone());
         self.loss_on(&inputs, batch, mode)
     }
@@ -299,7 +326,11 @@ impl<D: Device<f32>> BertForPreTraining<D> {
         // Google: numerator / (denominator + 1e-5), so a batch without predictions is 0.
         let denominator = batch.masked_lm_weights.iter().sum::<f32>() + 1e-5;
         let mlm = (log_probs * weights).sum::<(), Axis<0>>() * (-1.0 / denominator);
-        let nsp_labels: Vec<usize> = batch.next_sentence_label.iter().map(|&l| l as usize).collect();
+        let nsp_labels: Vec<usize> = batch
+            .next_sentence_label
+            .iter()
+            .map(|&l| l as usize)
+            .collect();
         let nsp = cross_entropy(nsp_logits, &nsp_labels);
         let mlm_loss = mlm.as_vec()[0];
         let nsp_loss = nsp.as_vec()[0];
@@ -316,7 +347,12 @@ impl<D: Device<f32>> BertForPreTraining<D> {
 }
 
 /// `(Σ w where argmax == label, Σ w)` over the rows of a row-major `[rows, classes]` array.
-pub fn weighted_accuracy(logits: &[f32], classes: usize, labels: &[u32], weights: &[f32]) -> (f64, f64) {
+pub fn weighted_accuracy(
+    logits: &[f32],
+    classes: usize,
+    labels: &[u32],
+    weights: &[f32],
+) -> (f64, f64) {
     let mut correct = 0.0;
     let mut total = 0.0;
     for ((row, &label), &w) in logits.chunks(classes).zip(labels).zip(weights) {
@@ -345,21 +381,33 @@ pub fn cross_entropy<D: Device<f32>, T: Tape<f32, D>>(
     logits: Matrix<D, T>,
     labels: &[usize],
 ) -> Scalar<D, T> {
-    let idx = logits.device().tensor_from_vec(labels.to_vec(), (labels.len(),));
+    let idx = logits
+        .device()
+        .tensor_from_vec(labels.to_vec(), (labels.len(),));
     let log_probs: Vector<D, T> = logits.log_softmax::<Axis<1>>().select(idx);
     mean_of(log_probs) * -1.0
 }
 
 /// Mean squared error of a `[rows, 1]` prediction (`torch.nn.MSELoss()` on squeezed logits).
-pub fn mse<D: Device<f32>, T: Tape<f32, D>>(predictions: Matrix<D, T>, targets: &[f32]) -> Scalar<D, T> {
+pub fn mse<D: Device<f32>, T: Tape<f32, D>>(
+    predictions: Matrix<D, T>,
+    targets: &[f32],
+) -> Scalar<D, T> {
     let n = targets.len();
-    let targets = predictions.device().tensor_from_vec(targets.to_vec(), (n, 1));
+    let targets = predictions
+        .device()
+        .tensor_from_vec(targets.to_vec(), (n, 1));
     let diff = predictions - targets;
     diff.square().sum::<(), dfdx::shapes::Axes2<0, 1>>() * (1.0 / n as f32)
 }
 
 /// Moves the tape of `donor` into `keep` so nothing recorded on either is lost.
-pub fn merge_tape<D: Device<f32>, T: Tape<f32, D>, S1: dfdx::shapes::Shape, S2: dfdx::shapes::Shape>(
+pub fn merge_tape<
+    D: Device<f32>,
+    T: Tape<f32, D>,
+    S1: dfdx::shapes::Shape,
+    S2: dfdx::shapes::Shape,
+>(
     keep: Tensor<S1, f32, D, T>,
     donor: Tensor<S2, f32, D, T>,
 ) -> Tensor<S1, f32, D, T> {
@@ -477,4 +525,3 @@ impl<D: Device<f32>> BertForQuestionAnswering<D> {
         (start + end) * 0.5
     }
 }
-

@@ -118,7 +118,8 @@ pub fn gelu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     const C: f32 = (std::f64::consts::SQRT_2 - 1.0) as f32 * 0.398_942_3; // 1/sqrt(2π)
     let e = (x.with_empty_tape().square() * -0.5f32).exp();
     let (e_value, e_tape) = e.split_tape();
-    let zero = (e_value.clone().put_tape(e_tape) - e_value) * C;
+    // Two products of the same values: bitwise equal, so their difference is exactly 0.
+    let zero = e_value.clone().put_tape(e_tape) * C - e_value * C;
     x.accurate_gelu() + zero
 }
 
@@ -144,7 +145,10 @@ impl<D: Device<f32>> Linear<D> {
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
         let rows = x.shape().0;
         let out = self.weight.shape().0;
-        let weight_t = self.weight.retaped::<T>().permute::<_, dfdx::shapes::Axes2<1, 0>>();
+        let weight_t = self
+            .weight
+            .retaped::<T>()
+            .permute::<_, dfdx::shapes::Axes2<1, 0>>();
         let bias = self
             .bias
             .retaped::<T>()
@@ -178,8 +182,14 @@ impl<D: Device<f32>> LayerNorm<D> {
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
         let shape = *x.shape();
         let x = x.normalize::<Axis<1>>(self.eps);
-        let gamma = self.weight.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
-        let beta = self.bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
+        let gamma = self
+            .weight
+            .retaped::<T>()
+            .broadcast_like::<_, Axis<0>>(&shape);
+        let beta = self
+            .bias
+            .retaped::<T>()
+            .broadcast_like::<_, Axis<0>>(&shape);
         x * gamma + beta
     }
 }
@@ -193,12 +203,7 @@ pub struct Embedding<D: Device<f32>> {
 
 impl<D: Device<f32>> Embedding<D> {
     /// `N(0, initializer_range)`; the `padding_idx` row, if any, is zero (as HF).
-    pub fn new(
-        num: usize,
-        dim: usize,
-        padding_idx: Option<usize>,
-        init: &mut Init<'_, D>,
-    ) -> Self {
+    pub fn new(num: usize, dim: usize, padding_idx: Option<usize>, init: &mut Init<'_, D>) -> Self {
         let mut values = init.normal_values(num * dim);
         if let Some(pad) = padding_idx.filter(|&p| p < num) {
             values[pad * dim..(pad + 1) * dim].fill(0.0);
@@ -345,11 +350,7 @@ pub trait HfParams<D: Device<f32>> {
     /// Appends `(name, parameter)` for each parameter, names prefixed with `prefix`.
     fn collect_params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, ParamRef<'a, D>)>);
     /// Mutable twin of [`HfParams::collect_params`], same order.
-    fn collect_params_mut<'a>(
-        &'a mut self,
-        prefix: &str,
-        out: &mut Vec<(String, ParamMut<'a, D>)>,
-    );
+    fn collect_params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a, D>)>);
 
     /// All parameters, in a fixed order, by HF name.
     fn named_parameters(&self) -> Vec<(String, ParamRef<'_, D>)> {
