@@ -314,7 +314,8 @@ pub fn glue_preset(name: &str, glue_dir: &Path) -> Option<TaskSpec> {
             TaskSpec {
                 name: key.into(),
                 kind: TaskKind::Regression,
-                metrics: vec![Pearson, Spearman],
+                // BERT Table 1 reports Spearman for STS-B.
+                metrics: vec![Spearman, Pearson],
                 train: g.labelled("train.tsv", a, b, "score"),
                 dev: vec![dev_split("dev", g.labelled("dev.tsv", a, b, "score"))],
                 test: vec![test_split(

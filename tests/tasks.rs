@@ -117,7 +117,7 @@ fn mrpc_keeps_stray_quotes_and_reads_past_the_bom() {
 fn stsb_is_a_regression_on_columns_7_8_9() {
     let task = preset("STS-B");
     assert_eq!(task.kind, TaskKind::Regression);
-    assert_eq!(task.metrics, vec![Metric::Pearson, Metric::Spearman]);
+    assert_eq!(task.metrics, vec![Metric::Spearman, Metric::Pearson]);
     let (train, dev, test) = load_all(&task);
     assert_eq!((train.len(), dev.len(), test.len()), (5749, 1500, 1379));
     assert_eq!(dev[0].text_a, "A man with a hard hat is dancing.");
