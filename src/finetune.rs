@@ -981,8 +981,7 @@ pub fn pretrained_checkpoint_dir(ctx: &StageCtx) -> Result<PathBuf> {
             record
                 .artifacts
                 .iter()
-                .filter(|a| a.path.ends_with(MODEL_FILE))
-                .last()
+                .rfind(|a| a.path.ends_with(MODEL_FILE))
         })
         .ok_or_else(|| {
             Error::Stage(format!(

@@ -850,3 +850,13 @@ pub fn evaluate(dataset: &SquadDataset, predictions: &HashMap<String, String>) -
         answered,
     }
 }
+
+impl Wordpiece for crate::tokenize::WordPiece {
+    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+        self.tokenizer().tokenize_with_offsets(text)
+    }
+
+    fn special_id(&self, token: &str) -> Result<u32> {
+        self.tokenizer().special_id(token)
+    }
+}
