@@ -1085,177 +1085,82 @@ fn write_artifact(
     run.add(rel, kind, rows)
 }
 
+/// What every task of one stage run shares.
+struct StageEnv<'a> {
+    ctx: &'a StageCtx,
+    cfg: &'a FinetuneConfig,
+    inits: &'a [Init],
+    /// Architecture of scratch runs (the pre-trained checkpoint's when there is one).
+    config: &'a BertConfig,
+    tokenizer: &'a tokenizers::Tokenizer,
+    device: &'a AutoDevice,
+    progress: &'a dyn Progress,
+}
+
+/// Running totals over all tasks (the summary's throughput).
+#[derive(Default)]
+struct Totals {
+    train_examples: usize,
+    train_seconds: f64,
+    log_rows: u64,
+}
+
+impl Totals {
+    fn add(&mut self, train: &TrainStats) {
+        self.train_examples += train.examples;
+        self.train_seconds += train.seconds;
+        self.log_rows += train.steps as u64;
+    }
+}
+
 /// The `finetune` stage: every task of `finetune.tasks` × initialisation × seed.
 ///
 /// Artifacts (under `<run>/finetune/`): `<task>/<arm>-seed<k>.json` (kind `predictions`:
-/// the recipe, training stats, dev metrics and every dev prediction), `train-log.jsonl`
-/// (kind `metrics`: loss and lr per step), `submission/<arm>/<GLUE file>` (kind
-/// `glue-submission`: test predictions of the seed with the best dev score), and
-/// `results.json` (kind `results`, the same summary as the manifest record's metrics:
+/// the recipe, training stats, dev metrics and every dev prediction with its gold label),
+/// `train-log.jsonl` (kind `metrics`: loss and lr per step of the GLUE tasks),
+/// `submission/<arm>/<GLUE file>` (kind `glue-submission`: test predictions of the seed with
+/// the best dev score), and `results.json` (kind `results`, the same summary as the
+/// manifest record's metrics:
 /// `{"tasks": {task: {"metric", "pretrained": {scores, mean, median, std, all}, "scratch"}}}`).
 pub fn run_finetune(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config().finetune.clone();
-    if cfg.tasks.is_empty() {
-        return Err(Error::Config(
-            "finetune.tasks is empty: name at least one task (e.g. [\"sst2\"])".into(),
-        ));
-    }
-    let glue_dir = ctx.loaded.resolve(&cfg.glue_dir);
-    // Resolve every task (and check its files) before any training starts.
-    let mut specs = Vec::new();
-    for name in &cfg.tasks {
-        if name == "squad" {
-            continue;
-        }
-        let spec = resolve_task(name, &cfg, &glue_dir, &ctx.loaded.root)?;
-        spec.check_files()?;
-        specs.push(spec);
-    }
-    if cfg.tasks.iter().any(|t| t == "squad") {
-        let dev = ctx.loaded.resolve(&cfg.squad.dev_file);
-        if !dev.is_file() {
-            squad::load_squad(&dev)?;
-        }
-    }
+    let (specs, with_squad) = resolve_tasks(ctx, &cfg)?;
     let mut run = match ctx.begin(Stage::Finetune)? {
         Begin::Skip(record) => return Ok(Outcome::Skipped(record)),
         Begin::Run(run) => run,
     };
     let (inits, config, tokenizer) = plan_inits(ctx)?;
     let device = AutoDevice::seed_from_u64(ctx.seed(Stage::Finetune, &[0]));
+    let env = StageEnv {
+        ctx,
+        cfg: &cfg,
+        inits: &inits,
+        config: &config,
+        tokenizer: &tokenizer,
+        device: &device,
+        progress,
+    };
     let mut log = MetricsWriter::create(run.dir().join("train-log.jsonl"))?;
+    let mut totals = Totals::default();
     let mut tasks_json = serde_json::Map::new();
-    let (mut train_examples, mut train_seconds) = (0usize, 0.0f64);
-    let mut log_rows = 0u64;
     for spec in specs {
         let name = spec.name.clone();
-        let recipe = Recipe::for_task(&cfg, &name);
-        let headline = spec.metrics[0].name().to_string();
-        let subsample_seed = ctx.seed(Stage::Finetune, &[task_key(&name)]);
-        let data = load_task_data(spec, recipe.clone(), &tokenizer, subsample_seed)?;
-        let mut task_json = json!({
-            "metric": headline,
-            "train_examples": data.train.len(),
-            "train_rows": data.train_rows,
-            "recipe": recipe,
-        });
-        if let Some((_, _, examples, _)) = data.dev.first() {
-            if let Ok(Targets::Classes(gold)) = data.spec.gold(examples, &data.dev[0].1) {
-                task_json["majority_class_accuracy"] = json!(majority_class_accuracy(&gold));
-            }
-        }
-        for init_from in &inits {
-            let arm = init_from.arm();
-            let mut runs = Vec::new();
-            let mut best: Option<(f64, SeedOutput)> = None;
-            for &seed in &recipe.seeds {
-                let output = run_seed(
-                    &data,
-                    init_from,
-                    &config,
-                    seed,
-                    &device,
-                    progress,
-                    Some(&mut log),
-                )?;
-                log_rows += output.run.train.steps as u64;
-                train_examples += output.run.train.examples;
-                train_seconds += output.run.train.seconds;
-                let dev_json: Vec<Value> = data
-                    .dev
-                    .iter()
-                    .zip(&output.dev_predictions)
-                    .zip(&output.run.dev)
-                    .map(|(((split, _, examples, _), predictions), scores)| {
-                        json!({
-                            "split": split,
-                            "metrics": scores.metrics,
-                            "predictions": examples.iter().zip(predictions).map(|(e, p)| json!({"id": e.id, "prediction": p})).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                let rows: usize = data.dev.iter().map(|d| d.2.len()).sum();
-                write_artifact(
-                    &mut run,
-                    &format!("{name}/{arm}-seed{seed}.json"),
-                    "predictions",
-                    rows as u64,
-                    &json!({ "run": output.run, "recipe": recipe, "dev": dev_json }),
-                )?;
-                tracing::info!(task = %name, arm, seed, metrics = ?output.run.flat_metrics(), "fine-tuned");
-                let score = output
-                    .run
-                    .flat_metrics()
-                    .get(&headline)
-                    .copied()
-                    .unwrap_or(f64::NEG_INFINITY);
-                runs.push(output.run.clone());
-                if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                    best = Some((score, output));
-                }
-            }
-            if let Some((_, best)) = best {
-                for ((split_index, examples, _), predictions) in
-                    data.test.iter().zip(&best.test_predictions)
-                {
-                    let split = &data.spec.test[*split_index];
-                    let dir = run.dir().join("submission").join(arm);
-                    let path =
-                        write_glue_submission(&dir, &data.spec, split, examples, predictions)?;
-                    let rel = path.strip_prefix(run.dir()).expect("under the stage dir");
-                    run.add(
-                        &rel.to_string_lossy(),
-                        "glue-submission",
-                        examples.len() as u64,
-                    )?;
-                }
-            }
-            let refs: Vec<&SeedRun> = runs.iter().collect();
-            task_json[arm] = summarize_arm(&refs, &headline);
-        }
+        let task_json = run_glue_task(&env, &mut run, spec, &mut log, &mut totals)?;
         tasks_json.insert(name, task_json);
     }
-    if cfg.tasks.iter().any(|t| t == "squad") {
-        let recipe = Recipe::for_task(&cfg, "squad");
-        let data = load_squad_data(&cfg.squad, |p| ctx.loaded.resolve(p), &tokenizer)?;
-        let mut task_json = json!({
-            "metric": "f1",
-            "train_examples": data.train_features.len(),
-            "eval_questions": data.eval_examples.len(),
-            "recipe": recipe,
-        });
-        for init_from in &inits {
-            let arm = init_from.arm();
-            let mut runs = Vec::new();
-            for &seed in &recipe.seeds {
-                let (seed_run, predictions) = run_squad_seed(
-                    &data, &cfg.squad, &recipe, init_from, &config, seed, &device, progress,
-                )?;
-                train_examples += seed_run.train.examples;
-                train_seconds += seed_run.train.seconds;
-                write_artifact(
-                    &mut run,
-                    &format!("squad/{arm}-seed{seed}.json"),
-                    "predictions",
-                    predictions.len() as u64,
-                    &json!({ "run": seed_run, "recipe": recipe, "predictions": predictions }),
-                )?;
-                runs.push(seed_run);
-            }
-            let refs: Vec<&SeedRun> = runs.iter().collect();
-            task_json[arm] = summarize_arm(&refs, "f1");
-        }
+    if with_squad {
+        let task_json = run_squad_task(&env, &mut run, &mut totals)?;
         tasks_json.insert("squad".into(), task_json);
     }
     drop(log);
-    run.add("train-log.jsonl", "metrics", log_rows)?;
+    run.add("train-log.jsonl", "metrics", totals.log_rows)?;
     let summary = json!({
         "tasks": tasks_json,
         "init": cfg.init,
         "arms": inits.iter().map(Init::arm).collect::<Vec<_>>(),
-        "examples_per_s": train_examples as f64 / train_seconds.max(1e-9),
-        "train_examples": train_examples,
-        "train_seconds": train_seconds,
+        "examples_per_s": totals.train_examples as f64 / totals.train_seconds.max(1e-9),
+        "train_examples": totals.train_examples,
+        "train_seconds": totals.train_seconds,
     });
     write_artifact(
         &mut run,
@@ -1265,6 +1170,192 @@ pub fn run_finetune(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> 
         &summary,
     )?;
     Ok(Outcome::Ran(run.finish(ctx, summary)?))
+}
+
+/// Resolves every task of `finetune.tasks` and checks its files before anything trains;
+/// returns the GLUE-style specs and whether SQuAD runs.
+fn resolve_tasks(ctx: &StageCtx, cfg: &FinetuneConfig) -> Result<(Vec<TaskSpec>, bool)> {
+    if cfg.tasks.is_empty() {
+        return Err(Error::Config(
+            "finetune.tasks is empty: name at least one task (e.g. [\"sst2\"])".into(),
+        ));
+    }
+    let glue_dir = ctx.loaded.resolve(&cfg.glue_dir);
+    let mut specs = Vec::new();
+    for name in cfg.tasks.iter().filter(|t| *t != "squad") {
+        let spec = resolve_task(name, cfg, &glue_dir, &ctx.loaded.root)?;
+        spec.check_files()?;
+        specs.push(spec);
+    }
+    let with_squad = cfg.tasks.iter().any(|t| t == "squad");
+    if with_squad {
+        for file in std::iter::once(&cfg.squad.dev_file).chain(&cfg.squad.train_file) {
+            let path = ctx.loaded.resolve(file);
+            if !path.is_file() {
+                squad::load_squad(&path)?;
+            }
+        }
+    }
+    Ok((specs, with_squad))
+}
+
+/// One GLUE-style task: every arm and seed, their artifacts and GLUE submissions; returns
+/// the task's summary.
+fn run_glue_task(
+    env: &StageEnv<'_>,
+    run: &mut crate::stage::StageRun,
+    spec: TaskSpec,
+    log: &mut MetricsWriter,
+    totals: &mut Totals,
+) -> Result<Value> {
+    let name = spec.name.clone();
+    let recipe = Recipe::for_task(env.cfg, &name);
+    let headline = spec.metrics[0].name().to_string();
+    let subsample_seed = env.ctx.seed(Stage::Finetune, &[task_key(&name)]);
+    let data = load_task_data(spec, recipe.clone(), env.tokenizer, subsample_seed)?;
+    let mut task_json = json!({
+        "metric": headline,
+        "train_examples": data.train.len(),
+        "train_rows": data.train_rows,
+        "recipe": recipe,
+    });
+    if let Some((_, path, examples, _)) = data.dev.first() {
+        if let Ok(Targets::Classes(gold)) = data.spec.gold(examples, path) {
+            task_json["majority_class_accuracy"] = json!(majority_class_accuracy(&gold));
+        }
+    }
+    for init_from in env.inits {
+        let arm = init_from.arm();
+        let mut runs = Vec::new();
+        let mut best: Option<(f64, SeedOutput)> = None;
+        for &seed in &recipe.seeds {
+            let output = run_seed(
+                &data,
+                init_from,
+                env.config,
+                seed,
+                env.device,
+                env.progress,
+                Some(&mut *log),
+            )?;
+            totals.add(&output.run.train);
+            write_seed_artifact(run, &data, &recipe, &output)?;
+            let metrics = output.run.flat_metrics();
+            tracing::info!(task = %name, arm, seed, ?metrics, "fine-tuned");
+            let score = metrics.get(&headline).copied().unwrap_or(f64::NEG_INFINITY);
+            runs.push(output.run.clone());
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((score, output));
+            }
+        }
+        if let Some((_, best)) = best {
+            write_submissions(run, &data, arm, &best)?;
+        }
+        let refs: Vec<&SeedRun> = runs.iter().collect();
+        task_json[arm] = summarize_arm(&refs, &headline);
+    }
+    Ok(task_json)
+}
+
+/// `<task>/<arm>-seed<k>.json`: the run, its recipe, and every dev prediction.
+fn write_seed_artifact(
+    run: &mut crate::stage::StageRun,
+    data: &TaskData,
+    recipe: &Recipe,
+    output: &SeedOutput,
+) -> Result<()> {
+    let dev: Vec<Value> = data
+        .dev
+        .iter()
+        .zip(&output.dev_predictions)
+        .zip(&output.run.dev)
+        .map(|(((split, _, examples, _), predictions), scores)| {
+            let rows: Vec<Value> = examples
+                .iter()
+                .zip(predictions)
+                .map(|(e, p)| json!({"id": e.id, "prediction": p, "label": e.label}))
+                .collect();
+            json!({"split": split, "metrics": scores.metrics, "predictions": rows})
+        })
+        .collect();
+    let rows: usize = data.dev.iter().map(|d| d.2.len()).sum();
+    let rel = format!(
+        "{}/{}-seed{}.json",
+        output.run.task, output.run.arm, output.run.seed
+    );
+    write_artifact(
+        run,
+        &rel,
+        "predictions",
+        rows as u64,
+        &json!({ "run": output.run, "recipe": recipe, "dev": dev }),
+    )
+}
+
+/// `submission/<arm>/<GLUE file>` for every loaded test split.
+fn write_submissions(
+    run: &mut crate::stage::StageRun,
+    data: &TaskData,
+    arm: &str,
+    best: &SeedOutput,
+) -> Result<()> {
+    for ((split_index, examples, _), predictions) in data.test.iter().zip(&best.test_predictions) {
+        let split = &data.spec.test[*split_index];
+        let dir = run.dir().join("submission").join(arm);
+        let path = write_glue_submission(&dir, &data.spec, split, examples, predictions)?;
+        let rel = path
+            .strip_prefix(run.dir())
+            .expect("written under the stage directory")
+            .to_string_lossy()
+            .into_owned();
+        run.add(&rel, "glue-submission", examples.len() as u64)?;
+    }
+    Ok(())
+}
+
+/// SQuAD: every arm and seed; returns the task's summary (EM and F1 as fractions).
+fn run_squad_task(
+    env: &StageEnv<'_>,
+    run: &mut crate::stage::StageRun,
+    totals: &mut Totals,
+) -> Result<Value> {
+    let recipe = Recipe::for_task(env.cfg, "squad");
+    let data = load_squad_data(&env.cfg.squad, |p| env.ctx.loaded.resolve(p), env.tokenizer)?;
+    let mut task_json = json!({
+        "metric": "f1",
+        "train_examples": data.train_features.len(),
+        "eval_questions": data.eval_examples.len(),
+        "recipe": recipe,
+    });
+    for init_from in env.inits {
+        let arm = init_from.arm();
+        let mut runs = Vec::new();
+        for &seed in &recipe.seeds {
+            let (seed_run, predictions) = run_squad_seed(
+                &data,
+                &env.cfg.squad,
+                &recipe,
+                init_from,
+                env.config,
+                seed,
+                env.device,
+                env.progress,
+            )?;
+            totals.train_examples += seed_run.train.examples;
+            totals.train_seconds += seed_run.train.seconds;
+            write_artifact(
+                run,
+                &format!("squad/{arm}-seed{seed}.json"),
+                "predictions",
+                predictions.len() as u64,
+                &json!({ "run": seed_run, "recipe": recipe, "predictions": predictions }),
+            )?;
+            runs.push(seed_run);
+        }
+        let refs: Vec<&SeedRun> = runs.iter().collect();
+        task_json[arm] = summarize_arm(&refs, "f1");
+    }
+    Ok(task_json)
 }
 
 fn tasks_json_len(summary: &Value) -> u64 {
