@@ -135,3 +135,86 @@ fn missing_task_data_fails_before_training() {
         "{err}"
     );
 }
+
+#[test]
+fn hf_directory_init_runs_pretrained_and_scratch_arms() {
+    use bertline::finetune::{new_classifier, tokenizer_for_hf_dir, Init};
+    use bertline::model::export::save_pretraining;
+    use bertline::model::{init, BertForPreTraining, HfParams};
+    use bertline::squad::Wordpiece;
+    use dfdx::tensor::Cpu;
+    use rand::SeedableRng;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf-bert");
+    let config_path = write_config(dir.path(), r#"["wnli"]"#);
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(
+            "init = \"scratch\"",
+            &format!("init = \"{}\"\ncompare_scratch = true", hf.display()),
+        )
+        .replace("seeds = [1, 2]", "seeds = [3]");
+    std::fs::write(&config_path, text).unwrap();
+    let ctx = open(&config_path);
+    run_vocab(&ctx, &NoProgress).unwrap();
+
+    // An HF-format directory: config.json + model.safetensors + vocab.txt.
+    let (wp, _) = bertline::tokenize::load_stage_vocab(&ctx).unwrap();
+    std::fs::create_dir_all(&hf).unwrap();
+    wp.write_vocab_txt(&hf.join("vocab.txt")).unwrap();
+    let config = ctx.config().model.clone();
+    let device = Cpu::seed_from_u64(9);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let pretrained = BertForPreTraining::new(&config, &mut init(&config, &device, &mut rng));
+    save_pretraining(&pretrained, &config, &hf).unwrap();
+
+    // The vocab.txt tokenizer agrees with the run's tokenizer.json.
+    let from_vocab = tokenizer_for_hf_dir(&hf).unwrap();
+    let sentence = "The drain is clogged with hair. It has to be cleaned.";
+    assert_eq!(
+        from_vocab.tokenize_with_offsets(sentence).unwrap(),
+        wp.tokenize_with_offsets(sentence).unwrap()
+    );
+    // The classifier's encoder is the checkpoint's, its head is new.
+    let classifier = new_classifier(
+        &Init::Pretrained { dir: hf.clone() },
+        &config,
+        2,
+        &device,
+        1,
+    )
+    .unwrap();
+    let saved = pretrained.named_parameters();
+    let loaded = classifier.named_parameters();
+    let find = |params: &[(String, bertline::model::ParamRef<'_, Cpu>)], name: &str| {
+        params.iter().find(|(n, _)| n == name).unwrap().1.to_vec()
+    };
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.encoder.layer.0.attention.self.query.weight",
+        "bert.pooler.dense.bias",
+    ] {
+        assert_eq!(find(&saved, name), find(&loaded, name), "{name}");
+    }
+
+    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    let metrics = &outcome.record().metrics;
+    assert_eq!(
+        metrics["arms"],
+        serde_json::json!(["pretrained", "scratch"])
+    );
+    for arm in ["pretrained", "scratch"] {
+        assert_eq!(
+            metrics["tasks"]["wnli"][arm]["scores"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let file = ctx
+            .run_dir()
+            .join(format!("finetune/submission/{arm}/WNLI.tsv"));
+        assert!(file.is_file(), "{}", file.display());
+    }
+}
