@@ -113,3 +113,54 @@ fn arm_summary_has_the_report_shape() {
     assert_eq!(s["summary"]["accuracy"]["max"].as_f64().unwrap(), 0.9);
     assert_eq!(s["seeds"], serde_json::json!([1, 2, 3]));
 }
+
+/// A BERT WordPiece tokenizer over a fixed vocabulary (ids in list order).
+fn tokenizer(vocab: &[&str]) -> tokenizers::Tokenizer {
+    use tokenizers::models::wordpiece::WordPiece;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vocab.txt");
+    std::fs::write(&path, vocab.join("\n")).unwrap();
+    let model = WordPiece::from_file(path.to_str().unwrap())
+        .unk_token("[UNK]".into())
+        .build()
+        .unwrap();
+    let mut t = tokenizers::Tokenizer::new(model);
+    t.with_normalizer(Some(tokenizers::normalizers::BertNormalizer::new(
+        true, true, None, true,
+    )));
+    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
+    t
+}
+
+#[test]
+fn features_are_cls_a_sep_b_sep_with_truncation() {
+    use bertline::finetune::convert_examples_to_features;
+    use bertline::tasks::{Example, Label};
+    // ids: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, the 5, cat 6, sat 7, ##s 8, dog 9, . 10
+    let t = tokenizer(&[
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "##s", "dog", ".",
+    ]);
+    let example = |a: &str, b: Option<&str>| Example {
+        id: "0".into(),
+        line: 1,
+        text_a: a.into(),
+        text_b: b.map(String::from),
+        label: Some(Label::Class(1)),
+    };
+    let rows = [
+        example("The cats sat.", None),
+        example("The cat sat.", Some("Dog!")),
+        example("the cat sat the cat sat", Some("dog dog")),
+    ];
+    let f = convert_examples_to_features(&rows, &t, 8).unwrap();
+    // "cats" -> cat ##s; "!" is unknown.
+    assert_eq!(f[0].input_ids, [2, 5, 6, 8, 7, 10, 3]);
+    assert_eq!(f[0].segment_ids, [0; 7]);
+    assert_eq!(f[0].label, Some(Label::Class(1)));
+    // 4 + 2 tokens ("!" is [UNK]) in 8 - 3 = 5 places: A, the longer, loses its ".".
+    assert_eq!(f[1].input_ids, [2, 5, 6, 7, 3, 9, 1, 3]);
+    assert_eq!(f[1].segment_ids, [0, 0, 0, 0, 0, 1, 1, 1]);
+    // 6 + 2 tokens, 5 allowed: A keeps 3, B keeps 2.
+    assert_eq!(f[2].input_ids, [2, 5, 6, 7, 3, 9, 9, 3]);
+    assert_eq!(f[2].input_ids.len(), 8);
+}
