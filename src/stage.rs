@@ -181,6 +181,13 @@ pub fn glue_folder(task: &str) -> Option<&'static str> {
 fn finetune_files(loaded: &LoadedConfig) -> Vec<PathBuf> {
     let ft = &loaded.config.finetune;
     let mut files = Vec::new();
+    // An HF-format directory as the starting point is an input like any file.
+    if ft.init != "pretrained" && ft.init != "scratch" {
+        let dir = loaded.resolve(&ft.init);
+        for name in ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json"] {
+            files.push(dir.join(name));
+        }
+    }
     for task in &ft.tasks {
         if let Some(folder) = glue_folder(task) {
             let dir = loaded.resolve(&ft.glue_dir).join(folder);

@@ -69,6 +69,7 @@ where
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     match body() {
         Ok(()) => ExitCode::SUCCESS,
