@@ -259,3 +259,16 @@ fn rerunning_after_a_new_pretrain_picks_up_the_new_log() {
         .to_string_lossy()
         .ends_with(".tmp")));
 }
+
+/// Writes the fixture's report to `$BERTLINE_REPORT_OUT` for a look in a browser
+/// (`BERTLINE_REPORT_OUT=/tmp/r cargo test --release --test report_render -- --ignored`).
+#[test]
+#[ignore]
+fn write_fixture_report_for_inspection() {
+    let out = PathBuf::from(std::env::var("BERTLINE_REPORT_OUT").unwrap());
+    let (_dir, data) = full_report();
+    write_report(&data, &out).unwrap();
+    let partial = tempfile::tempdir().unwrap();
+    let manifest = recorded_run(partial.path(), &["vocab", "pairs"]);
+    write_report(&ReportData::from_manifest(&manifest).unwrap(), &out.join("partial")).unwrap();
+}
