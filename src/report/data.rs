@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::error::{IoContext, Result};
 use crate::manifest::{ArtifactRecord, InputRef, Manifest, StageRecord};
 
-use super::reference::{canonical_task, DATA_REFERENCES};
+use super::reference::{canonical_task, DATA_REFERENCES, STANDARD_TASKS};
 
 /// The stages the report describes, in pipeline order. Other stages found in the manifest
 /// are listed after these; the `report` stage itself is never an input.
@@ -504,7 +504,7 @@ pub fn parse_finetune(metrics: &Value) -> Vec<TaskResult> {
             })
             .unwrap_or_default(),
     };
-    tasks
+    let mut results: Vec<TaskResult> = tasks
         .iter()
         .map(|(name, task)| {
             let metric = task
@@ -520,7 +520,19 @@ pub fn parse_finetune(metrics: &Value) -> Vec<TaskResult> {
                 metric,
             }
         })
-        .collect()
+        .collect();
+    results.sort_by_key(|t| task_order(&t.task));
+    results
+}
+
+/// Sort key: the paper's task order first, then other tasks by name.
+fn task_order(task: &str) -> (usize, String) {
+    let name = canonical_task(task);
+    let rank = STANDARD_TASKS
+        .iter()
+        .position(|t| *t == name)
+        .unwrap_or(STANDARD_TASKS.len());
+    (rank, name)
 }
 
 /// One initialisation's results: a bare number, or an object with `scores`, `mean`,
@@ -602,7 +614,7 @@ pub fn sample_std(values: &[f64]) -> Option<f64> {
 }
 
 /// Flattens the scalar leaves of a JSON object to `a.b.c` → printed value, in key order.
-/// Arrays and nulls are left out.
+/// Arrays of scalars print as `[a, b]`; other arrays and nulls are left out.
 pub fn flatten_scalars(value: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     flatten_into(value, String::new(), &mut out);
@@ -624,8 +636,22 @@ fn flatten_into(value: &Value, prefix: String, out: &mut Vec<(String, String)>) 
         Value::String(s) if !prefix.is_empty() => out.push((prefix, s.clone())),
         Value::Number(n) if !prefix.is_empty() => out.push((prefix, n.to_string())),
         Value::Bool(b) if !prefix.is_empty() => out.push((prefix, b.to_string())),
+        Value::Array(items) if !prefix.is_empty() && items.iter().all(is_scalar) => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                })
+                .collect();
+            out.push((prefix, format!("[{}]", items.join(", "))));
+        }
         _ => {}
     }
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
 /// The first object (depth-first) that holds `key`.
@@ -787,8 +813,12 @@ not json
         assert_eq!(sample_std(&[1.0]), None);
         assert_eq!(sample_std(&[1.0, 3.0]), Some(2f64.sqrt()));
         assert_eq!(
-            flatten_scalars(&json!({"a": {"b": 1, "c": [1]}, "d": "x", "e": null})),
-            vec![("a.b".to_string(), "1".to_string()), ("d".to_string(), "x".to_string())]
+            flatten_scalars(&json!({"a": {"b": 1, "c": [1, "s"], "f": [{}]}, "d": "x", "e": null})),
+            vec![
+                ("a.b".to_string(), "1".to_string()),
+                ("a.c".to_string(), "[1, s]".to_string()),
+                ("d".to_string(), "x".to_string())
+            ]
         );
     }
 }

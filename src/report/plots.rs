@@ -4,7 +4,9 @@
 //! with a fixed-width estimate and leaves the glyphs to the browser), so no font file ships
 //! with the report and nothing is fetched when it opens.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::data::{PretrainCurves, TaskResult};
 use super::reference::task_display_name;
@@ -114,9 +116,27 @@ fn draw_line_chart(chart: &LineChart, svg: &mut String) -> DrawResult {
     let (x_range, y_range) = padded_ranges(points);
     let root = SVGBackend::with_string(svg, CHART_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut plot = ChartBuilder::on(&root)
-        .caption(&chart.title, ("sans-serif", 20))
+    let area = root.titled(&chart.title, ("sans-serif", 20))?;
+    // A single curve is named by the title and the axis; more get a legend row.
+    let legend: Vec<LegendItem> = if chart.curves.len() > 1 {
+        chart
+            .curves
+            .iter()
+            .enumerate()
+            .map(|(i, c)| LegendItem {
+                label: c.label.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                marker: c.markers,
+                bar: false,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let area = draw_legend(&area, &legend)?;
+    let mut plot = ChartBuilder::on(&area)
         .margin(12)
+        .margin_top(4)
         .x_label_area_size(44)
         .y_label_area_size(70)
         .build_cartesian_2d(x_range.clone(), y_range.clone())?;
@@ -129,7 +149,7 @@ fn draw_line_chart(chart: &LineChart, svg: &mut String) -> DrawResult {
         .y_labels(6)
         .x_label_formatter(&|v| tick_label(*v, x_span))
         .y_label_formatter(&|v| tick_label(*v, y_span))
-        .label_style(("sans-serif", 14))
+        .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 15))
         .light_line_style(RGBColor(238, 238, 238))
         .draw()?;
@@ -139,18 +159,87 @@ fn draw_line_chart(chart: &LineChart, svg: &mut String) -> DrawResult {
         plot.draw_series(
             LineSeries::new(curve.points.iter().copied(), color.stroke_width(2))
                 .point_size(size),
-        )?
-        .label(curve.label.as_str())
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3)));
+        )?;
     }
-    plot.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(190, 190, 190))
-        .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// One entry of a legend row.
+struct LegendItem {
+    label: String,
+    color: RGBColor,
+    /// Draw a dot on the line (series with markers).
+    marker: bool,
+    /// Draw a filled square instead of a line (bar charts).
+    bar: bool,
+}
+
+/// Height of one legend row in pixels.
+const LEGEND_ROW: i32 = 22;
+
+/// Estimated width of a legend entry: swatch, gap, label (about 7 px a character), spacing.
+fn legend_item_width(label: &str) -> i32 {
+    24 + 7 * label.chars().count() as i32 + 20
+}
+
+/// Lays the entries out in centred rows no wider than `width`: the left x of each entry
+/// and its row.
+fn legend_layout(labels: &[&str], width: i32) -> Vec<(i32, i32)> {
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for (i, label) in labels.iter().enumerate() {
+        let w = legend_item_width(label);
+        match rows.last_mut() {
+            Some(row) if used + w <= width => row.push(i),
+            _ => {
+                rows.push(vec![i]);
+                used = 0;
+            }
+        }
+        used += w;
+    }
+    let mut out = vec![(0, 0); labels.len()];
+    for (r, row) in rows.iter().enumerate() {
+        let total: i32 = row.iter().map(|&i| legend_item_width(labels[i])).sum();
+        let mut x = ((width - total) / 2).max(0);
+        for &i in row {
+            out[i] = (x, r as i32);
+            x += legend_item_width(labels[i]);
+        }
+    }
+    out
+}
+
+/// Draws the legend as rows above the plot (so it never covers a curve) and returns the
+/// area left for the plot.
+fn draw_legend<'a>(
+    area: &DrawingArea<SVGBackend<'a>, Shift>,
+    items: &[LegendItem],
+) -> std::result::Result<DrawingArea<SVGBackend<'a>, Shift>, Box<dyn std::error::Error>>
+{
+    if items.is_empty() {
+        return Ok(area.clone());
+    }
+    let width = area.dim_in_pixel().0 as i32;
+    let labels: Vec<&str> = items.iter().map(|i| i.label.as_str()).collect();
+    let layout = legend_layout(&labels, width - 24);
+    let rows = layout.iter().map(|(_, r)| r + 1).max().unwrap_or(0);
+    let (legend, plot) = area.split_vertically(rows * LEGEND_ROW + 6);
+    let font = TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (item, (x, row)) in items.iter().zip(layout) {
+        let (x, y) = (x + 12, row * LEGEND_ROW + LEGEND_ROW / 2);
+        if item.bar {
+            legend.draw(&Rectangle::new([(x + 4, y - 6), (x + 16, y + 6)], item.color.filled()))?;
+        } else {
+            legend.draw(&PathElement::new(vec![(x, y), (x + 20, y)], item.color.stroke_width(3)))?;
+        }
+        if item.marker {
+            legend.draw(&Circle::new((x + 10, y), 3, item.color.filled()))?;
+        }
+        legend.draw(&Text::new(item.label.clone(), (x + 24, y), font.clone()))?;
+    }
+    Ok(plot)
 }
 
 /// The GLUE chart: headline dev score (percent) per task, pre-trained beside scratch, as
@@ -184,10 +273,22 @@ fn draw_finetune_chart(bars: &[(String, Option<f64>, Option<f64>)], svg: &mut St
         .fold(0.0f64, f64::min);
     let root = SVGBackend::with_string(svg, (width, CHART_SIZE.1)).into_drawing_area();
     root.fill(&WHITE)?;
+    let area = root.titled("Fine-tuning: dev score by task (mean over seeds)", ("sans-serif", 20))?;
+    let arms = [("pre-trained", PALETTE[0], -0.36), ("scratch", PALETTE[1], 0.02)];
+    let legend: Vec<LegendItem> = arms
+        .iter()
+        .map(|(label, color, _)| LegendItem {
+            label: label.to_string(),
+            color: *color,
+            marker: false,
+            bar: true,
+        })
+        .collect();
+    let area = draw_legend(&area, &legend)?;
     let n = bars.len() as f64;
-    let mut plot = ChartBuilder::on(&root)
-        .caption("Fine-tuning: dev score by task (mean over seeds)", ("sans-serif", 20))
+    let mut plot = ChartBuilder::on(&area)
         .margin(12)
+        .margin_top(4)
         .x_label_area_size(44)
         .y_label_area_size(60)
         .build_cartesian_2d(-0.5..n - 0.5, lowest.min(0.0)..100.0)?;
@@ -203,29 +304,21 @@ fn draw_finetune_chart(bars: &[(String, Option<f64>, Option<f64>)], svg: &mut St
                 String::new()
             }
         })
+        .y_labels(6)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("score (%)")
-        .label_style(("sans-serif", 14))
+        .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 15))
         .light_line_style(RGBColor(238, 238, 238))
         .draw()?;
-    let arms = [("pre-trained", 0usize, -0.36), ("scratch", 1usize, 0.02)];
-    for (label, arm, offset) in arms {
-        let color = PALETTE[arm];
+    for (arm, (_, color, offset)) in arms.iter().enumerate() {
         let rects = bars.iter().enumerate().filter_map(|(i, (_, p, s))| {
             let v = if arm == 0 { *p } else { *s }?;
             let x0 = i as f64 + offset;
             Some(Rectangle::new([(x0, 0.0), (x0 + 0.34, v)], color.filled()))
         });
-        plot.draw_series(rects)?
-            .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+        plot.draw_series(rects)?;
     }
-    plot.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(190, 190, 190))
-        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -295,6 +388,13 @@ mod tests {
     }
 
     #[test]
+    fn legend_rows_wrap_and_centre() {
+        // 44 + 7 * 3 = 65 px per three-letter label.
+        assert_eq!(legend_layout(&["abc", "def"], 200), vec![(35, 0), (100, 0)]);
+        assert_eq!(legend_layout(&["abc", "def"], 100), vec![(17, 0), (17, 1)]);
+    }
+
+    #[test]
     fn ranges_pad_and_survive_single_points() {
         let (x, y) = padded_ranges([(10.0, 2.0)].iter());
         assert!(x.start < 10.0 && x.end > 10.0);
@@ -312,7 +412,14 @@ mod tests {
         let svg = render_line_chart(&chart).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
         assert!(svg.contains(">\nLoss\n</text>"));
-        assert!(svg.contains(">\ntrain\n</text>"));
+        // One curve: the title names it, no legend.
+        assert!(!svg.contains(">\ntrain\n</text>"));
+        let two = LineChart::new("Accuracy", "step", "accuracy")
+            .curve("MLM", vec![(0.0, 0.1), (10.0, 0.2)], false)
+            .curve("held-out MLM", vec![(10.0, 0.15)], true);
+        let svg = render_line_chart(&two).unwrap();
+        assert!(svg.contains(">\nMLM\n</text>"));
+        assert!(svg.contains(">\nheld-out MLM\n</text>"));
         assert!(svg.contains("<polyline"));
     }
 }

@@ -15,6 +15,10 @@ use crate::error::Result;
 /// What a value that no stage produced prints as.
 pub const MISSING: &str = "missing";
 
+/// What a cell prints as where the quantity does not apply (rows of a checkpoint, a score
+/// a source did not publish).
+pub const NOT_APPLICABLE: &str = "–";
+
 /// What a task that the finetune stage did not run prints as.
 pub const NOT_RUN: &str = "not run";
 
@@ -59,6 +63,8 @@ pub enum Block {
     },
     /// Plots: HTML inlines their SVG, Markdown names them.
     Charts(Vec<Chart>),
+    /// Blocks HTML sets side by side (Markdown: one after another).
+    Row(Vec<Block>),
 }
 
 /// One plot of a [`Block::Charts`].
@@ -231,11 +237,20 @@ fn lineage_section(data: &ReportData) -> Section {
                 a.id.clone(),
                 a.kind.clone(),
                 short(&a.blake3),
-                a.rows.to_string(),
+                fmt_rows(a.rows),
                 fmt_bytes(a.bytes),
             ]);
         }
-        let mut inner = vec![Block::Table(artifacts)];
+        let mut config = Table::new(&["Config key", "Value"]);
+        for (k, v) in super::data::flatten_scalars(&record.config) {
+            config.row(vec![k, v]);
+        }
+        let config = if config.rows.is_empty() {
+            Block::Paragraph("Config: none recorded.".into())
+        } else {
+            Block::Table(config)
+        };
+        let mut inner = vec![Block::Row(vec![Block::Table(artifacts), config])];
         let raw: Vec<String> = record
             .inputs
             .iter()
@@ -248,15 +263,6 @@ fn lineage_section(data: &ReportData) -> Section {
             if raw.is_empty() { "" } else { "; raw files: " },
             raw.join(", ")
         )));
-        let mut config = Table::new(&["Config key", "Value"]);
-        for (k, v) in super::data::flatten_scalars(&record.config) {
-            config.row(vec![k, v]);
-        }
-        if config.rows.is_empty() {
-            inner.push(Block::Paragraph("Config: none recorded.".into()));
-        } else {
-            inner.push(Block::Table(config));
-        }
         blocks.push(Block::Details {
             summary: format!(
                 "{}: {} artifact(s), profile {}, code {}",
@@ -287,7 +293,7 @@ fn stage_row(s: &StageEntry) -> Vec<String> {
         fmt_time(r.finished_at),
         fmt_duration(r.duration_s()),
         r.artifacts.len().to_string(),
-        s.total_rows().unwrap_or(0).to_string(),
+        fmt_rows(s.total_rows().unwrap_or(0)),
         fmt_bytes(s.total_bytes().unwrap_or(0)),
         s.throughput()
             .map(|(v, unit)| format!("{} {unit}", fmt_rate(v)))
@@ -406,14 +412,16 @@ fn pretrain_section(data: &ReportData, charts: bool) -> Result<Section> {
 
 /// About ten evenly spaced rows of the training log, always including the last.
 fn curve_samples(rows: &[super::data::MetricsRow]) -> Table {
-    let cols = [
-        ("step", "step", 0),
-        ("tokens seen", "tokens_seen", 0),
-        ("loss", "loss", 4),
-        ("MLM acc.", "mlm_accuracy", 4),
-        ("NSP acc.", "nsp_accuracy", 4),
-        ("learning rate", "learning_rate", 8),
-        ("grad norm", "grad_norm", 3),
+    let fixed = |d: usize| move |v: Option<f64>| fmt_opt(v, d);
+    let scientific = |v: Option<f64>| v.map_or_else(|| MISSING.into(), |v| format!("{v:.2e}"));
+    let cols: [(&str, &str, &dyn Fn(Option<f64>) -> String); 7] = [
+        ("step", "step", &fixed(0)),
+        ("tokens seen", "tokens_seen", &fixed(0)),
+        ("loss", "loss", &fixed(4)),
+        ("MLM acc.", "mlm_accuracy", &fixed(4)),
+        ("NSP acc.", "nsp_accuracy", &fixed(4)),
+        ("learning rate", "learning_rate", &scientific),
+        ("grad norm", "grad_norm", &fixed(3)),
     ];
     let mut t = Table::new(&cols.map(|c| c.0));
     let stride = rows.len().div_ceil(10).max(1);
@@ -424,7 +432,7 @@ fn curve_samples(rows: &[super::data::MetricsRow]) -> Table {
     for i in picked {
         t.row(
             cols.iter()
-                .map(|(_, key, d)| fmt_opt(rows[i].get(*key).copied(), *d))
+                .map(|(_, key, format)| format(rows[i].get(*key).copied()))
                 .collect(),
         );
     }
@@ -518,7 +526,7 @@ pub fn glue_table(tasks: Option<&[TaskResult]>) -> Table {
         for p in &PUBLISHED {
             row.push(match p.score(&name) {
                 Some((score, metric)) => format!("{score} ({metric})"),
-                None => "–".into(),
+                None => NOT_APPLICABLE.into(),
             });
         }
         table.row(row);
@@ -688,6 +696,11 @@ fn markdown_block(block: &Block, out: &mut String) {
                 markdown_block(b, out);
             }
         }
+        Block::Row(blocks) => {
+            for b in blocks {
+                markdown_block(b, out);
+            }
+        }
         Block::Charts(charts) => {
             out.push('\n');
             for chart in charts {
@@ -744,9 +757,11 @@ td.code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
 .warning { background: #fff4e5; border-left: 4px solid #e69f00; padding: 6px 12px; margin: 0.6rem 0; }
 details { margin: 0.6rem 0; }
 summary { cursor: pointer; font-weight: 600; }
-.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 12px; }
-.chart { border: 1px solid #e3e7eb; border-radius: 6px; padding: 6px; background: #fff; }
-.chart svg { max-width: 100%; height: auto; display: block; }
+.row { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
+.charts { display: flex; flex-wrap: wrap; gap: 14px; margin: 1rem 0; }
+.chart { flex: 1 1 520px; max-width: 860px; margin: 0; border: 1px solid #e3e7eb;
+  border-radius: 6px; padding: 6px; background: #fff; }
+.chart svg { width: 100%; height: auto; display: block; }
 .chart.missing { color: #9aa3ad; font-style: italic; padding: 24px; }
 .scroll { overflow-x: auto; }
 ";
@@ -808,6 +823,13 @@ fn html_block(block: &Block, out: &mut String) {
                 html_block(b, out);
             }
             out.push_str("</details>\n");
+        }
+        Block::Row(blocks) => {
+            out.push_str("<div class=\"row\">\n");
+            for b in blocks {
+                html_block(b, out);
+            }
+            out.push_str("</div>\n");
         }
         Block::Charts(charts) => {
             out.push_str("<div class=\"charts\">\n");
@@ -902,6 +924,15 @@ pub fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
         Some(v) => v.to_string(),
         None => MISSING.into(),
+    }
+}
+
+/// Row counts; 0 means rows do not apply (checkpoints, tokenizers) and prints as `–`.
+fn fmt_rows(rows: u64) -> String {
+    if rows == 0 {
+        NOT_APPLICABLE.into()
+    } else {
+        rows.to_string()
     }
 }
 
