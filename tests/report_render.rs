@@ -69,7 +69,13 @@ fn html_is_self_contained_and_names_every_artifact() {
     let (_dir, data) = full_report();
     let html = render_html(&data).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
-    for remote in ["src=\"http", "href=\"http", "src='http", "href='http", "url(http"] {
+    for remote in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "url(http",
+    ] {
         assert!(!html.contains(remote), "external reference `{remote}`");
     }
     assert!(!html.contains("<script"));
@@ -88,7 +94,10 @@ fn html_is_self_contained_and_names_every_artifact() {
     }
     assert_eq!(data.inputs().len(), 30);
     assert!(data.warnings.is_empty(), "{:?}", data.warnings);
-    assert!(!html.contains("missing</td>"), "a complete run has nothing missing");
+    assert!(
+        !html.contains("missing</td>"),
+        "a complete run has nothing missing"
+    );
 }
 
 #[test]
@@ -137,10 +146,15 @@ fn markdown_glue_table_sets_seeds_beside_published_scores() {
     );
     let squad = md_row(&md, "SQuAD v1.1");
     assert!(
-        squad.starts_with("| SQuAD v1.1 | f1 | 1 | 12.4 | 12.4 | 4.1 | 4.1 | exact_match 8.2, f1 12.4 |"),
+        squad.starts_with(
+            "| SQuAD v1.1 | f1 | 1 | 12.4 | 12.4 | 4.1 | 4.1 | exact_match 8.2, f1 12.4 |"
+        ),
         "{squad}"
     );
-    assert!(squad.ends_with("| – | – | – | 80.8/88.5 (EM/F1) |"), "{squad}");
+    assert!(
+        squad.ends_with("| – | – | – | 80.8/88.5 (EM/F1) |"),
+        "{squad}"
+    );
     // Standard tasks this run skipped are "not run", not zeros.
     let mnli = md_row(&md, "MNLI-m");
     assert!(mnli.starts_with("| MNLI-m | not run | not run |"), "{mnli}");
@@ -148,8 +162,14 @@ fn markdown_glue_table_sets_seeds_beside_published_scores() {
     assert!(md.contains("BERT-Tiny (test): google-research/bert README"));
     assert!(md.contains("BERT-Base (test): Devlin et al. 2018, Table 1 (GLUE test server)"));
     // Headline numbers come from the log's last rows.
-    assert_eq!(md_row(&md, "pre-training loss"), "| pre-training loss | 3.9730 |");
-    assert_eq!(md_row(&md, "held-out perplexity"), "| held-out perplexity | 33.43 |");
+    assert_eq!(
+        md_row(&md, "pre-training loss"),
+        "| pre-training loss | 3.9730 |"
+    );
+    assert_eq!(
+        md_row(&md, "held-out perplexity"),
+        "| held-out perplexity | 33.43 |"
+    );
 }
 
 #[test]
@@ -162,7 +182,10 @@ fn absent_stages_print_missing_never_zero() {
     assert!(md.contains("2 of 5 stages recorded"));
     for stage in ["mask", "pretrain", "finetune"] {
         let row = md_row(&md, stage);
-        assert!(row.starts_with(&format!("| {stage} | missing | missing |")), "{row}");
+        assert!(
+            row.starts_with(&format!("| {stage} | missing | missing |")),
+            "{row}"
+        );
         assert!(!row.contains(" 0 "), "{row}");
     }
     assert_eq!(
@@ -184,14 +207,20 @@ fn absent_stages_print_missing_never_zero() {
 fn a_replaced_upstream_artifact_marks_its_consumers_stale() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = recorded_run(dir.path(), &["vocab", "pairs", "mask"]);
-    let mut pairs = fixture_records().into_iter().find(|r| r.stage == "pairs").unwrap();
+    let mut pairs = fixture_records()
+        .into_iter()
+        .find(|r| r.stage == "pairs")
+        .unwrap();
     pairs.artifacts[0].blake3 = "f".repeat(64);
     pairs.finished_at += 3600.0;
     manifest.commit(&pairs).unwrap();
     let data = ReportData::from_manifest(&manifest).unwrap();
     let mask = data.stages.iter().find(|s| s.name == "mask").unwrap();
     assert_eq!(mask.status(), "stale");
-    assert_eq!(mask.stale_inputs, vec!["pairs/train/shard-00000.parquet".to_string()]);
+    assert_eq!(
+        mask.stale_inputs,
+        vec!["pairs/train/shard-00000.parquet".to_string()]
+    );
     let md = render_markdown(&data);
     assert!(md.contains("mask is stale: 1 of its inputs changed upstream"));
     // Both pairs runs are in the history; only the newer one is current.
@@ -216,11 +245,18 @@ fn a_changed_or_lost_log_is_reported_not_trusted() {
 
     std::fs::remove_file(&log).unwrap();
     let data = ReportData::from_manifest(&manifest).unwrap();
-    assert!(data.warnings[0].contains("missing on disk"), "{:?}", data.warnings);
+    assert!(
+        data.warnings[0].contains("missing on disk"),
+        "{:?}",
+        data.warnings
+    );
     let md = render_markdown(&data);
     assert!(md.contains("- Plot: Pre-training loss: missing"));
     // The stage's final metrics still stand in for the log's last values.
-    assert_eq!(md_row(&md, "pre-training loss"), "| pre-training loss | 3.9730 |");
+    assert_eq!(
+        md_row(&md, "pre-training loss"),
+        "| pre-training loss | 3.9730 |"
+    );
 }
 
 #[test]
@@ -235,7 +271,10 @@ fn rerunning_after_a_new_pretrain_picks_up_the_new_log() {
     let before = std::fs::read_to_string(&first.markdown).unwrap();
     assert!(before.contains("| pre-training loss | 3.9730 |"));
 
-    let mut pretrain = fixture_records().into_iter().find(|r| r.stage == "pretrain").unwrap();
+    let mut pretrain = fixture_records()
+        .into_iter()
+        .find(|r| r.stage == "pretrain")
+        .unwrap();
     let log = "{\"step\": 4000, \"loss\": 3.25, \"mlm_accuracy\": 0.35}\n";
     place_metrics_log(dir.path(), &mut pretrain, log.as_bytes());
     pretrain.finished_at += 7200.0;
@@ -270,5 +309,9 @@ fn write_fixture_report_for_inspection() {
     write_report(&data, &out).unwrap();
     let partial = tempfile::tempdir().unwrap();
     let manifest = recorded_run(partial.path(), &["vocab", "pairs"]);
-    write_report(&ReportData::from_manifest(&manifest).unwrap(), &out.join("partial")).unwrap();
+    write_report(
+        &ReportData::from_manifest(&manifest).unwrap(),
+        &out.join("partial"),
+    )
+    .unwrap();
 }

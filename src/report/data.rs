@@ -384,7 +384,10 @@ fn history_entries(history: Vec<StageRecord>, stages: &[StageEntry]) -> Vec<Hist
 
 /// Builds the data statistics from the `pairs` and `mask` metrics.
 fn data_stats(pairs: Option<&StageRecord>, mask: Option<&StageRecord>) -> DataStats {
-    let metric = |key: &str| mask.and_then(|m| m.metrics.get(key)).and_then(Value::as_f64);
+    let metric = |key: &str| {
+        mask.and_then(|m| m.metrics.get(key))
+            .and_then(Value::as_f64)
+    };
     let compared = DATA_REFERENCES
         .iter()
         .map(|r| DataStatRow {
@@ -754,8 +757,14 @@ not json
             eval,
             ..PretrainCurves::default()
         };
-        assert_eq!(curves.train_series("step", "loss"), vec![(10.0, 7.5), (20.0, 6.9)]);
-        assert_eq!(curves.eval_series("step", "eval_loss"), vec![(20.0, 7.0), (30.0, 6.5)]);
+        assert_eq!(
+            curves.train_series("step", "loss"),
+            vec![(10.0, 7.5), (20.0, 6.9)]
+        );
+        assert_eq!(
+            curves.eval_series("step", "eval_loss"),
+            vec![(20.0, 7.0), (30.0, 6.5)]
+        );
         assert_eq!(curves.last("loss"), Some(6.9));
         assert_eq!(curves.last("eval_loss"), Some(6.5));
         assert_eq!(curves.last("nsp_accuracy"), None);
@@ -795,7 +804,8 @@ not json
 
     #[test]
     fn cpuinfo_counts_physical_cores() {
-        let text = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 0\n\n\
+        let text =
+            "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 0\n\n\
                     processor\t: 1\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 0\n\n\
                     processor\t: 2\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 1\n\n\
                     processor\t: 3\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 1\ncore id\t: 0\n";

@@ -51,10 +51,9 @@ mod render;
 use std::path::{Path, PathBuf};
 
 pub use data::{
-    flatten_scalars, mean, median, parse_cpuinfo, parse_finetune, parse_metrics_log,
-    sample_std, ArmResult, DataStatRow, DataStats, HistoryEntry, Machine, MetricsRow,
-    PretrainCurves, ReportData, StageEntry, TaskResult, METRICS_KIND, PIPELINE_STAGES,
-    REPORT_STAGE,
+    flatten_scalars, mean, median, parse_cpuinfo, parse_finetune, parse_metrics_log, sample_std,
+    ArmResult, DataStatRow, DataStats, HistoryEntry, Machine, MetricsRow, PretrainCurves,
+    ReportData, StageEntry, TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
 pub use plots::{pretrain_charts, render_line_chart, Curve, LineChart};
 pub use reference::{
@@ -62,8 +61,8 @@ pub use reference::{
     BERT_BASE_TEST, BERT_MINI, BERT_TINY, DATA_REFERENCES, PUBLISHED, STANDARD_TASKS,
 };
 pub use render::{
-    as_percent, build_document, escape, glue_table, headline, render_html, render_markdown,
-    Block, Document, Section, Table, MISSING, NOT_RUN,
+    as_percent, build_document, escape, glue_table, headline, render_html, render_markdown, Block,
+    Document, Section, Table, MISSING, NOT_RUN,
 };
 
 use crate::durable;

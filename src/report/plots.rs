@@ -88,15 +88,28 @@ pub fn pretrain_charts(curves: &PretrainCurves) -> Vec<LineChart> {
             .curve("NSP", t("nsp_accuracy"), false)
             .curve("held-out MLM", e("eval_mlm_accuracy"), true)
             .curve("held-out NSP", e("eval_nsp_accuracy"), true),
-        LineChart::new("Learning rate", "step", "learning rate")
-            .curve("learning rate", t("learning_rate"), false),
+        LineChart::new("Learning rate", "step", "learning rate").curve(
+            "learning rate",
+            t("learning_rate"),
+            false,
+        ),
         LineChart::new("Loss against tokens seen", "tokens seen", "loss")
-            .curve("total (MLM + NSP)", curves.train_series("tokens_seen", "loss"), false)
+            .curve(
+                "total (MLM + NSP)",
+                curves.train_series("tokens_seen", "loss"),
+                false,
+            )
             .curve("MLM", curves.train_series("tokens_seen", "mlm_loss"), false),
-        LineChart::new("Held-out MLM perplexity", "step", "perplexity")
-            .curve("held-out perplexity", e("heldout_perplexity"), true),
-        LineChart::new("Throughput", "step", "tokens / s")
-            .curve("tokens per second", t("tokens_per_s"), false),
+        LineChart::new("Held-out MLM perplexity", "step", "perplexity").curve(
+            "held-out perplexity",
+            e("heldout_perplexity"),
+            true,
+        ),
+        LineChart::new("Throughput", "step", "tokens / s").curve(
+            "tokens per second",
+            t("tokens_per_s"),
+            false,
+        ),
     ]
 }
 
@@ -104,7 +117,10 @@ pub fn pretrain_charts(curves: &PretrainCurves) -> Vec<LineChart> {
 pub fn render_line_chart(chart: &LineChart) -> Result<String> {
     let mut svg = String::new();
     draw_line_chart(chart, &mut svg).map_err(|e| {
-        Error::Stage(format!("report: cannot draw the chart `{}`: {e}", chart.title))
+        Error::Stage(format!(
+            "report: cannot draw the chart `{}`: {e}",
+            chart.title
+        ))
     })?;
     Ok(svg)
 }
@@ -157,8 +173,7 @@ fn draw_line_chart(chart: &LineChart, svg: &mut String) -> DrawResult {
         let color = PALETTE[i % PALETTE.len()];
         let size = if curve.markers { 3 } else { 0 };
         plot.draw_series(
-            LineSeries::new(curve.points.iter().copied(), color.stroke_width(2))
-                .point_size(size),
+            LineSeries::new(curve.points.iter().copied(), color.stroke_width(2)).point_size(size),
         )?;
     }
     root.present()?;
@@ -216,8 +231,7 @@ fn legend_layout(labels: &[&str], width: i32) -> Vec<(i32, i32)> {
 fn draw_legend<'a>(
     area: &DrawingArea<SVGBackend<'a>, Shift>,
     items: &[LegendItem],
-) -> std::result::Result<DrawingArea<SVGBackend<'a>, Shift>, Box<dyn std::error::Error>>
-{
+) -> std::result::Result<DrawingArea<SVGBackend<'a>, Shift>, Box<dyn std::error::Error>> {
     if items.is_empty() {
         return Ok(area.clone());
     }
@@ -226,13 +240,20 @@ fn draw_legend<'a>(
     let layout = legend_layout(&labels, width - 24);
     let rows = layout.iter().map(|(_, r)| r + 1).max().unwrap_or(0);
     let (legend, plot) = area.split_vertically(rows * LEGEND_ROW + 6);
-    let font = TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    let font =
+        TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     for (item, (x, row)) in items.iter().zip(layout) {
         let (x, y) = (x + 12, row * LEGEND_ROW + LEGEND_ROW / 2);
         if item.bar {
-            legend.draw(&Rectangle::new([(x + 4, y - 6), (x + 16, y + 6)], item.color.filled()))?;
+            legend.draw(&Rectangle::new(
+                [(x + 4, y - 6), (x + 16, y + 6)],
+                item.color.filled(),
+            ))?;
         } else {
-            legend.draw(&PathElement::new(vec![(x, y), (x + 20, y)], item.color.stroke_width(3)))?;
+            legend.draw(&PathElement::new(
+                vec![(x, y), (x + 20, y)],
+                item.color.stroke_width(3),
+            ))?;
         }
         if item.marker {
             legend.draw(&Circle::new((x + 10, y), 3, item.color.filled()))?;
@@ -249,9 +270,15 @@ pub fn render_finetune_chart(tasks: &[TaskResult]) -> Result<Option<String>> {
         .iter()
         .map(|t| {
             let score = |arm: &Option<super::data::ArmResult>| {
-                arm.as_ref().and_then(|a| a.mean).map(super::render::as_percent)
+                arm.as_ref()
+                    .and_then(|a| a.mean)
+                    .map(super::render::as_percent)
             };
-            (task_display_name(&t.task), score(&t.pretrained), score(&t.scratch))
+            (
+                task_display_name(&t.task),
+                score(&t.pretrained),
+                score(&t.scratch),
+            )
         })
         .filter(|(_, p, s)| p.is_some() || s.is_some())
         .collect();
@@ -264,7 +291,10 @@ pub fn render_finetune_chart(tasks: &[TaskResult]) -> Result<Option<String>> {
     Ok(Some(svg))
 }
 
-fn draw_finetune_chart(bars: &[(String, Option<f64>, Option<f64>)], svg: &mut String) -> DrawResult {
+fn draw_finetune_chart(
+    bars: &[(String, Option<f64>, Option<f64>)],
+    svg: &mut String,
+) -> DrawResult {
     let width = (180 + 90 * bars.len() as u32).clamp(CHART_SIZE.0, 1100);
     let lowest = bars
         .iter()
@@ -273,8 +303,14 @@ fn draw_finetune_chart(bars: &[(String, Option<f64>, Option<f64>)], svg: &mut St
         .fold(0.0f64, f64::min);
     let root = SVGBackend::with_string(svg, (width, CHART_SIZE.1)).into_drawing_area();
     root.fill(&WHITE)?;
-    let area = root.titled("Fine-tuning: dev score by task (mean over seeds)", ("sans-serif", 20))?;
-    let arms = [("pre-trained", PALETTE[0], -0.36), ("scratch", PALETTE[1], 0.02)];
+    let area = root.titled(
+        "Fine-tuning: dev score by task (mean over seeds)",
+        ("sans-serif", 20),
+    )?;
+    let arms = [
+        ("pre-trained", PALETTE[0], -0.36),
+        ("scratch", PALETTE[1], 0.02),
+    ];
     let legend: Vec<LegendItem> = arms
         .iter()
         .map(|(label, color, _)| LegendItem {

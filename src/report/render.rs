@@ -126,7 +126,10 @@ pub fn headline(data: &ReportData) -> Vec<(String, String)> {
                 let mean = t.pretrained.as_ref().and_then(|a| a.mean).map(as_percent);
                 let metric = t.metric.clone().unwrap_or_else(|| "score".into());
                 out.push((
-                    format!("{} dev {metric} (pre-trained, mean)", task_display_name(&t.task)),
+                    format!(
+                        "{} dev {metric} (pre-trained, mean)",
+                        task_display_name(&t.task)
+                    ),
                     fmt_opt(mean, 1),
                 ));
             }
@@ -600,7 +603,12 @@ fn machine_section(data: &ReportData) -> Section {
                 fmt_time(r.started_at),
                 fmt_time(r.finished_at),
             ],
-            None => vec![s.name.clone(), MISSING.into(), MISSING.into(), MISSING.into()],
+            None => vec![
+                s.name.clone(),
+                MISSING.into(),
+                MISSING.into(),
+                MISSING.into(),
+            ],
         });
     }
     times.row(vec![
@@ -767,19 +775,20 @@ summary { cursor: pointer; font-weight: 600; }
 ";
 
 fn html(doc: &Document) -> String {
-    let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    let mut out =
+        String::from("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    out.push_str(&format!("<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n", escape(&doc.title)));
+    out.push_str(&format!(
+        "<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
+        escape(&doc.title)
+    ));
     out.push_str(&format!(
         "<h1>{}</h1>\n<p class=\"subtitle\">{}</p>\n",
         escape(&doc.title),
         escape(&doc.subtitle)
     ));
     for section in &doc.sections {
-        out.push_str(&format!(
-            "<section>\n<h2>{}</h2>\n",
-            escape(&section.title)
-        ));
+        out.push_str(&format!("<section>\n<h2>{}</h2>\n", escape(&section.title)));
         for block in &section.blocks {
             html_block(block, &mut out);
         }
@@ -1037,7 +1046,10 @@ mod tests {
 
     #[test]
     fn html_escapes_and_classes() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(cell_class(MISSING), "missing");
         assert_eq!(cell_class("0123456789ab"), "code");
         assert_eq!(cell_class("-1.5"), "num");
