@@ -65,8 +65,11 @@ pub use render::{
     Document, Section, Table, MISSING, NOT_RUN,
 };
 
+use serde_json::{json, Value};
+
 use crate::durable;
 use crate::error::{IoContext, Result};
+use crate::stage::{Begin, Outcome, Stage, StageCtx};
 
 /// The artifact kind of `report.md` and `report.html`.
 pub const REPORT_KIND: &str = "report";
@@ -95,4 +98,71 @@ pub fn write_report(data: &ReportData, out_dir: &Path) -> Result<ReportFiles> {
         "report written"
     );
     Ok(files)
+}
+
+/// What the report stage did, the data it showed and where the files are.
+#[derive(Debug, Clone)]
+pub struct ReportRun {
+    /// Ran, or skipped because no artifact changed since the last report.
+    pub outcome: Outcome,
+    /// The data of the report (rebuilt from the manifest either way).
+    pub data: ReportData,
+    /// `<run>/report/report.md` and `report.html`.
+    pub files: ReportFiles,
+}
+
+/// The `report` stage: reads the manifest and the artifacts it names, writes `report.md`
+/// and `report.html`, and records them with every artifact they describe as inputs. Skips
+/// when no artifact changed since the last report (`--force` reruns).
+pub fn run_report(ctx: &StageCtx) -> Result<ReportRun> {
+    let mut data = ReportData::from_manifest(&ctx.manifest)?;
+    if let Some(title) = &ctx.config().report.title {
+        data.title = title.clone();
+    }
+    let dir = ctx.run_dir().join(REPORT_STAGE);
+    let files = ReportFiles {
+        markdown: dir.join("report.md"),
+        html: dir.join("report.html"),
+    };
+    let mut run = match ctx.begin(Stage::Report)? {
+        Begin::Skip(record) => {
+            return Ok(ReportRun {
+                outcome: Outcome::Skipped(record),
+                data,
+                files,
+            })
+        }
+        Begin::Run(run) => run,
+    };
+    write_report(&data, run.dir())?;
+    run.add("report.md", REPORT_KIND, 0)?;
+    run.add("report.html", REPORT_KIND, 0)?;
+    let record = run.finish(ctx, report_metrics(&data))?;
+    Ok(ReportRun {
+        outcome: Outcome::Ran(record),
+        data,
+        files,
+    })
+}
+
+/// The report stage's metrics: which stages it found, its warnings and headline numbers.
+pub fn report_metrics(data: &ReportData) -> Value {
+    let names = |present: bool| -> Vec<&str> {
+        data.stages
+            .iter()
+            .filter(|s| s.record.is_some() == present)
+            .map(|s| s.name.as_str())
+            .collect()
+    };
+    let headline: serde_json::Map<String, Value> = headline(data)
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    json!({
+        "stages_recorded": names(true),
+        "stages_missing": names(false),
+        "artifacts_described": data.artifacts().count(),
+        "warnings": data.warnings,
+        "headline": headline,
+    })
 }

@@ -95,6 +95,11 @@ impl Table {
     fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
+
+    /// The table as a Markdown pipe table.
+    pub fn to_markdown(&self) -> String {
+        markdown_table(self)
+    }
 }
 
 /// Renders the report as Markdown.
