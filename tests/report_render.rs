@@ -81,8 +81,8 @@ fn html_is_self_contained_and_names_every_artifact() {
     assert!(!html.contains("<script"));
     assert!(!html.contains("<link"));
     assert!(!html.contains("<img"));
-    // Six pre-training charts and the fine-tuning chart, all drawn.
-    assert_eq!(html.matches("<svg").count(), 7);
+    // Seven pre-training charts and the fine-tuning chart, all drawn.
+    assert_eq!(html.matches("<svg").count(), 8);
     assert!(!html.contains("<?xml"));
     let ids: Vec<String> = fixture_records()
         .iter()

@@ -90,7 +90,7 @@ impl StageEntry {
         if let Value::Object(metrics) = &record.metrics {
             for (key, value) in metrics {
                 if let (Some(unit), Some(v)) = (key.strip_suffix("_per_s"), value.as_f64()) {
-                    return Some((v, format!("{unit}/s")));
+                    return Some((v, format!("{}/s", unit.replace('_', " "))));
                 }
             }
         }
@@ -600,7 +600,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]

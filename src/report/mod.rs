@@ -44,6 +44,8 @@
 //!   `pretrained` or `scratch` are the tasks.
 
 mod data;
+mod document;
+mod format;
 mod plots;
 mod reference;
 mod render;
@@ -55,15 +57,17 @@ pub use data::{
     ArmResult, DataStatRow, DataStats, HistoryEntry, Machine, MetricsRow, PretrainCurves,
     ReportData, StageEntry, TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
+pub use document::{
+    build_document, glue_table, headline, Block, Chart, Document, Section, Table, MISSING,
+    NOT_APPLICABLE, NOT_RUN,
+};
+pub use format::{as_percent, fmt_bytes, fmt_duration, fmt_time};
 pub use plots::{pretrain_charts, render_line_chart, Curve, LineChart};
 pub use reference::{
     canonical_task, task_display_name, DataReference, PublishedColumn, Split, BERT_BASE_DEV,
     BERT_BASE_TEST, BERT_MINI, BERT_TINY, DATA_REFERENCES, PUBLISHED, STANDARD_TASKS,
 };
-pub use render::{
-    as_percent, build_document, escape, glue_table, headline, render_html, render_markdown, Block,
-    Document, Section, Table, MISSING, NOT_RUN,
-};
+pub use render::{escape, render_html, render_markdown};
 
 use serde_json::{json, Value};
 
@@ -92,7 +96,7 @@ pub fn write_report(data: &ReportData, out_dir: &Path) -> Result<ReportFiles> {
     let html = render_html(data)?;
     durable::write_bytes(&files.markdown, render_markdown(data).as_bytes())?;
     durable::write_bytes(&files.html, html.as_bytes())?;
-    tracing::info!(
+    tracing::debug!(
         html = %files.html.display(),
         artifacts = data.artifacts().count(),
         "report written"

@@ -72,8 +72,8 @@ impl LineChart {
     }
 }
 
-/// The pre-training charts: losses, accuracies, learning rate, loss against tokens seen,
-/// held-out perplexity and throughput. Charts without data stay in the list, empty.
+/// The pre-training charts: losses, accuracies, learning rate, loss and accuracy against
+/// tokens seen, held-out perplexity and throughput. Charts without data stay in the list, empty.
 pub fn pretrain_charts(curves: &PretrainCurves) -> Vec<LineChart> {
     let t = |y: &str| curves.train_series("step", y);
     let e = |y: &str| curves.eval_series("step", y);
@@ -100,6 +100,17 @@ pub fn pretrain_charts(curves: &PretrainCurves) -> Vec<LineChart> {
                 false,
             )
             .curve("MLM", curves.train_series("tokens_seen", "mlm_loss"), false),
+        LineChart::new("Accuracy against tokens seen", "tokens seen", "accuracy")
+            .curve(
+                "MLM",
+                curves.train_series("tokens_seen", "mlm_accuracy"),
+                false,
+            )
+            .curve(
+                "NSP",
+                curves.train_series("tokens_seen", "nsp_accuracy"),
+                false,
+            ),
         LineChart::new("Held-out MLM perplexity", "step", "perplexity").curve(
             "held-out perplexity",
             e("heldout_perplexity"),
@@ -272,7 +283,7 @@ pub fn render_finetune_chart(tasks: &[TaskResult]) -> Result<Option<String>> {
             let score = |arm: &Option<super::data::ArmResult>| {
                 arm.as_ref()
                     .and_then(|a| a.mean)
-                    .map(super::render::as_percent)
+                    .map(super::format::as_percent)
             };
             (
                 task_display_name(&t.task),
