@@ -24,6 +24,7 @@ pub const NOT_RUN: &str = "not run";
 
 /// Rows of an artifact table shown before HTML folds it.
 const OPEN_ARTIFACT_ROWS: usize = 12;
+
 /// A report: a title, a line under it, and its sections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {

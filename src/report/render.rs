@@ -113,8 +113,10 @@ details { margin: 0.6rem 0; }
 summary { cursor: pointer; font-weight: 600; }
 .row { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
 .charts { display: flex; flex-wrap: wrap; gap: 14px; margin: 1rem 0; }
-.chart { flex: 1 1 520px; max-width: 860px; margin: 0; border: 1px solid #e3e7eb;
+.chart { flex: 1 1 520px; max-width: calc(50% - 7px); margin: 0; border: 1px solid #e3e7eb;
   border-radius: 6px; padding: 6px; background: #fff; }
+.charts.single .chart { max-width: 860px; }
+@media (max-width: 1100px) { .chart { max-width: 100%; } }
 .chart svg { width: 100%; height: auto; display: block; }
 .chart.missing { color: #9aa3ad; font-style: italic; padding: 24px; }
 .scroll { overflow-x: auto; }
@@ -186,7 +188,12 @@ fn html_block(block: &Block, out: &mut String) {
             out.push_str("</div>\n");
         }
         Block::Charts(charts) => {
-            out.push_str("<div class=\"charts\">\n");
+            let class = if charts.len() == 1 {
+                "charts single"
+            } else {
+                "charts"
+            };
+            out.push_str(&format!("<div class=\"{class}\">\n"));
             for chart in charts {
                 match &chart.svg {
                     Some(svg) => out.push_str(&format!(
