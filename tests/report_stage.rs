@@ -2,7 +2,7 @@
 //! with every artifact they describe as inputs, skips while nothing changed, and makes a
 //! new report when an upstream stage is rerun.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bertline::manifest::{Manifest, StageRecord};
 use bertline::report::{run_report, REPORT_KIND};
@@ -64,25 +64,27 @@ fn open(config: &Path, force: bool) -> StageCtx {
     .unwrap()
 }
 
-fn setup() -> (tempfile::TempDir, PathBuf) {
+/// A run whose manifest holds the fixture's records, and the stage context over it. Each
+/// test keeps this one context: sled releases its lock a moment after a drop, so reopening
+/// at once in the same process can find the manifest still "in use".
+fn setup() -> (tempfile::TempDir, StageCtx) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");
     std::fs::write(&config, PIPELINE_TOML).unwrap();
-    let manifest = Manifest::open(&dir.path().join("run")).unwrap();
+    let ctx = open(&config, false);
     let log = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report/pretrain-metrics.jsonl"),
     )
     .unwrap();
     for record in fixture_records() {
-        commit(&manifest, record, &log);
+        commit(&ctx.manifest, record, &log);
     }
-    (dir, config)
+    (dir, ctx)
 }
 
 #[test]
 fn report_stage_records_its_files_with_the_artifacts_it_describes() {
-    let (dir, config) = setup();
-    let ctx = open(&config, false);
+    let (dir, ctx) = setup();
     let run = run_report(&ctx).unwrap();
     assert!(!run.outcome.skipped());
     assert_eq!(run.files.html, dir.path().join("run/report/report.html"));
@@ -118,13 +120,9 @@ fn report_stage_records_its_files_with_the_artifacts_it_describes() {
 
 #[test]
 fn report_stage_skips_until_an_upstream_artifact_changes() {
-    let (_dir, config) = setup();
-    {
-        let ctx = open(&config, false);
-        assert!(!run_report(&ctx).unwrap().outcome.skipped());
-        assert!(run_report(&ctx).unwrap().outcome.skipped());
-    }
-    let ctx = open(&config, false);
+    let (_dir, mut ctx) = setup();
+    assert!(!run_report(&ctx).unwrap().outcome.skipped());
+    assert!(run_report(&ctx).unwrap().outcome.skipped());
     let first = ctx.manifest.stage("report").unwrap().unwrap();
     let mut pretrain = fixture_records()
         .into_iter()
@@ -158,8 +156,8 @@ fn report_stage_skips_until_an_upstream_artifact_changes() {
             .map(|i| i.blake3.clone())
     };
     assert_ne!(log_hash(&reports[0]), log_hash(&reports[1]));
+    assert!(run_report(&ctx).unwrap().outcome.skipped());
     // --force reruns even when nothing changed.
-    drop(ctx);
-    let forced = open(&config, true);
-    assert!(!run_report(&forced).unwrap().outcome.skipped());
+    ctx.options.force = true;
+    assert!(!run_report(&ctx).unwrap().outcome.skipped());
 }
