@@ -12,10 +12,16 @@ fn project(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(repo.join("pipeline.toml")).unwrap();
     let text = text
-        .replace("dir = \"runs/tiny\"", &format!("dir = {:?}", dir.join("run")))
+        .replace(
+            "dir = \"runs/tiny\"",
+            &format!("dir = {:?}", dir.join("run")),
+        )
         .replace(
             "input = [\"datasets/pretrain/gutenberg_pg11.txt\"]",
-            &format!("input = [{:?}]", repo.join("datasets/pretrain/gutenberg_pg11.txt")),
+            &format!(
+                "input = [{:?}]",
+                repo.join("datasets/pretrain/gutenberg_pg11.txt")
+            ),
         );
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, edit(text)).unwrap();
@@ -37,7 +43,10 @@ fn vocab_skips_when_fresh_and_reruns_with_force() {
     let tmp = tempfile::tempdir().unwrap();
     let config = project(tmp.path(), |t| t);
     let ctx = open(&config, false);
-    assert!(matches!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Missing(_)));
+    assert!(matches!(
+        ctx.freshness(Stage::Vocab).unwrap(),
+        Freshness::Missing(_)
+    ));
     let first = bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
     assert!(!first.skipped());
     let rec = first.record();
@@ -69,7 +78,9 @@ fn config_change_makes_stage_stale_with_reason() {
         bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
     }
     // Change a vocab key: vocab becomes stale, naming the key; pairs (never run) is missing.
-    project(tmp.path(), |t| t.replace("limit_alphabet = 1000", "limit_alphabet = 900"));
+    project(tmp.path(), |t| {
+        t.replace("limit_alphabet = 1000", "limit_alphabet = 900")
+    });
     let ctx = open(&config, false);
     match ctx.freshness(Stage::Vocab).unwrap() {
         Freshness::Stale(why) => assert!(why.contains("vocab.limit_alphabet"), "{why}"),
@@ -119,15 +130,29 @@ fn second_process_gets_in_use_error() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "hold_manifest_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "hold_manifest_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("BERTLINE_HOLD_MANIFEST", &run)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().contains("holding")), "child never held the manifest");
-    let err = bertline::manifest::Manifest::open(&run).unwrap_err().to_string();
-    assert!(err.contains("manifest.sled") && err.contains("in use"), "{err}");
+    assert!(
+        lines.any(|l| l.unwrap().contains("holding")),
+        "child never held the manifest"
+    );
+    let err = bertline::manifest::Manifest::open(&run)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("manifest.sled") && err.contains("in use"),
+        "{err}"
+    );
     assert!(!err.contains('\n'));
     child.wait().unwrap();
     // Once the other process is gone the manifest opens again.
@@ -147,10 +172,15 @@ fn killed_stage_records_nothing() {
     // The stage "dies" here: the run is dropped without finish().
     drop(run);
     assert!(ctx.manifest.stage("vocab").unwrap().is_none());
-    assert!(matches!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Missing(_)));
+    assert!(matches!(
+        ctx.freshness(Stage::Vocab).unwrap(),
+        Freshness::Missing(_)
+    ));
     assert!(!ctx.run_dir().join("vocab").exists());
     // And the rerun finishes.
-    assert!(!bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap().skipped());
+    assert!(!bertline::tokenize::run_vocab(&ctx, &NoProgress)
+        .unwrap()
+        .skipped());
 }
 
 #[test]
@@ -159,7 +189,10 @@ fn bad_corpus_leaves_records_intact() {
     let config = project(tmp.path(), |t| t);
     let before = {
         let ctx = open(&config, false);
-        bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap().record().clone()
+        bertline::tokenize::run_vocab(&ctx, &NoProgress)
+            .unwrap()
+            .record()
+            .clone()
     };
     // Point the corpus at a non-UTF-8 file and force a rerun: one-line error, record kept.
     let bad = tmp.path().join("latin1.txt");
@@ -172,10 +205,18 @@ fn bad_corpus_leaves_records_intact() {
         )
     });
     let ctx = open(&config, true);
-    let err = bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap_err().to_string();
-    assert!(err.contains("latin1.txt") && err.contains("not UTF-8") && !err.contains('\n'), "{err}");
+    let err = bertline::tokenize::run_vocab(&ctx, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("latin1.txt") && err.contains("not UTF-8") && !err.contains('\n'),
+        "{err}"
+    );
     assert_eq!(ctx.manifest.stage("vocab").unwrap().unwrap(), before);
     for a in &before.artifacts {
-        assert_eq!(bertline::durable::hash_file(&ctx.path_of(a)).unwrap().0, a.blake3);
+        assert_eq!(
+            bertline::durable::hash_file(&ctx.path_of(a)).unwrap().0,
+            a.blake3
+        );
     }
 }

@@ -6,8 +6,16 @@ use bertline::{SentencePair, TrainingInstance};
 
 fn pairs() -> Vec<SentencePair> {
     vec![
-        SentencePair { tokens_a: vec![10, 11, 12], tokens_b: vec![20], is_random_next: false },
-        SentencePair { tokens_a: vec![7], tokens_b: vec![8, 9, 4000000], is_random_next: true },
+        SentencePair {
+            tokens_a: vec![10, 11, 12],
+            tokens_b: vec![20],
+            is_random_next: false,
+        },
+        SentencePair {
+            tokens_a: vec![7],
+            tokens_b: vec![8, 9, 4000000],
+            is_random_next: true,
+        },
     ]
 }
 
@@ -70,7 +78,10 @@ fn truncated_shard_names_file_and_fix() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = read_pairs(&path).unwrap_err().to_string();
-    assert!(err.contains("t.parquet") && err.contains("truncated") && !err.contains('\n'), "{err}");
+    assert!(
+        err.contains("t.parquet") && err.contains("truncated") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 #[test]
