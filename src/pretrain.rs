@@ -1067,40 +1067,90 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
     })
 }
 
-/// Held-out MLM batches: `path` (WikiText-2) tokenized, cut into `[CLS] ... [SEP]` rows of
-/// `max_seq_length`, 15% masked with a fixed seed, at most `eval_batches` batches.
+/// Held-out MLM batches: `path` (WikiText-2) tokenized line by line, the ids cut into
+/// `[CLS] ... [SEP]` rows of `pairs.max_seq_length`, `mask.masked_lm_prob` of each row
+/// masked with a fixed seed, at most `pretrain.eval_batches` batches. NSP labels are 0 and
+/// meaningless here: only the MLM numbers of this split are reported.
 pub fn heldout_batches(path: &Path, tokenizer: &Path, cfg: &crate::config::PipelineConfig) -> Result<Vec<MaskedLmBatch>> {
-    let _ = (path, tokenizer, cfg);
-    Ok(Vec::new())
+    let wp = crate::tokenize::WordPiece::from_file(tokenizer)?;
+    let text = crate::corpus::read_corpus(path)?;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let ids: Vec<u32> = wp.encode_lines(&lines)?.into_iter().flatten().collect();
+    let seq_len = cfg.pairs.max_seq_length;
+    let rows_wanted = cfg.pretrain.eval_batches * cfg.pretrain.train_batch_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::stage::derive_seed(cfg.run.random_seed, "pretrain-heldout", &[]));
+    let special = crate::tokenize::SPECIAL;
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(seq_len - 2).take(rows_wanted) {
+        let mut tokens = Vec::with_capacity(seq_len);
+        tokens.push(special.cls);
+        tokens.extend_from_slice(chunk);
+        tokens.push(special.sep);
+        rows.push(mask_heldout_row(tokens, cfg, wp.vocab_size(), &mut rng));
+    }
+    let shard = heldout_shard(&rows, seq_len, cfg.mask.max_predictions_per_seq);
+    let batches = (0..shard.rows)
+        .collect::<Vec<_>>()
+        .chunks(cfg.pretrain.train_batch_size)
+        .map(|chunk| MaskedLmBatch::from_rows(chunk.iter().map(|&r| (&shard, r))))
+        .collect();
+    Ok(batches)
 }
 
-/// BERT-mini (4 layers, hidden 256, 4 heads, intermediate 1024, vocab 8192), sequence 128,
-/// batch 32: the configuration the PyTorch benchmark times too.
-pub fn bench_mini_config() -> (BertConfig, PretrainConfig) {
-    let model = BertConfig {
-        vocab_size: 8192,
-        hidden_size: 256,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        intermediate_size: 1024,
-        max_position_embeddings: 512,
-        ..BertConfig::default()
+/// Masks one held-out row as `create_masked_lm_predictions` does (BERT §3.1: 15% of the
+/// non-special tokens; of those 80% `[MASK]`, 10% random, 10% unchanged).
+fn mask_heldout_row(
+    tokens: Vec<u32>,
+    cfg: &crate::config::PipelineConfig,
+    vocab_size: usize,
+    rng: &mut ChaCha8Rng,
+) -> crate::shard::TrainingInstance {
+    use rand::seq::SliceRandom;
+    let special = crate::tokenize::SPECIAL;
+    let mut candidates: Vec<usize> = (1..tokens.len() - 1).collect();
+    candidates.shuffle(rng);
+    let wanted = ((tokens.len() as f64 * cfg.mask.masked_lm_prob).round() as usize)
+        .clamp(1, cfg.mask.max_predictions_per_seq);
+    let mut positions: Vec<usize> = candidates.into_iter().take(wanted).collect();
+    positions.sort_unstable();
+    let mut output = tokens.clone();
+    for &p in &positions {
+        output[p] = if rng.gen::<f64>() < 0.8 {
+            special.mask
+        } else if rng.gen::<f64>() < 0.5 {
+            tokens[p]
+        } else {
+            rng.gen_range(0..vocab_size as u32)
+        };
+    }
+    let len = tokens.len();
+    crate::shard::TrainingInstance {
+        tokens: output,
+        segment_ids: vec![0; len],
+        masked_lm_positions: positions.iter().map(|&p| p as u32).collect(),
+        masked_lm_labels: positions.iter().map(|&p| tokens[p]).collect(),
+        is_random_next: false,
+    }
+}
+
+/// Fixed-length rows of `instances`, as the mask stage writes them.
+pub fn heldout_shard(instances: &[crate::shard::TrainingInstance], seq_len: usize, max_predictions: usize) -> InstanceShard {
+    let mut shard = InstanceShard {
+        rows: instances.len(),
+        seq_len,
+        max_predictions,
+        ..Default::default()
     };
-    let pretrain: PretrainConfig = toml::from_str(
-        "train_batch_size = 32\nlearning_rate = 1e-4\nnum_train_steps = 100\nnum_warmup_steps = 10",
-    )
-    .expect("valid pretrain table");
-    (model, pretrain)
-}
-
-/// [`bench`] of [`bench_mini_config`] on the default device.
-pub fn bench_mini(steps: usize) -> Result<BenchReport> {
-    let (model, pretrain) = bench_mini_config();
-    #[cfg(feature = "cuda")]
-    let device = dfdx::tensor::Cuda::try_build(0, 0)
-        .map_err(|e| Error::Model(format!("cannot open CUDA device 0: {e:?}")))?;
-    #[cfg(not(feature = "cuda"))]
-    let device = dfdx::tensor::Cpu::default();
-    dfdx::tensor::Cache::enable_cache(&device);
-    bench(&model, &pretrain, 32, 128, steps, &device)
+    for inst in instances {
+        let n = inst.tokens.len();
+        shard.input_ids.extend(inst.tokens.iter().copied().chain(std::iter::repeat(0)).take(seq_len));
+        shard.token_type_ids.extend(inst.segment_ids.iter().map(|&s| s as u32).chain(std::iter::repeat(0)).take(seq_len));
+        shard.attention_mask.extend((0..seq_len).map(|i| (i < n) as u32));
+        let k = inst.masked_lm_positions.len();
+        shard.masked_lm_positions.extend(inst.masked_lm_positions.iter().copied().chain(std::iter::repeat(0)).take(max_predictions));
+        shard.masked_lm_ids.extend(inst.masked_lm_labels.iter().copied().chain(std::iter::repeat(0)).take(max_predictions));
+        shard.masked_lm_weights.extend((0..max_predictions).map(|i| if i < k { 1.0 } else { 0.0 }));
+        shard.next_sentence_label.push(inst.is_random_next as u32);
+    }
+    shard
 }
