@@ -61,7 +61,9 @@ impl ParamGrads {
             debug_assert!(self.names.contains(name));
             scratch.resize(p.len(), 0.0);
             p.grad_into(grads, scratch);
-            acc.par_iter_mut().zip(scratch.par_iter()).for_each(|(a, g)| *a += g);
+            acc.par_iter_mut()
+                .zip(scratch.par_iter())
+                .for_each(|(a, g)| *a += g);
         }
     }
 
@@ -78,9 +80,14 @@ impl ParamGrads {
             *self = other;
             return;
         }
-        assert_eq!(self.names, other.names, "accumulating gradients of another model");
+        assert_eq!(
+            self.names, other.names,
+            "accumulating gradients of another model"
+        );
         for (acc, g) in self.values.iter_mut().zip(other.values) {
-            acc.par_iter_mut().zip(g.par_iter()).for_each(|(a, b)| *a += b);
+            acc.par_iter_mut()
+                .zip(g.par_iter())
+                .for_each(|(a, b)| *a += b);
         }
     }
 
@@ -383,13 +390,30 @@ mod tests {
         // lr/(1 − 0.9) = 1; denom = sqrt(0.00025)/sqrt(0.001) + 1e-6 = 0.500001;
         // p = 0.999 − 0.05/0.500001 = 0.8990002. The bias is not decayed: 0.5 − 0.0999995.
         opt.update(&mut model, &toy_grads(), 0.1);
-        let close = |a: &[f32], b: &[f64]| a.iter().zip(b).all(|(x, y)| (*x as f64 - y).abs() < 1e-6);
-        assert!(close(&model.weight.as_vec(), &[0.8990002, -1.8980001]), "{:?}", model.weight.as_vec());
-        assert!(close(&model.bias.as_vec(), &[0.4000005]), "{:?}", model.bias.as_vec());
+        let close =
+            |a: &[f32], b: &[f64]| a.iter().zip(b).all(|(x, y)| (*x as f64 - y).abs() < 1e-6);
+        assert!(
+            close(&model.weight.as_vec(), &[0.8990002, -1.8980001]),
+            "{:?}",
+            model.weight.as_vec()
+        );
+        assert!(
+            close(&model.bias.as_vec(), &[0.4000005]),
+            "{:?}",
+            model.bias.as_vec()
+        );
         // Step 2 (same gradients; torch.optim.AdamW's formula evaluated in f64).
         opt.update(&mut model, &toy_grads(), 0.1);
-        assert!(close(&model.weight.as_vec(), &[0.7981014, -1.7961022]), "{:?}", model.weight.as_vec());
-        assert!(close(&model.bias.as_vec(), &[0.3000010]), "{:?}", model.bias.as_vec());
+        assert!(
+            close(&model.weight.as_vec(), &[0.7981014, -1.7961022]),
+            "{:?}",
+            model.weight.as_vec()
+        );
+        assert!(
+            close(&model.bias.as_vec(), &[0.3000010]),
+            "{:?}",
+            model.bias.as_vec()
+        );
         assert_eq!(opt.step, 2);
     }
 
@@ -421,7 +445,10 @@ mod tests {
             other: dev.tensor_from_vec(vec![0.0], (1,)),
         };
         let err = AdamW::load(&path, ADAM, &other).unwrap_err().to_string();
-        assert!(err.contains("optim.safetensors") && err.contains("other.exp_avg"), "{err}");
+        assert!(
+            err.contains("optim.safetensors") && err.contains("other.exp_avg"),
+            "{err}"
+        );
     }
 
     fn cfg(warmup: usize, total: usize) -> PretrainConfig {

@@ -70,7 +70,13 @@ pub fn read_checked_shard(path: &Path, expect: ShardExpect) -> Result<InstanceSh
             ),
         ));
     }
-    let max_id = shard.input_ids.iter().chain(&shard.masked_lm_ids).max().copied().unwrap_or(0);
+    let max_id = shard
+        .input_ids
+        .iter()
+        .chain(&shard.masked_lm_ids)
+        .max()
+        .copied()
+        .unwrap_or(0);
     if max_id as usize >= expect.vocab_size {
         return Err(Error::shard(
             path,
@@ -81,8 +87,15 @@ pub fn read_checked_shard(path: &Path, expect: ShardExpect) -> Result<InstanceSh
             ),
         ));
     }
-    if shard.masked_lm_positions.iter().any(|&p| p as usize >= shard.seq_len) {
-        return Err(Error::shard(path, "a masked position lies outside its row: rerun `just stage mask`"));
+    if shard
+        .masked_lm_positions
+        .iter()
+        .any(|&p| p as usize >= shard.seq_len)
+    {
+        return Err(Error::shard(
+            path,
+            "a masked position lies outside its row: rerun `just stage mask`",
+        ));
     }
     Ok(shard)
 }
@@ -123,9 +136,16 @@ pub struct InstanceStream {
 
 impl InstanceStream {
     /// A stream at its start.
-    pub fn new(shards: Vec<PathBuf>, capacity: usize, seed: u64, expect: ShardExpect) -> Result<Self> {
+    pub fn new(
+        shards: Vec<PathBuf>,
+        capacity: usize,
+        seed: u64,
+        expect: ShardExpect,
+    ) -> Result<Self> {
         if shards.is_empty() {
-            return Err(Error::Stage("no training shards: rerun `just stage mask`".into()));
+            return Err(Error::Stage(
+                "no training shards: rerun `just stage mask`".into(),
+            ));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let order = shuffled_order(shards.len(), &mut rng);
@@ -143,16 +163,27 @@ impl InstanceStream {
     }
 
     /// A stream continuing from `state` (saved by [`InstanceStream::state`]).
-    pub fn resume(shards: Vec<PathBuf>, capacity: usize, state: StreamState, expect: ShardExpect) -> Result<Self> {
+    pub fn resume(
+        shards: Vec<PathBuf>,
+        capacity: usize,
+        state: StreamState,
+        expect: ShardExpect,
+    ) -> Result<Self> {
         let word_pos: u128 = state
             .rng_word_pos
             .parse()
             .map_err(|_| Error::Stage("stream state has no rng position".into()))?;
         let mut rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
         rng.set_word_pos(word_pos);
-        let referenced = state.buffer.iter().map(|r| r.0).chain(state.cursor.map(|c| c.0));
+        let referenced = state
+            .buffer
+            .iter()
+            .map(|r| r.0)
+            .chain(state.cursor.map(|c| c.0));
         if referenced.clone().any(|s| s as usize >= shards.len()) {
-            return Err(Error::Stage("stream state names a shard that no longer exists".into()));
+            return Err(Error::Stage(
+                "stream state names a shard that no longer exists".into(),
+            ));
         }
         let mut stream = InstanceStream {
             shards,
@@ -162,7 +193,14 @@ impl InstanceStream {
             state,
             loaded: BTreeMap::new(),
         };
-        for s in stream.state.buffer.iter().map(|r| r.0).chain(stream.state.cursor.map(|c| c.0)).collect::<Vec<_>>() {
+        for s in stream
+            .state
+            .buffer
+            .iter()
+            .map(|r| r.0)
+            .chain(stream.state.cursor.map(|c| c.0))
+            .collect::<Vec<_>>()
+        {
             stream.shard(s)?;
         }
         Ok(stream)
@@ -180,7 +218,9 @@ impl InstanceStream {
             let (s, row) = self.next_instance()?;
             rows.push((self.shard(s)?, row as usize));
         }
-        Ok(MaskedLmBatch::from_rows(rows.iter().map(|(s, r)| (s.as_ref(), *r))))
+        Ok(MaskedLmBatch::from_rows(
+            rows.iter().map(|(s, r)| (s.as_ref(), *r)),
+        ))
     }
 
     /// The next `(shard, row)`.
@@ -272,7 +312,9 @@ pub fn read_eval_batches(
         for r in 0..shard.rows {
             rows.push((shard.clone(), r));
             if rows.len() == batch_size {
-                out.push(MaskedLmBatch::from_rows(rows.iter().map(|(s, r)| (s.as_ref(), *r))));
+                out.push(MaskedLmBatch::from_rows(
+                    rows.iter().map(|(s, r)| (s.as_ref(), *r)),
+                ));
                 rows.clear();
                 if out.len() == batches {
                     return Ok(out);
@@ -281,7 +323,9 @@ pub fn read_eval_batches(
         }
     }
     if !rows.is_empty() && out.len() < batches {
-        out.push(MaskedLmBatch::from_rows(rows.iter().map(|(s, r)| (s.as_ref(), *r))));
+        out.push(MaskedLmBatch::from_rows(
+            rows.iter().map(|(s, r)| (s.as_ref(), *r)),
+        ));
     }
     Ok(out)
 }
@@ -380,7 +424,8 @@ impl<D: Device<f32>> Trainer<D> {
     /// A fresh model initialised from `seed` (HF `_init_weights`), step 0.
     pub fn new(model_config: &BertConfig, config: &PretrainConfig, seed: u64, device: &D) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let model = BertForPreTraining::new(model_config, &mut init(model_config, device, &mut rng));
+        let model =
+            BertForPreTraining::new(model_config, &mut init(model_config, device, &mut rng));
         Trainer {
             model,
             optimizer: AdamW::new(AdamWConfig::from_pretrain(config)),
@@ -400,17 +445,27 @@ impl<D: Device<f32>> Trainer<D> {
     pub fn train_step(&mut self, batch: &MaskedLmBatch, lr: f64) -> Result<StepStats> {
         let accumulation = self.config.gradient_accumulation_steps.max(1);
         let micro = batch.batch.div_ceil(accumulation);
-        let device = self.model.bert.embeddings.word_embeddings.weight.device().clone();
+        let device = self
+            .model
+            .bert
+            .embeddings
+            .word_embeddings
+            .weight
+            .device()
+            .clone();
         self.grads.zero();
         let mut stats = StepStats::default();
         for (i, start) in (0..batch.batch).step_by(micro.max(1)).enumerate() {
             let part = batch.slice(start..(start + micro).min(batch.batch));
             let mut mode = Mode::train(dropout_seed(self.seed, self.step, i));
             let inputs = part.inputs(&device);
-            let out = self.model.loss_on::<TrainTape<D>>(&inputs, &part, &mut mode);
+            let out = self
+                .model
+                .loss_on::<TrainTape<D>>(&inputs, &part, &mut mode);
             let loss = out.loss * (1.0 / accumulation as f32);
             let mut g = loss.backward();
-            self.grads.add_gradients(&self.model, &mut g, &mut self.scratch);
+            self.grads
+                .add_gradients(&self.model, &mut g, &mut self.scratch);
             drop(g);
             let total = out.mlm_loss as f64 + out.nsp_loss as f64;
             if !total.is_finite() {
@@ -449,7 +504,10 @@ pub fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
 
 /// Loss and accuracies of `model` over `batches` in evaluation mode. The MLM loss is the
 /// weighted mean over all masked positions of all batches (so `exp` of it is a perplexity).
-pub fn estimate_loss<D: Device<f32>>(model: &BertForPreTraining<D>, batches: &[MaskedLmBatch]) -> StepStats {
+pub fn estimate_loss<D: Device<f32>>(
+    model: &BertForPreTraining<D>,
+    batches: &[MaskedLmBatch],
+) -> StepStats {
     let mut stats = StepStats::default();
     let mut mlm_sum = 0.0;
     let mut nsp_sum = 0.0;
@@ -521,7 +579,11 @@ pub fn save_checkpoint<D: Device<f32>>(
     extra_files: &[PathBuf],
 ) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(dir, trainer.step);
-    let tmp = dir.join(format!(".tmp-{CHECKPOINT_PREFIX}{:07}-{}", trainer.step, std::process::id()));
+    let tmp = dir.join(format!(
+        ".tmp-{CHECKPOINT_PREFIX}{:07}-{}",
+        trainer.step,
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).at(&tmp)?;
     export::save_pretraining(&trainer.model, &trainer.model_config, &tmp)?;
@@ -536,7 +598,9 @@ pub fn save_checkpoint<D: Device<f32>>(
     };
     durable::write_json(&tmp.join(STATE_FILE), &state)?;
     for f in extra_files {
-        let name = f.file_name().ok_or_else(|| Error::Stage(format!("{}: not a file", f.display())))?;
+        let name = f
+            .file_name()
+            .ok_or_else(|| Error::Stage(format!("{}: not a file", f.display())))?;
         durable::copy_file(f, &tmp.join(name))?;
     }
     if final_dir.exists() {
@@ -577,13 +641,23 @@ pub fn load_checkpoint<D: Device<f32>>(
     }
     let (model, saved_config) = export::load_pretraining(dir, device)?;
     if saved_config != *model_config {
-        return Err(Error::checkpoint(dir.join(CONFIG_FILE), "does not match [model] in pipeline.toml"));
+        return Err(Error::checkpoint(
+            dir.join(CONFIG_FILE),
+            "does not match [model] in pipeline.toml",
+        ));
     }
-    let optimizer = AdamW::load(&dir.join(OPTIM_FILE), AdamWConfig::from_pretrain(config), &model)?;
+    let optimizer = AdamW::load(
+        &dir.join(OPTIM_FILE),
+        AdamWConfig::from_pretrain(config),
+        &model,
+    )?;
     if optimizer.step as usize != state.step {
         return Err(Error::checkpoint(
             dir.join(OPTIM_FILE),
-            format!("optimizer at step {} but state.json at step {}", optimizer.step, state.step),
+            format!(
+                "optimizer at step {} but state.json at step {}",
+                optimizer.step, state.step
+            ),
         ));
     }
     let trainer = Trainer {
@@ -632,7 +706,10 @@ impl MetricsLog {
             text.push('\n');
         }
         durable::write_bytes(path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).at(path)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .at(path)?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
@@ -651,7 +728,13 @@ impl MetricsLog {
     }
 }
 
-fn train_row(step: usize, s: &StepStats, lr: f64, tokens_per_s: f64, elapsed_s: f64) -> serde_json::Value {
+fn train_row(
+    step: usize,
+    s: &StepStats,
+    lr: f64,
+    tokens_per_s: f64,
+    elapsed_s: f64,
+) -> serde_json::Value {
     serde_json::json!({
         "split": "train", "step": step, "loss": s.loss, "mlm_loss": s.mlm_loss,
         "nsp_loss": s.nsp_loss, "mlm_accuracy": s.mlm_accuracy(), "nsp_accuracy": s.nsp_accuracy(),
@@ -717,12 +800,16 @@ pub struct TrainSummary {
 }
 
 fn every(step: usize, n: usize) -> bool {
-    n > 0 && step % n == 0
+    n > 0 && step.is_multiple_of(n)
 }
 
 /// Pre-trains BERT as configured by `job` on `device`, resuming from the newest checkpoint
 /// in `job.work_dir` if there is one.
-pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progress) -> Result<TrainSummary> {
+pub fn train<D: Device<f32>>(
+    job: &PretrainJob,
+    device: &D,
+    progress: &dyn Progress,
+) -> Result<TrainSummary> {
     let cfg = &job.config;
     let expect = ShardExpect {
         seq_len: job.seq_len,
@@ -733,14 +820,27 @@ pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progr
     let (mut trainer, mut stream) = match list_checkpoints(&job.work_dir)?.pop() {
         Some(dir) => {
             let (trainer, state) = load_checkpoint(&dir, &job.model_config, cfg, device)?;
-            let stream = InstanceStream::resume(job.train_shards.clone(), cfg.shuffle_buffer, state.data, expect)?;
+            let stream = InstanceStream::resume(
+                job.train_shards.clone(),
+                cfg.shuffle_buffer,
+                state.data,
+                expect,
+            )?;
             tracing::info!(step = trainer.step, dir = %dir.display(), "resuming");
             (trainer, stream)
         }
         None => {
             let data_seed = crate::stage::derive_seed(job.seed, "pretrain-data", &[]);
-            let stream = InstanceStream::new(job.train_shards.clone(), cfg.shuffle_buffer, data_seed, expect)?;
-            (Trainer::new(&job.model_config, cfg, job.seed, device), stream)
+            let stream = InstanceStream::new(
+                job.train_shards.clone(),
+                cfg.shuffle_buffer,
+                data_seed,
+                expect,
+            )?;
+            (
+                Trainer::new(&job.model_config, cfg, job.seed, device),
+                stream,
+            )
         }
     };
     let resumed_from = trainer.step;
@@ -772,16 +872,28 @@ pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progr
         let lr = lr_at(step, cfg);
 
         // evaluate on the held-out split and write checkpoints
-        if fresh_here && step > 0 && (every(step, cfg.eval_every_steps) || last) && !job.eval_batches.is_empty() {
+        if fresh_here
+            && step > 0
+            && (every(step, cfg.eval_every_steps) || last)
+            && !job.eval_batches.is_empty()
+        {
             let eval = trainer.evaluate(&job.eval_batches);
             metrics.write(&eval_row("eval", step, &eval))?;
-            if trainer.best_eval_loss.map_or(true, |b| eval.loss < b) {
+            if trainer.best_eval_loss.is_none_or(|b| eval.loss < b) {
                 trainer.best_eval_loss = Some(eval.loss);
             }
             summary.eval = Some(eval);
         }
-        if fresh_here && step > 0 && (every(step, cfg.save_checkpoints_steps) || last || job.stop_at == Some(step)) {
-            summary.checkpoint = Some(save_checkpoint(&job.work_dir, &trainer, &stream, &job.vocab_files)?);
+        if fresh_here
+            && step > 0
+            && (every(step, cfg.save_checkpoints_steps) || last || job.stop_at == Some(step))
+        {
+            summary.checkpoint = Some(save_checkpoint(
+                &job.work_dir,
+                &trainer,
+                &stream,
+                &job.vocab_files,
+            )?);
         }
 
         // termination conditions
@@ -802,7 +914,13 @@ pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progr
             let mean = window.mean();
             let seconds = window_started.elapsed().as_secs_f64();
             let tokens_per_s = mean.tokens as f64 / seconds.max(1e-9);
-            metrics.write(&train_row(trainer.step, &mean, lr, tokens_per_s, started.elapsed().as_secs_f64()))?;
+            metrics.write(&train_row(
+                trainer.step,
+                &mean,
+                lr,
+                tokens_per_s,
+                started.elapsed().as_secs_f64(),
+            ))?;
             progress.message(&format!(
                 "loss {:.3} mlm {:.3} nsp {:.3} acc {:.3} lr {:.2e} {:.0} tok/s",
                 mean.loss,
@@ -866,17 +984,20 @@ pub fn bench<D: Device<f32>>(
         ..Default::default()
     };
     for _ in 0..batch {
-        b.input_ids.extend((0..seq_len).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
-        b.token_type_ids.extend((0..seq_len).map(|i| (i >= seq_len / 2) as u32));
-        b.attention_mask.extend(std::iter::repeat(1).take(seq_len));
+        b.input_ids
+            .extend((0..seq_len).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
+        b.token_type_ids
+            .extend((0..seq_len).map(|i| (i >= seq_len / 2) as u32));
+        b.attention_mask.extend(std::iter::repeat_n(1, seq_len));
         let mut positions: Vec<u32> = rand::seq::index::sample(&mut rng, seq_len - 1, predictions)
             .into_iter()
             .map(|p| p as u32 + 1)
             .collect();
         positions.sort_unstable();
         b.masked_lm_positions.extend(positions);
-        b.masked_lm_ids.extend((0..predictions).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
-        b.masked_lm_weights.extend(std::iter::repeat(1.0).take(predictions));
+        b.masked_lm_ids
+            .extend((0..predictions).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
+        b.masked_lm_weights.extend(std::iter::repeat_n(1.0, predictions));
         b.next_sentence_label.push(rng.gen_range(0..2));
     }
     let mut trainer = Trainer::new(model_config, config, 0, device);
@@ -948,7 +1069,11 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
 }
 
 /// [`run`], optionally stopping after step `stop_at` (checkpointed, not recorded).
-pub fn run_with(ctx: &StageCtx, progress: &dyn Progress, stop_at: Option<usize>) -> Result<Outcome> {
+pub fn run_with(
+    ctx: &StageCtx,
+    progress: &dyn Progress,
+    stop_at: Option<usize>,
+) -> Result<Outcome> {
     #[cfg(feature = "cuda")]
     {
         let device = dfdx::tensor::Cuda::try_build(0, ctx.seed(Stage::Pretrain, &[1]))
@@ -977,7 +1102,11 @@ pub fn run_on<D: Device<f32>>(
     // Inputs first: every check fails before anything is written.
     let (_, tokenizer_path) = crate::tokenize::load_stage_vocab(ctx)?;
     let vocab_record = ctx.upstream(Stage::Vocab)?;
-    let vocab_files: Vec<PathBuf> = vocab_record.artifacts.iter().map(|a| ctx.path_of(a)).collect();
+    let vocab_files: Vec<PathBuf> = vocab_record
+        .artifacts
+        .iter()
+        .map(|a| ctx.path_of(a))
+        .collect();
     let mask_record = ctx.upstream(Stage::Mask)?;
     let (train_shards, eval_shards) = mask_shards(ctx, &mask_record);
     let seq_len = cfg.pairs.max_seq_length;
@@ -988,7 +1117,12 @@ pub fn run_on<D: Device<f32>>(
     if let Some(first) = train_shards.first() {
         read_checked_shard(first, expect)?;
     }
-    let eval_batches = read_eval_batches(&eval_shards, cfg.pretrain.train_batch_size, cfg.pretrain.eval_batches, expect)?;
+    let eval_batches = read_eval_batches(
+        &eval_shards,
+        cfg.pretrain.train_batch_size,
+        cfg.pretrain.eval_batches,
+        expect,
+    )?;
     let heldout_batches = match &cfg.corpus.heldout {
         Some(h) => heldout_batches(&ctx.loaded.resolve(h), &tokenizer_path, cfg)?,
         None => Vec::new(),
@@ -1012,7 +1146,10 @@ pub fn run_on<D: Device<f32>>(
     let started = Instant::now();
     let summary = train(&job, device, progress)?;
     if !summary.finished {
-        tracing::info!(step = summary.step, "stopped before the end; rerun to resume");
+        tracing::info!(
+            step = summary.step,
+            "stopped before the end; rerun to resume"
+        );
         return Err(Error::Stage(format!(
             "pretrain stopped at step {} of {} (checkpointed in {}); rerun to resume",
             summary.step,
@@ -1071,14 +1208,26 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
 /// `[CLS] ... [SEP]` rows of `pairs.max_seq_length`, `mask.masked_lm_prob` of each row
 /// masked with a fixed seed, at most `pretrain.eval_batches` batches. NSP labels are 0 and
 /// meaningless here: only the MLM numbers of this split are reported.
-pub fn heldout_batches(path: &Path, tokenizer: &Path, cfg: &crate::config::PipelineConfig) -> Result<Vec<MaskedLmBatch>> {
+pub fn heldout_batches(
+    path: &Path,
+    tokenizer: &Path,
+    cfg: &crate::config::PipelineConfig,
+) -> Result<Vec<MaskedLmBatch>> {
     let wp = crate::tokenize::WordPiece::from_file(tokenizer)?;
     let text = crate::corpus::read_corpus(path)?;
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let ids: Vec<u32> = wp.encode_lines(&lines)?.into_iter().flatten().collect();
     let seq_len = cfg.pairs.max_seq_length;
     let rows_wanted = cfg.pretrain.eval_batches * cfg.pretrain.train_batch_size;
-    let mut rng = ChaCha8Rng::seed_from_u64(crate::stage::derive_seed(cfg.run.random_seed, "pretrain-heldout", &[]));
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::stage::derive_seed(
+        cfg.run.random_seed,
+        "pretrain-heldout",
+        &[],
+    ));
     let special = crate::tokenize::SPECIAL;
     let mut rows = Vec::new();
     for chunk in ids.chunks(seq_len - 2).take(rows_wanted) {
@@ -1134,7 +1283,11 @@ fn mask_heldout_row(
 }
 
 /// Fixed-length rows of `instances`, as the mask stage writes them.
-pub fn heldout_shard(instances: &[crate::shard::TrainingInstance], seq_len: usize, max_predictions: usize) -> InstanceShard {
+pub fn heldout_shard(
+    instances: &[crate::shard::TrainingInstance],
+    seq_len: usize,
+    max_predictions: usize,
+) -> InstanceShard {
     let mut shard = InstanceShard {
         rows: instances.len(),
         seq_len,
@@ -1143,13 +1296,41 @@ pub fn heldout_shard(instances: &[crate::shard::TrainingInstance], seq_len: usiz
     };
     for inst in instances {
         let n = inst.tokens.len();
-        shard.input_ids.extend(inst.tokens.iter().copied().chain(std::iter::repeat(0)).take(seq_len));
-        shard.token_type_ids.extend(inst.segment_ids.iter().map(|&s| s as u32).chain(std::iter::repeat(0)).take(seq_len));
-        shard.attention_mask.extend((0..seq_len).map(|i| (i < n) as u32));
+        shard.input_ids.extend(
+            inst.tokens
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(seq_len),
+        );
+        shard.token_type_ids.extend(
+            inst.segment_ids
+                .iter()
+                .map(|&s| s as u32)
+                .chain(std::iter::repeat(0))
+                .take(seq_len),
+        );
+        shard
+            .attention_mask
+            .extend((0..seq_len).map(|i| (i < n) as u32));
         let k = inst.masked_lm_positions.len();
-        shard.masked_lm_positions.extend(inst.masked_lm_positions.iter().copied().chain(std::iter::repeat(0)).take(max_predictions));
-        shard.masked_lm_ids.extend(inst.masked_lm_labels.iter().copied().chain(std::iter::repeat(0)).take(max_predictions));
-        shard.masked_lm_weights.extend((0..max_predictions).map(|i| if i < k { 1.0 } else { 0.0 }));
+        shard.masked_lm_positions.extend(
+            inst.masked_lm_positions
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(max_predictions),
+        );
+        shard.masked_lm_ids.extend(
+            inst.masked_lm_labels
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(max_predictions),
+        );
+        shard
+            .masked_lm_weights
+            .extend((0..max_predictions).map(|i| if i < k { 1.0 } else { 0.0 }));
         shard.next_sentence_label.push(inst.is_random_next as u32);
     }
     shard

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use bertline::model::export::MODEL_FILE;
 use bertline::pretrain::{
-    list_checkpoints, read_checked_shard, train, InstanceStream, ShardExpect, METRICS_FILE, STATE_FILE,
+    list_checkpoints, read_checked_shard, train, InstanceStream, ShardExpect, METRICS_FILE,
+    STATE_FILE,
 };
 use bertline::progress::NoProgress;
 use dfdx::tensor::Cpu;
@@ -81,7 +82,12 @@ fn training_2n_steps_equals_n_then_resume_n_bit_for_bit() {
     let train_shards = write_shards(dir.path(), "train", 3, 12, 4);
     let eval_shards = write_shards(dir.path(), "eval", 1, 16, 5);
 
-    let straight = job(&dir.path().join("straight"), train_shards.clone(), &eval_shards, 8);
+    let straight = job(
+        &dir.path().join("straight"),
+        train_shards.clone(),
+        &eval_shards,
+        8,
+    );
     let a = train(&straight, &Cpu::default(), &NoProgress).unwrap();
 
     let mut interrupted = job(&dir.path().join("resumed"), train_shards, &eval_shards, 8);
@@ -99,9 +105,19 @@ fn training_2n_steps_equals_n_then_resume_n_bit_for_bit() {
     assert_eq!(losses_a.len(), 8);
     assert_eq!(losses_a, losses_b, "per-step losses differ after resume");
     let model = |j: &bertline::pretrain::PretrainJob| {
-        std::fs::read(list_checkpoints(&j.work_dir).unwrap().pop().unwrap().join(MODEL_FILE)).unwrap()
+        std::fs::read(
+            list_checkpoints(&j.work_dir)
+                .unwrap()
+                .pop()
+                .unwrap()
+                .join(MODEL_FILE),
+        )
+        .unwrap()
     };
-    assert!(model(&straight) == model(&interrupted), "final weights differ");
+    assert!(
+        model(&straight) == model(&interrupted),
+        "final weights differ"
+    );
     // Eval rows too (steps 4 and 8), and nothing duplicated by the resume.
     let rows = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
     let strip_timing = |text: String| -> Vec<serde_json::Value> {
@@ -114,7 +130,10 @@ fn training_2n_steps_equals_n_then_resume_n_bit_for_bit() {
             })
             .collect()
     };
-    assert_eq!(strip_timing(rows(&a.metrics)), strip_timing(rows(&b.metrics)));
+    assert_eq!(
+        strip_timing(rows(&a.metrics)),
+        strip_timing(rows(&b.metrics))
+    );
     assert!(a.metrics.ends_with(METRICS_FILE));
     // Only keep_checkpoints = 2 remain.
     assert_eq!(list_checkpoints(&interrupted.work_dir).unwrap().len(), 2);
@@ -124,21 +143,41 @@ fn training_2n_steps_equals_n_then_resume_n_bit_for_bit() {
 fn shards_for_another_sequence_length_or_vocabulary_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let shard = write_shards(dir.path(), "train", 1, 4, 6).remove(0);
-    let err = read_checked_shard(&shard, ShardExpect { seq_len: 32, vocab_size: VOCAB })
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("train-00000.parquet") && err.contains("max_seq_length = 32"), "{err}");
+    let err = read_checked_shard(
+        &shard,
+        ShardExpect {
+            seq_len: 32,
+            vocab_size: VOCAB,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("train-00000.parquet") && err.contains("max_seq_length = 32"),
+        "{err}"
+    );
     assert!(!err.contains('\n'));
-    let err = read_checked_shard(&shard, ShardExpect { seq_len: SEQ_LEN, vocab_size: 20 })
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("train-00000.parquet") && err.contains("vocab_size = 20"), "{err}");
+    let err = read_checked_shard(
+        &shard,
+        ShardExpect {
+            seq_len: SEQ_LEN,
+            vocab_size: 20,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("train-00000.parquet") && err.contains("vocab_size = 20"),
+        "{err}"
+    );
 
     // The training loop reports the same before writing anything.
     let work = dir.path().join("work");
     let mut bad = job(&work, vec![shard], &[], 4);
     bad.model_config.vocab_size = 20;
-    let err = train(&bad, &Cpu::default(), &NoProgress).unwrap_err().to_string();
+    let err = train(&bad, &Cpu::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("vocab_size = 20"), "{err}");
     assert!(list_checkpoints(&work).unwrap().is_empty());
 }
@@ -153,8 +192,13 @@ fn a_corrupt_checkpoint_is_reported_and_left_alone() {
     let ckpt = list_checkpoints(&j.work_dir).unwrap().pop().unwrap();
     std::fs::write(ckpt.join(STATE_FILE), b"{ not json").unwrap();
     j.stop_at = None;
-    let err = train(&j, &Cpu::default(), &NoProgress).unwrap_err().to_string();
-    assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+    let err = train(&j, &Cpu::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
     assert!(!err.contains('\n'));
     assert_eq!(std::fs::read(ckpt.join(STATE_FILE)).unwrap(), b"{ not json");
 
@@ -167,6 +211,8 @@ fn a_corrupt_checkpoint_is_reported_and_left_alone() {
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
     j.stop_at = None;
-    let err = train(&j, &Cpu::default(), &NoProgress).unwrap_err().to_string();
+    let err = train(&j, &Cpu::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }

@@ -306,11 +306,7 @@ impl<D: Device<f32>> BertForPreTraining<D> {
             batch.masked_lm_ids.iter().map(|&i| i as usize).collect(),
             (m,),
         );
-        let (mlm_correct, mlm_count) = label_is_max(
-            &mlm_logits,
-            &labels,
-            &batch.masked_lm_weights,
-        );
+        let (mlm_correct, mlm_count) = label_is_max(&mlm_logits, &labels, &batch.masked_lm_weights);
         let nsp_correct = weighted_accuracy(
             &nsp_logits.as_vec(),
             2,

@@ -60,14 +60,17 @@ pub enum Mode {
     /// Dropout off (evaluation, inference).
     Eval,
     /// Dropout on, masks drawn from `rng`; `scratch` is reused for every mask.
-    Train { rng: ChaCha8Rng, scratch: Vec<f32> },
+    Train {
+        rng: Box<ChaCha8Rng>,
+        scratch: Vec<f32>,
+    },
 }
 
 impl Mode {
     /// Training mode with masks seeded from `seed`.
     pub fn train(seed: u64) -> Self {
         Mode::Train {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
             scratch: Vec::new(),
         }
     }

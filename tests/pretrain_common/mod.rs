@@ -49,7 +49,11 @@ fn repeat_instance(rng: &mut ChaCha8Rng) -> TrainingInstance {
     let len_b = rng.gen_range(3..=(SEQ_LEN - 3 - len_a).min(6));
     let word_a = 5 + rng.gen_range(0..words);
     let random_next = rng.gen_bool(0.5);
-    let word_b = if random_next { 5 + (word_a - 5 + rng.gen_range(1..words)) % words } else { word_a };
+    let word_b = if random_next {
+        5 + (word_a - 5 + rng.gen_range(1..words)) % words
+    } else {
+        word_a
+    };
     let mut tokens = vec![CLS];
     tokens.extend(std::iter::repeat(word_a).take(len_a));
     tokens.push(SEP);
@@ -83,7 +87,8 @@ pub fn write_shards(dir: &Path, name: &str, shards: usize, rows: usize, seed: u6
     (0..shards)
         .map(|i| {
             let path = dir.join(format!("{name}-{i:05}.parquet"));
-            let instances: Vec<TrainingInstance> = (0..rows).map(|_| repeat_instance(&mut rng)).collect();
+            let instances: Vec<TrainingInstance> =
+                (0..rows).map(|_| repeat_instance(&mut rng)).collect();
             write_instances(&path, &instances, SEQ_LEN, MAX_PREDICTIONS).unwrap();
             path
         })
@@ -97,8 +102,13 @@ pub fn job(work: &Path, train: Vec<PathBuf>, eval: &[PathBuf], steps: usize) -> 
         seq_len: SEQ_LEN,
         vocab_size: VOCAB,
     };
-    let eval_batches =
-        bertline::pretrain::read_eval_batches(eval, config.train_batch_size, config.eval_batches, expect).unwrap();
+    let eval_batches = bertline::pretrain::read_eval_batches(
+        eval,
+        config.train_batch_size,
+        config.eval_batches,
+        expect,
+    )
+    .unwrap();
     PretrainJob {
         model_config: tiny_config(),
         config,
@@ -120,6 +130,11 @@ pub fn train_losses(path: &Path) -> Vec<(u64, u64)> {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|r| r["split"] == "train")
-        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap().to_bits()))
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                r["loss"].as_f64().unwrap().to_bits(),
+            )
+        })
         .collect()
 }
