@@ -1335,3 +1335,39 @@ pub fn heldout_shard(
     }
     shard
 }
+
+/// BERT-mini (4 layers, hidden 256, 4 heads, intermediate 1024, vocab 8192), sequence 128,
+/// batch 32: the configuration the PyTorch benchmark times too.
+pub fn bench_mini_config() -> (BertConfig, PretrainConfig) {
+    let model = BertConfig {
+        vocab_size: 8192,
+        hidden_size: 256,
+        num_hidden_layers: 4,
+        num_attention_heads: 4,
+        intermediate_size: 1024,
+        max_position_embeddings: 512,
+        ..BertConfig::default()
+    };
+    let pretrain: PretrainConfig = toml::from_str(
+        "train_batch_size = 32\nlearning_rate = 1e-4\nnum_train_steps = 100\nnum_warmup_steps = 10",
+    )
+    .expect("valid pretrain table");
+    (model, pretrain)
+}
+
+/// [`bench`] of `model` with `pretrain`'s batch size and sequence length `seq_len` on the
+/// default device (CUDA with the `cuda` feature, else the CPU with its buffer cache on).
+pub fn bench_default_device(
+    model: &BertConfig,
+    pretrain: &PretrainConfig,
+    seq_len: usize,
+    steps: usize,
+) -> Result<BenchReport> {
+    #[cfg(feature = "cuda")]
+    let device = dfdx::tensor::Cuda::try_build(0, 0)
+        .map_err(|e| Error::Model(format!("cannot open CUDA device 0: {e:?}")))?;
+    #[cfg(not(feature = "cuda"))]
+    let device = dfdx::tensor::Cpu::default();
+    dfdx::tensor::Cache::enable_cache(&device);
+    bench(model, pretrain, pretrain.train_batch_size, seq_len, steps, &device)
+}
