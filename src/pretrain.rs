@@ -997,7 +997,8 @@ pub fn bench<D: Device<f32>>(
         b.masked_lm_positions.extend(positions);
         b.masked_lm_ids
             .extend((0..predictions).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
-        b.masked_lm_weights.extend(std::iter::repeat_n(1.0, predictions));
+        b.masked_lm_weights
+            .extend(std::iter::repeat_n(1.0, predictions));
         b.next_sentence_label.push(rng.gen_range(0..2));
     }
     let mut trainer = Trainer::new(model_config, config, 0, device);
@@ -1100,6 +1101,13 @@ pub fn run_on<D: Device<f32>>(
     let cfg = ctx.config();
     let model_config = cfg.model.clone();
     // Inputs first: every check fails before anything is written.
+    if !cfg.pretrain.phases.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: pretrain.phases (the 128-then-512 schedule) is not implemented; remove it to \
+             train one phase at pairs.max_seq_length",
+            ctx.loaded.path.display()
+        )));
+    }
     let (_, tokenizer_path) = crate::tokenize::load_stage_vocab(ctx)?;
     let vocab_record = ctx.upstream(Stage::Vocab)?;
     let vocab_files: Vec<PathBuf> = vocab_record
@@ -1369,5 +1377,12 @@ pub fn bench_default_device(
     #[cfg(not(feature = "cuda"))]
     let device = dfdx::tensor::Cpu::default();
     dfdx::tensor::Cache::enable_cache(&device);
-    bench(model, pretrain, pretrain.train_batch_size, seq_len, steps, &device)
+    bench(
+        model,
+        pretrain,
+        pretrain.train_batch_size,
+        seq_len,
+        steps,
+        &device,
+    )
 }
