@@ -44,7 +44,37 @@ impl ParamGrads {
         ParamGrads { names, values }
     }
 
-    /// Adds `other` elementwise (gradient accumulation). An empty `self` takes `other`.
+    /// Adds every parameter's gradient in `grads` to these (gradient accumulation),
+    /// reusing the buffers: the first call sizes them, later steps allocate nothing.
+    pub fn add_gradients<D: Device<f32>, M: HfParams<D>>(
+        &mut self,
+        model: &M,
+        grads: &mut Gradients<f32, D>,
+        scratch: &mut Vec<f32>,
+    ) {
+        let params = model.named_parameters();
+        if self.names.len() != params.len() {
+            self.names = params.iter().map(|(n, _)| n.clone()).collect();
+            self.values = params.iter().map(|(_, p)| vec![0.0; p.len()]).collect();
+        }
+        for ((name, p), acc) in params.iter().zip(&mut self.values) {
+            debug_assert!(self.names.contains(name));
+            scratch.resize(p.len(), 0.0);
+            p.grad_into(grads, scratch);
+            acc.par_iter_mut()
+                .zip(scratch.par_iter())
+                .for_each(|(a, g)| *a += g);
+        }
+    }
+
+    /// Sets every gradient to zero, keeping the buffers.
+    pub fn zero(&mut self) {
+        for g in &mut self.values {
+            g.fill(0.0);
+        }
+    }
+
+    /// Adds `other` elementwise. An empty `self` takes `other`.
     pub fn accumulate(&mut self, other: ParamGrads) {
         if self.names.is_empty() {
             *self = other;
@@ -165,12 +195,14 @@ struct Moments {
 }
 
 /// AdamW with its state by parameter name.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AdamW {
     pub config: AdamWConfig,
     /// Steps taken (bias correction uses `step` after incrementing).
     pub step: u64,
     moments: BTreeMap<String, Moments>,
+    /// Host copy of one parameter during the update (reused).
+    scratch: Vec<f32>,
 }
 
 impl AdamW {
@@ -180,6 +212,7 @@ impl AdamW {
             config,
             step: 0,
             moments: BTreeMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -202,7 +235,9 @@ impl AdamW {
         let bias_correction1 = 1.0 - c.beta1.powi(t);
         let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = (lr / bias_correction1) as f32;
-        let (beta1, beta2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        // 1 − β in f64 first: `1.0 − 0.999f32` is 1.3e-5 off in relative terms.
+        let (beta2, eps) = (c.beta2 as f32, c.eps as f32);
+        let (one_minus_beta1, one_minus_beta2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let bc2_sqrt = bias_correction2_sqrt as f32;
         for ((name, mut param), (grad_name, grad)) in model
             .named_parameters_mut()
@@ -210,7 +245,9 @@ impl AdamW {
             .zip(grads.names.iter().zip(&grads.values))
         {
             assert_eq!(&name, grad_name, "gradients and parameters out of order");
-            let mut values = param.as_ref().to_vec();
+            let values = &mut self.scratch;
+            values.resize(param.as_ref().len(), 0.0);
+            param.as_ref().copy_into(values);
             let moments = self.moments.entry(name.clone()).or_insert_with(|| Moments {
                 exp_avg: vec![0.0; values.len()],
                 exp_avg_sq: vec![0.0; values.len()],
@@ -227,12 +264,12 @@ impl AdamW {
                 .zip(grad.par_iter())
                 .for_each(|(((p, m), v), &g)| {
                     *p *= decay;
-                    *m += (1.0 - beta1) * (g - *m);
-                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *m += one_minus_beta1 * (g - *m);
+                    *v = beta2 * *v + one_minus_beta2 * g * g;
                     let denom = v.sqrt() / bc2_sqrt + eps;
                     *p -= step_size * *m / denom;
                 });
-            param.copy_from(&values);
+            param.copy_from(values);
         }
     }
 
@@ -305,6 +342,7 @@ impl AdamW {
             config,
             step,
             moments,
+            scratch: Vec::new(),
         })
     }
 }
@@ -312,6 +350,106 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Vector;
+    use dfdx::tensor::{Cpu, TensorFromVec};
+
+    /// A two-parameter "model": a decayed weight and an undecayed bias.
+    struct Toy<D: Device<f32>> {
+        weight: Vector<D>,
+        bias: Vector<D>,
+    }
+    crate::model::hf_params!(Toy { "weight" => weight, "bias" => bias });
+
+    fn toy(dev: &Cpu) -> Toy<Cpu> {
+        Toy {
+            weight: dev.tensor_from_vec(vec![1.0, -2.0], (2,)),
+            bias: dev.tensor_from_vec(vec![0.5], (1,)),
+        }
+    }
+
+    fn toy_grads() -> ParamGrads {
+        ParamGrads {
+            names: vec!["weight".into(), "bias".into()],
+            values: vec![vec![0.5, -1.0], vec![0.2]],
+        }
+    }
+
+    const ADAM: AdamWConfig = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+    };
+
+    #[test]
+    fn adamw_matches_hand_computed_steps() {
+        let dev = Cpu::default();
+        let mut model = toy(&dev);
+        let mut opt = AdamW::new(ADAM);
+        // Step 1, weight[0]: p = 1·(1 − 0.1·0.01) = 0.999; m = 0.05; v = 0.00025;
+        // lr/(1 − 0.9) = 1; denom = sqrt(0.00025)/sqrt(0.001) + 1e-6 = 0.500001;
+        // p = 0.999 − 0.05/0.500001 = 0.8990002. The bias is not decayed: 0.5 − 0.0999995.
+        opt.update(&mut model, &toy_grads(), 0.1);
+        let close =
+            |a: &[f32], b: &[f64]| a.iter().zip(b).all(|(x, y)| (*x as f64 - y).abs() < 1e-6);
+        assert!(
+            close(&model.weight.as_vec(), &[0.8990002, -1.8980001]),
+            "{:?}",
+            model.weight.as_vec()
+        );
+        assert!(
+            close(&model.bias.as_vec(), &[0.4000005]),
+            "{:?}",
+            model.bias.as_vec()
+        );
+        // Step 2 (same gradients; torch.optim.AdamW's formula evaluated in f64).
+        opt.update(&mut model, &toy_grads(), 0.1);
+        assert!(
+            close(&model.weight.as_vec(), &[0.7981014, -1.7961022]),
+            "{:?}",
+            model.weight.as_vec()
+        );
+        assert!(
+            close(&model.bias.as_vec(), &[0.3000010]),
+            "{:?}",
+            model.bias.as_vec()
+        );
+        assert_eq!(opt.step, 2);
+    }
+
+    #[test]
+    fn adamw_state_saves_and_loads_bit_exactly() {
+        let dev = Cpu::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optim.safetensors");
+        let mut a = toy(&dev);
+        let mut opt = AdamW::new(ADAM);
+        opt.update(&mut a, &toy_grads(), 0.1);
+        opt.save(&path).unwrap();
+        let mut loaded = AdamW::load(&path, ADAM, &a).unwrap();
+        assert_eq!(loaded.step, 1);
+        let mut b = toy(&dev);
+        b.weight.copy_from(&a.weight.as_vec());
+        b.bias.copy_from(&a.bias.as_vec());
+        opt.update(&mut a, &toy_grads(), 0.05);
+        loaded.update(&mut b, &toy_grads(), 0.05);
+        assert_eq!(a.weight.as_vec(), b.weight.as_vec());
+        assert_eq!(a.bias.as_vec(), b.bias.as_vec());
+
+        // A state for another model is an error naming the file and the key.
+        struct Other<D: Device<f32>> {
+            other: Vector<D>,
+        }
+        crate::model::hf_params!(Other { "other" => other });
+        let other = Other {
+            other: dev.tensor_from_vec(vec![0.0], (1,)),
+        };
+        let err = AdamW::load(&path, ADAM, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("optim.safetensors") && err.contains("other.exp_avg"),
+            "{err}"
+        );
+    }
 
     fn cfg(warmup: usize, total: usize) -> PretrainConfig {
         let mut c: PretrainConfig = toml::from_str(
