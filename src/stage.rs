@@ -364,7 +364,16 @@ impl StageCtx {
     /// Where `stage` stands now.
     pub fn freshness(&self, stage: Stage) -> Result<Freshness> {
         let record = self.manifest.stage(stage.name())?;
-        for up in stage.upstream(self.config()) {
+        let mut upstream = stage.upstream(self.config());
+        if stage == Stage::Report {
+            // The report describes every stage that has run: it is stale when any of them is.
+            for s in &Stage::ALL[..5] {
+                if self.manifest.stage(s.name())?.is_some() {
+                    upstream.push(*s);
+                }
+            }
+        }
+        for up in upstream {
             match self.freshness(up)? {
                 Freshness::Fresh => {}
                 other => {
