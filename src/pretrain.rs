@@ -455,7 +455,9 @@ impl<D: Device<f32>> Trainer<D> {
             .clone();
         self.grads.zero();
         let mut stats = StepStats::default();
+        let mut seconds = [0.0f64; 4]; // forward, backward, gradient copy, update
         for (i, start) in (0..batch.batch).step_by(micro.max(1)).enumerate() {
+            let t = Instant::now();
             let part = batch.slice(start..(start + micro).min(batch.batch));
             let mut mode = Mode::train(dropout_seed(self.seed, self.step, i));
             let inputs = part.inputs(&device);
@@ -463,10 +465,15 @@ impl<D: Device<f32>> Trainer<D> {
                 .model
                 .loss_on::<TrainTape<D>>(&inputs, &part, &mut mode);
             let loss = out.loss * (1.0 / accumulation as f32);
+            seconds[0] += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let mut g = loss.backward();
+            seconds[1] += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             self.grads
                 .add_gradients(&self.model, &mut g, &mut self.scratch);
             drop(g);
+            seconds[2] += t.elapsed().as_secs_f64();
             let total = out.mlm_loss as f64 + out.nsp_loss as f64;
             if !total.is_finite() {
                 return Err(Error::Model(format!(
@@ -484,8 +491,18 @@ impl<D: Device<f32>> Trainer<D> {
             stats.nsp_count += out.nsp_count as f64;
             stats.tokens += part.num_tokens() as u64;
         }
+        let t = Instant::now();
         stats.grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
         self.optimizer.update(&mut self.model, &self.grads, lr);
+        seconds[3] = t.elapsed().as_secs_f64();
+        tracing::debug!(
+            step = self.step,
+            forward = seconds[0],
+            backward = seconds[1],
+            gradient_copy = seconds[2],
+            update = seconds[3],
+            "step seconds"
+        );
         self.step += 1;
         Ok(stats)
     }

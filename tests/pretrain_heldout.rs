@@ -59,8 +59,8 @@ fn heldout_rows_are_wikitext_masked_like_bert_and_an_untrained_model_is_uniform(
             let weights = &b.masked_lm_weights[r * p..(r + 1) * p];
             // round(64 · 0.15) = 10 predictions, capped at max_predictions_per_seq = 10.
             assert_eq!(weights.iter().filter(|&&w| w == 1.0).count(), 10.min(p));
-            for k in 0..p {
-                if weights[k] == 1.0 {
+            for (k, &w) in weights.iter().enumerate() {
+                if w == 1.0 {
                     let pos = b.masked_lm_positions[r * p + k] as usize;
                     assert!(pos > 0 && pos < seq - 1, "never [CLS] or [SEP]");
                     assert!(b.masked_lm_ids[r * p + k] < 1024);

@@ -26,7 +26,7 @@ pub mod heads;
 use dfdx::shapes::{Axis, HasShape, Shape};
 use dfdx::tensor::{Gradients, NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
 use dfdx::tensor_ops::{BroadcastTo, Device, MeanTo, PermuteTo, TryMatMul};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -486,9 +486,4 @@ hf_params!(Embedding { "weight" => weight });
 /// Mean of a vector (a convenience for losses).
 pub(crate) fn mean_of<D: Device<f32>, T: Tape<f32, D>>(x: Vector<D, T>) -> Scalar<D, T> {
     x.mean::<(), Axis<0>>()
-}
-
-/// Draws a fresh seed from `rng` (to seed sub-rngs).
-pub fn derive_seed(rng: &mut impl Rng) -> u64 {
-    rng.gen()
 }

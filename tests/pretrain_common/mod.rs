@@ -55,9 +55,9 @@ fn repeat_instance(rng: &mut ChaCha8Rng) -> TrainingInstance {
         word_a
     };
     let mut tokens = vec![CLS];
-    tokens.extend(std::iter::repeat(word_a).take(len_a));
+    tokens.extend(std::iter::repeat_n(word_a, len_a));
     tokens.push(SEP);
-    tokens.extend(std::iter::repeat(word_b).take(len_b));
+    tokens.extend(std::iter::repeat_n(word_b, len_b));
     tokens.push(SEP);
     let mut segment_ids = vec![0u8; len_a + 2];
     segment_ids.resize(tokens.len(), 1);
