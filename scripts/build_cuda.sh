@@ -9,8 +9,10 @@
 #   2. a CUDA_ROOT under target/cuda-toolkit: include/ from the wheels, lib/ with the unversioned
 #      .so names the linker wants, and a stub libcuda.so.1 (the real one comes with the driver);
 #   3. a fake `nvidia-smi` on PATH that answers the compute capability (default 9.0: H100/H200);
-#   4. cargo build in its own target dir (target/cuda), then a bundle in target/cuda-bundle
-#      (binaries + the headers NVRTC reads at run time + paths.env) for scripts/gpu_check.sh.
+#   4. cargo build in its own target dir (target/cuda): bertline-pretrain and the hf_parity test
+#      binary (its ignored cuda_* tests are the GPU checks), then a bundle in target/cuda-bundle
+#      (binaries, the headers NVRTC reads at run time, a PTX-ISA shim, paths.env) that
+#      scripts/gpu_check.sh runs on the GPU machine.
 #
 # Usage: scripts/build_cuda.sh [extra cargo args, e.g. --example NAME]
 # Env:   CUDA_COMPUTE_CAP=90 (major*10+minor), CARGO_BUILD_JOBS, BERTLINE_CUDA_NICE=10,
@@ -71,14 +73,59 @@ assemble_toolkit() {
     chmod +x "$toolkit/bin/nvidia-smi"
 }
 
-build() {
-    log "cargo build --release -p bertline-pretrain --features cuda (sm_$compute_cap) into $target_dir"
+# Runs cargo with the fake toolkit in front: nvcc and nvidia-smi on PATH, CUDA_ROOT for cudarc.
+cuda_cargo() {
     PATH="$toolkit/bin:$cu13/bin:$PATH" \
         CUDA_ROOT="$toolkit" \
         CUDA_COMPUTE_CAP="$compute_cap" \
         LD_LIBRARY_PATH="$cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
         nice -n "${BERTLINE_CUDA_NICE:-10}" \
-        cargo build --release -p bertline-pretrain --features cuda --target-dir "$target_dir" "$@"
+        cargo "$@" --release --features cuda --target-dir "$target_dir"
+}
+
+# The stage binary, and the HF parity test binary whose ignored cuda_* tests gpu_check.sh runs.
+build() {
+    log "cargo build -p bertline-pretrain --features cuda (sm_$compute_cap) into $target_dir"
+    cuda_cargo build -p bertline-pretrain "$@"
+    log "cargo test --no-run -p bertline --test hf_parity --features cuda"
+    parity_test=$(cuda_cargo test -p bertline --test hf_parity --no-run --message-format=json |
+        grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+    [ -x "$parity_test" ] || { log "no hf_parity test executable"; exit 1; }
+}
+
+# LD_PRELOAD shim for a driver older than NVRTC: dfdx compiles some kernels at run time with
+# whatever libnvrtc it finds (PyTorch's may be 13.2, which writes `.version 9.2` PTX), and a
+# CUDA 13.0 driver (580) rejects PTX newer than ISA 9.0. These kernels use nothing newer, so
+# the shim lowers the `.version` line to BERTLINE_PTX_ISA (e.g. 9.0) in cuModuleLoadData.
+write_ptx_isa_shim() {
+    cat >"$toolkit/stub/ptx_isa_compat.c" <<'C'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*load_data_fn)(void **module, const void *image);
+
+int cuModuleLoadData(void **module, const void *image) {
+    static load_data_fn real;
+    if (!real) real = (load_data_fn)dlsym(RTLD_NEXT, "cuModuleLoadData");
+    const char *isa = getenv("BERTLINE_PTX_ISA"); /* "9.0" */
+    const char *ptx = image;
+    /* PTX is NUL-terminated text; cubins start with ELF magic, fatbins with 0x50ed55ba. */
+    if (!isa || strlen(isa) != 3 || ptx[0] == 0x7f || (unsigned char)ptx[0] == 0x50)
+        return real(module, image);
+    const char *version = strstr(ptx, ".version ");
+    if (!version || strncmp(version + 9, isa, 3) <= 0)
+        return real(module, image);
+    char *copy = strdup(ptx);
+    if (!copy) return real(module, image);
+    memcpy(copy + (version - ptx) + 9, isa, 3);
+    int status = real(module, copy);
+    free(copy);
+    return status;
+}
+C
+    gcc -shared -fPIC -O2 -o "$toolkit/lib/libptx_isa_compat.so" "$toolkit/stub/ptx_isa_compat.c" -ldl
 }
 
 # What gpu_check.sh needs on the GPU machine: the binaries, and the two include dirs whose
@@ -88,9 +135,10 @@ write_bundle() {
     out_dir=$(ls -d "$target_dir"/release/build/dfdx-*/out | while read -r d; do
         ls "$d"/*.ptx >/dev/null 2>&1 && echo "$d"; done | head -1)
     [ -n "$out_dir" ] || { log "no dfdx OUT_DIR with .ptx files under $target_dir"; exit 1; }
-    rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/include" "$bundle/dfdx-out"
-    find "$target_dir/release" -maxdepth 2 -type f -perm -u+x \( -name 'bertline-*' -o -path '*/examples/*' \) \
-        ! -name '*.d' ! -name '*-????????????????' -exec cp {} "$bundle/bin/" \;
+    rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/include" "$bundle/dfdx-out"
+    cp "$target_dir/release/bertline-pretrain" "$bundle/bin/"
+    cp "$parity_test" "$bundle/bin/hf_parity"
+    cp "$toolkit/lib/libptx_isa_compat.so" "$bundle/lib/"
     cp "$out_dir"/*.cuh "$bundle/dfdx-out/"
     cp -r "$cu13/include/cuda_fp16.h" "$cu13/include/cuda_fp16.hpp" "$cu13/include/cuda_bf16.h" \
         "$cu13/include/cuda_bf16.hpp" "$cu13/include/vector_types.h" "$cu13/include/vector_functions.h" \
@@ -109,5 +157,6 @@ PATHS
 
 install_toolchain
 assemble_toolkit
+write_ptx_isa_shim
 build "$@"
 write_bundle
