@@ -617,7 +617,8 @@ fn unknown_key(msg: &str) -> Option<String> {
 }
 
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines().enumerate().rev().find_map(|(i, l)| {
+    let lines: Vec<&str> = text.lines().collect();
+    lines.iter().enumerate().rev().find_map(|(i, l)| {
         let t = l.trim_start();
         let k = t.split('=').next()?.trim();
         (t.contains('=') && k == key).then_some(i + 1)

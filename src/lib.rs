@@ -14,6 +14,8 @@
 //! - [`progress`]: the progress callback the stage binaries draw as bars.
 
 pub mod config;
+pub mod corpus;
+pub mod durable;
 pub mod error;
 pub mod finetune;
 pub mod manifest;

@@ -1,1 +1,261 @@
-//! TODO: manifest
+//! The manifest: a sled database in the run directory recording every stage run and every
+//! artifact it wrote (content hash, bytes, rows, the config that made it, its inputs).
+//! The main type is [`Manifest`].
+//!
+//! sled holds an exclusive lock on the database, so a second process on the same run gets a
+//! one-line "in use" error instead of corrupting it. Records are JSON values in three trees:
+//! `stages` (stage name -> latest complete [`StageRecord`]), `artifacts` (artifact id ->
+//! [`ArtifactRecord`]) and `history` (`<finished_at>/<stage>` -> [`StageRecord`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Version of the record layout and shard schemas; part of every fingerprint.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The code version recorded with every artifact.
+pub fn code_version() -> String {
+    match option_env!("BERTLINE_GIT_SHA") {
+        Some(sha) => format!("{}+{sha}", env!("CARGO_PKG_VERSION")),
+        None => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// One file a stage wrote, as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// `<stage>/<path>`: unique within the run.
+    pub id: String,
+    /// Stage that wrote it.
+    pub stage: String,
+    /// What it is (`vocab`, `tokenizer`, `pairs-shard`, `instances-shard`, `checkpoint`,
+    /// `metrics`, `predictions`, `report`, ...).
+    pub kind: String,
+    /// Path relative to the run directory.
+    pub path: String,
+    /// blake3 of the content, hex.
+    pub blake3: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Rows (shards, metrics lines) or 0 where rows mean nothing.
+    pub rows: u64,
+    /// [`SCHEMA_VERSION`] at write time.
+    pub schema_version: u32,
+    /// blake3 of the stage's canonical config JSON.
+    pub config_hash: String,
+    /// Ids of the artifacts (and `file:` paths) the stage read.
+    pub inputs: Vec<String>,
+    /// [`code_version`] of the writer.
+    pub code_version: String,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Unix seconds.
+    pub finished_at: f64,
+}
+
+/// An input of a stage run: an upstream artifact or a raw file, with its hash at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    /// Artifact id (`pairs/train/shard-00000.parquet`) or `file:<path as configured>`.
+    pub id: String,
+    /// blake3 of the content when the stage ran.
+    pub blake3: String,
+}
+
+/// One complete run of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Stage name.
+    pub stage: String,
+    /// Profile the run used.
+    pub profile: String,
+    /// blake3 over config, inputs, schema version: equal fingerprints mean equal work.
+    pub fingerprint: String,
+    /// blake3 of `config`.
+    pub config_hash: String,
+    /// The stage's slice of the configuration (canonical JSON).
+    pub config: serde_json::Value,
+    /// Everything it read.
+    pub inputs: Vec<InputRef>,
+    /// Everything it wrote.
+    pub artifacts: Vec<ArtifactRecord>,
+    /// Structured results (counts, losses, scores, throughput).
+    pub metrics: serde_json::Value,
+    /// [`code_version`].
+    pub code_version: String,
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Unix seconds.
+    pub finished_at: f64,
+}
+
+impl StageRecord {
+    /// Wall time of the run in seconds.
+    pub fn duration_s(&self) -> f64 {
+        (self.finished_at - self.started_at).max(0.0)
+    }
+
+    /// Artifacts of the given kind, in recorded order.
+    pub fn artifacts_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a ArtifactRecord> {
+        self.artifacts.iter().filter(move |a| a.kind == kind)
+    }
+}
+
+/// The sled database of one run directory.
+pub struct Manifest {
+    db: sled::Db,
+    run_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest").field("run_dir", &self.run_dir).finish()
+    }
+}
+
+impl Manifest {
+    /// Opens (creating) `<run_dir>/manifest.sled`. Fails with a one-line "in use" error when
+    /// another process has it open.
+    pub fn open(run_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let path = run_dir.join("manifest.sled");
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| open_error(&path, e))?;
+        Ok(Manifest {
+            db,
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+
+    /// The run directory this manifest describes.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Latest complete record of `stage`, if any.
+    pub fn stage(&self, stage: &str) -> Result<Option<StageRecord>> {
+        self.get("stages", stage)
+    }
+
+    /// All latest stage records, keyed by stage name.
+    pub fn stages(&self) -> Result<Vec<StageRecord>> {
+        self.all("stages")
+    }
+
+    /// Every stage run ever recorded here, oldest first.
+    pub fn history(&self) -> Result<Vec<StageRecord>> {
+        self.all("history")
+    }
+
+    /// One artifact by id.
+    pub fn artifact(&self, id: &str) -> Result<Option<ArtifactRecord>> {
+        self.get("artifacts", id)
+    }
+
+    /// Records a complete stage run and its artifacts, replacing the stage's previous record
+    /// (whose artifacts are dropped), then flushes to disk.
+    pub fn commit(&self, record: &StageRecord) -> Result<()> {
+        let artifacts = self.tree("artifacts")?;
+        if let Some(old) = self.stage(&record.stage)? {
+            for a in &old.artifacts {
+                artifacts.remove(a.id.as_bytes()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        for a in &record.artifacts {
+            artifacts
+                .insert(a.id.as_bytes(), to_json(a)?)
+                .map_err(|e| self.db_error(e))?;
+        }
+        let json = to_json(record)?;
+        self.tree("stages")?
+            .insert(record.stage.as_bytes(), json.clone())
+            .map_err(|e| self.db_error(e))?;
+        let key = format!("{:020.6}/{}", record.finished_at, record.stage);
+        self.tree("history")?
+            .insert(key.as_bytes(), json)
+            .map_err(|e| self.db_error(e))?;
+        self.db.flush().map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    /// Forgets a stage (used by `clean`-like operations and tests).
+    pub fn remove_stage(&self, stage: &str) -> Result<()> {
+        if let Some(old) = self.stage(stage)? {
+            let artifacts = self.tree("artifacts")?;
+            for a in &old.artifacts {
+                artifacts.remove(a.id.as_bytes()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        self.tree("stages")?
+            .remove(stage.as_bytes())
+            .map_err(|e| self.db_error(e))?;
+        self.db.flush().map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree> {
+        self.db.open_tree(name).map_err(|e| self.db_error(e))
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, tree: &str, key: &str) -> Result<Option<T>> {
+        match self.tree(tree)?.get(key.as_bytes()).map_err(|e| self.db_error(e))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| {
+                Error::Manifest(format!(
+                    "{}: unreadable record `{key}` in `{tree}` ({e}); run `just clean` to start this run over",
+                    self.run_dir.join("manifest.sled").display()
+                ))
+            }),
+        }
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(&self, tree: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for kv in self.tree(tree)?.iter() {
+            let (k, v) = kv.map_err(|e| self.db_error(e))?;
+            let rec = serde_json::from_slice(&v).map_err(|e| {
+                Error::Manifest(format!(
+                    "{}: unreadable record `{}` in `{tree}` ({e}); run `just clean` to start this run over",
+                    self.run_dir.join("manifest.sled").display(),
+                    String::from_utf8_lossy(&k)
+                ))
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    fn db_error(&self, e: sled::Error) -> Error {
+        Error::Manifest(format!(
+            "{}: {e}",
+            self.run_dir.join("manifest.sled").display()
+        ))
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Manifest(format!("cannot encode record: {e}")))
+}
+
+fn open_error(path: &Path, e: sled::Error) -> Error {
+    let text = e.to_string();
+    if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
+        Error::Manifest(format!(
+            "{}: in use by another bertline process; wait for it to finish (or stop it) and run again",
+            path.display()
+        ))
+    } else {
+        Error::Manifest(format!(
+            "{}: cannot open the manifest ({text}); if it is corrupt, `just clean` starts the run over",
+            path.display()
+        ))
+    }
+}

@@ -68,3 +68,316 @@ pub struct InstanceShard {
     /// rows, 1 when B is random.
     pub next_sentence_label: Vec<u32>,
 }
+
+use std::fs::File;
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::durable;
+use crate::error::{Error, IoContext, Result};
+
+/// What a shard write reports back for the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Rows written.
+    pub rows: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// blake3 of the file, hex.
+    pub blake3: String,
+}
+
+/// Columns of a pairs shard.
+pub const PAIR_COLUMNS: [&str; 3] = ["tokens_a", "tokens_b", "is_random_next"];
+
+/// Columns of an instance shard (the fields of Google's TFRecord features).
+pub const INSTANCE_COLUMNS: [&str; 7] = [
+    "input_ids",
+    "token_type_ids",
+    "attention_mask",
+    "masked_lm_positions",
+    "masked_lm_ids",
+    "masked_lm_weights",
+    "next_sentence_label",
+];
+
+/// Writes `pairs` to a Parquet shard at `path`, atomically.
+pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
+    let n = pairs.len();
+    let total_a: usize = pairs.iter().map(|p| p.tokens_a.len()).sum();
+    let total_b: usize = pairs.iter().map(|p| p.tokens_b.len()).sum();
+    let mut a = ListPrimitiveChunkedBuilder::<Int32Type>::new("tokens_a".into(), n, total_a, DataType::Int32);
+    let mut b = ListPrimitiveChunkedBuilder::<Int32Type>::new("tokens_b".into(), n, total_b, DataType::Int32);
+    let mut buf = Vec::new();
+    for p in pairs {
+        buf.clear();
+        buf.extend(p.tokens_a.iter().map(|&t| t as i32));
+        a.append_slice(&buf);
+        buf.clear();
+        buf.extend(p.tokens_b.iter().map(|&t| t as i32));
+        b.append_slice(&buf);
+    }
+    let random: BooleanChunked = pairs.iter().map(|p| p.is_random_next).collect_ca("is_random_next".into());
+    let df = DataFrame::new(
+        n,
+        vec![
+            a.finish().into_series().into_column(),
+            b.finish().into_series().into_column(),
+            random.into_series().into_column(),
+        ],
+    )
+    .map_err(|e| Error::shard(path, format!("cannot build pairs frame: {e}")))?;
+    write_frame(path, df)
+}
+
+/// Reads a pairs shard written by [`write_pairs`].
+pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
+    let df = read_frame(path, &PAIR_COLUMNS)?;
+    let a = list_rows(path, &df, "tokens_a")?;
+    let b = list_rows(path, &df, "tokens_b")?;
+    let random = df
+        .column("is_random_next")
+        .and_then(|c| c.bool().cloned())
+        .map_err(|e| schema_error(path, "is_random_next", e))?;
+    if random.null_count() > 0 {
+        return Err(Error::shard(path, "column `is_random_next` has nulls; rerun the `pairs` stage"));
+    }
+    Ok(a.into_iter()
+        .zip(b)
+        .zip(random.iter().map(|v| v.unwrap_or(false)))
+        .map(|((tokens_a, tokens_b), is_random_next)| SentencePair {
+            tokens_a,
+            tokens_b,
+            is_random_next,
+        })
+        .collect())
+}
+
+/// Writes instances as fixed-length rows (`[PAD]` = 0 fills up to `max_seq_length`,
+/// predictions padded to `max_predictions` with weight 0), atomically.
+pub fn write_instances(
+    path: &Path,
+    instances: &[TrainingInstance],
+    max_seq_length: usize,
+    max_predictions: usize,
+) -> Result<ShardInfo> {
+    let n = instances.len();
+    let seq_col = |name: &str| {
+        ListPrimitiveChunkedBuilder::<Int32Type>::new(name.into(), n, n * max_seq_length, DataType::Int32)
+    };
+    let pred_col = |name: &str| {
+        ListPrimitiveChunkedBuilder::<Int32Type>::new(name.into(), n, n * max_predictions, DataType::Int32)
+    };
+    let mut input_ids = seq_col("input_ids");
+    let mut token_type_ids = seq_col("token_type_ids");
+    let mut attention_mask = seq_col("attention_mask");
+    let mut positions = pred_col("masked_lm_positions");
+    let mut ids = pred_col("masked_lm_ids");
+    let mut weights = ListPrimitiveChunkedBuilder::<Float32Type>::new(
+        "masked_lm_weights".into(),
+        n,
+        n * max_predictions,
+        DataType::Float32,
+    );
+    let mut labels = Vec::with_capacity(n);
+    let mut row = vec![0i32; max_seq_length.max(max_predictions)];
+    let mut wrow = vec![0f32; max_predictions];
+    for (i, inst) in instances.iter().enumerate() {
+        let len = inst.tokens.len();
+        let npred = inst.masked_lm_positions.len();
+        if len > max_seq_length || npred > max_predictions || inst.segment_ids.len() != len {
+            return Err(Error::shard(
+                path,
+                format!(
+                    "instance {i} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"
+                ),
+            ));
+        }
+        let seq = &mut row[..max_seq_length];
+        fill(seq, inst.tokens.iter().map(|&t| t as i32));
+        input_ids.append_slice(seq);
+        fill(seq, inst.segment_ids.iter().map(|&t| t as i32));
+        token_type_ids.append_slice(seq);
+        fill(seq, std::iter::repeat_n(1, len));
+        attention_mask.append_slice(seq);
+        let pred = &mut row[..max_predictions];
+        fill(pred, inst.masked_lm_positions.iter().map(|&t| t as i32));
+        positions.append_slice(pred);
+        fill(pred, inst.masked_lm_labels.iter().map(|&t| t as i32));
+        ids.append_slice(pred);
+        wrow.fill(0.0);
+        wrow[..npred].fill(1.0);
+        weights.append_slice(&wrow);
+        labels.push(inst.is_random_next as i32);
+    }
+    let df = DataFrame::new(
+        n,
+        vec![
+            input_ids.finish().into_series().into_column(),
+            token_type_ids.finish().into_series().into_column(),
+            attention_mask.finish().into_series().into_column(),
+            positions.finish().into_series().into_column(),
+            ids.finish().into_series().into_column(),
+            weights.finish().into_series().into_column(),
+            Series::new("next_sentence_label".into(), labels).into_column(),
+        ],
+    )
+    .map_err(|e| Error::shard(path, format!("cannot build instance frame: {e}")))?;
+    write_frame(path, df)
+}
+
+/// Reads an instance shard written by [`write_instances`], checking every row has the
+/// same fixed lengths.
+pub fn read_instances(path: &Path) -> Result<InstanceShard> {
+    let df = read_frame(path, &INSTANCE_COLUMNS)?;
+    let rows = df.height();
+    let input_ids = flat_list::<Int32Type>(path, &df, "input_ids")?;
+    let masked_lm_positions = flat_list::<Int32Type>(path, &df, "masked_lm_positions")?;
+    if rows == 0 {
+        return Ok(InstanceShard::default());
+    }
+    let seq_len = input_ids.len() / rows;
+    let max_predictions = masked_lm_positions.len() / rows;
+    let to_u32 = |v: Vec<i32>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
+    let shard = InstanceShard {
+        rows,
+        seq_len,
+        max_predictions,
+        input_ids: to_u32(input_ids),
+        token_type_ids: to_u32(flat_list::<Int32Type>(path, &df, "token_type_ids")?),
+        attention_mask: to_u32(flat_list::<Int32Type>(path, &df, "attention_mask")?),
+        masked_lm_positions: to_u32(masked_lm_positions),
+        masked_lm_ids: to_u32(flat_list::<Int32Type>(path, &df, "masked_lm_ids")?),
+        masked_lm_weights: flat_list::<Float32Type>(path, &df, "masked_lm_weights")?,
+        next_sentence_label: {
+            let c = df
+                .column("next_sentence_label")
+                .and_then(|c| c.i32().cloned())
+                .map_err(|e| schema_error(path, "next_sentence_label", e))?;
+            c.iter().map(|v| v.unwrap_or(0) as u32).collect()
+        },
+    };
+    let seq_ok = [&shard.input_ids, &shard.token_type_ids, &shard.attention_mask]
+        .iter()
+        .all(|v| v.len() == rows * seq_len);
+    let pred_ok = shard.masked_lm_ids.len() == rows * max_predictions
+        && shard.masked_lm_weights.len() == rows * max_predictions;
+    if !seq_ok || !pred_ok || input_ids_len_mismatch(&df, seq_len) {
+        return Err(Error::shard(
+            path,
+            "rows of unequal length: not a shard written by the `mask` stage; rerun `just stage mask`",
+        ));
+    }
+    Ok(shard)
+}
+
+fn input_ids_len_mismatch(df: &DataFrame, seq_len: usize) -> bool {
+    match df.column("input_ids").and_then(|c| c.list().cloned()) {
+        Ok(ca) => ca
+            .downcast_iter()
+            .any(|arr| arr.offsets().lengths().any(|l| l != seq_len)),
+        Err(_) => true,
+    }
+}
+
+fn fill(dst: &mut [i32], src: impl Iterator<Item = i32>) {
+    let mut n = 0;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s;
+        n += 1;
+    }
+    dst[n..].fill(0);
+}
+
+/// Writes a frame as Parquet (zstd) atomically and returns its size and hash.
+pub fn write_frame(path: &Path, mut df: DataFrame) -> Result<ShardInfo> {
+    let rows = df.height() as u64;
+    durable::write_with(path, |w| {
+        ParquetWriter::new(w)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(&mut df)
+            .map(|_| ())
+            .map_err(|e| Error::shard(path, format!("cannot write Parquet: {e}")))
+    })?;
+    let (blake3, bytes) = durable::hash_file(path)?;
+    Ok(ShardInfo { rows, bytes, blake3 })
+}
+
+/// Reads a Parquet shard and checks it has `columns`; any failure names the file.
+pub fn read_frame(path: &Path, columns: &[&str]) -> Result<DataFrame> {
+    let file = File::open(path).at(path)?;
+    let df = ParquetReader::new(file).finish().map_err(|e| {
+        Error::shard(
+            path,
+            format!("not a readable Parquet shard ({e}); it may be truncated: rerun the stage that wrote it with --force"),
+        )
+    })?;
+    for c in columns {
+        if df.column(c).is_err() {
+            return Err(Error::shard(
+                path,
+                format!("missing column `{c}`; this file was not written by this bertline version: rerun the stage with --force"),
+            ));
+        }
+    }
+    Ok(df)
+}
+
+fn schema_error(path: &Path, col: &str, e: PolarsError) -> Error {
+    Error::shard(path, format!("column `{col}` has the wrong type ({e}); rerun the stage with --force"))
+}
+
+/// The values of a list column, concatenated row after row.
+fn flat_list<T>(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<T::Native>>
+where
+    T: PolarsNumericType,
+{
+    let ca = df
+        .column(col)
+        .and_then(|c| c.list().cloned())
+        .map_err(|e| schema_error(path, col, e))?;
+    let mut out = Vec::new();
+    for row in list_ranges::<T>(path, &ca, col)? {
+        out.extend_from_slice(&row.0[row.1.clone()]);
+    }
+    Ok(out)
+}
+
+type RowSlice<N> = (std::sync::Arc<Vec<N>>, std::ops::Range<usize>);
+
+fn list_ranges<T: PolarsNumericType>(path: &Path, ca: &ListChunked, col: &str) -> Result<Vec<RowSlice<T::Native>>> {
+    if ca.null_count() > 0 {
+        return Err(Error::shard(path, format!("column `{col}` has nulls; rerun the stage with --force")));
+    }
+    let mut rows = Vec::with_capacity(ca.len());
+    for arr in ca.downcast_iter() {
+        let values = Series::from_arrow(col.into(), arr.values().clone())
+            .map_err(|e| schema_error(path, col, e))?;
+        let values = values
+            .unpack::<T>()
+            .map_err(|e| schema_error(path, col, e))?
+            .rechunk();
+        let values = std::sync::Arc::new(
+            values
+                .cont_slice()
+                .map_err(|e| schema_error(path, col, e))?
+                .to_vec(),
+        );
+        for w in arr.offsets().as_slice().windows(2) {
+            rows.push((values.clone(), w[0] as usize..w[1] as usize));
+        }
+    }
+    Ok(rows)
+}
+
+fn list_rows(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<Vec<u32>>> {
+    let ca = df
+        .column(col)
+        .and_then(|c| c.list().cloned())
+        .map_err(|e| schema_error(path, col, e))?;
+    Ok(list_ranges::<Int32Type>(path, &ca, col)?
+        .into_iter()
+        .map(|(v, r)| v[r].iter().map(|&x| x as u32).collect())
+        .collect())
+}

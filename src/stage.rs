@@ -1,1 +1,683 @@
-//! TODO: stage
+//! Stages and their freshness: what each stage reads, how its fingerprint is made, and the
+//! [`StageCtx`] every stage binary runs in.
+//!
+//! A stage's fingerprint is blake3 over its slice of the config, the hashes of the upstream
+//! artifacts it reads, the hashes of raw input files, and [`SCHEMA_VERSION`]. A stage whose
+//! complete record has the same fingerprint (and whose files are still there) is skipped; a
+//! changed one makes everything downstream stale, because downstream fingerprints include
+//! the upstream artifacts' hashes. Outputs are written into a staging directory and moved
+//! into place only when the stage succeeds; only then is the manifest record written.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::config::{load_config, LoadedConfig, PipelineConfig};
+use crate::durable;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{code_version, ArtifactRecord, InputRef, Manifest, StageRecord, SCHEMA_VERSION};
+
+/// The six stages, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Vocab,
+    Pairs,
+    Mask,
+    Pretrain,
+    Finetune,
+    Report,
+}
+
+impl Stage {
+    /// All stages in pipeline order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Vocab,
+        Stage::Pairs,
+        Stage::Mask,
+        Stage::Pretrain,
+        Stage::Finetune,
+        Stage::Report,
+    ];
+
+    /// The stage's name (also its directory in the run and its `just` recipe).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Vocab => "vocab",
+            Stage::Pairs => "pairs",
+            Stage::Mask => "mask",
+            Stage::Pretrain => "pretrain",
+            Stage::Finetune => "finetune",
+            Stage::Report => "report",
+        }
+    }
+
+    /// Parses a stage name.
+    pub fn from_name(name: &str) -> Result<Stage> {
+        Stage::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                Error::Stage(format!(
+                    "unknown stage `{name}`; stages are vocab, pairs, mask, pretrain, finetune, report"
+                ))
+            })
+    }
+
+    /// Stages whose artifacts this one reads under `cfg`.
+    pub fn upstream(self, cfg: &PipelineConfig) -> Vec<Stage> {
+        match self {
+            Stage::Vocab => vec![],
+            Stage::Pairs => vec![Stage::Vocab],
+            Stage::Mask => vec![Stage::Vocab, Stage::Pairs],
+            Stage::Pretrain => vec![Stage::Vocab, Stage::Mask],
+            Stage::Finetune => {
+                if cfg.finetune.init == "pretrained" {
+                    vec![Stage::Vocab, Stage::Pretrain]
+                } else {
+                    vec![Stage::Vocab]
+                }
+            }
+            // The report reads whatever exists; its inputs are resolved at run time.
+            Stage::Report => vec![],
+        }
+    }
+
+    /// The slice of the configuration that determines this stage's output.
+    pub fn config_slice(self, cfg: &PipelineConfig) -> Value {
+        let seed = cfg.run.random_seed;
+        match self {
+            Stage::Vocab => json!({ "corpus": cfg.corpus.input, "vocab": cfg.vocab }),
+            Stage::Pairs => json!({ "corpus": cfg.corpus.input, "pairs": cfg.pairs, "random_seed": seed }),
+            Stage::Mask => json!({
+                "mask": cfg.mask,
+                "max_seq_length": cfg.pairs.max_seq_length,
+                "random_seed": seed,
+            }),
+            Stage::Pretrain => json!({
+                "model": cfg.model,
+                "pretrain": cfg.pretrain,
+                "heldout": cfg.corpus.heldout,
+                "random_seed": seed,
+            }),
+            Stage::Finetune => json!({ "finetune": cfg.finetune, "model": cfg.model, "random_seed": seed }),
+            Stage::Report => json!({ "report": cfg.report }),
+        }
+    }
+
+    /// Raw files (not artifacts) this stage reads, as (`file:<configured path>`, resolved path).
+    pub fn input_files(self, loaded: &LoadedConfig) -> Result<Vec<(String, PathBuf)>> {
+        let cfg = &loaded.config;
+        let mut files = Vec::new();
+        match self {
+            Stage::Vocab | Stage::Pairs => {
+                for f in corpus_files(loaded)? {
+                    files.push((format!("file:{}", f.display()), f));
+                }
+            }
+            Stage::Pretrain => {
+                if let Some(h) = &cfg.corpus.heldout {
+                    files.push((format!("file:{h}"), loaded.resolve(h)));
+                }
+            }
+            Stage::Finetune => {
+                for f in finetune_files(loaded) {
+                    files.push((format!("file:{}", f.display()), f));
+                }
+            }
+            Stage::Mask | Stage::Report => {}
+        }
+        Ok(files)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Expands `corpus.input` globs, sorted; errors when a pattern matches nothing.
+pub fn corpus_files(loaded: &LoadedConfig) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for pattern in &loaded.config.corpus.input {
+        let full = loaded.resolve(pattern);
+        let matches: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
+            .map_err(|e| Error::Config(format!("{}: corpus.input pattern `{pattern}` is not a valid glob ({e})", loaded.path.display())))?
+            .filter_map(|p| p.ok())
+            .filter(|p| p.is_file())
+            .collect();
+        if matches.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: corpus.input pattern `{pattern}` matches no file (looked for {}); fix the path in pipeline.toml",
+                loaded.path.display(),
+                full.display()
+            )));
+        }
+        files.extend(matches);
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// GLUE folder names of the task presets.
+pub fn glue_folder(task: &str) -> Option<&'static str> {
+    Some(match task {
+        "cola" => "CoLA",
+        "sst2" => "SST-2",
+        "mrpc" => "MRPC",
+        "stsb" => "STS-B",
+        "qqp" => "QQP",
+        "mnli" => "MNLI",
+        "qnli" => "QNLI",
+        "rte" => "RTE",
+        "wnli" => "WNLI",
+        _ => return None,
+    })
+}
+
+fn finetune_files(loaded: &LoadedConfig) -> Vec<PathBuf> {
+    let ft = &loaded.config.finetune;
+    let mut files = Vec::new();
+    for task in &ft.tasks {
+        if let Some(folder) = glue_folder(task) {
+            let dir = loaded.resolve(&ft.glue_dir).join(folder);
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()));
+            }
+        } else if task == "squad" {
+            files.push(loaded.resolve(&ft.squad.dev_file));
+            if let Some(t) = &ft.squad.train_file {
+                files.push(loaded.resolve(t));
+            }
+        } else if let Some(c) = ft.custom.get(task) {
+            files.push(loaded.resolve(&c.train));
+            files.push(loaded.resolve(&c.dev));
+            if let Some(t) = &c.test {
+                files.push(loaded.resolve(t));
+            }
+        }
+    }
+    files.retain(|p| p.is_file());
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Where a stage stands relative to the current config and its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Complete, same fingerprint, files present.
+    Fresh,
+    /// Has a record, but the config, an input or a file changed (the reason).
+    Stale(String),
+    /// Never completed (the reason, e.g. which upstream is missing).
+    Missing(String),
+}
+
+impl Freshness {
+    /// True for [`Freshness::Fresh`].
+    pub fn is_fresh(&self) -> bool {
+        matches!(self, Freshness::Fresh)
+    }
+}
+
+impl fmt::Display for Freshness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Freshness::Fresh => f.write_str("fresh"),
+            Freshness::Stale(why) => write!(f, "stale: {why}"),
+            Freshness::Missing(why) => write!(f, "missing: {why}"),
+        }
+    }
+}
+
+/// How a stage binary was asked to run.
+#[derive(Debug, Clone)]
+pub struct StageOptions {
+    /// pipeline.toml.
+    pub config: PathBuf,
+    /// Profile name.
+    pub profile: String,
+    /// Rerun even when fresh.
+    pub force: bool,
+    /// Check artifact hashes, not only sizes, when deciding freshness.
+    pub verify: bool,
+}
+
+/// Everything a stage needs: the loaded config, the open manifest, the options.
+#[derive(Debug)]
+pub struct StageCtx {
+    /// The profile's configuration and where it came from.
+    pub loaded: LoadedConfig,
+    /// The run's manifest (held open, and so locked, for the life of the stage).
+    pub manifest: Manifest,
+    /// Command-line options.
+    pub options: StageOptions,
+}
+
+/// What a stage should do.
+#[derive(Debug)]
+pub enum Begin {
+    /// Up to date: nothing to do.
+    Skip(StageRecord),
+    /// Run, writing into the [`StageRun`]'s directory.
+    Run(StageRun),
+}
+
+struct Expected {
+    fingerprint: String,
+    config: Value,
+    config_hash: String,
+    inputs: Vec<InputRef>,
+}
+
+impl StageCtx {
+    /// Loads the config profile, opens (and locks) the run's manifest, sizes the thread pool.
+    pub fn open(options: StageOptions) -> Result<StageCtx> {
+        let loaded = load_config(&options.config, &options.profile)?;
+        let threads = loaded.config.run.threads;
+        if threads > 0 {
+            // Fails only if a pool already exists (tests): then the existing one is used.
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        }
+        let manifest = Manifest::open(&loaded.run_dir())?;
+        Ok(StageCtx {
+            loaded,
+            manifest,
+            options,
+        })
+    }
+
+    /// The profile's configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.loaded.config
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        self.manifest.run_dir()
+    }
+
+    /// Absolute path of a recorded artifact.
+    pub fn path_of(&self, a: &ArtifactRecord) -> PathBuf {
+        self.run_dir().join(&a.path)
+    }
+
+    /// A seed for `stage` and the given indexes, derived from `run.random_seed`.
+    pub fn seed(&self, stage: Stage, parts: &[u64]) -> u64 {
+        derive_seed(self.config().run.random_seed, stage.name(), parts)
+    }
+
+    /// The record of an upstream stage, which must be fresh.
+    pub fn upstream(&self, stage: Stage) -> Result<StageRecord> {
+        match self.freshness(stage)? {
+            Freshness::Fresh => Ok(self
+                .manifest
+                .stage(stage.name())?
+                .expect("fresh stage has a record")),
+            other => Err(Error::Stage(format!(
+                "upstream stage `{stage}` is {other}; run `just stage {stage}` (or `just pipeline`) first"
+            ))),
+        }
+    }
+
+    /// Freshness of every stage, in pipeline order.
+    pub fn status(&self) -> Result<Vec<(Stage, Freshness)>> {
+        Stage::ALL
+            .into_iter()
+            .map(|s| Ok((s, self.freshness(s)?)))
+            .collect()
+    }
+
+    /// Where `stage` stands now.
+    pub fn freshness(&self, stage: Stage) -> Result<Freshness> {
+        let record = self.manifest.stage(stage.name())?;
+        for up in stage.upstream(self.config()) {
+            match self.freshness(up)? {
+                Freshness::Fresh => {}
+                other => {
+                    let why = format!("upstream `{up}` is {}", short(&other));
+                    return Ok(match record {
+                        Some(_) => Freshness::Stale(why),
+                        None => Freshness::Missing(why),
+                    });
+                }
+            }
+        }
+        let Some(record) = record else {
+            return Ok(Freshness::Missing("never run".into()));
+        };
+        let expected = match self.expected(stage, &record) {
+            Ok(e) => e,
+            Err(e) => return Ok(Freshness::Stale(format!("cannot check inputs: {e}"))),
+        };
+        if record.fingerprint != expected.fingerprint {
+            return Ok(Freshness::Stale(explain_change(&record, &expected)));
+        }
+        for a in &record.artifacts {
+            let path = self.path_of(a);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                return Ok(Freshness::Stale(format!("artifact {} is gone", a.path)));
+            };
+            if meta.len() != a.bytes {
+                return Ok(Freshness::Stale(format!("artifact {} changed size on disk", a.path)));
+            }
+            if self.options.verify {
+                let (hash, _) = durable::hash_file(&path)?;
+                if hash != a.blake3 {
+                    return Ok(Freshness::Stale(format!("artifact {} changed on disk", a.path)));
+                }
+            }
+        }
+        Ok(Freshness::Fresh)
+    }
+
+    fn expected(&self, stage: Stage, previous: &StageRecord) -> Result<Expected> {
+        let mut inputs = Vec::new();
+        if stage == Stage::Report {
+            // The report's inputs: every other stage's current artifacts.
+            for s in &Stage::ALL[..5] {
+                if let Some(r) = self.manifest.stage(s.name())? {
+                    inputs.extend(r.artifacts.iter().map(|a| InputRef {
+                        id: a.id.clone(),
+                        blake3: a.blake3.clone(),
+                    }));
+                }
+            }
+        }
+        for up in stage.upstream(self.config()) {
+            let r = self.manifest.stage(up.name())?.ok_or_else(|| {
+                Error::Stage(format!("upstream stage `{up}` has not run; run `just stage {up}` first"))
+            })?;
+            inputs.extend(r.artifacts.iter().map(|a| InputRef {
+                id: a.id.clone(),
+                blake3: a.blake3.clone(),
+            }));
+        }
+        let _ = previous;
+        for (id, path) in stage.input_files(&self.loaded)? {
+            let (blake3, _) = durable::hash_file(&path)?;
+            inputs.push(InputRef { id, blake3 });
+        }
+        let config = stage.config_slice(self.config());
+        let config_hash = hash_json(&config);
+        let mut h = blake3::Hasher::new();
+        h.update(stage.name().as_bytes());
+        h.update(&SCHEMA_VERSION.to_le_bytes());
+        h.update(config_hash.as_bytes());
+        for i in &inputs {
+            h.update(i.id.as_bytes());
+            h.update(i.blake3.as_bytes());
+        }
+        Ok(Expected {
+            fingerprint: h.finalize().to_hex().to_string(),
+            config,
+            config_hash,
+            inputs,
+        })
+    }
+
+    /// Decides whether `stage` runs. Upstream stages must be fresh. With `--force` it
+    /// always runs; otherwise a fresh stage is skipped.
+    pub fn begin(&self, stage: Stage) -> Result<Begin> {
+        for up in stage.upstream(self.config()) {
+            self.upstream(up)?;
+        }
+        if !self.options.force && self.freshness(stage)? == Freshness::Fresh {
+            let record = self.manifest.stage(stage.name())?.expect("fresh has record");
+            return Ok(Begin::Skip(record));
+        }
+        let placeholder = StageRecord {
+            stage: stage.name().into(),
+            profile: String::new(),
+            fingerprint: String::new(),
+            config_hash: String::new(),
+            config: Value::Null,
+            inputs: vec![],
+            artifacts: vec![],
+            metrics: Value::Null,
+            code_version: String::new(),
+            schema_version: SCHEMA_VERSION,
+            started_at: 0.0,
+            finished_at: 0.0,
+        };
+        let expected = self.expected(stage, &placeholder)?;
+        let staging = self
+            .run_dir()
+            .join(".staging")
+            .join(format!("{}-{}", stage.name(), std::process::id()));
+        clear_stale_staging(&self.run_dir().join(".staging"), stage.name());
+        std::fs::create_dir_all(&staging).at(&staging)?;
+        Ok(Begin::Run(StageRun {
+            stage,
+            profile: self.loaded.profile.clone(),
+            fingerprint: expected.fingerprint,
+            config: expected.config,
+            config_hash: expected.config_hash,
+            inputs: expected.inputs,
+            staging,
+            started_at: now(),
+            artifacts: Vec::new(),
+        }))
+    }
+}
+
+fn short(f: &Freshness) -> &'static str {
+    match f {
+        Freshness::Fresh => "fresh",
+        Freshness::Stale(_) => "stale",
+        Freshness::Missing(_) => "missing",
+    }
+}
+
+fn explain_change(record: &StageRecord, expected: &Expected) -> String {
+    if record.schema_version != SCHEMA_VERSION {
+        return format!(
+            "written by schema version {}, this build uses {SCHEMA_VERSION}",
+            record.schema_version
+        );
+    }
+    if record.config_hash != expected.config_hash {
+        let keys = changed_keys(&record.config, &expected.config, "");
+        return format!("config changed ({})", keys.join(", "));
+    }
+    let old: std::collections::BTreeMap<&str, &str> = record
+        .inputs
+        .iter()
+        .map(|i| (i.id.as_str(), i.blake3.as_str()))
+        .collect();
+    let mut changed: Vec<&str> = expected
+        .inputs
+        .iter()
+        .filter(|i| old.get(i.id.as_str()) != Some(&i.blake3.as_str()))
+        .map(|i| i.id.as_str())
+        .collect();
+    let new_ids: std::collections::BTreeSet<&str> =
+        expected.inputs.iter().map(|i| i.id.as_str()).collect();
+    changed.extend(old.keys().filter(|k| !new_ids.contains(*k)).copied());
+    changed.truncate(3);
+    format!("inputs changed ({})", changed.join(", "))
+}
+
+fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    changed_keys(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &p)
+                })
+                .collect()
+        }
+        (a, b) if a == b => vec![],
+        _ => vec![if prefix.is_empty() { "config".into() } else { prefix.to_string() }],
+    }
+}
+
+fn clear_stale_staging(dir: &Path, stage: &str) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{stage}-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A stage in progress: outputs go into [`StageRun::dir`], and [`StageRun::finish`] moves
+/// them into place and records them.
+#[derive(Debug)]
+pub struct StageRun {
+    stage: Stage,
+    profile: String,
+    fingerprint: String,
+    config: Value,
+    config_hash: String,
+    inputs: Vec<InputRef>,
+    staging: PathBuf,
+    started_at: f64,
+    artifacts: Vec<ArtifactRecord>,
+}
+
+impl StageRun {
+    /// The stage being run.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// The staging directory: write every output here, by its path relative to the stage.
+    pub fn dir(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The fingerprint of this run (stable across a kill and rerun with unchanged inputs).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// A directory that survives a killed run with the same fingerprint (checkpoints to
+    /// resume from). Removed by `just clean`.
+    pub fn work_dir(&self, ctx: &StageCtx) -> Result<PathBuf> {
+        let dir = ctx
+            .run_dir()
+            .join(".work")
+            .join(format!("{}-{}", self.stage.name(), &self.fingerprint[..16]));
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        Ok(dir)
+    }
+
+    /// Records `rel` (a file already written under [`StageRun::dir`]) as an artifact.
+    pub fn add(&mut self, rel: &str, kind: &str, rows: u64) -> Result<()> {
+        let path = self.staging.join(rel);
+        let (blake3, bytes) = durable::hash_file(&path)?;
+        let id = format!("{}/{rel}", self.stage.name());
+        self.artifacts.retain(|a| a.id != id);
+        self.artifacts.push(ArtifactRecord {
+            id: id.clone(),
+            stage: self.stage.name().into(),
+            kind: kind.into(),
+            path: id,
+            blake3,
+            bytes,
+            rows,
+            schema_version: SCHEMA_VERSION,
+            config_hash: self.config_hash.clone(),
+            inputs: self.inputs.iter().map(|i| i.id.clone()).collect(),
+            code_version: code_version(),
+            started_at: self.started_at,
+            finished_at: 0.0,
+        });
+        Ok(())
+    }
+
+    /// Moves the outputs into `<run>/<stage>/` (replacing the previous ones) and writes the
+    /// manifest record. Nothing is recorded if this is never called.
+    pub fn finish(mut self, ctx: &StageCtx, metrics: Value) -> Result<StageRecord> {
+        let finished_at = now();
+        for a in &mut self.artifacts {
+            a.finished_at = finished_at;
+        }
+        let final_dir = ctx.run_dir().join(self.stage.name());
+        if final_dir.exists() {
+            let trash = ctx
+                .run_dir()
+                .join(".staging")
+                .join(format!("trash-{}-{}", self.stage.name(), std::process::id()));
+            std::fs::rename(&final_dir, &trash).at(&final_dir)?;
+            let _ = std::fs::remove_dir_all(&trash);
+        }
+        std::fs::rename(&self.staging, &final_dir).at(&final_dir)?;
+        durable::sync_dir(ctx.run_dir());
+        let record = StageRecord {
+            stage: self.stage.name().into(),
+            profile: self.profile,
+            fingerprint: self.fingerprint,
+            config_hash: self.config_hash,
+            config: self.config,
+            inputs: self.inputs,
+            artifacts: self.artifacts,
+            metrics,
+            code_version: code_version(),
+            schema_version: SCHEMA_VERSION,
+            started_at: self.started_at,
+            finished_at,
+        };
+        ctx.manifest.commit(&record)?;
+        Ok(record)
+    }
+}
+
+/// blake3 of a JSON value's canonical text (serde_json keeps object keys sorted).
+pub fn hash_json(v: &Value) -> String {
+    blake3::hash(v.to_string().as_bytes()).to_hex().to_string()
+}
+
+/// A 64-bit seed from the master seed, a stage name and indexes.
+pub fn derive_seed(master: u64, stage: &str, parts: &[u64]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&master.to_le_bytes());
+    h.update(stage.as_bytes());
+    for p in parts {
+        h.update(&p.to_le_bytes());
+    }
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Unix time in seconds.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What a stage's `run` function did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Inputs and config unchanged: the previous record stands.
+    Skipped(StageRecord),
+    /// The stage ran and recorded this.
+    Ran(StageRecord),
+}
+
+impl Outcome {
+    /// The stage's record either way.
+    pub fn record(&self) -> &StageRecord {
+        match self {
+            Outcome::Skipped(r) | Outcome::Ran(r) => r,
+        }
+    }
+
+    /// True when the stage was skipped as fresh.
+    pub fn skipped(&self) -> bool {
+        matches!(self, Outcome::Skipped(_))
+    }
+}

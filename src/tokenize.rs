@@ -1,1 +1,309 @@
-//! TODO: tokenize
+//! The WordPiece vocabulary: training it with the `tokenizers` crate (the `vocab` stage) and
+//! the [`WordPiece`] wrapper every later stage encodes text with.
+//!
+//! The tokenizer is BERT's: BertNormalizer (clean text, CJK spacing, lowercase + strip
+//! accents when uncased), BertPreTokenizer, WordPiece with `##` continuations, and the
+//! `[CLS] A [SEP] B [SEP]` post-processor. `[PAD] [UNK] [CLS] [SEP] [MASK]` are ids 0-4.
+//! `vocab.txt` and `tokenizer.json` load unchanged in HF tokenizers and transformers.
+
+use std::path::Path;
+
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::wordpiece::{WordPiece as WordPieceModel, WordPieceTrainer};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::config::VocabConfig;
+use crate::durable;
+use crate::error::{Error, Result};
+
+/// BERT's special tokens, in id order.
+pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// Ids of the special tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub pad: u32,
+    pub unk: u32,
+    pub cls: u32,
+    pub sep: u32,
+    pub mask: u32,
+}
+
+/// The fixed ids bertline's vocabularies use.
+pub const SPECIAL: SpecialIds = SpecialIds {
+    pad: 0,
+    unk: 1,
+    cls: 2,
+    sep: 3,
+    mask: 4,
+};
+
+/// A trained WordPiece tokenizer plus the id tables the data stages need.
+#[derive(Clone)]
+pub struct WordPiece {
+    tokenizer: Tokenizer,
+    tokens: Vec<String>,
+    continuation: Vec<bool>,
+}
+
+impl std::fmt::Debug for WordPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WordPiece")
+            .field("vocab_size", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl WordPiece {
+    /// Wraps a tokenizer, checking the special tokens sit at ids 0-4 and ids are dense.
+    pub fn new(tokenizer: Tokenizer, source: &Path) -> Result<WordPiece> {
+        let vocab = tokenizer.get_vocab(true);
+        let n = vocab.len();
+        let mut tokens = vec![String::new(); n];
+        for (tok, id) in vocab {
+            let slot = tokens.get_mut(id as usize).ok_or_else(|| {
+                Error::data(source, format!("token id {id} is outside 0..{n}: not a dense vocabulary; rerun `just stage vocab`"))
+            })?;
+            *slot = tok;
+        }
+        for (id, special) in SPECIAL_TOKENS.iter().enumerate() {
+            if tokens.get(id).map(String::as_str) != Some(*special) {
+                return Err(Error::data(
+                    source,
+                    format!("expected {special} at id {id}; this is not a bertline/BERT vocabulary: rerun `just stage vocab`"),
+                ));
+            }
+        }
+        let continuation = tokens.iter().map(|t| t.starts_with("##")).collect();
+        Ok(WordPiece {
+            tokenizer,
+            tokens,
+            continuation,
+        })
+    }
+
+    /// Loads `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<WordPiece> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| {
+            Error::data(path, format!("not a tokenizer.json ({e}); rerun `just stage vocab`"))
+        })?;
+        WordPiece::new(tokenizer, path)
+    }
+
+    /// Number of tokens, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The special token ids (always [`SPECIAL`]).
+    pub fn special(&self) -> SpecialIds {
+        SPECIAL
+    }
+
+    /// The token string of `id`.
+    pub fn token(&self, id: u32) -> &str {
+        &self.tokens[id as usize]
+    }
+
+    /// The id of `token`, if it is in the vocabulary.
+    pub fn id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// True when `id` is a `##` continuation piece.
+    pub fn is_continuation(&self, id: u32) -> bool {
+        self.continuation[id as usize]
+    }
+
+    /// The `##` flags of every id, indexable by id.
+    pub fn continuation_flags(&self) -> &[bool] {
+        &self.continuation
+    }
+
+    /// The underlying HF tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Encodes lines to ids without special tokens (parallel over lines).
+    pub fn encode_lines(&self, lines: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let enc = self
+            .tokenizer
+            .encode_batch(lines.to_vec(), false)
+            .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
+        Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Encodes one text to ids without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Writes `vocab.txt` (one token per line, in id order) atomically.
+    pub fn write_vocab_txt(&self, path: &Path) -> Result<()> {
+        let mut text = self.tokens.join("\n");
+        text.push('\n');
+        durable::write_bytes(path, text.as_bytes())
+    }
+
+    /// Writes `tokenizer.json` atomically.
+    pub fn write_tokenizer_json(&self, path: &Path) -> Result<()> {
+        let json = self
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| Error::data(path, format!("cannot serialise tokenizer: {e}")))?;
+        durable::write_bytes(path, json.as_bytes())
+    }
+}
+
+/// A BERT tokenizer around an untrained WordPiece model.
+fn bert_tokenizer(lowercase: bool) -> Tokenizer {
+    let mut tokenizer = Tokenizer::new(WordPieceModel::default());
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, Some(lowercase), lowercase)))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), SPECIAL.sep),
+            ("[CLS]".into(), SPECIAL.cls),
+        )))
+        .with_decoder(Some(WordPieceDecoder::default()));
+    tokenizer
+}
+
+/// Trains a WordPiece vocabulary of exactly `cfg.vocab_size` tokens on `lines`. When the
+/// text yields fewer pieces, the vocabulary is filled up with `[unusedN]` tokens as in
+/// Google's released vocabularies (and a warning says so).
+pub fn train_wordpiece<'a, I>(cfg: &VocabConfig, lines: I, source: &Path) -> Result<WordPiece>
+where
+    I: Iterator<Item = &'a str> + Send,
+{
+    let mut tokenizer = bert_tokenizer(cfg.lowercase);
+    let specials = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect::<Vec<_>>();
+    let trainer = WordPieceTrainer::builder()
+        .vocab_size(cfg.vocab_size)
+        .min_frequency(cfg.min_frequency)
+        .limit_alphabet(cfg.limit_alphabet)
+        .special_tokens(specials)
+        .continuing_subword_prefix("##".into())
+        .show_progress(false)
+        .build();
+    let mut trainer = TrainerWrapper::WordPieceTrainer(trainer);
+    tokenizer
+        .train(&mut trainer, lines)
+        .map_err(|e| Error::data(source, format!("WordPiece training failed: {e}")))?;
+    let got = tokenizer.get_vocab_size(true);
+    if got > cfg.vocab_size {
+        return Err(Error::Model(format!(
+            "trained vocabulary has {got} tokens, more than vocab.vocab_size = {}",
+            cfg.vocab_size
+        )));
+    }
+    if got < cfg.vocab_size {
+        tracing::warn!(
+            trained = got,
+            wanted = cfg.vocab_size,
+            "the corpus yields fewer WordPiece tokens than vocab_size; filling with [unusedN]"
+        );
+        let fill: Vec<AddedToken> = (0..cfg.vocab_size - got)
+            .map(|i| AddedToken::from(format!("[unused{i}]"), true))
+            .collect();
+        tokenizer.add_special_tokens(&fill);
+    }
+    WordPiece::new(tokenizer, source)
+}
+
+/// Checks that a vocabulary file agrees with the configured model size; the error tells the
+/// user which of the two to change.
+pub fn check_vocab_size(wp: &WordPiece, expected: usize, source: &Path) -> Result<()> {
+    if wp.vocab_size() != expected {
+        return Err(Error::data(
+            source,
+            format!(
+                "vocabulary has {} tokens but model.vocab_size = {expected}; set model.vocab_size and vocab.vocab_size to {} or rerun `just stage vocab`",
+                wp.vocab_size(),
+                wp.vocab_size()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `vocab` stage: trains the WordPiece vocabulary on `corpus.input` and writes
+/// `vocab.txt` and `tokenizer.json`.
+pub fn run_vocab(
+    ctx: &crate::stage::StageCtx,
+    progress: &dyn crate::progress::Progress,
+) -> Result<crate::stage::Outcome> {
+    use crate::stage::{corpus_files, Begin, Outcome, Stage};
+    let cfg = ctx.config();
+    let files = corpus_files(&ctx.loaded)?;
+    // Validate every file before anything is written.
+    progress.start("reading corpus", files.len() as u64);
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let t = crate::corpus::read_corpus(f);
+            progress.advance(1);
+            t
+        })
+        .collect::<Result<_>>()?;
+    progress.finish();
+    let mut run = match ctx.begin(Stage::Vocab)? {
+        Begin::Skip(record) => return Ok(Outcome::Skipped(record)),
+        Begin::Run(run) => run,
+    };
+    let started = std::time::Instant::now();
+    let lines = texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.trim().is_empty());
+    let line_count = texts
+        .iter()
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .sum::<usize>();
+    progress.start("training WordPiece", 0);
+    let wp = train_wordpiece(&cfg.vocab, lines, &files[0])?;
+    progress.finish();
+    check_vocab_size(&wp, cfg.model.vocab_size, &ctx.loaded.path)?;
+    wp.write_vocab_txt(&run.dir().join("vocab.txt"))?;
+    wp.write_tokenizer_json(&run.dir().join("tokenizer.json"))?;
+    let n = wp.vocab_size() as u64;
+    run.add("vocab.txt", "vocab", n)?;
+    run.add("tokenizer.json", "tokenizer", n)?;
+    let bytes: usize = texts.iter().map(String::len).sum();
+    let secs = started.elapsed().as_secs_f64();
+    let metrics = serde_json::json!({
+        "vocab_size": n,
+        "input_files": files.len(),
+        "input_bytes": bytes,
+        "input_lines": line_count,
+        "continuation_tokens": wp.continuation_flags().iter().filter(|c| **c).count(),
+        "seconds": secs,
+        "input_mb_per_s": bytes as f64 / 1e6 / secs.max(1e-9),
+    });
+    Ok(Outcome::Ran(run.finish(ctx, metrics)?))
+}
+
+/// The vocabulary a finished `vocab` stage recorded.
+pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, std::path::PathBuf)> {
+    let record = ctx.upstream(crate::stage::Stage::Vocab)?;
+    let art = record
+        .artifacts_of("tokenizer")
+        .next()
+        .ok_or_else(|| Error::Stage("the vocab stage recorded no tokenizer.json; rerun `just stage vocab --force`".into()))?;
+    let path = ctx.path_of(art);
+    let wp = WordPiece::from_file(&path)?;
+    check_vocab_size(&wp, ctx.config().model.vocab_size, &path)?;
+    Ok((wp, path))
+}

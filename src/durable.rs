@@ -1,0 +1,79 @@
+//! Durable writes: every file a stage records goes through a temp file, fsync, rename,
+//! then an fsync of the directory, so a killed process never leaves a half-written file
+//! under a final name.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The temp name used while `path` is being written.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes `path` atomically through `write`, which gets a buffered writer.
+pub fn write_with<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> Result<()>,
+{
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).at(dir)?;
+    }
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        write(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().at(&tmp)?;
+        fs::rename(&tmp, path).at(path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")));
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |w| w.write_all(bytes).at(path))
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::data(path, format!("cannot encode JSON: {e}")))?;
+    write_bytes(path, &text)
+}
+
+/// Copies `from` to `to` atomically.
+pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    let bytes = fs::read(from).at(from)?;
+    write_bytes(to, &bytes)
+}
+
+/// fsyncs a directory so a rename inside it survives a crash (best effort).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// blake3 of a file's content (hex) and its size.
+pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let file = File::open(path).at(path)?;
+    hasher.update_reader(file).at(path)?;
+    let bytes = fs::metadata(path).at(path)?.len();
+    Ok((hasher.finalize().to_hex().to_string(), bytes))
+}
