@@ -70,12 +70,19 @@ impl Tensors {
     }
 
     fn float(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.floats.get(name).unwrap_or_else(|| panic!("fixture lacks {name}"))
+        self.floats
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture lacks {name}"))
     }
 
     fn int(&self, name: &str) -> (&[usize], Vec<u32>) {
-        let (shape, values) = self.ints.get(name).unwrap_or_else(|| panic!("fixture lacks {name}"));
-        let values = values.iter().map(|&v| u32::try_from(v).expect("non-negative id"));
+        let (shape, values) = self
+            .ints
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture lacks {name}"));
+        let values = values
+            .iter()
+            .map(|&v| u32::try_from(v).expect("non-negative id"));
         (shape, values.collect())
     }
 }
@@ -122,7 +129,14 @@ fn load_fixture() -> Fixture {
     let dir = fixture_dir();
     let (model, config) = load_pretraining(&dir.join("model"), &Cpu::default())
         .expect("bertline loads the HF checkpoint");
-    assert_eq!((config.vocab_size, config.hidden_size, config.num_hidden_layers), (99, 32, 2));
+    assert_eq!(
+        (
+            config.vocab_size,
+            config.hidden_size,
+            config.num_hidden_layers
+        ),
+        (99, 32, 2)
+    );
     assert_eq!(config.hidden_act, "gelu");
     let json = std::fs::read_to_string(dir.join("expected.json")).expect("expected.json");
     Fixture {
@@ -134,12 +148,17 @@ fn load_fixture() -> Fixture {
 }
 
 fn expected_scalar(json: &Value, key: &str) -> f32 {
-    json[key].as_f64().unwrap_or_else(|| panic!("expected.json lacks {key}")) as f32
+    json[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("expected.json lacks {key}")) as f32
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Eval-mode (mlm, nsp) logits at every position, row-major like HF's.
@@ -174,8 +193,14 @@ fn mlm_logits_match_hf_at_every_position() {
             padding = padding.max(diff);
         }
     }
-    assert!(real < TOLERANCE, "MLM logits on real tokens differ from HF by {real:e}");
-    assert!(padding < TOLERANCE, "MLM logits on padding differ from HF by {padding:e}");
+    assert!(
+        real < TOLERANCE,
+        "MLM logits on real tokens differ from HF by {real:e}"
+    );
+    assert!(
+        padding < TOLERANCE,
+        "MLM logits on padding differ from HF by {padding:e}"
+    );
 }
 
 #[test]
@@ -193,7 +218,8 @@ fn masked_position_logits_are_the_gathered_rows() {
     let f = load_fixture();
     let inputs = f.batch.inputs(&Cpu::default());
     let (mlm, _) =
-        f.model.forward::<NoneTape>(&inputs, &f.batch.masked_lm_positions, &mut Mode::Eval);
+        f.model
+            .forward::<NoneTape>(&inputs, &f.batch.masked_lm_positions, &mut Mode::Eval);
     let mlm = mlm.as_vec();
     let (shape, expected) = f.expected.float("prediction_logits");
     let (seq, vocab, predictions) = (shape[1], shape[2], f.batch.max_predictions);
@@ -201,7 +227,10 @@ fn masked_position_logits_are_the_gathered_rows() {
         let token = (slot / predictions) * seq + position as usize;
         let got = &mlm[slot * vocab..(slot + 1) * vocab];
         let diff = max_abs_diff(got, &expected[token * vocab..(token + 1) * vocab]);
-        assert!(diff < TOLERANCE, "slot {slot} (token {token}) differs from HF by {diff:e}");
+        assert!(
+            diff < TOLERANCE,
+            "slot {slot} (token {token}) differs from HF by {diff:e}"
+        );
     }
 }
 
@@ -209,9 +238,16 @@ fn masked_position_logits_are_the_gathered_rows() {
 fn pretraining_loss_matches_hf() {
     let f = load_fixture();
     let (total, mlm, nsp) = losses(&f.model, &f.batch);
-    for (name, got, key) in [("MLM", mlm, "mlm_loss"), ("NSP", nsp, "nsp_loss"), ("total", total, "loss")] {
+    for (name, got, key) in [
+        ("MLM", mlm, "mlm_loss"),
+        ("NSP", nsp, "nsp_loss"),
+        ("total", total, "loss"),
+    ] {
         let want = expected_scalar(&f.json, key);
-        assert!((got - want).abs() < TOLERANCE, "{name} loss {got} but HF says {want}");
+        assert!(
+            (got - want).abs() < TOLERANCE,
+            "{name} loss {got} but HF says {want}"
+        );
     }
 }
 
@@ -219,27 +255,45 @@ fn pretraining_loss_matches_hf() {
 fn saved_checkpoint_has_hf_keys_and_reloads_identically() {
     let f = load_fixture();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = bertline::model::export::read_config_json(&fixture_dir().join("model/config.json"))
-        .expect("fixture config");
+    let config =
+        bertline::model::export::read_config_json(&fixture_dir().join("model/config.json"))
+            .expect("fixture config");
     save_pretraining(&f.model, &config, dir.path()).expect("save");
     // For scripts/hf_load_check.py: `BERTLINE_PARITY_SAVE_DIR=DIR cargo test --test hf_parity`.
     if let Some(keep) = std::env::var_os("BERTLINE_PARITY_SAVE_DIR") {
         save_pretraining(&f.model, &config, Path::new(&keep)).expect("save a copy");
     }
 
-    let (hf, _) = read_safetensors(&fixture_dir().join("model/model.safetensors")).expect("fixture");
+    let (hf, _) =
+        read_safetensors(&fixture_dir().join("model/model.safetensors")).expect("fixture");
     let (ours, _) = read_safetensors(&dir.path().join("model.safetensors")).expect("saved");
     // HF's save_pretrained drops the tied decoder keys; bertline may write them (as HF accepts).
-    let tied = ["cls.predictions.decoder.weight", "cls.predictions.decoder.bias"];
-    let ours_untied: Vec<&String> = ours.keys().filter(|k| !tied.contains(&k.as_str())).collect();
-    assert_eq!(ours_untied, hf.keys().collect::<Vec<_>>(), "tensor names differ from HF's");
+    let tied = [
+        "cls.predictions.decoder.weight",
+        "cls.predictions.decoder.bias",
+    ];
+    let ours_untied: Vec<&String> = ours
+        .keys()
+        .filter(|k| !tied.contains(&k.as_str()))
+        .collect();
+    assert_eq!(
+        ours_untied,
+        hf.keys().collect::<Vec<_>>(),
+        "tensor names differ from HF's"
+    );
     for (name, (shape, values)) in &hf {
         assert_eq!(&ours[name].0, shape, "{name} shape");
-        assert_eq!(&ours[name].1, values, "{name} values changed in the round trip");
+        assert_eq!(
+            &ours[name].1, values,
+            "{name} values changed in the round trip"
+        );
     }
 
     let (reloaded, _) = load_pretraining(dir.path(), &Cpu::default()).expect("reload");
-    assert_eq!(all_logits(&reloaded, &f.batch), all_logits(&f.model, &f.batch));
+    assert_eq!(
+        all_logits(&reloaded, &f.batch),
+        all_logits(&f.model, &f.batch)
+    );
     assert_eq!(reloaded.num_parameters(), f.model.num_parameters());
 }
 
@@ -254,7 +308,15 @@ fn loss_after_one_adamw_step_matches_hf() {
         eps: hyper("eps"),
         weight_decay: hyper("weight_decay"),
     };
-    assert_eq!(config, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 });
+    assert_eq!(
+        config,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.01
+        }
+    );
 
     // Eval mode, as the fixture: no dropout, so forward, backward and step are deterministic.
     let out = f.model.loss::<TrainTape<Cpu>>(&f.batch, &mut Mode::Eval);
@@ -262,7 +324,10 @@ fn loss_after_one_adamw_step_matches_hf() {
     let mut grads = ParamGrads::from_gradients(&f.model, &mut gradients);
     let norm = clip_grad_norm(&mut grads, hyper("max_grad_norm"));
     let want_norm = f.json["grad_norm_before_clip"].as_f64().expect("grad norm");
-    assert!((norm - want_norm).abs() < 1e-4 * want_norm, "grad norm {norm} but HF says {want_norm}");
+    assert!(
+        (norm - want_norm).abs() < 1e-4 * want_norm,
+        "grad norm {norm} but HF says {want_norm}"
+    );
     let mut optimizer = AdamW::new(config);
     optimizer.update(&mut f.model, &grads, hyper("lr"));
 
@@ -273,7 +338,10 @@ fn loss_after_one_adamw_step_matches_hf() {
         ("total", total, "loss_after_one_step"),
     ] {
         let want = expected_scalar(&f.json, key);
-        assert!((got - want).abs() < TOLERANCE, "{name} loss after one step {got}, HF {want}");
+        assert!(
+            (got - want).abs() < TOLERANCE,
+            "{name} loss after one step {got}, HF {want}"
+        );
     }
     // The step must have moved the loss by far more than the tolerance, or the check is void.
     assert!(expected_scalar(&f.json, "loss") - total > 100.0 * TOLERANCE);
@@ -290,7 +358,12 @@ fn loss_after_step<D: dfdx::tensor_ops::Device<f32>>(
     let mut gradients = out.loss.backward();
     let mut grads = ParamGrads::from_gradients(model, &mut gradients);
     clip_grad_norm(&mut grads, 1.0);
-    let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 };
+    let config = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+    };
     AdamW::new(config).update(model, &grads, 1e-3);
     let after = model.loss::<NoneTape>(batch, &mut Mode::Eval).loss.array();
     (before, after)
@@ -304,7 +377,8 @@ fn cuda_one_step_matches_cpu() {
     use dfdx::tensor::Cuda;
     let f = load_fixture();
     let cuda = Cuda::seed_from_u64(0);
-    let (mut gpu_model, _) = load_pretraining(&fixture_dir().join("model"), &cuda).expect("load on GPU");
+    let (mut gpu_model, _) =
+        load_pretraining(&fixture_dir().join("model"), &cuda).expect("load on GPU");
     let (gpu_mlm, gpu_nsp) = {
         let all = every_position(&f.batch);
         let inputs = all.inputs(&cuda);
@@ -330,9 +404,18 @@ fn cuda_one_step_matches_cpu() {
                                     "hf": expected_scalar(&f.json, "loss_after_one_step")},
         })
     );
-    assert!(logits_diff < 1e-3, "GPU logits differ from CPU by {logits_diff:e}");
-    assert!((gpu_before - cpu_before).abs() < 1e-3, "loss {gpu_before} on GPU, {cpu_before} on CPU");
-    assert!((gpu_after - cpu_after).abs() < 1e-3, "loss after a step {gpu_after} on GPU, {cpu_after} on CPU");
+    assert!(
+        logits_diff < 1e-3,
+        "GPU logits differ from CPU by {logits_diff:e}"
+    );
+    assert!(
+        (gpu_before - cpu_before).abs() < 1e-3,
+        "loss {gpu_before} on GPU, {cpu_before} on CPU"
+    );
+    assert!(
+        (gpu_after - cpu_after).abs() < 1e-3,
+        "loss after a step {gpu_after} on GPU, {cpu_after} on CPU"
+    );
 }
 
 /// BERT-Base (L=12, H=768, A=12, vocab 30522) pre-training steps at seq 128 on the GPU:
@@ -346,10 +429,17 @@ fn cuda_bert_base_throughput() {
     use dfdx::tensor::Cuda;
     use rand::{Rng, SeedableRng};
     let env = |key: &str, default: usize| {
-        std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
-    let (batch_size, steps, seq, predictions) =
-        (env("BERTLINE_BENCH_BATCH", 32), env("BERTLINE_BENCH_STEPS", 10), 128, 20);
+    let (batch_size, steps, seq, predictions) = (
+        env("BERTLINE_BENCH_BATCH", 32),
+        env("BERTLINE_BENCH_STEPS", 10),
+        128,
+        20,
+    );
     let config = BertConfig::default();
     let cuda = Cuda::seed_from_u64(0);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -359,15 +449,26 @@ fn cuda_bert_base_throughput() {
         batch: batch_size,
         seq_len: seq,
         max_predictions: predictions,
-        input_ids: (0..n).map(|_| rng.gen_range(1000..config.vocab_size as u32)).collect(),
+        input_ids: (0..n)
+            .map(|_| rng.gen_range(1000..config.vocab_size as u32))
+            .collect(),
         token_type_ids: (0..n).map(|i| u32::from(i % seq >= seq / 2)).collect(),
         attention_mask: vec![1; n],
-        masked_lm_positions: (0..batch_size * predictions).map(|i| (1 + i % predictions * 6) as u32).collect(),
-        masked_lm_ids: (0..batch_size * predictions).map(|_| rng.gen_range(1000..30000)).collect(),
+        masked_lm_positions: (0..batch_size * predictions)
+            .map(|i| (1 + i % predictions * 6) as u32)
+            .collect(),
+        masked_lm_ids: (0..batch_size * predictions)
+            .map(|_| rng.gen_range(1000..30000))
+            .collect(),
         masked_lm_weights: vec![1.0; batch_size * predictions],
         next_sentence_label: (0..batch_size).map(|i| (i % 2) as u32).collect(),
     };
-    let mut optimizer = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 });
+    let mut optimizer = AdamW::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+    });
     let mut mode = Mode::train(0);
     let mut train_step = |model: &mut BertForPreTraining<Cuda>| -> (f32, f64, f64) {
         let start = std::time::Instant::now();
@@ -390,7 +491,11 @@ fn cuda_bert_base_throughput() {
     // Training FLOPs per token: 6 x (non-embedding parameters) + attention scores/context
     // (12 x layers x seq x hidden), as Kaplan et al. 2020 / PaLM's MFU; the MLM decoder only
     // sees the masked positions, so it is counted for those alone.
-    let (h, l, v) = (config.hidden_size as f64, config.num_hidden_layers as f64, config.vocab_size as f64);
+    let (h, l, v) = (
+        config.hidden_size as f64,
+        config.num_hidden_layers as f64,
+        config.vocab_size as f64,
+    );
     let encoder = l * 12.0 * h * h + h * h; // 4h² attention + 8h² MLP per layer, pooler
     let flops_per_token = 6.0 * encoder + 12.0 * l * seq as f64 * h;
     let mlm_flops = 6.0 * (h * h + h * v) * (batch_size * predictions) as f64;
