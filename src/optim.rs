@@ -44,20 +44,43 @@ impl ParamGrads {
         ParamGrads { names, values }
     }
 
-    /// Adds `other` elementwise (gradient accumulation). An empty `self` takes `other`.
+    /// Adds every parameter's gradient in `grads` to these (gradient accumulation),
+    /// reusing the buffers: the first call sizes them, later steps allocate nothing.
+    pub fn add_gradients<D: Device<f32>, M: HfParams<D>>(
+        &mut self,
+        model: &M,
+        grads: &mut Gradients<f32, D>,
+        scratch: &mut Vec<f32>,
+    ) {
+        let params = model.named_parameters();
+        if self.names.len() != params.len() {
+            self.names = params.iter().map(|(n, _)| n.clone()).collect();
+            self.values = params.iter().map(|(_, p)| vec![0.0; p.len()]).collect();
+        }
+        for ((name, p), acc) in params.iter().zip(&mut self.values) {
+            debug_assert!(self.names.contains(name));
+            scratch.resize(p.len(), 0.0);
+            p.grad_into(grads, scratch);
+            acc.par_iter_mut().zip(scratch.par_iter()).for_each(|(a, g)| *a += g);
+        }
+    }
+
+    /// Sets every gradient to zero, keeping the buffers.
+    pub fn zero(&mut self) {
+        for g in &mut self.values {
+            g.fill(0.0);
+        }
+    }
+
+    /// Adds `other` elementwise. An empty `self` takes `other`.
     pub fn accumulate(&mut self, other: ParamGrads) {
         if self.names.is_empty() {
             *self = other;
             return;
         }
-        assert_eq!(
-            self.names, other.names,
-            "accumulating gradients of another model"
-        );
+        assert_eq!(self.names, other.names, "accumulating gradients of another model");
         for (acc, g) in self.values.iter_mut().zip(other.values) {
-            acc.par_iter_mut()
-                .zip(g.par_iter())
-                .for_each(|(a, b)| *a += b);
+            acc.par_iter_mut().zip(g.par_iter()).for_each(|(a, b)| *a += b);
         }
     }
 
@@ -165,12 +188,14 @@ struct Moments {
 }
 
 /// AdamW with its state by parameter name.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AdamW {
     pub config: AdamWConfig,
     /// Steps taken (bias correction uses `step` after incrementing).
     pub step: u64,
     moments: BTreeMap<String, Moments>,
+    /// Host copy of one parameter during the update (reused).
+    scratch: Vec<f32>,
 }
 
 impl AdamW {
@@ -180,6 +205,7 @@ impl AdamW {
             config,
             step: 0,
             moments: BTreeMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -210,7 +236,9 @@ impl AdamW {
             .zip(grads.names.iter().zip(&grads.values))
         {
             assert_eq!(&name, grad_name, "gradients and parameters out of order");
-            let mut values = param.as_ref().to_vec();
+            let values = &mut self.scratch;
+            values.resize(param.as_ref().len(), 0.0);
+            param.as_ref().copy_into(values);
             let moments = self.moments.entry(name.clone()).or_insert_with(|| Moments {
                 exp_avg: vec![0.0; values.len()],
                 exp_avg_sq: vec![0.0; values.len()],
@@ -232,7 +260,7 @@ impl AdamW {
                     let denom = v.sqrt() / bc2_sqrt + eps;
                     *p -= step_size * *m / denom;
                 });
-            param.copy_from(&values);
+            param.copy_from(values);
         }
     }
 
@@ -305,6 +333,7 @@ impl AdamW {
             config,
             step,
             moments,
+            scratch: Vec::new(),
         })
     }
 }

@@ -7,8 +7,6 @@
 //! keeps its fresh initialisation; `cls.*` keys a fine-tuning model lacks are ignored.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dfdx::tensor_ops::Device;
@@ -19,6 +17,7 @@ use super::{
     init, BertConfig, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
     HfParams,
 };
+use crate::durable;
 use crate::error::{Error, IoContext, Result};
 
 /// File name of the weights in an HF model directory.
@@ -52,25 +51,7 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>>>()?;
     let buffer = safetensors::serialize(views, &Some(metadata))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
-    write_atomically(path, &buffer)
-}
-
-/// Writes `bytes` to `path` through a temp file in the same directory, fsynced, renamed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let mut file = File::create(&tmp).at(&tmp)?;
-    file.write_all(bytes).at(&tmp)?;
-    file.sync_all().at(&tmp)?;
-    drop(file);
-    std::fs::rename(&tmp, path).at(path)
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    durable::write_bytes(path, &buffer)
 }
 
 /// Reads every tensor of a safetensors file as `f32` (F32, F16 and BF16 are accepted), with
@@ -232,7 +213,7 @@ pub fn write_config_json(
         }
     }
     let text = serde_json::to_string_pretty(&json).expect("JSON serialises");
-    write_atomically(path, text.as_bytes())
+    durable::write_bytes(path, text.as_bytes())
 }
 
 /// Reads an HF `config.json` into a [`BertConfig`], ignoring keys it does not model

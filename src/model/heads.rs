@@ -5,9 +5,9 @@
 //! `[hidden, vocab]` decoder sees `batch * max_predictions_per_seq` rows, not every token.
 
 use dfdx::shapes::{Axes2, Axis, HasShape};
-use dfdx::tensor::{PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
+use dfdx::tensor::{NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
 use dfdx::tensor_ops::{
-    BroadcastTo, Device, GatherTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul,
+    BroadcastTo, Device, GatherTo, MaxTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul,
 };
 
 use super::encoder::BertModelOutput;
@@ -301,11 +301,14 @@ impl<D: Device<f32>> BertForPreTraining<D> {
     ) -> PretrainingLoss<D, T> {
         let (mlm_logits, nsp_logits) = self.forward::<T>(inputs, &batch.masked_lm_positions, mode);
         let device = mlm_logits.device().clone();
-        let vocab = mlm_logits.shape().1;
-        let (mlm_correct, mlm_count) = weighted_accuracy(
-            &mlm_logits.as_vec(),
-            vocab,
-            &batch.masked_lm_ids,
+        let m = batch.masked_lm_ids.len();
+        let labels = device.tensor_from_vec(
+            batch.masked_lm_ids.iter().map(|&i| i as usize).collect(),
+            (m,),
+        );
+        let (mlm_correct, mlm_count) = label_is_max(
+            &mlm_logits,
+            &labels,
             &batch.masked_lm_weights,
         );
         let nsp_correct = weighted_accuracy(
@@ -316,11 +319,6 @@ impl<D: Device<f32>> BertForPreTraining<D> {
         )
         .0 as usize;
 
-        let m = batch.masked_lm_ids.len();
-        let labels = device.tensor_from_vec(
-            batch.masked_lm_ids.iter().map(|&i| i as usize).collect(),
-            (m,),
-        );
         let weights = device.tensor_from_vec(batch.masked_lm_weights.clone(), (m,));
         let log_probs: Vector<D, T> = mlm_logits.log_softmax::<Axis<1>>().select(labels);
         // Google: numerator / (denominator + 1e-5), so a batch without predictions is 0.
@@ -344,6 +342,27 @@ impl<D: Device<f32>> BertForPreTraining<D> {
             nsp_count: batch.batch,
         }
     }
+}
+
+/// `(Σ w where the label's logit is the row's maximum, Σ w)`, computed on the device so the
+/// `[rows, vocab]` logits never travel to the host (a tie with the maximum counts as right).
+fn label_is_max<D: Device<f32>, T: Tape<f32, D>>(
+    logits: &Matrix<D, T>,
+    labels: &Tensor<(usize,), usize, D>,
+    weights: &[f32],
+) -> (f64, f64) {
+    let logits = logits.retaped::<NoneTape>();
+    let best = MaxTo::max::<(usize,), Axis<1>>(logits.clone()).as_vec();
+    let at_label: Vec<f32> = logits.select(labels.clone()).as_vec();
+    let mut correct = 0.0;
+    let mut total = 0.0;
+    for ((&b, &l), &w) in best.iter().zip(&at_label).zip(weights) {
+        total += w as f64;
+        if l >= b {
+            correct += w as f64;
+        }
+    }
+    (correct, total)
 }
 
 /// `(Σ w where argmax == label, Σ w)` over the rows of a row-major `[rows, classes]` array.

@@ -59,19 +59,22 @@ pub type TrainTape<D> = dfdx::tensor::OwnedTape<f32, D>;
 pub enum Mode {
     /// Dropout off (evaluation, inference).
     Eval,
-    /// Dropout on, masks drawn from this rng.
-    Train(ChaCha8Rng),
+    /// Dropout on, masks drawn from `rng`; `scratch` is reused for every mask.
+    Train { rng: ChaCha8Rng, scratch: Vec<f32> },
 }
 
 impl Mode {
     /// Training mode with masks seeded from `seed`.
     pub fn train(seed: u64) -> Self {
-        Mode::Train(ChaCha8Rng::seed_from_u64(seed))
+        Mode::Train {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            scratch: Vec::new(),
+        }
     }
 
     /// True in training mode.
     pub fn is_train(&self) -> bool {
-        matches!(self, Mode::Train(_))
+        matches!(self, Mode::Train { .. })
     }
 
     /// Inverted dropout: zeroes each element with probability `prob` and scales the rest by
@@ -81,24 +84,27 @@ impl Mode {
         x: Tensor<S, f32, D, T>,
         prob: f64,
     ) -> Tensor<S, f32, D, T> {
-        let Mode::Train(rng) = self else { return x };
+        let Mode::Train { rng, scratch } = self else {
+            return x;
+        };
         if prob <= 0.0 {
             return x;
         }
         let shape = *x.shape();
+        let n = shape.num_elements();
         let keep_scale = (1.0 / (1.0 - prob)) as f32;
         // Compare a uniform u32 against prob * 2^32: one rng word per element.
         let threshold = (prob * 4294967296.0) as u64;
-        let mask: Vec<f32> = (0..shape.num_elements())
-            .map(|_| {
-                if (rng.next_u32() as u64) < threshold {
-                    0.0
-                } else {
-                    keep_scale
-                }
-            })
-            .collect();
-        let mask = x.device().tensor_from_vec(mask, shape);
+        scratch.clear();
+        scratch.extend((0..n).map(|_| {
+            if (rng.next_u32() as u64) < threshold {
+                0.0
+            } else {
+                keep_scale
+            }
+        }));
+        let mut mask = x.device().zeros_like(&shape);
+        mask.copy_from(scratch);
         x * mask
     }
 }
@@ -308,6 +314,29 @@ impl<D: Device<f32>> ParamRef<'_, D> {
         match self {
             ParamRef::Matrix(t) => t.as_vec(),
             ParamRef::Vector(t) => t.as_vec(),
+        }
+    }
+
+    /// Copies the values into `dst` (its length must be [`ParamRef::len`]).
+    pub fn copy_into(&self, dst: &mut [f32]) {
+        match self {
+            ParamRef::Matrix(t) => t.copy_into(dst),
+            ParamRef::Vector(t) => t.copy_into(dst),
+        }
+    }
+
+    /// Copies this parameter's gradient in `grads` into `dst`; zeros if the tape never
+    /// reached it.
+    pub fn grad_into(&self, grads: &mut Gradients<f32, D>, dst: &mut [f32]) {
+        match self {
+            ParamRef::Matrix(t) => {
+                grads.try_alloc_for(*t).expect("gradient allocation");
+                grads.get(*t).copy_into(dst)
+            }
+            ParamRef::Vector(t) => {
+                grads.try_alloc_for(*t).expect("gradient allocation");
+                grads.get(*t).copy_into(dst)
+            }
         }
     }
 
