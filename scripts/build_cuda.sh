@@ -138,6 +138,7 @@ write_bundle() {
     rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/include" "$bundle/dfdx-out"
     cp "$target_dir/release/bertline-pretrain" "$bundle/bin/"
     cp "$parity_test" "$bundle/bin/hf_parity"
+    strip "$bundle"/bin/* # the carry to a GPU machine is limited (64 MiB)
     cp "$toolkit/lib/libptx_isa_compat.so" "$bundle/lib/"
     cp "$out_dir"/*.cuh "$bundle/dfdx-out/"
     cp -r "$cu13/include/cuda_fp16.h" "$cu13/include/cuda_fp16.hpp" "$cu13/include/cuda_bf16.h" \

@@ -70,7 +70,8 @@ run_json() { # name timeout command...: keeps the JSON lines the command prints
     log=$(mktemp)
     timeout "$limit" "$@" >"$log" 2>&1
     local status=$?
-    grep -E '^\{.*\}$' "$log" >>"$results"
+    # libtest prints "test NAME ... " before a test's own output, so match anywhere in the line.
+    grep -oE '\{".*\}' "$log" >>"$results"
     if [ "$status" -ne 0 ]; then
         say "$name failed (exit $status); last lines:"
         tail -20 "$log" >&2
@@ -108,7 +109,7 @@ fi
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print(f"{'run':38} {'result':>62}")
+print(f"{'run':38} result")
 for r in rows:
     name = r.get("check") or f"pytorch {r['model']['size']} {r['dtype']} batch {r['batch']}"
     if "failed" in r:
@@ -124,5 +125,5 @@ for r in rows:
         t = r["train_step"]
         text = (f"{t['median_s']*1e3:.0f} ms/step, {t['tokens_per_s']:.0f} tok/s, "
                 f"MFU {100*t['mfu']:.1f}% of {t['peak_tflops_assumed']:.0f} TF")
-    print(f"{name:38} {text:>62}")
+    print(f"{name:38} {text}")
 PY

@@ -354,7 +354,7 @@ fn loss_after_step<D: dfdx::tensor_ops::Device<f32>>(
     batch: &MaskedLmBatch,
 ) -> (f32, f32) {
     let out = model.loss::<TrainTape<D>>(batch, &mut Mode::Eval);
-    let before = out.loss.array();
+    let before = out.loss.as_vec()[0];
     let mut gradients = out.loss.backward();
     let mut grads = ParamGrads::from_gradients(model, &mut gradients);
     clip_grad_norm(&mut grads, 1.0);
@@ -365,7 +365,7 @@ fn loss_after_step<D: dfdx::tensor_ops::Device<f32>>(
         weight_decay: 0.01,
     };
     AdamW::new(config).update(model, &grads, 1e-3);
-    let after = model.loss::<NoneTape>(batch, &mut Mode::Eval).loss.array();
+    let after = model.loss::<NoneTape>(batch, &mut Mode::Eval).loss.as_vec()[0];
     (before, after)
 }
 
