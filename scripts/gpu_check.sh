@@ -11,10 +11,12 @@
 #   1. hf_parity cuda_one_step_matches_cpu: fixture logits, loss and loss after one AdamW step,
 #      GPU vs CPU (within 1e-3) and vs HF;
 #   2. hf_parity cuda_bert_base_throughput: BERT-Base seq 128 f32 training steps, tokens/s, MFU;
-#   3. scripts/bench_pretrain_torch.py --size base on cuda, f32 and f16 (autocast + GradScaler);
+#   3. bertline-pretrain --bench (BERT-mini) on the GPU;
+#   4. scripts/bench_pretrain_torch.py on cuda: mini f32, base f32 and f16 (autocast + GradScaler);
 # then prints one table. Every raw JSON line is kept in $OUT/gpu_check.jsonl (or ./gpu_check.jsonl).
 #
 # Usage: scripts/gpu_check.sh   Env: BERTLINE_BENCH_BATCH=32 BERTLINE_BENCH_STEPS=10
+# The timeouts add up to 550 s, inside one 600 s device command.
 set -uo pipefail
 
 bundle=${BERTLINE_CUDA_BUNDLE:-target/cuda-bundle}
@@ -91,15 +93,22 @@ export LD_PRELOAD="$PWD/$bundle/lib/libptx_isa_compat.so"
 say "CUDA libs: $libs; PTX ISA capped at ${BERTLINE_PTX_ISA:-none}; sm_$CUDA_COMPUTE_CAP kernels"
 ldd "$bundle/bin/hf_parity" | grep -E 'cuda|cublas|nvrtc' >&2
 
-run_json cuda_one_step_matches_cpu 240 \
+run_json cuda_one_step_matches_cpu 100 \
     "$bundle/bin/hf_parity" --ignored --exact cuda_one_step_matches_cpu --nocapture --test-threads 1
-BERTLINE_BENCH_BATCH=$batch BERTLINE_BENCH_STEPS=$steps run_json cuda_bert_base_throughput 300 \
+BERTLINE_BENCH_BATCH=$batch BERTLINE_BENCH_STEPS=$steps run_json cuda_bert_base_throughput 150 \
     "$bundle/bin/hf_parity" --ignored --exact cuda_bert_base_throughput --nocapture --test-threads 1
+
+# The stage binary's own benchmark (BERT-mini, batch 32, seq 128) on the GPU, as one JSON line.
+compact_bench_json='import json, sys; d = json.load(sys.stdin); d["check"] = "bertline_pretrain_bench_mini"; print(json.dumps(d))'
+run_json bertline_pretrain_bench_mini 60 bash -c \
+    '"$0" --bench --bench-steps "$1" | python3 -c "$2"' "$bundle/bin/bertline-pretrain" "$steps" "$compact_bench_json"
 
 unset LD_PRELOAD
 if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
+    run_json torch_mini_f32 80 python3 scripts/bench_pretrain_torch.py \
+        --device cuda --size mini --dtype f32 --steps "$steps" --skip-forward
     for dtype in f32 f16; do
-        run_json "torch_base_$dtype" 200 python3 scripts/bench_pretrain_torch.py \
+        run_json "torch_base_$dtype" 80 python3 scripts/bench_pretrain_torch.py \
             --device cuda --size base --dtype "$dtype" --batch "$batch" --steps "$steps" --skip-forward
     done
 else
@@ -118,6 +127,9 @@ for r in rows:
         after = r["loss_after_one_step"]
         text = (f"logits |gpu-cpu| {r['logits_max_abs_diff_vs_cpu']:.1e}, loss after step "
                 f"gpu {after['gpu']:.5f} cpu {after['cpu']:.5f} hf {after['hf']:.5f}")
+    elif name == "bertline_pretrain_bench_mini":
+        text = (f"bertline mini f32 batch {r['batch']}: {r['median_step_s']*1e3:.0f} ms/step, "
+                f"{r['tokens_per_s']:.0f} tok/s")
     elif name == "cuda_bert_base_throughput":
         text = (f"bertline f32 batch {r['batch']}: {r['step_s_median']*1e3:.0f} ms/step, "
                 f"{r['tokens_per_s']:.0f} tok/s, MFU {100*r['mfu_vs_fp32_peak_67tflops']:.1f}% of FP32")
