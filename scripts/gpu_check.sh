@@ -24,6 +24,7 @@ results=${OUT:-.}/gpu_check.jsonl
 : >"$results"
 batch=${BERTLINE_BENCH_BATCH:-32}
 steps=${BERTLINE_BENCH_STEPS:-10}
+export BERTLINE_BENCH_BATCH=$batch BERTLINE_BENCH_STEPS=$steps
 
 say() { echo "gpu_check: $*" >&2; }
 
@@ -95,7 +96,7 @@ ldd "$bundle/bin/hf_parity" | grep -E 'cuda|cublas|nvrtc' >&2
 
 run_json cuda_one_step_matches_cpu 100 \
     "$bundle/bin/hf_parity" --ignored --exact cuda_one_step_matches_cpu --nocapture --test-threads 1
-BERTLINE_BENCH_BATCH=$batch BERTLINE_BENCH_STEPS=$steps run_json cuda_bert_base_throughput 150 \
+run_json cuda_bert_base_throughput 150 \
     "$bundle/bin/hf_parity" --ignored --exact cuda_bert_base_throughput --nocapture --test-threads 1
 
 # The stage binary's own benchmark (BERT-mini, batch 32, seq 128) on the GPU, as one JSON line.
