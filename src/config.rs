@@ -522,12 +522,17 @@ pub fn load_config(path: &Path, profile: &str) -> Result<LoadedConfig> {
             path.display()
         ))
     })?;
-    let config = parse_config(&text, profile).map_err(|msg| {
-        Error::Config(format!("{}: {msg}", path.display()))
-    })?;
+    let config = parse_config(&text, profile)
+        .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))?;
     let root = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     Ok(LoadedConfig {
@@ -548,8 +553,8 @@ pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineCo
         Some(_) => return Err("`profiles` must be a table of tables".into()),
     };
     // Validate the base document with spans, so unknown keys get a line number.
-    let base: PipelineConfig = toml::from_str(&strip_profiles(text))
-        .map_err(|e| one_line_toml_error(&e, text))?;
+    let base: PipelineConfig =
+        toml::from_str(&strip_profiles(text)).map_err(|e| one_line_toml_error(&e, text))?;
     if profile == "default" {
         validate(&base)?;
         return Ok(base);
@@ -644,7 +649,12 @@ fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
             c.vocab.vocab_size, c.model.vocab_size
         ));
     }
-    if c.model.hidden_size % c.model.num_attention_heads != 0 {
+    if c.model.num_attention_heads == 0
+        || !c
+            .model
+            .hidden_size
+            .is_multiple_of(c.model.num_attention_heads)
+    {
         return Err(format!(
             "model.hidden_size = {} is not a multiple of model.num_attention_heads = {}",
             c.model.hidden_size, c.model.num_attention_heads
@@ -672,7 +682,11 @@ fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
         return Err("pairs.dupe_factor must be at least 1".into());
     }
     if c.pretrain.train_batch_size == 0
-        || c.pretrain.train_batch_size % c.pretrain.gradient_accumulation_steps != 0
+        || c.pretrain.gradient_accumulation_steps == 0
+        || !c
+            .pretrain
+            .train_batch_size
+            .is_multiple_of(c.pretrain.gradient_accumulation_steps)
     {
         return Err(
             "pretrain.train_batch_size must be a positive multiple of gradient_accumulation_steps"

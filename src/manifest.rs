@@ -114,7 +114,9 @@ pub struct Manifest {
 
 impl std::fmt::Debug for Manifest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manifest").field("run_dir", &self.run_dir).finish()
+        f.debug_struct("Manifest")
+            .field("run_dir", &self.run_dir)
+            .finish()
     }
 }
 
@@ -124,11 +126,23 @@ impl Manifest {
     pub fn open(run_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         let path = run_dir.join("manifest.sled");
-        let db = sled::Config::new()
-            .path(&path)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| open_error(&path, e))?;
+        // sled's background flusher lets go of the file lock a moment after the last handle
+        // is dropped: retry briefly so a stage started right after another one succeeds.
+        let mut attempt = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(&path)
+                .mode(sled::Mode::LowSpace)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if attempt < 20 && is_lock_error(&e) => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(open_error(&path, e)),
+            }
+        };
         Ok(Manifest {
             db,
             run_dir: run_dir.to_path_buf(),
@@ -166,7 +180,9 @@ impl Manifest {
         let artifacts = self.tree("artifacts")?;
         if let Some(old) = self.stage(&record.stage)? {
             for a in &old.artifacts {
-                artifacts.remove(a.id.as_bytes()).map_err(|e| self.db_error(e))?;
+                artifacts
+                    .remove(a.id.as_bytes())
+                    .map_err(|e| self.db_error(e))?;
             }
         }
         for a in &record.artifacts {
@@ -191,7 +207,9 @@ impl Manifest {
         if let Some(old) = self.stage(stage)? {
             let artifacts = self.tree("artifacts")?;
             for a in &old.artifacts {
-                artifacts.remove(a.id.as_bytes()).map_err(|e| self.db_error(e))?;
+                artifacts
+                    .remove(a.id.as_bytes())
+                    .map_err(|e| self.db_error(e))?;
             }
         }
         self.tree("stages")?
@@ -245,9 +263,14 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Manifest(format!("cannot encode record: {e}")))
 }
 
+fn is_lock_error(e: &sled::Error) -> bool {
+    let text = e.to_string();
+    text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable")
+}
+
 fn open_error(path: &Path, e: sled::Error) -> Error {
     let text = e.to_string();
-    if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
+    if is_lock_error(&e) {
         Error::Manifest(format!(
             "{}: in use by another bertline process; wait for it to finish (or stop it) and run again",
             path.display()

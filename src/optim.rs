@@ -61,7 +61,9 @@ impl ParamGrads {
             debug_assert!(self.names.contains(name));
             scratch.resize(p.len(), 0.0);
             p.grad_into(grads, scratch);
-            acc.par_iter_mut().zip(scratch.par_iter()).for_each(|(a, g)| *a += g);
+            acc.par_iter_mut()
+                .zip(scratch.par_iter())
+                .for_each(|(a, g)| *a += g);
         }
     }
 
@@ -78,9 +80,14 @@ impl ParamGrads {
             *self = other;
             return;
         }
-        assert_eq!(self.names, other.names, "accumulating gradients of another model");
+        assert_eq!(
+            self.names, other.names,
+            "accumulating gradients of another model"
+        );
         for (acc, g) in self.values.iter_mut().zip(other.values) {
-            acc.par_iter_mut().zip(g.par_iter()).for_each(|(a, b)| *a += b);
+            acc.par_iter_mut()
+                .zip(g.par_iter())
+                .for_each(|(a, b)| *a += b);
         }
     }
 
@@ -228,7 +235,9 @@ impl AdamW {
         let bias_correction1 = 1.0 - c.beta1.powi(t);
         let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = (lr / bias_correction1) as f32;
-        let (beta1, beta2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        // 1 − β in f64 first: `1.0 − 0.999f32` is 1.3e-5 off in relative terms.
+        let (beta2, eps) = (c.beta2 as f32, c.eps as f32);
+        let (one_minus_beta1, one_minus_beta2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let bc2_sqrt = bias_correction2_sqrt as f32;
         for ((name, mut param), (grad_name, grad)) in model
             .named_parameters_mut()
@@ -255,8 +264,8 @@ impl AdamW {
                 .zip(grad.par_iter())
                 .for_each(|(((p, m), v), &g)| {
                     *p *= decay;
-                    *m += (1.0 - beta1) * (g - *m);
-                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *m += one_minus_beta1 * (g - *m);
+                    *v = beta2 * *v + one_minus_beta2 * g * g;
                     let denom = v.sqrt() / bc2_sqrt + eps;
                     *p -= step_size * *m / denom;
                 });
@@ -341,6 +350,106 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Vector;
+    use dfdx::tensor::{Cpu, TensorFromVec};
+
+    /// A two-parameter "model": a decayed weight and an undecayed bias.
+    struct Toy<D: Device<f32>> {
+        weight: Vector<D>,
+        bias: Vector<D>,
+    }
+    crate::model::hf_params!(Toy { "weight" => weight, "bias" => bias });
+
+    fn toy(dev: &Cpu) -> Toy<Cpu> {
+        Toy {
+            weight: dev.tensor_from_vec(vec![1.0, -2.0], (2,)),
+            bias: dev.tensor_from_vec(vec![0.5], (1,)),
+        }
+    }
+
+    fn toy_grads() -> ParamGrads {
+        ParamGrads {
+            names: vec!["weight".into(), "bias".into()],
+            values: vec![vec![0.5, -1.0], vec![0.2]],
+        }
+    }
+
+    const ADAM: AdamWConfig = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+    };
+
+    #[test]
+    fn adamw_matches_hand_computed_steps() {
+        let dev = Cpu::default();
+        let mut model = toy(&dev);
+        let mut opt = AdamW::new(ADAM);
+        // Step 1, weight[0]: p = 1·(1 − 0.1·0.01) = 0.999; m = 0.05; v = 0.00025;
+        // lr/(1 − 0.9) = 1; denom = sqrt(0.00025)/sqrt(0.001) + 1e-6 = 0.500001;
+        // p = 0.999 − 0.05/0.500001 = 0.8990002. The bias is not decayed: 0.5 − 0.0999995.
+        opt.update(&mut model, &toy_grads(), 0.1);
+        let close =
+            |a: &[f32], b: &[f64]| a.iter().zip(b).all(|(x, y)| (*x as f64 - y).abs() < 1e-6);
+        assert!(
+            close(&model.weight.as_vec(), &[0.8990002, -1.8980001]),
+            "{:?}",
+            model.weight.as_vec()
+        );
+        assert!(
+            close(&model.bias.as_vec(), &[0.4000005]),
+            "{:?}",
+            model.bias.as_vec()
+        );
+        // Step 2 (same gradients; torch.optim.AdamW's formula evaluated in f64).
+        opt.update(&mut model, &toy_grads(), 0.1);
+        assert!(
+            close(&model.weight.as_vec(), &[0.7981014, -1.7961022]),
+            "{:?}",
+            model.weight.as_vec()
+        );
+        assert!(
+            close(&model.bias.as_vec(), &[0.3000010]),
+            "{:?}",
+            model.bias.as_vec()
+        );
+        assert_eq!(opt.step, 2);
+    }
+
+    #[test]
+    fn adamw_state_saves_and_loads_bit_exactly() {
+        let dev = Cpu::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optim.safetensors");
+        let mut a = toy(&dev);
+        let mut opt = AdamW::new(ADAM);
+        opt.update(&mut a, &toy_grads(), 0.1);
+        opt.save(&path).unwrap();
+        let mut loaded = AdamW::load(&path, ADAM, &a).unwrap();
+        assert_eq!(loaded.step, 1);
+        let mut b = toy(&dev);
+        b.weight.copy_from(&a.weight.as_vec());
+        b.bias.copy_from(&a.bias.as_vec());
+        opt.update(&mut a, &toy_grads(), 0.05);
+        loaded.update(&mut b, &toy_grads(), 0.05);
+        assert_eq!(a.weight.as_vec(), b.weight.as_vec());
+        assert_eq!(a.bias.as_vec(), b.bias.as_vec());
+
+        // A state for another model is an error naming the file and the key.
+        struct Other<D: Device<f32>> {
+            other: Vector<D>,
+        }
+        crate::model::hf_params!(Other { "other" => other });
+        let other = Other {
+            other: dev.tensor_from_vec(vec![0.0], (1,)),
+        };
+        let err = AdamW::load(&path, ADAM, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("optim.safetensors") && err.contains("other.exp_avg"),
+            "{err}"
+        );
+    }
 
     fn cfg(warmup: usize, total: usize) -> PretrainConfig {
         let mut c: PretrainConfig = toml::from_str(

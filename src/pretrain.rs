@@ -70,7 +70,13 @@ pub fn read_checked_shard(path: &Path, expect: ShardExpect) -> Result<InstanceSh
             ),
         ));
     }
-    let max_id = shard.input_ids.iter().chain(&shard.masked_lm_ids).max().copied().unwrap_or(0);
+    let max_id = shard
+        .input_ids
+        .iter()
+        .chain(&shard.masked_lm_ids)
+        .max()
+        .copied()
+        .unwrap_or(0);
     if max_id as usize >= expect.vocab_size {
         return Err(Error::shard(
             path,
@@ -81,8 +87,15 @@ pub fn read_checked_shard(path: &Path, expect: ShardExpect) -> Result<InstanceSh
             ),
         ));
     }
-    if shard.masked_lm_positions.iter().any(|&p| p as usize >= shard.seq_len) {
-        return Err(Error::shard(path, "a masked position lies outside its row: rerun `just stage mask`"));
+    if shard
+        .masked_lm_positions
+        .iter()
+        .any(|&p| p as usize >= shard.seq_len)
+    {
+        return Err(Error::shard(
+            path,
+            "a masked position lies outside its row: rerun `just stage mask`",
+        ));
     }
     Ok(shard)
 }
@@ -123,9 +136,16 @@ pub struct InstanceStream {
 
 impl InstanceStream {
     /// A stream at its start.
-    pub fn new(shards: Vec<PathBuf>, capacity: usize, seed: u64, expect: ShardExpect) -> Result<Self> {
+    pub fn new(
+        shards: Vec<PathBuf>,
+        capacity: usize,
+        seed: u64,
+        expect: ShardExpect,
+    ) -> Result<Self> {
         if shards.is_empty() {
-            return Err(Error::Stage("no training shards: rerun `just stage mask`".into()));
+            return Err(Error::Stage(
+                "no training shards: rerun `just stage mask`".into(),
+            ));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let order = shuffled_order(shards.len(), &mut rng);
@@ -143,16 +163,27 @@ impl InstanceStream {
     }
 
     /// A stream continuing from `state` (saved by [`InstanceStream::state`]).
-    pub fn resume(shards: Vec<PathBuf>, capacity: usize, state: StreamState, expect: ShardExpect) -> Result<Self> {
+    pub fn resume(
+        shards: Vec<PathBuf>,
+        capacity: usize,
+        state: StreamState,
+        expect: ShardExpect,
+    ) -> Result<Self> {
         let word_pos: u128 = state
             .rng_word_pos
             .parse()
             .map_err(|_| Error::Stage("stream state has no rng position".into()))?;
         let mut rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
         rng.set_word_pos(word_pos);
-        let referenced = state.buffer.iter().map(|r| r.0).chain(state.cursor.map(|c| c.0));
+        let referenced = state
+            .buffer
+            .iter()
+            .map(|r| r.0)
+            .chain(state.cursor.map(|c| c.0));
         if referenced.clone().any(|s| s as usize >= shards.len()) {
-            return Err(Error::Stage("stream state names a shard that no longer exists".into()));
+            return Err(Error::Stage(
+                "stream state names a shard that no longer exists".into(),
+            ));
         }
         let mut stream = InstanceStream {
             shards,
@@ -162,7 +193,14 @@ impl InstanceStream {
             state,
             loaded: BTreeMap::new(),
         };
-        for s in stream.state.buffer.iter().map(|r| r.0).chain(stream.state.cursor.map(|c| c.0)).collect::<Vec<_>>() {
+        for s in stream
+            .state
+            .buffer
+            .iter()
+            .map(|r| r.0)
+            .chain(stream.state.cursor.map(|c| c.0))
+            .collect::<Vec<_>>()
+        {
             stream.shard(s)?;
         }
         Ok(stream)
@@ -180,7 +218,9 @@ impl InstanceStream {
             let (s, row) = self.next_instance()?;
             rows.push((self.shard(s)?, row as usize));
         }
-        Ok(MaskedLmBatch::from_rows(rows.iter().map(|(s, r)| (s.as_ref(), *r))))
+        Ok(MaskedLmBatch::from_rows(
+            rows.iter().map(|(s, r)| (s.as_ref(), *r)),
+        ))
     }
 
     /// The next `(shard, row)`.
@@ -272,7 +312,9 @@ pub fn read_eval_batches(
         for r in 0..shard.rows {
             rows.push((shard.clone(), r));
             if rows.len() == batch_size {
-                out.push(MaskedLmBatch::from_rows(rows.iter().map(|(s, r)| (s.as_ref(), *r))));
+                out.push(MaskedLmBatch::from_rows(
+                    rows.iter().map(|(s, r)| (s.as_ref(), *r)),
+                ));
                 rows.clear();
                 if out.len() == batches {
                     return Ok(out);
@@ -281,7 +323,9 @@ pub fn read_eval_batches(
         }
     }
     if !rows.is_empty() && out.len() < batches {
-        out.push(MaskedLmBatch::from_rows(rows.iter().map(|(s, r)| (s.as_ref(), *r))));
+        out.push(MaskedLmBatch::from_rows(
+            rows.iter().map(|(s, r)| (s.as_ref(), *r)),
+        ));
     }
     Ok(out)
 }
@@ -380,7 +424,8 @@ impl<D: Device<f32>> Trainer<D> {
     /// A fresh model initialised from `seed` (HF `_init_weights`), step 0.
     pub fn new(model_config: &BertConfig, config: &PretrainConfig, seed: u64, device: &D) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let model = BertForPreTraining::new(model_config, &mut init(model_config, device, &mut rng));
+        let model =
+            BertForPreTraining::new(model_config, &mut init(model_config, device, &mut rng));
         Trainer {
             model,
             optimizer: AdamW::new(AdamWConfig::from_pretrain(config)),
@@ -400,18 +445,35 @@ impl<D: Device<f32>> Trainer<D> {
     pub fn train_step(&mut self, batch: &MaskedLmBatch, lr: f64) -> Result<StepStats> {
         let accumulation = self.config.gradient_accumulation_steps.max(1);
         let micro = batch.batch.div_ceil(accumulation);
-        let device = self.model.bert.embeddings.word_embeddings.weight.device().clone();
+        let device = self
+            .model
+            .bert
+            .embeddings
+            .word_embeddings
+            .weight
+            .device()
+            .clone();
         self.grads.zero();
         let mut stats = StepStats::default();
+        let mut seconds = [0.0f64; 4]; // forward, backward, gradient copy, update
         for (i, start) in (0..batch.batch).step_by(micro.max(1)).enumerate() {
+            let t = Instant::now();
             let part = batch.slice(start..(start + micro).min(batch.batch));
             let mut mode = Mode::train(dropout_seed(self.seed, self.step, i));
             let inputs = part.inputs(&device);
-            let out = self.model.loss_on::<TrainTape<D>>(&inputs, &part, &mut mode);
+            let out = self
+                .model
+                .loss_on::<TrainTape<D>>(&inputs, &part, &mut mode);
             let loss = out.loss * (1.0 / accumulation as f32);
+            seconds[0] += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let mut g = loss.backward();
-            self.grads.add_gradients(&self.model, &mut g, &mut self.scratch);
+            seconds[1] += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            self.grads
+                .add_gradients(&self.model, &mut g, &mut self.scratch);
             drop(g);
+            seconds[2] += t.elapsed().as_secs_f64();
             let total = out.mlm_loss as f64 + out.nsp_loss as f64;
             if !total.is_finite() {
                 return Err(Error::Model(format!(
@@ -429,8 +491,18 @@ impl<D: Device<f32>> Trainer<D> {
             stats.nsp_count += out.nsp_count as f64;
             stats.tokens += part.num_tokens() as u64;
         }
+        let t = Instant::now();
         stats.grad_norm = clip_grad_norm(&mut self.grads, self.config.max_grad_norm);
         self.optimizer.update(&mut self.model, &self.grads, lr);
+        seconds[3] = t.elapsed().as_secs_f64();
+        tracing::debug!(
+            step = self.step,
+            forward = seconds[0],
+            backward = seconds[1],
+            gradient_copy = seconds[2],
+            update = seconds[3],
+            "step seconds"
+        );
         self.step += 1;
         Ok(stats)
     }
@@ -449,7 +521,10 @@ pub fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
 
 /// Loss and accuracies of `model` over `batches` in evaluation mode. The MLM loss is the
 /// weighted mean over all masked positions of all batches (so `exp` of it is a perplexity).
-pub fn estimate_loss<D: Device<f32>>(model: &BertForPreTraining<D>, batches: &[MaskedLmBatch]) -> StepStats {
+pub fn estimate_loss<D: Device<f32>>(
+    model: &BertForPreTraining<D>,
+    batches: &[MaskedLmBatch],
+) -> StepStats {
     let mut stats = StepStats::default();
     let mut mlm_sum = 0.0;
     let mut nsp_sum = 0.0;
@@ -521,7 +596,11 @@ pub fn save_checkpoint<D: Device<f32>>(
     extra_files: &[PathBuf],
 ) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(dir, trainer.step);
-    let tmp = dir.join(format!(".tmp-{CHECKPOINT_PREFIX}{:07}-{}", trainer.step, std::process::id()));
+    let tmp = dir.join(format!(
+        ".tmp-{CHECKPOINT_PREFIX}{:07}-{}",
+        trainer.step,
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).at(&tmp)?;
     export::save_pretraining(&trainer.model, &trainer.model_config, &tmp)?;
@@ -536,7 +615,9 @@ pub fn save_checkpoint<D: Device<f32>>(
     };
     durable::write_json(&tmp.join(STATE_FILE), &state)?;
     for f in extra_files {
-        let name = f.file_name().ok_or_else(|| Error::Stage(format!("{}: not a file", f.display())))?;
+        let name = f
+            .file_name()
+            .ok_or_else(|| Error::Stage(format!("{}: not a file", f.display())))?;
         durable::copy_file(f, &tmp.join(name))?;
     }
     if final_dir.exists() {
@@ -577,13 +658,23 @@ pub fn load_checkpoint<D: Device<f32>>(
     }
     let (model, saved_config) = export::load_pretraining(dir, device)?;
     if saved_config != *model_config {
-        return Err(Error::checkpoint(dir.join(CONFIG_FILE), "does not match [model] in pipeline.toml"));
+        return Err(Error::checkpoint(
+            dir.join(CONFIG_FILE),
+            "does not match [model] in pipeline.toml",
+        ));
     }
-    let optimizer = AdamW::load(&dir.join(OPTIM_FILE), AdamWConfig::from_pretrain(config), &model)?;
+    let optimizer = AdamW::load(
+        &dir.join(OPTIM_FILE),
+        AdamWConfig::from_pretrain(config),
+        &model,
+    )?;
     if optimizer.step as usize != state.step {
         return Err(Error::checkpoint(
             dir.join(OPTIM_FILE),
-            format!("optimizer at step {} but state.json at step {}", optimizer.step, state.step),
+            format!(
+                "optimizer at step {} but state.json at step {}",
+                optimizer.step, state.step
+            ),
         ));
     }
     let trainer = Trainer {
@@ -632,7 +723,10 @@ impl MetricsLog {
             text.push('\n');
         }
         durable::write_bytes(path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).at(path)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .at(path)?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
@@ -651,7 +745,13 @@ impl MetricsLog {
     }
 }
 
-fn train_row(step: usize, s: &StepStats, lr: f64, tokens_per_s: f64, elapsed_s: f64) -> serde_json::Value {
+fn train_row(
+    step: usize,
+    s: &StepStats,
+    lr: f64,
+    tokens_per_s: f64,
+    elapsed_s: f64,
+) -> serde_json::Value {
     serde_json::json!({
         "split": "train", "step": step, "loss": s.loss, "mlm_loss": s.mlm_loss,
         "nsp_loss": s.nsp_loss, "mlm_accuracy": s.mlm_accuracy(), "nsp_accuracy": s.nsp_accuracy(),
@@ -717,12 +817,16 @@ pub struct TrainSummary {
 }
 
 fn every(step: usize, n: usize) -> bool {
-    n > 0 && step % n == 0
+    n > 0 && step.is_multiple_of(n)
 }
 
 /// Pre-trains BERT as configured by `job` on `device`, resuming from the newest checkpoint
 /// in `job.work_dir` if there is one.
-pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progress) -> Result<TrainSummary> {
+pub fn train<D: Device<f32>>(
+    job: &PretrainJob,
+    device: &D,
+    progress: &dyn Progress,
+) -> Result<TrainSummary> {
     let cfg = &job.config;
     let expect = ShardExpect {
         seq_len: job.seq_len,
@@ -733,14 +837,27 @@ pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progr
     let (mut trainer, mut stream) = match list_checkpoints(&job.work_dir)?.pop() {
         Some(dir) => {
             let (trainer, state) = load_checkpoint(&dir, &job.model_config, cfg, device)?;
-            let stream = InstanceStream::resume(job.train_shards.clone(), cfg.shuffle_buffer, state.data, expect)?;
+            let stream = InstanceStream::resume(
+                job.train_shards.clone(),
+                cfg.shuffle_buffer,
+                state.data,
+                expect,
+            )?;
             tracing::info!(step = trainer.step, dir = %dir.display(), "resuming");
             (trainer, stream)
         }
         None => {
             let data_seed = crate::stage::derive_seed(job.seed, "pretrain-data", &[]);
-            let stream = InstanceStream::new(job.train_shards.clone(), cfg.shuffle_buffer, data_seed, expect)?;
-            (Trainer::new(&job.model_config, cfg, job.seed, device), stream)
+            let stream = InstanceStream::new(
+                job.train_shards.clone(),
+                cfg.shuffle_buffer,
+                data_seed,
+                expect,
+            )?;
+            (
+                Trainer::new(&job.model_config, cfg, job.seed, device),
+                stream,
+            )
         }
     };
     let resumed_from = trainer.step;
@@ -772,16 +889,28 @@ pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progr
         let lr = lr_at(step, cfg);
 
         // evaluate on the held-out split and write checkpoints
-        if fresh_here && step > 0 && (every(step, cfg.eval_every_steps) || last) && !job.eval_batches.is_empty() {
+        if fresh_here
+            && step > 0
+            && (every(step, cfg.eval_every_steps) || last)
+            && !job.eval_batches.is_empty()
+        {
             let eval = trainer.evaluate(&job.eval_batches);
             metrics.write(&eval_row("eval", step, &eval))?;
-            if trainer.best_eval_loss.map_or(true, |b| eval.loss < b) {
+            if trainer.best_eval_loss.is_none_or(|b| eval.loss < b) {
                 trainer.best_eval_loss = Some(eval.loss);
             }
             summary.eval = Some(eval);
         }
-        if fresh_here && step > 0 && (every(step, cfg.save_checkpoints_steps) || last || job.stop_at == Some(step)) {
-            summary.checkpoint = Some(save_checkpoint(&job.work_dir, &trainer, &stream, &job.vocab_files)?);
+        if fresh_here
+            && step > 0
+            && (every(step, cfg.save_checkpoints_steps) || last || job.stop_at == Some(step))
+        {
+            summary.checkpoint = Some(save_checkpoint(
+                &job.work_dir,
+                &trainer,
+                &stream,
+                &job.vocab_files,
+            )?);
         }
 
         // termination conditions
@@ -802,7 +931,13 @@ pub fn train<D: Device<f32>>(job: &PretrainJob, device: &D, progress: &dyn Progr
             let mean = window.mean();
             let seconds = window_started.elapsed().as_secs_f64();
             let tokens_per_s = mean.tokens as f64 / seconds.max(1e-9);
-            metrics.write(&train_row(trainer.step, &mean, lr, tokens_per_s, started.elapsed().as_secs_f64()))?;
+            metrics.write(&train_row(
+                trainer.step,
+                &mean,
+                lr,
+                tokens_per_s,
+                started.elapsed().as_secs_f64(),
+            ))?;
             progress.message(&format!(
                 "loss {:.3} mlm {:.3} nsp {:.3} acc {:.3} lr {:.2e} {:.0} tok/s",
                 mean.loss,
@@ -866,17 +1001,21 @@ pub fn bench<D: Device<f32>>(
         ..Default::default()
     };
     for _ in 0..batch {
-        b.input_ids.extend((0..seq_len).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
-        b.token_type_ids.extend((0..seq_len).map(|i| (i >= seq_len / 2) as u32));
-        b.attention_mask.extend(std::iter::repeat(1).take(seq_len));
+        b.input_ids
+            .extend((0..seq_len).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
+        b.token_type_ids
+            .extend((0..seq_len).map(|i| (i >= seq_len / 2) as u32));
+        b.attention_mask.extend(std::iter::repeat_n(1, seq_len));
         let mut positions: Vec<u32> = rand::seq::index::sample(&mut rng, seq_len - 1, predictions)
             .into_iter()
             .map(|p| p as u32 + 1)
             .collect();
         positions.sort_unstable();
         b.masked_lm_positions.extend(positions);
-        b.masked_lm_ids.extend((0..predictions).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
-        b.masked_lm_weights.extend(std::iter::repeat(1.0).take(predictions));
+        b.masked_lm_ids
+            .extend((0..predictions).map(|_| rng.gen_range(5..model_config.vocab_size as u32)));
+        b.masked_lm_weights
+            .extend(std::iter::repeat_n(1.0, predictions));
         b.next_sentence_label.push(rng.gen_range(0..2));
     }
     let mut trainer = Trainer::new(model_config, config, 0, device);
@@ -948,7 +1087,11 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
 }
 
 /// [`run`], optionally stopping after step `stop_at` (checkpointed, not recorded).
-pub fn run_with(ctx: &StageCtx, progress: &dyn Progress, stop_at: Option<usize>) -> Result<Outcome> {
+pub fn run_with(
+    ctx: &StageCtx,
+    progress: &dyn Progress,
+    stop_at: Option<usize>,
+) -> Result<Outcome> {
     #[cfg(feature = "cuda")]
     {
         let device = dfdx::tensor::Cuda::try_build(0, ctx.seed(Stage::Pretrain, &[1]))
@@ -975,9 +1118,20 @@ pub fn run_on<D: Device<f32>>(
     let cfg = ctx.config();
     let model_config = cfg.model.clone();
     // Inputs first: every check fails before anything is written.
+    if !cfg.pretrain.phases.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: pretrain.phases (the 128-then-512 schedule) is not implemented; remove it to \
+             train one phase at pairs.max_seq_length",
+            ctx.loaded.path.display()
+        )));
+    }
     let (_, tokenizer_path) = crate::tokenize::load_stage_vocab(ctx)?;
     let vocab_record = ctx.upstream(Stage::Vocab)?;
-    let vocab_files: Vec<PathBuf> = vocab_record.artifacts.iter().map(|a| ctx.path_of(a)).collect();
+    let vocab_files: Vec<PathBuf> = vocab_record
+        .artifacts
+        .iter()
+        .map(|a| ctx.path_of(a))
+        .collect();
     let mask_record = ctx.upstream(Stage::Mask)?;
     let (train_shards, eval_shards) = mask_shards(ctx, &mask_record);
     let seq_len = cfg.pairs.max_seq_length;
@@ -988,7 +1142,12 @@ pub fn run_on<D: Device<f32>>(
     if let Some(first) = train_shards.first() {
         read_checked_shard(first, expect)?;
     }
-    let eval_batches = read_eval_batches(&eval_shards, cfg.pretrain.train_batch_size, cfg.pretrain.eval_batches, expect)?;
+    let eval_batches = read_eval_batches(
+        &eval_shards,
+        cfg.pretrain.train_batch_size,
+        cfg.pretrain.eval_batches,
+        expect,
+    )?;
     let heldout_batches = match &cfg.corpus.heldout {
         Some(h) => heldout_batches(&ctx.loaded.resolve(h), &tokenizer_path, cfg)?,
         None => Vec::new(),
@@ -1012,7 +1171,10 @@ pub fn run_on<D: Device<f32>>(
     let started = Instant::now();
     let summary = train(&job, device, progress)?;
     if !summary.finished {
-        tracing::info!(step = summary.step, "stopped before the end; rerun to resume");
+        tracing::info!(
+            step = summary.step,
+            "stopped before the end; rerun to resume"
+        );
         return Err(Error::Stage(format!(
             "pretrain stopped at step {} of {} (checkpointed in {}); rerun to resume",
             summary.step,
@@ -1067,11 +1229,136 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
     })
 }
 
-/// Held-out MLM batches: `path` (WikiText-2) tokenized, cut into `[CLS] ... [SEP]` rows of
-/// `max_seq_length`, 15% masked with a fixed seed, at most `eval_batches` batches.
-pub fn heldout_batches(path: &Path, tokenizer: &Path, cfg: &crate::config::PipelineConfig) -> Result<Vec<MaskedLmBatch>> {
-    let _ = (path, tokenizer, cfg);
-    Ok(Vec::new())
+/// Held-out MLM batches: `path` (WikiText-2) tokenized line by line, the ids cut into
+/// `[CLS] ... [SEP]` rows of `pairs.max_seq_length`, `mask.masked_lm_prob` of each row
+/// masked with a fixed seed, at most `pretrain.eval_batches` batches. NSP labels are 0 and
+/// meaningless here: only the MLM numbers of this split are reported.
+pub fn heldout_batches(
+    path: &Path,
+    tokenizer: &Path,
+    cfg: &crate::config::PipelineConfig,
+) -> Result<Vec<MaskedLmBatch>> {
+    let wp = crate::tokenize::WordPiece::from_file(tokenizer)?;
+    let text = crate::corpus::read_corpus(path)?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let ids: Vec<u32> = wp.encode_lines(&lines)?.into_iter().flatten().collect();
+    let seq_len = cfg.pairs.max_seq_length;
+    let rows_wanted = cfg.pretrain.eval_batches * cfg.pretrain.train_batch_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::stage::derive_seed(
+        cfg.run.random_seed,
+        "pretrain-heldout",
+        &[],
+    ));
+    let special = crate::tokenize::SPECIAL;
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(seq_len - 2).take(rows_wanted) {
+        let mut tokens = Vec::with_capacity(seq_len);
+        tokens.push(special.cls);
+        tokens.extend_from_slice(chunk);
+        tokens.push(special.sep);
+        rows.push(mask_heldout_row(tokens, cfg, wp.vocab_size(), &mut rng));
+    }
+    let shard = heldout_shard(&rows, seq_len, cfg.mask.max_predictions_per_seq);
+    let batches = (0..shard.rows)
+        .collect::<Vec<_>>()
+        .chunks(cfg.pretrain.train_batch_size)
+        .map(|chunk| MaskedLmBatch::from_rows(chunk.iter().map(|&r| (&shard, r))))
+        .collect();
+    Ok(batches)
+}
+
+/// Masks one held-out row as `create_masked_lm_predictions` does (BERT §3.1: 15% of the
+/// non-special tokens; of those 80% `[MASK]`, 10% random, 10% unchanged).
+fn mask_heldout_row(
+    tokens: Vec<u32>,
+    cfg: &crate::config::PipelineConfig,
+    vocab_size: usize,
+    rng: &mut ChaCha8Rng,
+) -> crate::shard::TrainingInstance {
+    use rand::seq::SliceRandom;
+    let special = crate::tokenize::SPECIAL;
+    let mut candidates: Vec<usize> = (1..tokens.len() - 1).collect();
+    candidates.shuffle(rng);
+    let wanted = ((tokens.len() as f64 * cfg.mask.masked_lm_prob).round() as usize)
+        .clamp(1, cfg.mask.max_predictions_per_seq);
+    let mut positions: Vec<usize> = candidates.into_iter().take(wanted).collect();
+    positions.sort_unstable();
+    let mut output = tokens.clone();
+    for &p in &positions {
+        output[p] = if rng.gen::<f64>() < 0.8 {
+            special.mask
+        } else if rng.gen::<f64>() < 0.5 {
+            tokens[p]
+        } else {
+            rng.gen_range(0..vocab_size as u32)
+        };
+    }
+    let len = tokens.len();
+    crate::shard::TrainingInstance {
+        tokens: output,
+        segment_ids: vec![0; len],
+        masked_lm_positions: positions.iter().map(|&p| p as u32).collect(),
+        masked_lm_labels: positions.iter().map(|&p| tokens[p]).collect(),
+        is_random_next: false,
+    }
+}
+
+/// Fixed-length rows of `instances`, as the mask stage writes them.
+pub fn heldout_shard(
+    instances: &[crate::shard::TrainingInstance],
+    seq_len: usize,
+    max_predictions: usize,
+) -> InstanceShard {
+    let mut shard = InstanceShard {
+        rows: instances.len(),
+        seq_len,
+        max_predictions,
+        ..Default::default()
+    };
+    for inst in instances {
+        let n = inst.tokens.len();
+        shard.input_ids.extend(
+            inst.tokens
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(seq_len),
+        );
+        shard.token_type_ids.extend(
+            inst.segment_ids
+                .iter()
+                .map(|&s| s as u32)
+                .chain(std::iter::repeat(0))
+                .take(seq_len),
+        );
+        shard
+            .attention_mask
+            .extend((0..seq_len).map(|i| (i < n) as u32));
+        let k = inst.masked_lm_positions.len();
+        shard.masked_lm_positions.extend(
+            inst.masked_lm_positions
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(max_predictions),
+        );
+        shard.masked_lm_ids.extend(
+            inst.masked_lm_labels
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0))
+                .take(max_predictions),
+        );
+        shard
+            .masked_lm_weights
+            .extend((0..max_predictions).map(|i| if i < k { 1.0 } else { 0.0 }));
+        shard.next_sentence_label.push(inst.is_random_next as u32);
+    }
+    shard
 }
 
 /// BERT-mini (4 layers, hidden 256, 4 heads, intermediate 1024, vocab 8192), sequence 128,
@@ -1093,14 +1380,26 @@ pub fn bench_mini_config() -> (BertConfig, PretrainConfig) {
     (model, pretrain)
 }
 
-/// [`bench`] of [`bench_mini_config`] on the default device.
-pub fn bench_mini(steps: usize) -> Result<BenchReport> {
-    let (model, pretrain) = bench_mini_config();
+/// [`bench`] of `model` with `pretrain`'s batch size and sequence length `seq_len` on the
+/// default device (CUDA with the `cuda` feature, else the CPU with its buffer cache on).
+pub fn bench_default_device(
+    model: &BertConfig,
+    pretrain: &PretrainConfig,
+    seq_len: usize,
+    steps: usize,
+) -> Result<BenchReport> {
     #[cfg(feature = "cuda")]
     let device = dfdx::tensor::Cuda::try_build(0, 0)
         .map_err(|e| Error::Model(format!("cannot open CUDA device 0: {e:?}")))?;
     #[cfg(not(feature = "cuda"))]
     let device = dfdx::tensor::Cpu::default();
     dfdx::tensor::Cache::enable_cache(&device);
-    bench(&model, &pretrain, 32, 128, steps, &device)
+    bench(
+        model,
+        pretrain,
+        pretrain.train_batch_size,
+        seq_len,
+        steps,
+        &device,
+    )
 }

@@ -107,8 +107,18 @@ pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
     let n = pairs.len();
     let total_a: usize = pairs.iter().map(|p| p.tokens_a.len()).sum();
     let total_b: usize = pairs.iter().map(|p| p.tokens_b.len()).sum();
-    let mut a = ListPrimitiveChunkedBuilder::<Int32Type>::new("tokens_a".into(), n, total_a, DataType::Int32);
-    let mut b = ListPrimitiveChunkedBuilder::<Int32Type>::new("tokens_b".into(), n, total_b, DataType::Int32);
+    let mut a = ListPrimitiveChunkedBuilder::<Int32Type>::new(
+        "tokens_a".into(),
+        n,
+        total_a,
+        DataType::Int32,
+    );
+    let mut b = ListPrimitiveChunkedBuilder::<Int32Type>::new(
+        "tokens_b".into(),
+        n,
+        total_b,
+        DataType::Int32,
+    );
     let mut buf = Vec::new();
     for p in pairs {
         buf.clear();
@@ -118,7 +128,10 @@ pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
         buf.extend(p.tokens_b.iter().map(|&t| t as i32));
         b.append_slice(&buf);
     }
-    let random: BooleanChunked = pairs.iter().map(|p| p.is_random_next).collect_ca("is_random_next".into());
+    let random: BooleanChunked = pairs
+        .iter()
+        .map(|p| p.is_random_next)
+        .collect_ca("is_random_next".into());
     let df = DataFrame::new(
         n,
         vec![
@@ -141,7 +154,10 @@ pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
         .and_then(|c| c.bool().cloned())
         .map_err(|e| schema_error(path, "is_random_next", e))?;
     if random.null_count() > 0 {
-        return Err(Error::shard(path, "column `is_random_next` has nulls; rerun the `pairs` stage"));
+        return Err(Error::shard(
+            path,
+            "column `is_random_next` has nulls; rerun the `pairs` stage",
+        ));
     }
     Ok(a.into_iter()
         .zip(b)
@@ -164,10 +180,20 @@ pub fn write_instances(
 ) -> Result<ShardInfo> {
     let n = instances.len();
     let seq_col = |name: &str| {
-        ListPrimitiveChunkedBuilder::<Int32Type>::new(name.into(), n, n * max_seq_length, DataType::Int32)
+        ListPrimitiveChunkedBuilder::<Int32Type>::new(
+            name.into(),
+            n,
+            n * max_seq_length,
+            DataType::Int32,
+        )
     };
     let pred_col = |name: &str| {
-        ListPrimitiveChunkedBuilder::<Int32Type>::new(name.into(), n, n * max_predictions, DataType::Int32)
+        ListPrimitiveChunkedBuilder::<Int32Type>::new(
+            name.into(),
+            n,
+            n * max_predictions,
+            DataType::Int32,
+        )
     };
     let mut input_ids = seq_col("input_ids");
     let mut token_type_ids = seq_col("token_type_ids");
@@ -258,9 +284,13 @@ pub fn read_instances(path: &Path) -> Result<InstanceShard> {
             c.iter().map(|v| v.unwrap_or(0) as u32).collect()
         },
     };
-    let seq_ok = [&shard.input_ids, &shard.token_type_ids, &shard.attention_mask]
-        .iter()
-        .all(|v| v.len() == rows * seq_len);
+    let seq_ok = [
+        &shard.input_ids,
+        &shard.token_type_ids,
+        &shard.attention_mask,
+    ]
+    .iter()
+    .all(|v| v.len() == rows * seq_len);
     let pred_ok = shard.masked_lm_ids.len() == rows * max_predictions
         && shard.masked_lm_weights.len() == rows * max_predictions;
     if !seq_ok || !pred_ok || input_ids_len_mismatch(&df, seq_len) {
@@ -301,7 +331,11 @@ pub fn write_frame(path: &Path, mut df: DataFrame) -> Result<ShardInfo> {
             .map_err(|e| Error::shard(path, format!("cannot write Parquet: {e}")))
     })?;
     let (blake3, bytes) = durable::hash_file(path)?;
-    Ok(ShardInfo { rows, bytes, blake3 })
+    Ok(ShardInfo {
+        rows,
+        bytes,
+        blake3,
+    })
 }
 
 /// Reads a Parquet shard and checks it has `columns`; any failure names the file.
@@ -325,7 +359,10 @@ pub fn read_frame(path: &Path, columns: &[&str]) -> Result<DataFrame> {
 }
 
 fn schema_error(path: &Path, col: &str, e: PolarsError) -> Error {
-    Error::shard(path, format!("column `{col}` has the wrong type ({e}); rerun the stage with --force"))
+    Error::shard(
+        path,
+        format!("column `{col}` has the wrong type ({e}); rerun the stage with --force"),
+    )
 }
 
 /// The values of a list column, concatenated row after row.
@@ -346,9 +383,16 @@ where
 
 type RowSlice<N> = (std::sync::Arc<Vec<N>>, std::ops::Range<usize>);
 
-fn list_ranges<T: PolarsNumericType>(path: &Path, ca: &ListChunked, col: &str) -> Result<Vec<RowSlice<T::Native>>> {
+fn list_ranges<T: PolarsNumericType>(
+    path: &Path,
+    ca: &ListChunked,
+    col: &str,
+) -> Result<Vec<RowSlice<T::Native>>> {
     if ca.null_count() > 0 {
-        return Err(Error::shard(path, format!("column `{col}` has nulls; rerun the stage with --force")));
+        return Err(Error::shard(
+            path,
+            format!("column `{col}` has nulls; rerun the stage with --force"),
+        ));
     }
     let mut rows = Vec::with_capacity(ca.len());
     for arr in ca.downcast_iter() {

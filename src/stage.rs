@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use crate::config::{load_config, LoadedConfig, PipelineConfig};
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{code_version, ArtifactRecord, InputRef, Manifest, StageRecord, SCHEMA_VERSION};
+use crate::manifest::{
+    code_version, ArtifactRecord, InputRef, Manifest, StageRecord, SCHEMA_VERSION,
+};
 
 /// The six stages, in pipeline order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,7 +91,9 @@ impl Stage {
         let seed = cfg.run.random_seed;
         match self {
             Stage::Vocab => json!({ "corpus": cfg.corpus.input, "vocab": cfg.vocab }),
-            Stage::Pairs => json!({ "corpus": cfg.corpus.input, "pairs": cfg.pairs, "random_seed": seed }),
+            Stage::Pairs => {
+                json!({ "corpus": cfg.corpus.input, "pairs": cfg.pairs, "random_seed": seed })
+            }
             Stage::Mask => json!({
                 "mask": cfg.mask,
                 "max_seq_length": cfg.pairs.max_seq_length,
@@ -101,7 +105,9 @@ impl Stage {
                 "heldout": cfg.corpus.heldout,
                 "random_seed": seed,
             }),
-            Stage::Finetune => json!({ "finetune": cfg.finetune, "model": cfg.model, "random_seed": seed }),
+            Stage::Finetune => {
+                json!({ "finetune": cfg.finetune, "model": cfg.model, "random_seed": seed })
+            }
             Stage::Report => json!({ "report": cfg.report }),
         }
     }
@@ -144,7 +150,12 @@ pub fn corpus_files(loaded: &LoadedConfig) -> Result<Vec<PathBuf>> {
     for pattern in &loaded.config.corpus.input {
         let full = loaded.resolve(pattern);
         let matches: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
-            .map_err(|e| Error::Config(format!("{}: corpus.input pattern `{pattern}` is not a valid glob ({e})", loaded.path.display())))?
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{}: corpus.input pattern `{pattern}` is not a valid glob ({e})",
+                    loaded.path.display()
+                ))
+            })?
             .filter_map(|p| p.ok())
             .filter(|p| p.is_file())
             .collect();
@@ -181,11 +192,27 @@ pub fn glue_folder(task: &str) -> Option<&'static str> {
 fn finetune_files(loaded: &LoadedConfig) -> Vec<PathBuf> {
     let ft = &loaded.config.finetune;
     let mut files = Vec::new();
+    // An HF-format directory as the starting point is an input like any file.
+    if ft.init != "pretrained" && ft.init != "scratch" {
+        let dir = loaded.resolve(&ft.init);
+        for name in [
+            "config.json",
+            "model.safetensors",
+            "vocab.txt",
+            "tokenizer.json",
+        ] {
+            files.push(dir.join(name));
+        }
+    }
     for task in &ft.tasks {
         if let Some(folder) = glue_folder(task) {
             let dir = loaded.resolve(&ft.glue_dir).join(folder);
             if let Ok(rd) = std::fs::read_dir(&dir) {
-                files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()));
+                files.extend(
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .filter(|p| p.is_file()),
+                );
             }
         } else if task == "squad" {
             files.push(loaded.resolve(&ft.squad.dev_file));
@@ -281,7 +308,9 @@ impl StageCtx {
         let threads = loaded.config.run.threads;
         if threads > 0 {
             // Fails only if a pool already exists (tests): then the existing one is used.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
         }
         let manifest = Manifest::open(&loaded.run_dir())?;
         Ok(StageCtx {
@@ -363,12 +392,18 @@ impl StageCtx {
                 return Ok(Freshness::Stale(format!("artifact {} is gone", a.path)));
             };
             if meta.len() != a.bytes {
-                return Ok(Freshness::Stale(format!("artifact {} changed size on disk", a.path)));
+                return Ok(Freshness::Stale(format!(
+                    "artifact {} changed size on disk",
+                    a.path
+                )));
             }
             if self.options.verify {
                 let (hash, _) = durable::hash_file(&path)?;
                 if hash != a.blake3 {
-                    return Ok(Freshness::Stale(format!("artifact {} changed on disk", a.path)));
+                    return Ok(Freshness::Stale(format!(
+                        "artifact {} changed on disk",
+                        a.path
+                    )));
                 }
             }
         }
@@ -390,7 +425,9 @@ impl StageCtx {
         }
         for up in stage.upstream(self.config()) {
             let r = self.manifest.stage(up.name())?.ok_or_else(|| {
-                Error::Stage(format!("upstream stage `{up}` has not run; run `just stage {up}` first"))
+                Error::Stage(format!(
+                    "upstream stage `{up}` has not run; run `just stage {up}` first"
+                ))
             })?;
             inputs.extend(r.artifacts.iter().map(|a| InputRef {
                 id: a.id.clone(),
@@ -427,7 +464,10 @@ impl StageCtx {
             self.upstream(up)?;
         }
         if !self.options.force && self.freshness(stage)? == Freshness::Fresh {
-            let record = self.manifest.stage(stage.name())?.expect("fresh has record");
+            let record = self
+                .manifest
+                .stage(stage.name())?
+                .expect("fresh has record");
             return Ok(Begin::Skip(record));
         }
         let placeholder = StageRecord {
@@ -445,10 +485,11 @@ impl StageCtx {
             finished_at: 0.0,
         };
         let expected = self.expected(stage, &placeholder)?;
-        let staging = self
-            .run_dir()
-            .join(".staging")
-            .join(format!("{}-{}", stage.name(), std::process::id()));
+        let staging = self.run_dir().join(".staging").join(format!(
+            "{}-{}",
+            stage.name(),
+            std::process::id()
+        ));
         clear_stale_staging(&self.run_dir().join(".staging"), stage.name());
         std::fs::create_dir_all(&staging).at(&staging)?;
         Ok(Begin::Run(StageRun {
@@ -510,13 +551,25 @@ fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
             keys.dedup();
             keys.into_iter()
                 .flat_map(|k| {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    changed_keys(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &p)
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    changed_keys(
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                        &p,
+                    )
                 })
                 .collect()
         }
         (a, b) if a == b => vec![],
-        _ => vec![if prefix.is_empty() { "config".into() } else { prefix.to_string() }],
+        _ => vec![if prefix.is_empty() {
+            "config".into()
+        } else {
+            prefix.to_string()
+        }],
     }
 }
 
@@ -565,10 +618,11 @@ impl StageRun {
     /// A directory that survives a killed run with the same fingerprint (checkpoints to
     /// resume from). Removed by `just clean`.
     pub fn work_dir(&self, ctx: &StageCtx) -> Result<PathBuf> {
-        let dir = ctx
-            .run_dir()
-            .join(".work")
-            .join(format!("{}-{}", self.stage.name(), &self.fingerprint[..16]));
+        let dir = ctx.run_dir().join(".work").join(format!(
+            "{}-{}",
+            self.stage.name(),
+            &self.fingerprint[..16]
+        ));
         std::fs::create_dir_all(&dir).at(&dir)?;
         Ok(dir)
     }
@@ -606,10 +660,11 @@ impl StageRun {
         }
         let final_dir = ctx.run_dir().join(self.stage.name());
         if final_dir.exists() {
-            let trash = ctx
-                .run_dir()
-                .join(".staging")
-                .join(format!("trash-{}-{}", self.stage.name(), std::process::id()));
+            let trash = ctx.run_dir().join(".staging").join(format!(
+                "trash-{}-{}",
+                self.stage.name(),
+                std::process::id()
+            ));
             std::fs::rename(&final_dir, &trash).at(&final_dir)?;
             let _ = std::fs::remove_dir_all(&trash);
         }

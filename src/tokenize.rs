@@ -89,7 +89,10 @@ impl WordPiece {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<WordPiece> {
         let tokenizer = Tokenizer::from_file(path).map_err(|e| {
-            Error::data(path, format!("not a tokenizer.json ({e}); rerun `just stage vocab`"))
+            Error::data(
+                path,
+                format!("not a tokenizer.json ({e}); rerun `just stage vocab`"),
+            )
         })?;
         WordPiece::new(tokenizer, path)
     }
@@ -168,7 +171,12 @@ impl WordPiece {
 fn bert_tokenizer(lowercase: bool) -> Tokenizer {
     let mut tokenizer = Tokenizer::new(WordPieceModel::default());
     tokenizer
-        .with_normalizer(Some(BertNormalizer::new(true, true, Some(lowercase), lowercase)))
+        .with_normalizer(Some(BertNormalizer::new(
+            true,
+            true,
+            Some(lowercase),
+            lowercase,
+        )))
         .with_pre_tokenizer(Some(BertPreTokenizer))
         .with_post_processor(Some(BertProcessing::new(
             ("[SEP]".into(), SPECIAL.sep),
@@ -298,10 +306,11 @@ pub fn run_vocab(
 /// The vocabulary a finished `vocab` stage recorded.
 pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, std::path::PathBuf)> {
     let record = ctx.upstream(crate::stage::Stage::Vocab)?;
-    let art = record
-        .artifacts_of("tokenizer")
-        .next()
-        .ok_or_else(|| Error::Stage("the vocab stage recorded no tokenizer.json; rerun `just stage vocab --force`".into()))?;
+    let art = record.artifacts_of("tokenizer").next().ok_or_else(|| {
+        Error::Stage(
+            "the vocab stage recorded no tokenizer.json; rerun `just stage vocab --force`".into(),
+        )
+    })?;
     let path = ctx.path_of(art);
     let wp = WordPiece::from_file(&path)?;
     check_vocab_size(&wp, ctx.config().model.vocab_size, &path)?;

@@ -23,7 +23,11 @@ fn shipped_profiles_parse() {
 fn unknown_key_names_key_and_line() {
     let text = SHIPPED.replace("masked_lm_prob = 0.15", "masked_lm_prb = 0.15");
     let err = parse_config(&text, "default").unwrap_err();
-    let line = text.lines().position(|l| l.starts_with("masked_lm_prb")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("masked_lm_prb"))
+        .unwrap()
+        + 1;
     assert!(err.contains("masked_lm_prb"), "{err}");
     assert!(err.contains(&format!("line {line}")), "{err}");
     assert!(!err.contains('\n'));
@@ -31,17 +35,30 @@ fn unknown_key_names_key_and_line() {
 
 #[test]
 fn unknown_key_in_profile_names_line() {
-    let text = SHIPPED.replace("[profiles.tiny.model]\n", "[profiles.tiny.model]\nhiden_size = 3\n");
+    let text = SHIPPED.replace(
+        "[profiles.tiny.model]\n",
+        "[profiles.tiny.model]\nhiden_size = 3\n",
+    );
     let err = parse_config(&text, "tiny").unwrap_err();
-    let line = text.lines().position(|l| l.starts_with("hiden_size")).unwrap() + 1;
-    assert!(err.contains("hiden_size") && err.contains(&format!("line {line}")), "{err}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("hiden_size"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains("hiden_size") && err.contains(&format!("line {line}")),
+        "{err}"
+    );
 }
 
 #[test]
 fn mistyped_value_and_bad_toml() {
     let text = SHIPPED.replace("dupe_factor = 5 ", "dupe_factor = \"five\" ");
     let err = parse_config(&text, "default").unwrap_err();
-    assert!(err.contains("line") && err.contains("dupe_factor") || err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("line") && err.contains("dupe_factor") || err.contains("invalid type"),
+        "{err}"
+    );
     let err = parse_config("[run\ndir = 1", "default").unwrap_err();
     assert!(err.starts_with("line 1"), "{err}");
 }
@@ -50,11 +67,17 @@ fn mistyped_value_and_bad_toml() {
 fn vocab_model_mismatch_is_an_error() {
     let text = SHIPPED.replacen("vocab_size = 8192 ", "vocab_size = 9000 ", 1);
     let err = parse_config(&text, "default").unwrap_err();
-    assert!(err.contains("vocab.vocab_size = 9000") && err.contains("model.vocab_size = 8192"), "{err}");
+    assert!(
+        err.contains("vocab.vocab_size = 9000") && err.contains("model.vocab_size = 8192"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_profile_lists_known_ones() {
     let err = parse_config(SHIPPED, "huge").unwrap_err();
-    assert!(err.contains("default, tiny, base") || err.contains("tiny"), "{err}");
+    assert!(
+        err.contains("default, tiny, base") || err.contains("tiny"),
+        "{err}"
+    );
 }

@@ -113,7 +113,7 @@ impl<D: Device<f32>> BertInputs<D> {
     }
 }
 
-// modeling_bert.py#L167 (BertEmbeddings)
+// modeling_bert.py (v4.44.2): class BertEmbeddings
 /// Word, position and token type embeddings, summed, normalised and dropped out.
 #[derive(Debug, Clone)]
 pub struct BertEmbeddings<D: Device<f32>> {

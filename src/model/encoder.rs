@@ -11,7 +11,7 @@ use super::{
     Matrix, Mode,
 };
 
-// modeling_bert.py#L228 (BertSelfAttention)
+// modeling_bert.py (v4.44.2): class BertSelfAttention
 /// Scaled dot-product attention over `num_attention_heads` heads, padding keys masked.
 #[derive(Debug, Clone)]
 pub struct BertSelfAttention<D: Device<f32>> {
@@ -81,7 +81,7 @@ impl<D: Device<f32>> BertSelfAttention<D> {
     }
 }
 
-// modeling_bert.py#L370 (BertSelfOutput)
+// modeling_bert.py (v4.44.2): class BertSelfOutput
 /// Projection of the attention context, dropout, residual, LayerNorm.
 #[derive(Debug, Clone)]
 pub struct BertSelfOutput<D: Device<f32>> {
@@ -114,7 +114,7 @@ impl<D: Device<f32>> BertSelfOutput<D> {
     }
 }
 
-// modeling_bert.py#L450 (BertAttention)
+// modeling_bert.py (v4.44.2): class BertAttention
 /// Self-attention plus its output block.
 #[derive(Debug, Clone)]
 pub struct BertAttention<D: Device<f32>> {
@@ -146,7 +146,7 @@ impl<D: Device<f32>> BertAttention<D> {
     }
 }
 
-// modeling_bert.py#L514 (BertIntermediate)
+// modeling_bert.py (v4.44.2): class BertIntermediate
 /// The feed-forward expansion: `gelu(dense(x))`, hidden -> intermediate.
 #[derive(Debug, Clone)]
 pub struct BertIntermediate<D: Device<f32>> {
@@ -167,7 +167,7 @@ impl<D: Device<f32>> BertIntermediate<D> {
     }
 }
 
-// modeling_bert.py#L529 (BertOutput)
+// modeling_bert.py (v4.44.2): class BertOutput
 /// The feed-forward contraction, dropout, residual, LayerNorm.
 #[derive(Debug, Clone)]
 pub struct BertOutput<D: Device<f32>> {
@@ -198,7 +198,7 @@ impl<D: Device<f32>> BertOutput<D> {
     }
 }
 
-// modeling_bert.py#L544 (BertLayer)
+// modeling_bert.py (v4.44.2): class BertLayer
 /// One Transformer block.
 #[derive(Debug, Clone)]
 pub struct BertLayer<D: Device<f32>> {
@@ -237,7 +237,7 @@ impl<D: Device<f32>> BertLayer<D> {
     }
 }
 
-// modeling_bert.py#L629 (BertEncoder)
+// modeling_bert.py (v4.44.2): class BertEncoder
 /// `num_hidden_layers` blocks in sequence; HF segment `layer.{i}`.
 #[derive(Debug, Clone)]
 pub struct BertEncoder<D: Device<f32>> {
@@ -268,7 +268,7 @@ impl<D: Device<f32>> BertEncoder<D> {
     }
 }
 
-// modeling_bert.py#L722 (BertPooler)
+// modeling_bert.py (v4.44.2): class BertPooler
 /// `tanh(dense(h_[CLS]))`: the sentence representation for NSP and classification.
 #[derive(Debug, Clone)]
 pub struct BertPooler<D: Device<f32>> {
@@ -307,7 +307,7 @@ pub struct BertModelOutput<D: Device<f32>, T> {
     pub pooled_output: Matrix<D, T>,
 }
 
-// modeling_bert.py#L882 (BertModel)
+// modeling_bert.py (v4.44.2): class BertModel
 /// Embeddings, encoder and pooler: the body every head shares (HF prefix `bert`).
 #[derive(Debug, Clone)]
 pub struct BertModel<D: Device<f32>> {

@@ -255,7 +255,11 @@ pub fn read_config_json(path: &Path) -> Result<BertConfig> {
             ),
         ));
     }
-    if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+    if config.num_attention_heads == 0
+        || !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+    {
         return Err(Error::checkpoint(
             path,
             "hidden_size must be a positive multiple of num_attention_heads",

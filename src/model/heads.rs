@@ -17,7 +17,7 @@ use super::{
 };
 use crate::shard::InstanceShard;
 
-// modeling_bert.py#L737 (BertPredictionHeadTransform)
+// modeling_bert.py (v4.44.2): class BertPredictionHeadTransform
 /// `LayerNorm(gelu(dense(x)))` before the tied decoder.
 #[derive(Debug, Clone)]
 pub struct BertPredictionHeadTransform<D: Device<f32>> {
@@ -42,7 +42,7 @@ impl<D: Device<f32>> BertPredictionHeadTransform<D> {
     }
 }
 
-// modeling_bert.py#L755 (BertLMPredictionHead)
+// modeling_bert.py (v4.44.2): class BertLMPredictionHead
 /// Transform, then the decoder tied to the word embeddings, plus a per-token bias.
 #[derive(Debug, Clone)]
 pub struct BertLMPredictionHead<D: Device<f32>> {
@@ -80,7 +80,7 @@ impl<D: Device<f32>> BertLMPredictionHead<D> {
     }
 }
 
-// modeling_bert.py#L797 (BertPreTrainingHeads)
+// modeling_bert.py (v4.44.2): class BertPreTrainingHeads
 /// The MLM head and the 2-way next-sentence classifier (HF prefix `cls`).
 #[derive(Debug, Clone)]
 pub struct BertPreTrainingHeads<D: Device<f32>> {
@@ -231,7 +231,7 @@ pub struct PretrainingLoss<D: Device<f32>, T> {
     pub nsp_count: usize,
 }
 
-// modeling_bert.py#L1054 (BertForPreTraining)
+// modeling_bert.py (v4.44.2): class BertForPreTraining
 /// BERT with the MLM and NSP heads: what `pretrain` trains and saves.
 #[derive(Debug, Clone)]
 pub struct BertForPreTraining<D: Device<f32>> {
@@ -306,11 +306,7 @@ impl<D: Device<f32>> BertForPreTraining<D> {
             batch.masked_lm_ids.iter().map(|&i| i as usize).collect(),
             (m,),
         );
-        let (mlm_correct, mlm_count) = label_is_max(
-            &mlm_logits,
-            &labels,
-            &batch.masked_lm_weights,
-        );
+        let (mlm_correct, mlm_count) = label_is_max(&mlm_logits, &labels, &batch.masked_lm_weights);
         let nsp_correct = weighted_accuracy(
             &nsp_logits.as_vec(),
             2,
@@ -438,7 +434,7 @@ pub fn merge_tape<
 /// The logits of a sequence-classification forward pass.
 pub type SequenceClassifierOutput<D, T> = Matrix<D, T>;
 
-// modeling_bert.py#L1565 (BertForSequenceClassification)
+// modeling_bert.py (v4.44.2): class BertForSequenceClassification
 /// GLUE-style head: dropout and a linear layer on the pooled `[CLS]` (BERT §4.1).
 /// `num_labels == 1` is regression (STS-B) with a mean-squared-error loss.
 #[derive(Debug, Clone)]
@@ -495,7 +491,7 @@ pub struct QuestionAnsweringOutput<D: Device<f32>, T> {
     pub end_logits: Matrix<D, T>,
 }
 
-// modeling_bert.py#L1840 (BertForQuestionAnswering)
+// modeling_bert.py (v4.44.2): class BertForQuestionAnswering
 /// SQuAD head (BERT §4.2): a start and an end score for every token.
 #[derive(Debug, Clone)]
 pub struct BertForQuestionAnswering<D: Device<f32>> {

@@ -26,7 +26,7 @@ pub mod heads;
 use dfdx::shapes::{Axis, HasShape, Shape};
 use dfdx::tensor::{Gradients, NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
 use dfdx::tensor_ops::{BroadcastTo, Device, MeanTo, PermuteTo, TryMatMul};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -60,14 +60,17 @@ pub enum Mode {
     /// Dropout off (evaluation, inference).
     Eval,
     /// Dropout on, masks drawn from `rng`; `scratch` is reused for every mask.
-    Train { rng: ChaCha8Rng, scratch: Vec<f32> },
+    Train {
+        rng: Box<ChaCha8Rng>,
+        scratch: Vec<f32>,
+    },
 }
 
 impl Mode {
     /// Training mode with masks seeded from `seed`.
     pub fn train(seed: u64) -> Self {
         Mode::Train {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
             scratch: Vec::new(),
         }
     }
@@ -483,9 +486,4 @@ hf_params!(Embedding { "weight" => weight });
 /// Mean of a vector (a convenience for losses).
 pub(crate) fn mean_of<D: Device<f32>, T: Tape<f32, D>>(x: Vector<D, T>) -> Scalar<D, T> {
     x.mean::<(), Axis<0>>()
-}
-
-/// Draws a fresh seed from `rng` (to seed sub-rngs).
-pub fn derive_seed(rng: &mut impl Rng) -> u64 {
-    rng.gen()
 }

@@ -69,6 +69,7 @@ where
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     match body() {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,7 +84,10 @@ where
 pub fn report_outcome(ctx: &StageCtx, stage: &str, outcome: &Outcome) {
     let record = outcome.record();
     if outcome.skipped() {
-        tracing::info!(stage, "fresh: inputs and config unchanged, skipping (use --force to rerun)");
+        tracing::info!(
+            stage,
+            "fresh: inputs and config unchanged, skipping (use --force to rerun)"
+        );
     } else {
         tracing::info!(
             stage,
@@ -147,8 +151,7 @@ impl Progress for Bar {
         if !self.draw {
             let mut s = self.state.lock().expect("progress lock");
             s.2 += n;
-            if s.1 > 0 {
-                let tenth = s.2 * 10 / s.1;
+            if let Some(tenth) = (s.2 * 10).checked_div(s.1) {
                 if tenth > s.3 {
                     s.3 = tenth;
                     tracing::info!("{}: {}/{} ({}%)", s.0, s.2, s.1, tenth * 10);

@@ -45,7 +45,10 @@ fn status(common: &bertline_cli::CommonArgs) -> anyhow::Result<()> {
         ctx.run_dir().display(),
         ctx.loaded.profile
     );
-    println!("{:<9} {:<8} {:>9} {:>12} {:>8}  why", "stage", "state", "artifacts", "rows", "seconds");
+    println!(
+        "{:<9} {:<8} {:>9} {:>12} {:>8}  why",
+        "stage", "state", "artifacts", "rows", "seconds"
+    );
     for stage in Stage::ALL {
         let fresh = ctx.freshness(stage)?;
         let record = ctx.manifest.stage(stage.name())?;
@@ -62,7 +65,15 @@ fn status(common: &bertline_cli::CommonArgs) -> anyhow::Result<()> {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        println!("{:<9} {:<8} {:>9} {:>12} {:>8}  {}", stage.name(), state, n, rows, secs, why);
+        println!(
+            "{:<9} {:<8} {:>9} {:>12} {:>8}  {}",
+            stage.name(),
+            state,
+            n,
+            rows,
+            secs,
+            why
+        );
     }
     Ok(())
 }
@@ -76,7 +87,10 @@ fn clean(common: &bertline_cli::CommonArgs, yes: bool) -> anyhow::Result<()> {
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
-            anyhow::bail!("refusing to delete {} without a terminal to ask on; pass --yes", dir.display());
+            anyhow::bail!(
+                "refusing to delete {} without a terminal to ask on; pass --yes",
+                dir.display()
+            );
         }
         print!("delete {} and everything in it? [y/N] ", dir.display());
         std::io::stdout().flush()?;

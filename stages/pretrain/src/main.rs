@@ -40,6 +40,9 @@ struct Args {
     /// Timed steps for --bench (after one warm-up step).
     #[arg(long, default_value_t = 10)]
     bench_steps: usize,
+    /// With --bench: time the profile's [model], batch size and max_seq_length instead.
+    #[arg(long)]
+    bench_profile: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,7 +50,19 @@ fn main() -> ExitCode {
     let args = Args::parse();
     bertline_cli::main(args.common.verbose, || {
         if args.bench {
-            let report = bertline::pretrain::bench_mini(args.bench_steps)?;
+            let report = if args.bench_profile {
+                let ctx = args.common.open()?;
+                let cfg = ctx.config();
+                bertline::pretrain::bench_default_device(
+                    &cfg.model,
+                    &cfg.pretrain,
+                    cfg.pairs.max_seq_length,
+                    args.bench_steps,
+                )?
+            } else {
+                let (model, pretrain) = bertline::pretrain::bench_mini_config();
+                bertline::pretrain::bench_default_device(&model, &pretrain, 128, args.bench_steps)?
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
             return Ok(());
         }

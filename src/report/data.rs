@@ -1,0 +1,834 @@
+//! What the report shows, gathered from the manifest and the artifacts it names, and
+//! nothing else. The main type is [`ReportData`]; [`ReportData::from_manifest`] builds it.
+//!
+//! Every field that a stage may not have produced is an `Option` or an empty list, so the
+//! renderers print "missing" for it instead of a zero. Unknown metric keys are kept where a
+//! table can show them and ignored elsewhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{IoContext, Result};
+use crate::manifest::{ArtifactRecord, InputRef, Manifest, StageRecord};
+
+use super::reference::{canonical_task, DATA_REFERENCES, STANDARD_TASKS};
+
+/// The stages the report describes, in pipeline order. Other stages found in the manifest
+/// are listed after these; the `report` stage itself is never an input.
+pub const PIPELINE_STAGES: [&str; 5] = ["vocab", "pairs", "mask", "pretrain", "finetune"];
+
+/// The report's own stage name.
+pub const REPORT_STAGE: &str = "report";
+
+/// The artifact kind of the pre-training JSONL log.
+pub const METRICS_KIND: &str = "metrics";
+
+/// Everything the report shows.
+#[derive(Debug, Clone)]
+pub struct ReportData {
+    /// Heading of the report.
+    pub title: String,
+    /// The run directory the manifest describes.
+    pub run_dir: PathBuf,
+    /// Every pipeline stage, present or missing, in pipeline order.
+    pub stages: Vec<StageEntry>,
+    /// Every stage run recorded, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// Statistics of the masked-LM instances (`mask` stage) and of the pairs.
+    pub data_stats: DataStats,
+    /// Pre-training curves; `None` when the `pretrain` stage is missing.
+    pub pretrain: Option<PretrainCurves>,
+    /// Fine-tuning results; `None` when the `finetune` stage is missing.
+    pub finetune: Option<Vec<TaskResult>>,
+    /// The machine the report was made on.
+    pub machine: Machine,
+    /// Problems found while reading (changed or unreadable artifacts), shown at the top.
+    pub warnings: Vec<String>,
+}
+
+/// One stage of the lineage.
+#[derive(Debug, Clone)]
+pub struct StageEntry {
+    /// Stage name.
+    pub name: String,
+    /// Its latest complete run, if it ever ran.
+    pub record: Option<StageRecord>,
+    /// Inputs whose artifact has since been replaced or removed upstream.
+    pub stale_inputs: Vec<String>,
+}
+
+impl StageEntry {
+    /// `missing`, `stale` (an input changed since it ran) or `ok`.
+    pub fn status(&self) -> &'static str {
+        match (&self.record, self.stale_inputs.is_empty()) {
+            (None, _) => "missing",
+            (Some(_), false) => "stale",
+            (Some(_), true) => "ok",
+        }
+    }
+
+    /// Rows over all artifacts.
+    pub fn total_rows(&self) -> Option<u64> {
+        self.record
+            .as_ref()
+            .map(|r| r.artifacts.iter().map(|a| a.rows).sum())
+    }
+
+    /// Bytes over all artifacts.
+    pub fn total_bytes(&self) -> Option<u64> {
+        self.record
+            .as_ref()
+            .map(|r| r.artifacts.iter().map(|a| a.bytes).sum())
+    }
+
+    /// The stage's own throughput figure (the first metrics key ending in `_per_s`), or rows
+    /// written per second of wall time. `None` when the stage is missing or took no time.
+    pub fn throughput(&self) -> Option<(f64, String)> {
+        let record = self.record.as_ref()?;
+        if let Value::Object(metrics) = &record.metrics {
+            for (key, value) in metrics {
+                if let (Some(unit), Some(v)) = (key.strip_suffix("_per_s"), value.as_f64()) {
+                    return Some((v, format!("{}/s", unit.replace('_', " "))));
+                }
+            }
+        }
+        let rows = self.total_rows()?;
+        let seconds = record.duration_s();
+        (rows > 0 && seconds > 0.0).then(|| (rows as f64 / seconds, "rows/s".to_string()))
+    }
+}
+
+/// One past stage run, from the manifest's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub stage: String,
+    pub finished_at: f64,
+    pub duration_s: f64,
+    pub fingerprint: String,
+    pub artifacts: usize,
+    /// This run is the stage's latest (its artifacts are the ones in the lineage).
+    pub current: bool,
+}
+
+/// The `mask` stage's statistics beside Google's figures, plus the other scalar metrics of
+/// `pairs` and `mask`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataStats {
+    /// The `mask` stage has a record.
+    pub mask_present: bool,
+    /// Instances written (`instances` in the mask metrics).
+    pub instances: Option<f64>,
+    /// One row per [`DATA_REFERENCES`] entry.
+    pub compared: Vec<DataStatRow>,
+    /// Other scalar metrics, `stage.key` → value, for a second table.
+    pub other: Vec<(String, String)>,
+}
+
+/// One statistic of this run beside its reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataStatRow {
+    pub label: String,
+    pub value: Option<f64>,
+    pub reference: f64,
+    pub decimals: usize,
+}
+
+/// One line of a JSONL metrics log: its numeric fields by name.
+pub type MetricsRow = BTreeMap<String, f64>;
+
+/// The pre-training log, split into training and evaluation rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PretrainCurves {
+    /// Artifact id of the log, when the stage recorded one.
+    pub source: Option<String>,
+    /// Rows logged during training (`step`, `loss`, `mlm_accuracy`, ...).
+    pub train: Vec<MetricsRow>,
+    /// Held-out evaluation rows (`split = "eval"`: `eval_loss`, `heldout_perplexity`, ...).
+    pub eval: Vec<MetricsRow>,
+    /// The stage's final metrics, flattened to `key` → printed value.
+    pub final_metrics: Vec<(String, String)>,
+}
+
+impl PretrainCurves {
+    /// `(x, y)` points of the training rows that have both keys, finite values only.
+    pub fn train_series(&self, x: &str, y: &str) -> Vec<(f64, f64)> {
+        series(&self.train, x, y)
+    }
+
+    /// `(x, y)` points of the evaluation rows that have both keys.
+    pub fn eval_series(&self, x: &str, y: &str) -> Vec<(f64, f64)> {
+        series(&self.eval, x, y)
+    }
+
+    /// The last finite value of `key`, searching evaluation rows for `eval_*`/`heldout_*`
+    /// keys and training rows otherwise; falls back to the stage's final metrics.
+    pub fn last(&self, key: &str) -> Option<f64> {
+        let rows = if key.starts_with("eval_") || key.starts_with("heldout_") {
+            &self.eval
+        } else {
+            &self.train
+        };
+        rows.iter()
+            .rev()
+            .find_map(|r| r.get(key).copied().filter(|v| v.is_finite()))
+            .or_else(|| {
+                self.final_metrics
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .and_then(|(_, v)| v.parse().ok())
+            })
+    }
+}
+
+fn series(rows: &[MetricsRow], x: &str, y: &str) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter_map(|r| Some((*r.get(x)?, *r.get(y)?)))
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .collect()
+}
+
+/// One fine-tuning task: pre-trained and from-scratch results over seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    /// Task name as the finetune stage recorded it.
+    pub task: String,
+    /// Headline metric (`accuracy`, `f1`, `mcc`, `spearman`, ...).
+    pub metric: Option<String>,
+    pub pretrained: Option<ArmResult>,
+    pub scratch: Option<ArmResult>,
+}
+
+/// The results of one initialisation (pre-trained or scratch) of a task over its seeds.
+/// Scores are fractions (0..1) or percentages as the stage wrote them; the renderer prints
+/// both as percentages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmResult {
+    /// Headline score per seed.
+    pub scores: Vec<f64>,
+    pub mean: Option<f64>,
+    pub median: Option<f64>,
+    pub std: Option<f64>,
+    /// Every metric of the task (averaged over seeds), e.g. `accuracy` and `f1`.
+    pub all: BTreeMap<String, f64>,
+}
+
+/// The machine the report was made on, and how this build was compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: Option<String>,
+    /// Physical cores.
+    pub cores: usize,
+    /// Hardware threads.
+    pub threads: usize,
+    /// `linux-x86_64`.
+    pub platform: String,
+    /// Cargo features and CPU features this build uses.
+    pub build_features: Vec<String>,
+    /// `release` or `debug`.
+    pub profile: String,
+    /// bertline version (+ git sha when built from a checkout).
+    pub code_version: String,
+}
+
+impl ReportData {
+    /// Reads the manifest's stage records and history, and the JSONL metrics artifacts they
+    /// name. The report stage's own record is ignored.
+    pub fn from_manifest(manifest: &Manifest) -> Result<ReportData> {
+        let records = manifest.stages()?;
+        let mut warnings = Vec::new();
+        let stages = order_stages(records)
+            .into_iter()
+            .map(|(name, record)| {
+                let stale_inputs = match &record {
+                    Some(r) => stale_inputs(manifest, r)?,
+                    None => Vec::new(),
+                };
+                Ok(StageEntry {
+                    name,
+                    record,
+                    stale_inputs,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let record_of = |name: &str| {
+            stages
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.record.as_ref())
+        };
+        let data_stats = data_stats(record_of("pairs"), record_of("mask"));
+        let pretrain = match record_of("pretrain") {
+            Some(r) => Some(read_pretrain(manifest.run_dir(), r, &mut warnings)?),
+            None => None,
+        };
+        let finetune = record_of("finetune").map(|r| parse_finetune(&r.metrics));
+        let history = history_entries(manifest.history()?, &stages);
+        Ok(ReportData {
+            title: "bertline run report".to_string(),
+            run_dir: manifest.run_dir().to_path_buf(),
+            stages,
+            history,
+            data_stats,
+            pretrain,
+            finetune,
+            machine: Machine::detect(),
+            warnings,
+        })
+    }
+
+    /// The artifacts this report describes (every artifact of every stage it lists), as the
+    /// inputs of the report stage: rerunning after any of them changes makes a new report.
+    pub fn inputs(&self) -> Vec<InputRef> {
+        self.artifacts()
+            .map(|a| InputRef {
+                id: a.id.clone(),
+                blake3: a.blake3.clone(),
+            })
+            .collect()
+    }
+
+    /// Every artifact of every listed stage, in pipeline order.
+    pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRecord> {
+        self.stages
+            .iter()
+            .filter_map(|s| s.record.as_ref())
+            .flat_map(|r| r.artifacts.iter())
+    }
+
+    /// The record of `stage`, if it ran.
+    pub fn record(&self, stage: &str) -> Option<&StageRecord> {
+        self.stages
+            .iter()
+            .find(|s| s.name == stage)
+            .and_then(|s| s.record.as_ref())
+    }
+
+    /// Model shape from the pre-training (or fine-tuning) config: `(layers, hidden, heads)`.
+    pub fn model_shape(&self) -> Option<(u64, u64, u64)> {
+        ["pretrain", "finetune"].iter().find_map(|stage| {
+            let config = &self.record(stage)?.config;
+            let model = find_object_with(config, "hidden_size")?;
+            Some((
+                model.get("num_hidden_layers")?.as_u64()?,
+                model.get("hidden_size")?.as_u64()?,
+                model.get("num_attention_heads")?.as_u64()?,
+            ))
+        })
+    }
+
+    /// Sum of the wall times of the stages that ran.
+    pub fn total_wall_s(&self) -> f64 {
+        self.stages
+            .iter()
+            .filter_map(|s| s.record.as_ref())
+            .map(StageRecord::duration_s)
+            .sum()
+    }
+}
+
+/// Pairs each known stage with its record (or `None`), then appends unknown stages.
+fn order_stages(records: Vec<StageRecord>) -> Vec<(String, Option<StageRecord>)> {
+    let mut by_name: BTreeMap<String, StageRecord> = records
+        .into_iter()
+        .filter(|r| r.stage != REPORT_STAGE)
+        .map(|r| (r.stage.clone(), r))
+        .collect();
+    let mut out: Vec<(String, Option<StageRecord>)> = PIPELINE_STAGES
+        .iter()
+        .map(|name| (name.to_string(), by_name.remove(*name)))
+        .collect();
+    out.extend(by_name.into_iter().map(|(name, r)| (name, Some(r))));
+    out
+}
+
+/// Inputs of `record` that name an artifact which is now gone or has another hash.
+fn stale_inputs(manifest: &Manifest, record: &StageRecord) -> Result<Vec<String>> {
+    let mut stale = Vec::new();
+    for input in &record.inputs {
+        if input.id.starts_with("file:") {
+            continue;
+        }
+        match manifest.artifact(&input.id)? {
+            Some(a) if a.blake3 == input.blake3 => {}
+            _ => stale.push(input.id.clone()),
+        }
+    }
+    Ok(stale)
+}
+
+fn history_entries(history: Vec<StageRecord>, stages: &[StageEntry]) -> Vec<HistoryEntry> {
+    history
+        .into_iter()
+        .map(|r| {
+            let current = stages.iter().any(|s| {
+                s.record.as_ref().is_some_and(|c| {
+                    c.stage == r.stage
+                        && c.fingerprint == r.fingerprint
+                        && c.finished_at == r.finished_at
+                })
+            });
+            HistoryEntry {
+                duration_s: r.duration_s(),
+                artifacts: r.artifacts.len(),
+                stage: r.stage,
+                finished_at: r.finished_at,
+                fingerprint: r.fingerprint,
+                current,
+            }
+        })
+        .collect()
+}
+
+/// Builds the data statistics from the `pairs` and `mask` metrics.
+fn data_stats(pairs: Option<&StageRecord>, mask: Option<&StageRecord>) -> DataStats {
+    let metric = |key: &str| {
+        mask.and_then(|m| m.metrics.get(key))
+            .and_then(Value::as_f64)
+    };
+    let compared = DATA_REFERENCES
+        .iter()
+        .map(|r| DataStatRow {
+            label: r.label.to_string(),
+            value: metric(r.key),
+            reference: r.reference,
+            decimals: r.decimals,
+        })
+        .collect();
+    let mut other = Vec::new();
+    for record in [pairs, mask].into_iter().flatten() {
+        for (key, value) in flatten_scalars(&record.metrics) {
+            let shown = record.stage == "mask"
+                && (key == "instances" || DATA_REFERENCES.iter().any(|r| r.key == key));
+            if !shown {
+                other.push((format!("{}.{key}", record.stage), value));
+            }
+        }
+    }
+    DataStats {
+        mask_present: mask.is_some(),
+        instances: metric("instances"),
+        compared,
+        other,
+    }
+}
+
+/// Reads the stage's JSONL metrics artifact. A missing or changed file, or a malformed
+/// line, becomes a warning: the report shows what can be read.
+fn read_pretrain(
+    run_dir: &Path,
+    record: &StageRecord,
+    warnings: &mut Vec<String>,
+) -> Result<PretrainCurves> {
+    let mut curves = PretrainCurves {
+        final_metrics: flatten_scalars(&record.metrics),
+        ..PretrainCurves::default()
+    };
+    let Some(artifact) = record.artifacts_of(METRICS_KIND).next() else {
+        warnings.push(format!(
+            "pretrain recorded no `{METRICS_KIND}` artifact: curves are missing"
+        ));
+        return Ok(curves);
+    };
+    curves.source = Some(artifact.id.clone());
+    let path = run_dir.join(&artifact.path);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warnings.push(format!(
+                "{}: missing on disk (artifact {}); rerun pretrain",
+                path.display(),
+                artifact.id
+            ));
+            return Ok(curves);
+        }
+        Err(e) => return Err(e).at(&path),
+    };
+    if blake3::hash(&bytes).to_hex().as_str() != artifact.blake3 {
+        warnings.push(format!(
+            "{}: content differs from the hash pretrain recorded; the curves may not \
+             belong to this run",
+            path.display()
+        ));
+    }
+    let (train, eval, bad) = parse_metrics_log(&String::from_utf8_lossy(&bytes));
+    if bad > 0 {
+        warnings.push(format!(
+            "{}: skipped {bad} malformed line(s)",
+            path.display()
+        ));
+    }
+    curves.train = train;
+    curves.eval = eval;
+    Ok(curves)
+}
+
+/// Splits a JSONL log into training rows and evaluation rows (`"split": "eval"`), keeping
+/// the numeric fields. Returns the count of lines that are not JSON objects.
+pub fn parse_metrics_log(text: &str) -> (Vec<MetricsRow>, Vec<MetricsRow>, usize) {
+    let (mut train, mut eval, mut bad) = (Vec::new(), Vec::new(), 0);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+            bad += 1;
+            continue;
+        };
+        let row: MetricsRow = obj
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .collect();
+        let is_eval = match obj.get("split").and_then(Value::as_str) {
+            Some(split) => split != "train",
+            None => !row.contains_key("loss") && row.keys().any(|k| k.starts_with("eval_")),
+        };
+        if is_eval {
+            eval.push(row);
+        } else {
+            train.push(row);
+        }
+    }
+    (train, eval, bad)
+}
+
+/// Parses the finetune metrics: `{"tasks": {name: {"metric", "pretrained", "scratch"}}}`.
+/// Without a `tasks` object, every top-level object holding `pretrained` or `scratch` is
+/// taken as a task.
+pub fn parse_finetune(metrics: &Value) -> Vec<TaskResult> {
+    let tasks = match metrics.get("tasks").and_then(Value::as_object) {
+        Some(t) => t.clone(),
+        None => metrics
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, v)| v.get("pretrained").is_some() || v.get("scratch").is_some())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let mut results: Vec<TaskResult> = tasks
+        .iter()
+        .map(|(name, task)| {
+            let metric = task
+                .get("metric")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| (canonical_task(name) == "squad").then(|| "f1".to_string()));
+            let arm = |key: &str| task.get(key).and_then(|v| parse_arm(v, metric.as_deref()));
+            TaskResult {
+                task: name.clone(),
+                pretrained: arm("pretrained"),
+                scratch: arm("scratch"),
+                metric,
+            }
+        })
+        .collect();
+    results.sort_by_key(|t| task_order(&t.task));
+    results
+}
+
+/// Sort key: the paper's task order first, then other tasks by name.
+fn task_order(task: &str) -> (usize, String) {
+    let name = canonical_task(task);
+    let rank = STANDARD_TASKS
+        .iter()
+        .position(|t| *t == name)
+        .unwrap_or(STANDARD_TASKS.len());
+    (rank, name)
+}
+
+/// One initialisation's results: a bare number, or an object with `scores`, `mean`,
+/// `median`, `std`, `all` and any other numeric keys (SQuAD's `exact_match`, `f1`).
+fn parse_arm(value: &Value, metric: Option<&str>) -> Option<ArmResult> {
+    if let Some(v) = value.as_f64() {
+        return Some(ArmResult {
+            scores: vec![v],
+            mean: Some(v),
+            median: Some(v),
+            std: None,
+            all: BTreeMap::new(),
+        });
+    }
+    let obj = value.as_object()?;
+    let number = |k: &str| obj.get(k).and_then(Value::as_f64);
+    let mut all: BTreeMap<String, f64> = obj
+        .get("all")
+        .and_then(Value::as_object)
+        .map(|a| {
+            a.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in obj {
+        if !matches!(k.as_str(), "mean" | "median" | "std" | "scores" | "all") {
+            if let Some(v) = v.as_f64() {
+                all.entry(k.clone()).or_insert(v);
+            }
+        }
+    }
+    let mut scores: Vec<f64> = obj
+        .get("scores")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    if scores.is_empty() {
+        if let Some(v) = metric.and_then(|m| all.get(m)) {
+            scores.push(*v);
+        }
+    }
+    Some(ArmResult {
+        mean: number("mean").or_else(|| mean(&scores)),
+        median: number("median").or_else(|| median(&scores)),
+        std: number("std").or_else(|| sample_std(&scores)),
+        scores,
+        all,
+    })
+}
+
+/// Arithmetic mean; `None` for no values.
+pub fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// Median (mean of the middle two for an even count); `None` for no values.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+/// Sample standard deviation (n − 1); `None` for fewer than two values.
+pub fn sample_std(values: &[f64]) -> Option<f64> {
+    let m = mean(values)?;
+    (values.len() > 1).then(|| {
+        let ss: f64 = values.iter().map(|v| (v - m).powi(2)).sum();
+        (ss / (values.len() - 1) as f64).sqrt()
+    })
+}
+
+/// Flattens the scalar leaves of a JSON object to `a.b.c` → printed value, in key order.
+/// Arrays of scalars print as `[a, b]`; other arrays and nulls are left out.
+pub fn flatten_scalars(value: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    flatten_into(value, String::new(), &mut out);
+    out
+}
+
+fn flatten_into(value: &Value, prefix: String, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_into(v, key, out);
+            }
+        }
+        Value::String(s) if !prefix.is_empty() => out.push((prefix, s.clone())),
+        Value::Number(n) if !prefix.is_empty() => out.push((prefix, n.to_string())),
+        Value::Bool(b) if !prefix.is_empty() => out.push((prefix, b.to_string())),
+        Value::Array(items) if !prefix.is_empty() && items.iter().all(is_scalar) => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                })
+                .collect();
+            out.push((prefix, format!("[{}]", items.join(", "))));
+        }
+        _ => {}
+    }
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+/// The first object (depth-first) that holds `key`.
+fn find_object_with<'a>(value: &'a Value, key: &str) -> Option<&'a serde_json::Map<String, Value>> {
+    let obj = value.as_object()?;
+    if obj.contains_key(key) {
+        return Some(obj);
+    }
+    obj.values().find_map(|v| find_object_with(v, key))
+}
+
+impl Machine {
+    /// Reads /proc/cpuinfo (Linux) and the build's features.
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let (cpu_model, cores) = parse_cpuinfo(&cpuinfo);
+        Machine {
+            cpu_model,
+            cores: cores.unwrap_or_else(num_cpus::get_physical),
+            threads: num_cpus::get(),
+            platform: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+            build_features: build_features(),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .to_string(),
+            code_version: crate::manifest::code_version(),
+        }
+    }
+}
+
+/// `(model name, physical cores)` from the text of /proc/cpuinfo. Cores count distinct
+/// `(physical id, core id)` pairs; `None` where the file does not say.
+pub fn parse_cpuinfo(text: &str) -> (Option<String>, Option<usize>) {
+    let mut model = None;
+    let mut cores = std::collections::BTreeSet::new();
+    let mut physical = String::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "model name" if model.is_none() && !value.is_empty() => model = Some(value.to_string()),
+            "physical id" => physical = value.to_string(),
+            "core id" => {
+                cores.insert((physical.clone(), value.to_string()));
+            }
+            _ => {}
+        }
+    }
+    (model, (!cores.is_empty()).then_some(cores.len()))
+}
+
+/// The Cargo and CPU features compiled into this build.
+fn build_features() -> Vec<String> {
+    let mut features = Vec::new();
+    if cfg!(feature = "cuda") {
+        features.push("cuda".to_string());
+    }
+    let cpu = [
+        ("sse4.2", cfg!(target_feature = "sse4.2")),
+        ("avx", cfg!(target_feature = "avx")),
+        ("avx2", cfg!(target_feature = "avx2")),
+        ("fma", cfg!(target_feature = "fma")),
+        ("avx512f", cfg!(target_feature = "avx512f")),
+        ("neon", cfg!(target_feature = "neon")),
+    ];
+    features.extend(cpu.iter().filter(|(_, on)| *on).map(|(n, _)| n.to_string()));
+    if features.is_empty() {
+        features.push("cpu (baseline target features)".to_string());
+    }
+    features
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metrics_log_splits_train_and_eval_rows() {
+        let text = r#"{"step": 10, "loss": 7.5, "mlm_accuracy": 0.05, "tokens_seen": 1280}
+{"step": 20, "loss": 6.9, "learning_rate": 1e-4}
+
+{"step": 20, "split": "eval", "eval_loss": 7.0, "heldout_perplexity": 900.5}
+not json
+{"step": 30, "eval_loss": 6.5}
+"#;
+        let (train, eval, bad) = parse_metrics_log(text);
+        assert_eq!(train.len(), 2);
+        assert_eq!(eval.len(), 2);
+        assert_eq!(bad, 1);
+        assert_eq!(train[1]["learning_rate"], 1e-4);
+        assert_eq!(eval[0]["heldout_perplexity"], 900.5);
+        let curves = PretrainCurves {
+            train,
+            eval,
+            ..PretrainCurves::default()
+        };
+        assert_eq!(
+            curves.train_series("step", "loss"),
+            vec![(10.0, 7.5), (20.0, 6.9)]
+        );
+        assert_eq!(
+            curves.eval_series("step", "eval_loss"),
+            vec![(20.0, 7.0), (30.0, 6.5)]
+        );
+        assert_eq!(curves.last("loss"), Some(6.9));
+        assert_eq!(curves.last("eval_loss"), Some(6.5));
+        assert_eq!(curves.last("nsp_accuracy"), None);
+    }
+
+    #[test]
+    fn finetune_arms_fill_in_missing_statistics() {
+        let metrics = json!({"tasks": {
+            "rte": {"metric": "accuracy",
+                    "pretrained": {"scores": [0.50, 0.60, 0.55, 0.58], "all": {"accuracy": 0.5575}},
+                    "scratch": {"scores": [0.52], "mean": 0.52, "median": 0.52, "std": 0.0}},
+            "squad": {"pretrained": {"exact_match": 0.21, "f1": 0.30}}
+        }});
+        let tasks = parse_finetune(&metrics);
+        assert_eq!(tasks.len(), 2);
+        let rte = &tasks[0];
+        assert_eq!(rte.task, "rte");
+        let p = rte.pretrained.as_ref().unwrap();
+        assert!((p.mean.unwrap() - 0.5575).abs() < 1e-12);
+        assert!((p.median.unwrap() - 0.565).abs() < 1e-12);
+        assert!((p.std.unwrap() - 0.043493).abs() < 1e-5);
+        assert_eq!(rte.scratch.as_ref().unwrap().std, Some(0.0));
+        let squad = &tasks[1];
+        assert_eq!(squad.metric.as_deref(), Some("f1"));
+        let sp = squad.pretrained.as_ref().unwrap();
+        assert_eq!(sp.scores, vec![0.30]);
+        assert_eq!(sp.all["exact_match"], 0.21);
+        assert!(squad.scratch.is_none());
+    }
+
+    #[test]
+    fn finetune_without_tasks_object_reads_top_level_tasks() {
+        let tasks = parse_finetune(&json!({"sst2": {"pretrained": 0.8}, "elapsed_s": 3.0}));
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].pretrained.as_ref().unwrap().mean, Some(0.8));
+    }
+
+    #[test]
+    fn cpuinfo_counts_physical_cores() {
+        let text =
+            "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 0\n\n\
+                    processor\t: 1\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 0\n\n\
+                    processor\t: 2\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 0\ncore id\t: 1\n\n\
+                    processor\t: 3\nmodel name\t: AMD EPYC 7B13\nphysical id\t: 1\ncore id\t: 0\n";
+        assert_eq!(
+            parse_cpuinfo(text),
+            (Some("AMD EPYC 7B13".to_string()), Some(3))
+        );
+        assert_eq!(parse_cpuinfo(""), (None, None));
+    }
+
+    #[test]
+    fn statistics_helpers() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[]), None);
+        assert_eq!(sample_std(&[1.0]), None);
+        assert_eq!(sample_std(&[1.0, 3.0]), Some(2f64.sqrt()));
+        assert_eq!(
+            flatten_scalars(&json!({"a": {"b": 1, "c": [1, "s"], "f": [{}]}, "d": "x", "e": null})),
+            vec![
+                ("a.b".to_string(), "1".to_string()),
+                ("a.c".to_string(), "[1, s]".to_string()),
+                ("d".to_string(), "x".to_string())
+            ]
+        );
+    }
+}

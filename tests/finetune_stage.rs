@@ -1,0 +1,220 @@
+//! The `finetune` stage end to end on a temporary run: vocab stage, then WNLI fine-tuned
+//! from scratch over two seeds, with its artifacts, GLUE submission and freshness; and a
+//! task whose data is missing failing before any training.
+
+use std::path::{Path, PathBuf};
+
+use bertline::finetune::run_finetune;
+use bertline::progress::NoProgress;
+use bertline::stage::{StageCtx, StageOptions};
+use bertline::tokenize::run_vocab;
+
+fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn write_config(dir: &Path, tasks: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[run]
+dir = "run"
+random_seed = 12345
+[corpus]
+input = ["{corpus}"]
+[vocab]
+vocab_size = 1024
+[pairs]
+max_seq_length = 64
+short_seq_prob = 0.1
+dupe_factor = 1
+[mask]
+masked_lm_prob = 0.15
+max_predictions_per_seq = 10
+[model]
+vocab_size = 1024
+hidden_size = 32
+num_hidden_layers = 1
+num_attention_heads = 2
+intermediate_size = 64
+max_position_embeddings = 64
+[pretrain]
+train_batch_size = 8
+learning_rate = 1e-3
+num_train_steps = 10
+num_warmup_steps = 1
+[finetune]
+tasks = {tasks}
+glue_dir = "{glue}"
+init = "scratch"
+seeds = [1, 2]
+learning_rate = 1e-3
+num_train_epochs = 1.0
+max_seq_length = 64
+max_train_examples = 200
+"#,
+        corpus = repo("datasets/pretrain/gutenberg_pg11.txt"),
+        glue = repo("datasets/glue"),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn open(config: &Path) -> StageCtx {
+    StageCtx::open(StageOptions {
+        config: config.to_path_buf(),
+        profile: "default".into(),
+        force: false,
+        verify: false,
+    })
+    .unwrap()
+}
+
+#[test]
+fn wnli_from_scratch_writes_scores_predictions_and_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), r#"["wnli"]"#);
+    let ctx = open(&config);
+    run_vocab(&ctx, &NoProgress).unwrap();
+    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    assert!(!outcome.skipped());
+    let record = outcome.record().clone();
+    let wnli = &record.metrics["tasks"]["wnli"];
+    assert_eq!(wnli["metric"], "accuracy");
+    assert_eq!(wnli["train_examples"], 200);
+    assert_eq!(wnli["train_rows"], 635);
+    let scores = wnli["scratch"]["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2);
+    for s in scores {
+        // 71 dev rows: every accuracy is a multiple of 1/71.
+        let correct = s.as_f64().unwrap() * 71.0;
+        assert!((correct - correct.round()).abs() < 1e-9, "{s}");
+    }
+    assert!(wnli.get("pretrained").is_none());
+
+    let ids: Vec<&str> = record.artifacts.iter().map(|a| a.id.as_str()).collect();
+    for id in [
+        "finetune/wnli/scratch-seed1.json",
+        "finetune/wnli/scratch-seed2.json",
+        "finetune/submission/scratch/WNLI.tsv",
+        "finetune/train-log.jsonl",
+        "finetune/results.json",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let stage_dir = ctx.run_dir().join("finetune");
+    let submission =
+        std::fs::read_to_string(stage_dir.join("submission/scratch/WNLI.tsv")).unwrap();
+    assert_eq!(submission.lines().count(), 1 + 146);
+    assert!(submission.starts_with("index\tprediction\n0\t"));
+    let seed1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stage_dir.join("wnli/scratch-seed1.json")).unwrap())
+            .unwrap();
+    assert_eq!(seed1["dev"][0]["predictions"].as_array().unwrap().len(), 71);
+    assert_eq!(seed1["run"]["dev"][0]["metrics"]["accuracy"], scores[0]);
+    // int(200 / 32 * 1.0) = 6 steps per seed, one log line each.
+    assert_eq!(seed1["run"]["train"]["steps"], 6);
+    let log = std::fs::read_to_string(stage_dir.join("train-log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 12);
+
+    // Unchanged config and inputs: the stage is fresh and skipped.
+    assert!(run_finetune(&ctx, &NoProgress).unwrap().skipped());
+}
+
+#[test]
+fn missing_task_data_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), r#"["wnli", "mnli"]"#);
+    let ctx = open(&config);
+    let err = run_finetune(&ctx, &NoProgress).unwrap_err().to_string();
+    assert!(
+        err.contains("MNLI/train.tsv") && err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hf_directory_init_runs_pretrained_and_scratch_arms() {
+    use bertline::finetune::{new_classifier, tokenizer_for_hf_dir, Init};
+    use bertline::model::export::save_pretraining;
+    use bertline::model::{init, BertForPreTraining, HfParams};
+    use bertline::squad::Wordpiece;
+    use dfdx::tensor::Cpu;
+    use rand::SeedableRng;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf-bert");
+    let config_path = write_config(dir.path(), r#"["wnli"]"#);
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace(
+            "init = \"scratch\"",
+            &format!("init = \"{}\"\ncompare_scratch = true", hf.display()),
+        )
+        .replace("seeds = [1, 2]", "seeds = [3]");
+    std::fs::write(&config_path, text).unwrap();
+    let ctx = open(&config_path);
+    run_vocab(&ctx, &NoProgress).unwrap();
+
+    // An HF-format directory: config.json + model.safetensors + vocab.txt.
+    let (wp, _) = bertline::tokenize::load_stage_vocab(&ctx).unwrap();
+    std::fs::create_dir_all(&hf).unwrap();
+    wp.write_vocab_txt(&hf.join("vocab.txt")).unwrap();
+    let config = ctx.config().model.clone();
+    let device = Cpu::seed_from_u64(9);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let pretrained = BertForPreTraining::new(&config, &mut init(&config, &device, &mut rng));
+    save_pretraining(&pretrained, &config, &hf).unwrap();
+
+    // The vocab.txt tokenizer agrees with the run's tokenizer.json.
+    let from_vocab = tokenizer_for_hf_dir(&hf).unwrap();
+    let sentence = "The drain is clogged with hair. It has to be cleaned.";
+    assert_eq!(
+        from_vocab.tokenize_with_offsets(sentence).unwrap(),
+        wp.tokenize_with_offsets(sentence).unwrap()
+    );
+    // The classifier's encoder is the checkpoint's, its head is new.
+    let classifier = new_classifier(
+        &Init::Pretrained { dir: hf.clone() },
+        &config,
+        2,
+        &device,
+        1,
+    )
+    .unwrap();
+    let saved = pretrained.named_parameters();
+    let loaded = classifier.named_parameters();
+    let find = |params: &[(String, bertline::model::ParamRef<'_, Cpu>)], name: &str| {
+        params.iter().find(|(n, _)| n == name).unwrap().1.to_vec()
+    };
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.encoder.layer.0.attention.self.query.weight",
+        "bert.pooler.dense.bias",
+    ] {
+        assert_eq!(find(&saved, name), find(&loaded, name), "{name}");
+    }
+
+    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    let metrics = &outcome.record().metrics;
+    assert_eq!(
+        metrics["arms"],
+        serde_json::json!(["pretrained", "scratch"])
+    );
+    for arm in ["pretrained", "scratch"] {
+        assert_eq!(
+            metrics["tasks"]["wnli"][arm]["scores"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let file = ctx
+            .run_dir()
+            .join(format!("finetune/submission/{arm}/WNLI.tsv"));
+        assert!(file.is_file(), "{}", file.display());
+    }
+}

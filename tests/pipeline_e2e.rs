@@ -1,0 +1,134 @@
+//! The whole pipeline on the `tiny` profile (Alice in Wonderland, a 1-layer model, a few
+//! steps), stage after stage through the same library calls the binaries make: checks the
+//! manifest lineage, the freshness rules across stages, and that the report names every
+//! artifact.
+
+use std::path::{Path, PathBuf};
+
+use bertline::progress::NoProgress;
+use bertline::stage::{Freshness, Stage, StageCtx, StageOptions};
+
+fn project(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("pipeline.toml")).unwrap();
+    // Relative paths in pipeline.toml resolve against its directory: link the data in.
+    let link = dir.join("datasets");
+    if !link.exists() {
+        std::os::unix::fs::symlink(repo.join("datasets"), &link).unwrap();
+    }
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+fn open(config: &Path) -> StageCtx {
+    StageCtx::open(StageOptions {
+        config: config.to_path_buf(),
+        profile: "tiny".into(),
+        force: false,
+        verify: true,
+    })
+    .unwrap()
+}
+
+fn run_all(ctx: &StageCtx) -> Vec<bool> {
+    vec![
+        bertline::tokenize::run_vocab(ctx, &NoProgress)
+            .unwrap()
+            .skipped(),
+        bertline::pairs::run_pairs(ctx, &NoProgress)
+            .unwrap()
+            .skipped(),
+        bertline::mask::run_mask(ctx, &NoProgress)
+            .unwrap()
+            .skipped(),
+        bertline::pretrain::run(ctx, &NoProgress).unwrap().skipped(),
+        bertline::finetune::run_finetune(ctx, &NoProgress)
+            .unwrap()
+            .skipped(),
+    ]
+}
+
+#[test]
+fn tiny_pipeline_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), |t| t);
+    let ctx = open(&config);
+    assert_eq!(run_all(&ctx), vec![false; 5]);
+    let report = bertline::report::run_report(&ctx).unwrap();
+    let _ = report;
+
+    // Every stage fresh, lineage complete: each artifact's inputs exist upstream.
+    for (stage, fresh) in ctx.status().unwrap() {
+        assert_eq!(fresh, Freshness::Fresh, "{stage}");
+    }
+    let records = ctx.manifest.stages().unwrap();
+    let ids: std::collections::BTreeSet<String> = records
+        .iter()
+        .flat_map(|r| r.artifacts.iter().map(|a| a.id.clone()))
+        .collect();
+    for r in &records {
+        for input in &r.inputs {
+            assert!(
+                input.id.starts_with("file:") || ids.contains(&input.id),
+                "{} reads {} which no stage recorded",
+                r.stage,
+                input.id
+            );
+        }
+    }
+    let mask = ctx.manifest.stage("mask").unwrap().unwrap();
+    assert!(mask.inputs.iter().any(|i| i.id.starts_with("pairs/")));
+    let pretrain = ctx.manifest.stage("pretrain").unwrap().unwrap();
+    assert!(pretrain.inputs.iter().any(|i| i.id.starts_with("mask/")));
+    assert!(pretrain
+        .artifacts
+        .iter()
+        .any(|a| a.path.ends_with("model.safetensors")));
+
+    // The report names every artifact of every other stage.
+    let html_path = ctx.run_dir().join("report/report.html");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    for r in records.iter().filter(|r| r.stage != "report") {
+        for a in &r.artifacts {
+            assert!(html.contains(&a.id), "report does not name {}", a.id);
+        }
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "report must be self-contained"
+    );
+    drop(ctx);
+
+    // A second run skips everything.
+    let ctx = open(&config);
+    assert_eq!(run_all(&ctx), vec![true; 5]);
+    drop(ctx);
+
+    // Editing masked_lm_prob makes mask and everything downstream stale, nothing upstream.
+    project(tmp.path(), |t| {
+        t.replace("masked_lm_prob = 0.15", "masked_lm_prob = 0.2")
+    });
+    let ctx = open(&config);
+    let status: Vec<(Stage, bool)> = ctx
+        .status()
+        .unwrap()
+        .into_iter()
+        .map(|(s, f)| (s, f.is_fresh()))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            (Stage::Vocab, true),
+            (Stage::Pairs, true),
+            (Stage::Mask, false),
+            (Stage::Pretrain, false),
+            (Stage::Finetune, false),
+            (Stage::Report, false),
+        ]
+    );
+    match ctx.freshness(Stage::Mask).unwrap() {
+        Freshness::Stale(why) => assert!(why.contains("mask.masked_lm_prob"), "{why}"),
+        other => panic!("{other}"),
+    }
+}

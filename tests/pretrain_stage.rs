@@ -1,0 +1,124 @@
+//! The `pretrain` stage through the manifest: a real vocab stage on Alice in Wonderland,
+//! pairs and mask records standing in for their stages (synthetic instances, real Parquet),
+//! then `pretrain::run` on the `tiny` profile: outputs recorded, fresh on the second run.
+
+use std::path::{Path, PathBuf};
+
+use bertline::pretrain;
+use bertline::progress::NoProgress;
+use bertline::shard::{write_instances, TrainingInstance};
+use bertline::stage::{Begin, Outcome, Stage, StageCtx, StageOptions};
+use rand::{Rng, SeedableRng};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The repo's pipeline.toml with absolute data paths and the run directory in `dir`.
+fn write_pipeline(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("pipeline.toml"))
+        .unwrap()
+        .replace("\"datasets/", &format!("\"{}/datasets/", repo().display()))
+        .replace(
+            "dir = \"runs/tiny\"",
+            &format!("dir = \"{}\"", dir.join("run").display()),
+        );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[CLS] w.. [SEP] w.. [SEP]` rows of length <= 64 over ids 5..1024, 1-10 predictions.
+fn instances(n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<TrainingInstance> {
+    (0..n)
+        .map(|_| {
+            let (a, b) = (rng.gen_range(5..30), rng.gen_range(5..30));
+            let w = rng.gen_range(5..1024u32);
+            let mut tokens = vec![2];
+            tokens.extend(std::iter::repeat_n(w, a));
+            tokens.push(3);
+            tokens.extend(std::iter::repeat_n(w, b));
+            tokens.push(3);
+            let mut segment_ids = vec![0u8; a + 2];
+            segment_ids.resize(tokens.len(), 1);
+            let k = rng.gen_range(1..=10);
+            let positions: Vec<u32> = (1..=k as u32).collect();
+            let labels = positions.iter().map(|&p| tokens[p as usize]).collect();
+            for &p in &positions {
+                tokens[p as usize] = 4;
+            }
+            TrainingInstance {
+                tokens,
+                segment_ids,
+                masked_lm_positions: positions,
+                masked_lm_labels: labels,
+                is_random_next: false,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = StageCtx::open(StageOptions {
+        config: write_pipeline(dir.path()),
+        profile: "tiny".into(),
+        force: false,
+        verify: false,
+    })
+    .unwrap();
+    bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+    let Begin::Run(pairs) = ctx.begin(Stage::Pairs).unwrap() else {
+        panic!("pairs fresh")
+    };
+    pairs.finish(&ctx, serde_json::json!({})).unwrap();
+    let Begin::Run(mut mask) = ctx.begin(Stage::Mask).unwrap() else {
+        panic!("mask fresh")
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for (name, kind, rows) in [
+        ("shard-00000.parquet", "instances", 40),
+        ("shard-00001.parquet", "instances", 40),
+        ("eval-00000.parquet", "eval_instances", 16),
+    ] {
+        write_instances(&mask.dir().join(name), &instances(rows, &mut rng), 64, 10).unwrap();
+        mask.add(name, kind, rows as u64).unwrap();
+    }
+    mask.finish(&ctx, serde_json::json!({})).unwrap();
+
+    let outcome = pretrain::run(&ctx, &NoProgress).unwrap();
+    let Outcome::Ran(record) = &outcome else {
+        panic!("pretrain skipped")
+    };
+    let kinds: Vec<&str> = record.artifacts.iter().map(|a| a.kind.as_str()).collect();
+    for kind in [
+        "model",
+        "model_config",
+        "optimizer",
+        "train_state",
+        "vocab",
+        "tokenizer",
+        "metrics",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} artifact in {kinds:?}");
+    }
+    assert_eq!(record.metrics["steps"], 20);
+    let ppl = record.metrics["heldout_perplexity"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0, "heldout perplexity {ppl}");
+    let out = ctx.run_dir().join("pretrain");
+    let (model, config) =
+        bertline::model::export::load_pretraining(&out, &dfdx::tensor::Cpu::default()).unwrap();
+    assert_eq!(config, ctx.config().model);
+    assert_eq!(model.bert.encoder.layer.len(), 1);
+    let rows = std::fs::read_to_string(out.join(pretrain::METRICS_FILE)).unwrap();
+    assert!(rows.lines().any(|l| l.contains("\"split\":\"heldout\"")));
+    assert_eq!(
+        rows.lines()
+            .filter(|l| l.contains("\"split\":\"train\""))
+            .count(),
+        20 / 5
+    );
+
+    assert!(pretrain::run(&ctx, &NoProgress).unwrap().skipped());
+}

@@ -1,0 +1,105 @@
+//! Parquet shards: exact round trips, fixed-length padding, and one-line errors for
+//! truncated or foreign files.
+
+use bertline::shard::{read_instances, read_pairs, write_instances, write_pairs};
+use bertline::{SentencePair, TrainingInstance};
+
+fn pairs() -> Vec<SentencePair> {
+    vec![
+        SentencePair {
+            tokens_a: vec![10, 11, 12],
+            tokens_b: vec![20],
+            is_random_next: false,
+        },
+        SentencePair {
+            tokens_a: vec![7],
+            tokens_b: vec![8, 9, 4000000],
+            is_random_next: true,
+        },
+    ]
+}
+
+#[test]
+fn pairs_round_trip_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("p.parquet");
+    let info = write_pairs(&path, &pairs()).unwrap();
+    assert_eq!(info.rows, 2);
+    assert_eq!(info.bytes, std::fs::metadata(&path).unwrap().len());
+    assert_eq!(read_pairs(&path).unwrap(), pairs());
+    // Same input, same bytes: hashes are reproducible.
+    let again = write_pairs(&tmp.path().join("q.parquet"), &pairs()).unwrap();
+    assert_eq!(again.blake3, info.blake3);
+}
+
+#[test]
+fn instances_are_padded_to_fixed_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("i.parquet");
+    let inst = TrainingInstance {
+        tokens: vec![2, 40, 4, 3, 50, 3],
+        segment_ids: vec![0, 0, 0, 0, 1, 1],
+        masked_lm_positions: vec![2],
+        masked_lm_labels: vec![41],
+        is_random_next: true,
+    };
+    let info = write_instances(&path, std::slice::from_ref(&inst), 8, 3).unwrap();
+    assert_eq!(info.rows, 1);
+    let s = read_instances(&path).unwrap();
+    assert_eq!((s.rows, s.seq_len, s.max_predictions), (1, 8, 3));
+    assert_eq!(s.input_ids, vec![2, 40, 4, 3, 50, 3, 0, 0]);
+    assert_eq!(s.token_type_ids, vec![0, 0, 0, 0, 1, 1, 0, 0]);
+    assert_eq!(s.attention_mask, vec![1, 1, 1, 1, 1, 1, 0, 0]);
+    assert_eq!(s.masked_lm_positions, vec![2, 0, 0]);
+    assert_eq!(s.masked_lm_ids, vec![41, 0, 0]);
+    assert_eq!(s.masked_lm_weights, vec![1.0, 0.0, 0.0]);
+    assert_eq!(s.next_sentence_label, vec![1]);
+}
+
+#[test]
+fn too_long_instance_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inst = TrainingInstance {
+        tokens: vec![1; 9],
+        segment_ids: vec![0; 9],
+        masked_lm_positions: vec![],
+        masked_lm_labels: vec![],
+        is_random_next: false,
+    };
+    let err = write_instances(&tmp.path().join("x.parquet"), &[inst], 8, 3).unwrap_err();
+    assert!(err.to_string().contains("max_seq_length 8"), "{err}");
+}
+
+#[test]
+fn truncated_shard_names_file_and_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("t.parquet");
+    write_pairs(&path, &pairs()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = read_pairs(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("t.parquet") && err.contains("truncated") && !err.contains('\n'),
+        "{err}"
+    );
+}
+
+#[test]
+fn pairs_shard_is_not_an_instance_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("p.parquet");
+    write_pairs(&path, &pairs()).unwrap();
+    let err = read_instances(&path).unwrap_err().to_string();
+    assert!(err.contains("missing column `input_ids`"), "{err}");
+}
+
+#[test]
+fn no_temp_files_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pairs(&tmp.path().join("p.parquet"), &pairs()).unwrap();
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["p.parquet".to_string()]);
+}
