@@ -385,6 +385,12 @@ impl StageCtx {
                 }
             }
         }
+        self.own_freshness(stage, record)
+    }
+
+    /// Freshness from the stage's own record alone: fingerprint and files, ignoring whether
+    /// upstream stages are themselves fresh.
+    fn own_freshness(&self, stage: Stage, record: Option<StageRecord>) -> Result<Freshness> {
         let Some(record) = record else {
             return Ok(Freshness::Missing("never run".into()));
         };
@@ -472,7 +478,14 @@ impl StageCtx {
         for up in stage.upstream(self.config()) {
             self.upstream(up)?;
         }
-        if !self.options.force && self.freshness(stage)? == Freshness::Fresh {
+        // The report is skipped when what it read is unchanged, even if it describes stale
+        // stages (rerunning it would write the same report); `status` still calls it stale.
+        let fresh = if stage == Stage::Report {
+            self.own_freshness(stage, self.manifest.stage(stage.name())?)?
+        } else {
+            self.freshness(stage)?
+        };
+        if !self.options.force && fresh == Freshness::Fresh {
             let record = self
                 .manifest
                 .stage(stage.name())?

@@ -263,11 +263,12 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
     let eval_rows: u64 = record.artifacts_of("pairs-eval").map(|a| a.rows).sum();
     assert_eq!(train_rows, metrics["train_pairs"].as_u64().unwrap());
     assert_eq!(eval_rows, metrics["eval_pairs"].as_u64().unwrap());
-    // Alice's 12 chapters are too few to hold out 10%; wiki_01's documents are not.
-    assert!(record
-        .artifacts_of("pairs-eval")
-        .all(|a| a.path.contains("eval-00001-")));
-    assert!(eval_rows > 0 && train_rows > 10 * eval_rows);
+    // The tiny profile holds out a quarter of each file's documents (eval_fraction 0.25).
+    assert!(record.artifacts_of("pairs-eval").count() >= 1);
+    assert!(
+        eval_rows > 0 && train_rows > 2 * eval_rows,
+        "{train_rows} / {eval_rows}"
+    );
 
     let mask = run_mask(&ctx, &NoProgress).unwrap();
     assert!(!mask.skipped());

@@ -95,7 +95,10 @@ fn tiny_pipeline_end_to_end() {
         }
     }
     for needle in ["src=\"http", "href=\"http", "<script", "<link", "@import"] {
-        assert!(!html.contains(needle), "report must be self-contained: found {needle}");
+        assert!(
+            !html.contains(needle),
+            "report must be self-contained: found {needle}"
+        );
     }
     drop(ctx);
 
