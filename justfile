@@ -5,7 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 config := "pipeline.toml"
 profile := "default"
-bin := "target/release"
+bin := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release"
 export RUST_LOG := env_var_or_default("RUST_LOG", "info")
 # mimalloc without transparent huge pages: same speed, about 25% less peak RSS in the data stages
 export MIMALLOC_ALLOW_THP := env_var_or_default("MIMALLOC_ALLOW_THP", "0")
