@@ -57,7 +57,7 @@ pub struct ShardExpect {
 /// when it was built for another sequence length or another vocabulary.
 pub fn read_checked_shard(path: &Path, expect: ShardExpect) -> Result<InstanceShard> {
     let shard = read_instances(path)?;
-    if shard.rows == 0 {
+    if shard.batch == 0 {
         return Err(Error::shard(path, "no rows: rerun `just stage mask`"));
     }
     if shard.seq_len != expect.seq_len {
@@ -250,7 +250,7 @@ impl InstanceStream {
     fn next_row(&mut self) -> Result<Option<(u32, u32)>> {
         loop {
             if let Some((s, row)) = self.state.cursor {
-                if (row as usize) < self.shard(s)?.rows {
+                if (row as usize) < self.shard(s)?.batch {
                     self.state.cursor = Some((s, row + 1));
                     return Ok(Some((s, row)));
                 }
@@ -272,7 +272,7 @@ impl InstanceStream {
             return Ok(shard.clone());
         }
         let shard = Arc::new(read_checked_shard(&self.shards[s as usize], self.expect)?);
-        tracing::debug!(shard = %self.shards[s as usize].display(), rows = shard.rows, "opened");
+        tracing::debug!(shard = %self.shards[s as usize].display(), rows = shard.batch, "opened");
         self.loaded.insert(s, shard.clone());
         Ok(shard)
     }
@@ -309,7 +309,7 @@ pub fn read_eval_batches(
     let mut rows: Vec<(Arc<InstanceShard>, usize)> = Vec::new();
     for path in shards {
         let shard = Arc::new(read_checked_shard(path, expect)?);
-        for r in 0..shard.rows {
+        for r in 0..shard.batch {
             rows.push((shard.clone(), r));
             if rows.len() == batch_size {
                 out.push(MaskedLmBatch::from_rows(
@@ -1263,7 +1263,7 @@ pub fn heldout_batches(
         rows.push(mask_heldout_row(tokens, cfg, wp.vocab_size(), &mut rng));
     }
     let shard = heldout_shard(&rows, seq_len, cfg.mask.max_predictions_per_seq);
-    let batches = (0..shard.rows)
+    let batches = (0..shard.batch)
         .collect::<Vec<_>>()
         .chunks(cfg.pretrain.train_batch_size)
         .map(|chunk| MaskedLmBatch::from_rows(chunk.iter().map(|&r| (&shard, r))))
@@ -1314,7 +1314,7 @@ pub fn heldout_shard(
     max_predictions: usize,
 ) -> InstanceShard {
     let mut shard = InstanceShard {
-        rows: instances.len(),
+        batch: instances.len(),
         seq_len,
         max_predictions,
         ..Default::default()

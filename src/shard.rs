@@ -44,11 +44,12 @@ impl fmt::Display for TrainingInstance {
     }
 }
 
-/// The rows of one instance shard, flattened row-major: what the trainer batches from.
+/// Rows of masked-LM instances, flattened row-major: the columns of the mask stage's shards
+/// (Google's TFRecord features). One type serves a whole shard and a training batch.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct InstanceShard {
+pub struct MaskedLmBatch {
     /// Number of rows.
-    pub rows: usize,
+    pub batch: usize,
     /// `max_seq_length` of every row.
     pub seq_len: usize,
     /// `max_predictions_per_seq` of every row.
@@ -87,6 +88,9 @@ pub struct ShardInfo {
     /// blake3 of the file, hex.
     pub blake3: String,
 }
+
+/// A whole instance shard as read from disk.
+pub type InstanceShard = MaskedLmBatch;
 
 /// Columns of a pairs shard.
 pub const PAIR_COLUMNS: [&str; 3] = ["tokens_a", "tokens_b", "is_random_next"];
@@ -267,7 +271,7 @@ pub fn read_instances(path: &Path) -> Result<InstanceShard> {
     let max_predictions = masked_lm_positions.len() / rows;
     let to_u32 = |v: Vec<i32>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
     let shard = InstanceShard {
-        rows,
+        batch: rows,
         seq_len,
         max_predictions,
         input_ids: to_u32(input_ids),

@@ -45,7 +45,7 @@ impl InstanceStats {
     /// Adds every row of a shard.
     pub fn add_shard(&mut self, shard: &InstanceShard, mask_id: u32) {
         let (seq_len, max_predictions) = (shard.seq_len, shard.max_predictions);
-        for row in 0..shard.rows {
+        for row in 0..shard.batch {
             let input_ids = &shard.input_ids[row * seq_len..(row + 1) * seq_len];
             let attention = &shard.attention_mask[row * seq_len..(row + 1) * seq_len];
             let predictions = row * max_predictions..(row + 1) * max_predictions;

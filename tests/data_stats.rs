@@ -45,7 +45,7 @@ fn two_instance_shard() -> InstanceShard {
         v
     };
     InstanceShard {
-        rows: 2,
+        batch: 2,
         seq_len: 8,
         max_predictions: 3,
         input_ids: [
@@ -185,7 +185,7 @@ fn wiki_00_matches_googles_create_pretraining_data() {
     write_instances(&shard, &instances, 128, 20).unwrap();
     let read = read_instances(&shard).unwrap();
     assert_eq!(
-        (read.rows, read.seq_len, read.max_predictions),
+        (read.batch, read.seq_len, read.max_predictions),
         (instances.len(), 128, 20)
     );
     assert_eq!(InstanceStats::from_shards([read], vocab.mask), stats);

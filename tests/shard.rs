@@ -46,7 +46,7 @@ fn instances_are_padded_to_fixed_length() {
     let info = write_instances(&path, std::slice::from_ref(&inst), 8, 3).unwrap();
     assert_eq!(info.rows, 1);
     let s = read_instances(&path).unwrap();
-    assert_eq!((s.rows, s.seq_len, s.max_predictions), (1, 8, 3));
+    assert_eq!((s.batch, s.seq_len, s.max_predictions), (1, 8, 3));
     assert_eq!(s.input_ids, vec![2, 40, 4, 3, 50, 3, 0, 0]);
     assert_eq!(s.token_type_ids, vec![0, 0, 0, 0, 1, 1, 0, 0]);
     assert_eq!(s.attention_mask, vec![1, 1, 1, 1, 1, 1, 0, 0]);

@@ -102,31 +102,7 @@ impl<D: Device<f32>> BertPreTrainingHeads<D> {
     }
 }
 
-/// One pre-training batch on the host, the columns of the mask stage's shards
-/// (Google's TFRecord features), `batch` rows.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MaskedLmBatch {
-    /// Rows.
-    pub batch: usize,
-    /// `max_seq_length`.
-    pub seq_len: usize,
-    /// `max_predictions_per_seq`.
-    pub max_predictions: usize,
-    /// `batch x seq_len`.
-    pub input_ids: Vec<u32>,
-    /// `batch x seq_len` (Google's `segment_ids`).
-    pub token_type_ids: Vec<u32>,
-    /// `batch x seq_len`, 1 for real tokens.
-    pub attention_mask: Vec<u32>,
-    /// `batch x max_predictions`, positions within the row.
-    pub masked_lm_positions: Vec<u32>,
-    /// `batch x max_predictions`, original token ids.
-    pub masked_lm_ids: Vec<u32>,
-    /// `batch x max_predictions`, 1.0 for real predictions, 0.0 for padding.
-    pub masked_lm_weights: Vec<f32>,
-    /// `batch`, 1 when segment B is a random sentence.
-    pub next_sentence_label: Vec<u32>,
-}
+pub use crate::shard::MaskedLmBatch;
 
 impl MaskedLmBatch {
     /// Copies `rows` (`(shard, row index)`) into one batch. Every shard must have the same
