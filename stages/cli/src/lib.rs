@@ -170,3 +170,17 @@ impl Progress for Bar {
         tracing::debug!(what = s.0.as_str(), "finished");
     }
 }
+
+/// The whole `main` of a stage with no flags of its own: open the context, run the stage
+/// with a progress bar, log what it did and print its directory.
+pub fn stage_main<F>(stage: &str, common: &CommonArgs, run: F) -> ExitCode
+where
+    F: FnOnce(&StageCtx, &dyn Progress) -> bertline::Result<Outcome>,
+{
+    main(common.verbose, || {
+        let ctx = common.open()?;
+        let outcome = run(&ctx, &common.progress())?;
+        report_outcome(&ctx, stage, &outcome);
+        Ok(())
+    })
+}

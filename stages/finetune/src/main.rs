@@ -19,10 +19,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    bertline_cli::main(args.common.verbose, || {
-        let ctx = args.common.open()?;
-        let outcome = bertline::finetune::run_finetune(&ctx, &args.common.progress())?;
-        bertline_cli::report_outcome(&ctx, "finetune", &outcome);
-        Ok(())
-    })
+    bertline_cli::stage_main("finetune", &args.common, bertline::finetune::run_finetune)
 }

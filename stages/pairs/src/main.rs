@@ -18,10 +18,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    bertline_cli::main(args.common.verbose, || {
-        let ctx = args.common.open()?;
-        let outcome = bertline::pairs::run_pairs(&ctx, &args.common.progress())?;
-        bertline_cli::report_outcome(&ctx, "pairs", &outcome);
-        Ok(())
-    })
+    bertline_cli::stage_main("pairs", &args.common, bertline::pairs::run_pairs)
 }

@@ -18,10 +18,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    bertline_cli::main(args.common.verbose, || {
-        let ctx = args.common.open()?;
-        let outcome = bertline::tokenize::run_vocab(&ctx, &args.common.progress())?;
-        bertline_cli::report_outcome(&ctx, "vocab", &outcome);
-        Ok(())
-    })
+    bertline_cli::stage_main("vocab", &args.common, bertline::tokenize::run_vocab)
 }
