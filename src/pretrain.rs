@@ -1254,13 +1254,30 @@ pub fn heldout_batches(
         &[],
     ));
     let special = crate::tokenize::SPECIAL;
+    let vocab = crate::mask::MaskVocab::from_wordpiece(&wp);
     let mut rows = Vec::new();
     for chunk in ids.chunks(seq_len - 2).take(rows_wanted) {
         let mut tokens = Vec::with_capacity(seq_len);
         tokens.push(special.cls);
         tokens.extend_from_slice(chunk);
         tokens.push(special.sep);
-        rows.push(mask_heldout_row(tokens, cfg, wp.vocab_size(), &mut rng));
+        // The mask stage's own algorithm (BERT §3.1: 15% of the non-special tokens; of those
+        // 80% [MASK], 10% random, 10% unchanged).
+        let (masked, positions, labels) = crate::mask::create_masked_lm_predictions(
+            &tokens,
+            cfg.mask.masked_lm_prob,
+            cfg.mask.max_predictions_per_seq,
+            cfg.mask.do_whole_word_mask,
+            &vocab,
+            &mut rng,
+        );
+        rows.push(crate::shard::TrainingInstance {
+            segment_ids: vec![0; masked.len()],
+            tokens: masked,
+            masked_lm_positions: positions,
+            masked_lm_labels: labels,
+            is_random_next: false,
+        });
     }
     let shard = heldout_shard(&rows, seq_len, cfg.mask.max_predictions_per_seq);
     let batches = (0..shard.batch)
@@ -1269,42 +1286,6 @@ pub fn heldout_batches(
         .map(|chunk| MaskedLmBatch::from_rows(chunk.iter().map(|&r| (&shard, r))))
         .collect();
     Ok(batches)
-}
-
-/// Masks one held-out row as `create_masked_lm_predictions` does (BERT §3.1: 15% of the
-/// non-special tokens; of those 80% `[MASK]`, 10% random, 10% unchanged).
-fn mask_heldout_row(
-    tokens: Vec<u32>,
-    cfg: &crate::config::PipelineConfig,
-    vocab_size: usize,
-    rng: &mut ChaCha8Rng,
-) -> crate::shard::TrainingInstance {
-    use rand::seq::SliceRandom;
-    let special = crate::tokenize::SPECIAL;
-    let mut candidates: Vec<usize> = (1..tokens.len() - 1).collect();
-    candidates.shuffle(rng);
-    let wanted = ((tokens.len() as f64 * cfg.mask.masked_lm_prob).round() as usize)
-        .clamp(1, cfg.mask.max_predictions_per_seq);
-    let mut positions: Vec<usize> = candidates.into_iter().take(wanted).collect();
-    positions.sort_unstable();
-    let mut output = tokens.clone();
-    for &p in &positions {
-        output[p] = if rng.gen::<f64>() < 0.8 {
-            special.mask
-        } else if rng.gen::<f64>() < 0.5 {
-            tokens[p]
-        } else {
-            rng.gen_range(0..vocab_size as u32)
-        };
-    }
-    let len = tokens.len();
-    crate::shard::TrainingInstance {
-        tokens: output,
-        segment_ids: vec![0; len],
-        masked_lm_positions: positions.iter().map(|&p| p as u32).collect(),
-        masked_lm_labels: positions.iter().map(|&p| tokens[p]).collect(),
-        is_random_next: false,
-    }
 }
 
 /// Fixed-length rows of `instances`, as the mask stage writes them.
