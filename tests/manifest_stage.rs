@@ -220,3 +220,83 @@ fn bad_corpus_leaves_records_intact() {
         );
     }
 }
+
+/// A progress callback that announces the stage is under way, then stalls so the parent
+/// process can kill it mid-stage.
+struct StallingProgress;
+
+impl bertline::progress::Progress for StallingProgress {
+    fn start(&self, _what: &str, _total: u64) {}
+    fn advance(&self, _n: u64) {
+        println!("advancing");
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+    fn finish(&self) {}
+}
+
+/// Runs in a child process (see below): vocab, then a pairs stage that stalls mid-way.
+#[test]
+#[ignore = "helper: run by kill_9_mid_stage_records_nothing in a child process"]
+fn stalling_pairs_child() {
+    if let Ok(config) = std::env::var("BERTLINE_STALL_CONFIG") {
+        let ctx = open(Path::new(&config), false);
+        bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+        bertline::pairs::run_pairs(&ctx, &StallingProgress).unwrap();
+    }
+}
+
+#[test]
+fn kill_9_mid_stage_records_nothing_and_the_rerun_finishes() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), |t| t);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "stalling_pairs_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BERTLINE_STALL_CONFIG", &config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().contains("advancing")),
+        "child never reached pairs"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let ctx = open(&config, false);
+    assert_eq!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Fresh);
+    assert!(ctx.manifest.stage("pairs").unwrap().is_none());
+    assert!(matches!(
+        ctx.freshness(Stage::Pairs).unwrap(),
+        Freshness::Missing(_)
+    ));
+    assert!(
+        !ctx.run_dir().join("pairs").exists(),
+        "no half-written pairs directory in place"
+    );
+    // The rerun finishes, clears the dead run's staging directory and records the shards.
+    let out = bertline::pairs::run_pairs(&ctx, &NoProgress).unwrap();
+    assert!(!out.skipped());
+    for a in &out.record().artifacts {
+        let (hash, _) = bertline::durable::hash_file(&ctx.path_of(a)).unwrap();
+        assert_eq!(hash, a.blake3);
+        bertline::shard::read_pairs(&ctx.path_of(a)).unwrap();
+    }
+    let staging: Vec<_> = std::fs::read_dir(ctx.run_dir().join(".staging"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        staging
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with("pairs-")),
+        "{staging:?}"
+    );
+    assert_eq!(ctx.freshness(Stage::Pairs).unwrap(), Freshness::Fresh);
+}
