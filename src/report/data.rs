@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::{IoContext, Result};
 use crate::manifest::{ArtifactRecord, InputRef, Manifest, StageRecord};
+use crate::metrics::SeedSummary;
 
 use super::reference::{canonical_task, DATA_REFERENCES, STANDARD_TASKS};
 
@@ -578,41 +579,14 @@ fn parse_arm(value: &Value, metric: Option<&str>) -> Option<ArmResult> {
             scores.push(*v);
         }
     }
+    // Summaries the stage did not record are computed from the per-seed scores.
+    let summary = (!scores.is_empty()).then(|| SeedSummary::of(&scores));
     Some(ArmResult {
-        mean: number("mean").or_else(|| mean(&scores)),
-        median: number("median").or_else(|| median(&scores)),
-        std: number("std").or_else(|| sample_std(&scores)),
+        mean: number("mean").or(summary.map(|s| s.mean)),
+        median: number("median").or(summary.map(|s| s.median)),
+        std: number("std").or(summary.filter(|s| s.n > 1).map(|s| s.std)),
         scores,
         all,
-    })
-}
-
-/// Arithmetic mean; `None` for no values.
-pub fn mean(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
-/// Median (mean of the middle two for an even count); `None` for no values.
-pub fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    })
-}
-
-/// Sample standard deviation (n − 1); `None` for fewer than two values.
-pub fn sample_std(values: &[f64]) -> Option<f64> {
-    let m = mean(values)?;
-    (values.len() > 1).then(|| {
-        let ss: f64 = values.iter().map(|v| (v - m).powi(2)).sum();
-        (ss / (values.len() - 1) as f64).sqrt()
     })
 }
 
@@ -818,10 +792,6 @@ not json
 
     #[test]
     fn statistics_helpers() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[]), None);
-        assert_eq!(sample_std(&[1.0]), None);
-        assert_eq!(sample_std(&[1.0, 3.0]), Some(2f64.sqrt()));
         assert_eq!(
             flatten_scalars(&json!({"a": {"b": 1, "c": [1, "s"], "f": [{}]}, "d": "x", "e": null})),
             vec![

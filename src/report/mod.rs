@@ -53,9 +53,9 @@ mod render;
 use std::path::{Path, PathBuf};
 
 pub use data::{
-    flatten_scalars, mean, median, parse_cpuinfo, parse_finetune, parse_metrics_log, sample_std,
-    ArmResult, DataStatRow, DataStats, HistoryEntry, Machine, MetricsRow, PretrainCurves,
-    ReportData, StageEntry, TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
+    flatten_scalars, parse_cpuinfo, parse_finetune, parse_metrics_log, ArmResult, DataStatRow,
+    DataStats, HistoryEntry, Machine, MetricsRow, PretrainCurves, ReportData, StageEntry,
+    TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
 pub use document::{
     build_document, glue_table, headline, Block, Chart, Document, Section, Table, MISSING,
