@@ -394,7 +394,7 @@ impl StageCtx {
         let Some(record) = record else {
             return Ok(Freshness::Missing("never run".into()));
         };
-        let expected = match self.expected(stage, &record) {
+        let expected = match self.expected(stage) {
             Ok(e) => e,
             Err(e) => return Ok(Freshness::Stale(format!("cannot check inputs: {e}"))),
         };
@@ -425,7 +425,7 @@ impl StageCtx {
         Ok(Freshness::Fresh)
     }
 
-    fn expected(&self, stage: Stage, previous: &StageRecord) -> Result<Expected> {
+    fn expected(&self, stage: Stage) -> Result<Expected> {
         let mut inputs = Vec::new();
         if stage == Stage::Report {
             // The report's inputs: every other stage's current artifacts.
@@ -449,7 +449,6 @@ impl StageCtx {
                 blake3: a.blake3.clone(),
             }));
         }
-        let _ = previous;
         for (id, path) in stage.input_files(&self.loaded)? {
             let (blake3, _) = durable::hash_file(&path)?;
             inputs.push(InputRef { id, blake3 });
@@ -492,21 +491,7 @@ impl StageCtx {
                 .expect("fresh has record");
             return Ok(Begin::Skip(record));
         }
-        let placeholder = StageRecord {
-            stage: stage.name().into(),
-            profile: String::new(),
-            fingerprint: String::new(),
-            config_hash: String::new(),
-            config: Value::Null,
-            inputs: vec![],
-            artifacts: vec![],
-            metrics: Value::Null,
-            code_version: String::new(),
-            schema_version: SCHEMA_VERSION,
-            started_at: 0.0,
-            finished_at: 0.0,
-        };
-        let expected = self.expected(stage, &placeholder)?;
+        let expected = self.expected(stage)?;
         let staging = self.run_dir().join(".staging").join(format!(
             "{}-{}",
             stage.name(),
