@@ -15,12 +15,13 @@
 //! Batches are padded to their longest row, not to `max_seq_length`: with the attention mask
 //! the logits are the same, and short GLUE sentences train several times faster.
 
+use crate::model::BertDevice;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dfdx::tensor::{AutoDevice, NoneTape};
-use dfdx::tensor_ops::{Backward, Device};
+use dfdx::tensor_ops::Backward;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -237,7 +238,7 @@ impl HostBatch {
     }
 
     /// The device tensors.
-    pub fn inputs<D: Device<f32>>(&self, device: &D) -> BertInputs<D> {
+    pub fn inputs<D: BertDevice>(&self, device: &D) -> BertInputs<D> {
         BertInputs::new(
             device,
             self.batch,
@@ -304,7 +305,7 @@ fn training_batches(n: usize, recipe: &Recipe, rng: &mut ChaCha8Rng) -> Vec<(usi
 }
 
 /// One optimizer step on a batch: forward, loss, backward, clip, AdamW. Returns the loss.
-fn optimizer_step<D: Device<f32>, M: crate::model::HfParams<D>>(
+fn optimizer_step<D: BertDevice, M: crate::model::HfParams<D>>(
     model: &mut M,
     optimizer: &mut AdamW,
     loss: crate::model::Scalar<D, TrainTape<D>>,
@@ -347,7 +348,7 @@ pub struct TrainLog<'a> {
 /// Fine-tunes a classifier (or regressor) on `features` with `recipe`: `seed` drives the
 /// shuffling and the dropout masks. Reports each step to `progress`, each epoch's mean loss
 /// as its message.
-pub fn train_sequence_classifier<D: Device<f32>>(
+pub fn train_sequence_classifier<D: BertDevice>(
     model: &mut BertForSequenceClassification<D>,
     features: &[InputFeatures],
     recipe: &Recipe,
@@ -429,7 +430,7 @@ fn by_length(lengths: impl Iterator<Item = usize>) -> Vec<usize> {
 }
 
 /// Logits of every example (`[num_labels]` each), in the order of `features`; dropout off.
-pub fn predict_sequence_classifier<D: Device<f32>>(
+pub fn predict_sequence_classifier<D: BertDevice>(
     model: &BertForSequenceClassification<D>,
     features: &[InputFeatures],
     device: &D,
@@ -644,7 +645,7 @@ pub fn load_task_data(
 
 /// A fresh classifier for `init`: loaded from the directory (encoder weights, a new head
 /// from `seed`) or random from `seed`.
-pub fn new_classifier<D: Device<f32>>(
+pub fn new_classifier<D: BertDevice>(
     init_from: &Init,
     config: &BertConfig,
     num_labels: usize,
@@ -676,7 +677,7 @@ pub struct SeedOutput {
 }
 
 /// Trains one seed of one arm on a task and evaluates it on every dev and test split.
-pub fn run_seed<D: Device<f32>>(
+pub fn run_seed<D: BertDevice>(
     data: &TaskData,
     init_from: &Init,
     config: &BertConfig,
@@ -801,7 +802,7 @@ fn squad_batch(features: &[&SquadFeature]) -> HostBatch {
 
 /// Fine-tunes a span extractor on SQuAD features (loss: mean of start and end
 /// cross-entropy).
-pub fn train_question_answering<D: Device<f32>>(
+pub fn train_question_answering<D: BertDevice>(
     model: &mut BertForQuestionAnswering<D>,
     features: &[SquadFeature],
     recipe: &Recipe,
@@ -850,7 +851,7 @@ pub fn train_question_answering<D: Device<f32>>(
 }
 
 /// Start and end logits of every feature, in order; dropout off.
-pub fn predict_question_answering<D: Device<f32>>(
+pub fn predict_question_answering<D: BertDevice>(
     model: &BertForQuestionAnswering<D>,
     features: &[SquadFeature],
     device: &D,
@@ -911,7 +912,7 @@ pub fn squad_predictions(
 
 /// Trains and evaluates one SQuAD seed; metrics are fractions (`exact_match`, `f1`).
 #[allow(clippy::too_many_arguments)]
-pub fn run_squad_seed<D: Device<f32>>(
+pub fn run_squad_seed<D: BertDevice>(
     data: &SquadData,
     cfg: &crate::config::SquadConfig,
     recipe: &Recipe,

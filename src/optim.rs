@@ -6,11 +6,11 @@
 //! `torch.optim.AdamW` step for step, so its state (`exp_avg`, `exp_avg_sq`, `step`) saves to
 //! and loads from `optim.safetensors` by HF parameter name, bit for bit.
 
+use crate::model::BertDevice;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use dfdx::tensor::Gradients;
-use dfdx::tensor_ops::Device;
 use rayon::prelude::*;
 
 use crate::config::PretrainConfig;
@@ -29,7 +29,7 @@ pub struct ParamGrads {
 
 impl ParamGrads {
     /// Copies every parameter's gradient out of `grads` (zeros where the tape never reached).
-    pub fn from_gradients<D: Device<f32>, M: HfParams<D>>(
+    pub fn from_gradients<D: BertDevice, M: HfParams<D>>(
         model: &M,
         grads: &mut Gradients<f32, D>,
     ) -> Self {
@@ -46,7 +46,7 @@ impl ParamGrads {
 
     /// Adds every parameter's gradient in `grads` to these (gradient accumulation),
     /// reusing the buffers: the first call sizes them, later steps allocate nothing.
-    pub fn add_gradients<D: Device<f32>, M: HfParams<D>>(
+    pub fn add_gradients<D: BertDevice, M: HfParams<D>>(
         &mut self,
         model: &M,
         grads: &mut Gradients<f32, D>,
@@ -223,7 +223,7 @@ impl AdamW {
     /// m ← m + (1 − β1)(g − m);  v ← β2 v + (1 − β2) g²
     /// p ← p − lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε)
     /// ```
-    pub fn update<D: Device<f32>, M: HfParams<D>>(
+    pub fn update<D: BertDevice, M: HfParams<D>>(
         &mut self,
         model: &mut M,
         grads: &ParamGrads,
@@ -299,7 +299,7 @@ impl AdamW {
 
     /// Reads state written by [`AdamW::save`] for `model`: every parameter must have moments
     /// of its size (a fresh state, step 0, has none).
-    pub fn load<D: Device<f32>, M: HfParams<D>>(
+    pub fn load<D: BertDevice, M: HfParams<D>>(
         path: &Path,
         config: AdamWConfig,
         model: &M,
@@ -354,7 +354,7 @@ mod tests {
     use dfdx::tensor::{Cpu, TensorFromVec};
 
     /// A two-parameter "model": a decayed weight and an undecayed bias.
-    struct Toy<D: Device<f32>> {
+    struct Toy<D: BertDevice> {
         weight: Vector<D>,
         bias: Vector<D>,
     }
@@ -437,7 +437,7 @@ mod tests {
         assert_eq!(a.bias.as_vec(), b.bias.as_vec());
 
         // A state for another model is an error naming the file and the key.
-        struct Other<D: Device<f32>> {
+        struct Other<D: BertDevice> {
             other: Vector<D>,
         }
         crate::model::hf_params!(Other { "other" => other });

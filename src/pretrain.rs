@@ -9,6 +9,7 @@
 //! run resumes from the latest one and continues bit for bit as if never stopped (the
 //! stream's buffer and rng position are saved; dropout masks are a function of the step).
 
+use crate::model::BertDevice;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dfdx::tensor::NoneTape;
-use dfdx::tensor_ops::{Backward, Device};
+use dfdx::tensor_ops::Backward;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -404,7 +405,7 @@ impl StatsWindow {
 
 /// The model, its optimizer and the position in training.
 #[derive(Debug)]
-pub struct Trainer<D: Device<f32>> {
+pub struct Trainer<D: BertDevice> {
     pub model: BertForPreTraining<D>,
     pub optimizer: AdamW,
     pub model_config: BertConfig,
@@ -420,7 +421,7 @@ pub struct Trainer<D: Device<f32>> {
     scratch: Vec<f32>,
 }
 
-impl<D: Device<f32>> Trainer<D> {
+impl<D: BertDevice> Trainer<D> {
     /// A fresh model initialised from `seed` (HF `_init_weights`), step 0.
     pub fn new(model_config: &BertConfig, config: &PretrainConfig, seed: u64, device: &D) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -521,7 +522,7 @@ pub fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
 
 /// Loss and accuracies of `model` over `batches` in evaluation mode. The MLM loss is the
 /// weighted mean over all masked positions of all batches (so `exp` of it is a perplexity).
-pub fn estimate_loss<D: Device<f32>>(
+pub fn estimate_loss<D: BertDevice>(
     model: &BertForPreTraining<D>,
     batches: &[MaskedLmBatch],
 ) -> StepStats {
@@ -589,7 +590,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Writes a checkpoint of `trainer` and `stream` into `dir/checkpoint-STEP` atomically
 /// (everything into a temp directory, each file fsynced, then one rename), copies
 /// `extra_files` (vocab.txt, tokenizer.json) in, and keeps only the newest `keep`.
-pub fn save_checkpoint<D: Device<f32>>(
+pub fn save_checkpoint<D: BertDevice>(
     dir: &Path,
     trainer: &Trainer<D>,
     stream: &InstanceStream,
@@ -636,7 +637,7 @@ pub fn save_checkpoint<D: Device<f32>>(
 
 /// Reads a checkpoint written by [`save_checkpoint`]; it must belong to a run with the
 /// same `[model]` and `[pretrain]` settings.
-pub fn load_checkpoint<D: Device<f32>>(
+pub fn load_checkpoint<D: BertDevice>(
     dir: &Path,
     model_config: &BertConfig,
     config: &PretrainConfig,
@@ -822,7 +823,7 @@ fn every(step: usize, n: usize) -> bool {
 
 /// Pre-trains BERT as configured by `job` on `device`, resuming from the newest checkpoint
 /// in `job.work_dir` if there is one.
-pub fn train<D: Device<f32>>(
+pub fn train<D: BertDevice>(
     job: &PretrainJob,
     device: &D,
     progress: &dyn Progress,
@@ -984,7 +985,7 @@ pub struct BenchReport {
 
 /// Times `steps` training steps of `model_config` on random instances (uniform ids, 15% of
 /// positions predicted, half the pairs random-next). Compute only, no data loading.
-pub fn bench<D: Device<f32>>(
+pub fn bench<D: BertDevice>(
     model_config: &BertConfig,
     config: &PretrainConfig,
     batch: usize,
@@ -1109,7 +1110,7 @@ pub fn run_with(
 }
 
 /// [`run_with`] on a given device.
-pub fn run_on<D: Device<f32>>(
+pub fn run_on<D: BertDevice>(
     ctx: &StageCtx,
     progress: &dyn Progress,
     stop_at: Option<usize>,

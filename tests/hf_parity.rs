@@ -349,7 +349,7 @@ fn loss_after_one_adamw_step_matches_hf() {
 
 /// One eval-mode AdamW step (fixture hyper-parameters), returning the loss after it.
 #[cfg(feature = "cuda")]
-fn loss_after_step<D: dfdx::tensor_ops::Device<f32>>(
+fn loss_after_step<D: bertline::model::BertDevice>(
     model: &mut BertForPreTraining<D>,
     batch: &MaskedLmBatch,
 ) -> (f32, f32) {

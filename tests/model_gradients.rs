@@ -266,7 +266,7 @@ fn dropout_is_off_in_eval_and_seeded_in_training() {
 fn mode_dropout_keeps_the_expected_fraction_and_scales() {
     let dev = Cpu::default();
     let n = 100_000;
-    let x: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(vec![1.0; n], (n,));
+    let x: Tensor<(usize, usize), f32, Cpu> = dev.tensor_from_vec(vec![1.0; n], (n, 1));
     let y = Mode::train(3).dropout(x, 0.1).as_vec();
     let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
     // Binomial(100000, 0.9): std of the fraction ~0.001; 5 sigma.

@@ -1,9 +1,10 @@
 //! BERT's input layer (§3.2): word + token type + position embeddings, LayerNorm, dropout,
 //! and [`BertInputs`], one batch of token ids already on the device.
 
+use super::BertDevice;
 use dfdx::shapes::{Axis, HasShape};
 use dfdx::tensor::{PutTape, SplitTape, Tape, Tensor};
-use dfdx::tensor_ops::{BroadcastTo, Device};
+use dfdx::tensor_ops::BroadcastTo;
 
 use super::{hf_params, BertConfig, Embedding, IdMatrix, Init, LayerNorm, Matrix, Mode};
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ pub const MASKED_SCORE: f32 = -10000.0;
 
 /// One batch of model inputs on the device, flattened to `batch * seq_len` rows.
 #[derive(Debug, Clone)]
-pub struct BertInputs<D: Device<f32>> {
+pub struct BertInputs<D: BertDevice> {
     /// Sequences in the batch.
     pub batch: usize,
     /// Tokens per sequence (padded).
@@ -30,7 +31,7 @@ pub struct BertInputs<D: Device<f32>> {
     pub host_input_ids: Vec<usize>,
 }
 
-impl<D: Device<f32>> BertInputs<D> {
+impl<D: BertDevice> BertInputs<D> {
     /// Builds the device tensors from row-major host arrays of `batch * seq_len` values.
     /// `attention_mask` is 1 for real tokens and 0 for padding.
     pub fn new(
@@ -116,7 +117,7 @@ impl<D: Device<f32>> BertInputs<D> {
 // modeling_bert.py (v4.44.2): class BertEmbeddings
 /// Word, position and token type embeddings, summed, normalised and dropped out.
 #[derive(Debug, Clone)]
-pub struct BertEmbeddings<D: Device<f32>> {
+pub struct BertEmbeddings<D: BertDevice> {
     /// `[vocab_size, hidden]`, tied to the MLM decoder.
     pub word_embeddings: Embedding<D>,
     /// `[max_position_embeddings, hidden]`, learned absolute positions.
@@ -138,7 +139,7 @@ hf_params!(BertEmbeddings {
     "LayerNorm" => layer_norm,
 });
 
-impl<D: Device<f32>> BertEmbeddings<D> {
+impl<D: BertDevice> BertEmbeddings<D> {
     /// Freshly initialised embeddings.
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         let h = config.hidden_size;

@@ -2,19 +2,19 @@
 //! multi-head self-attention with a padding mask and an exact-GELU feed-forward block,
 //! the `[CLS]` pooler, and [`BertModel`] which ties them to the embeddings.
 
-use dfdx::shapes::{Axes2, Axes4, Axis, HasShape};
+use super::BertDevice;
 use dfdx::tensor::{Tape, WithEmptyTape};
-use dfdx::tensor_ops::{BroadcastTo, Device, GatherTo, PermuteTo, ReshapeTo, TryMatMul};
+use dfdx::tensor_ops::GatherTo;
 
 use super::{
-    gelu, hf_params, BertConfig, BertEmbeddings, BertInputs, IdMatrix, Init, LayerNorm, Linear,
-    Matrix, Mode,
+    hf_params, BertConfig, BertEmbeddings, BertInputs, IdMatrix, Init, LayerNorm, Linear, Matrix,
+    Mode,
 };
 
 // modeling_bert.py (v4.44.2): class BertSelfAttention
 /// Scaled dot-product attention over `num_attention_heads` heads, padding keys masked.
 #[derive(Debug, Clone)]
-pub struct BertSelfAttention<D: Device<f32>> {
+pub struct BertSelfAttention<D: BertDevice> {
     pub query: Linear<D>,
     pub key: Linear<D>,
     pub value: Linear<D>,
@@ -26,7 +26,7 @@ pub struct BertSelfAttention<D: Device<f32>> {
 
 hf_params!(BertSelfAttention { "query" => query, "key" => key, "value" => value });
 
-impl<D: Device<f32>> BertSelfAttention<D> {
+impl<D: BertDevice> BertSelfAttention<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         let h = config.hidden_size;
         BertSelfAttention {
@@ -48,43 +48,19 @@ impl<D: Device<f32>> BertSelfAttention<D> {
     ) -> Matrix<D, T> {
         let _span = tracing::span!(tracing::Level::TRACE, "self-attn").entered();
         let (b, s) = (inputs.batch, inputs.seq_len);
-        let hidden = hidden_states.shape().1;
         let heads = self.num_attention_heads;
-        let head_size = hidden / heads;
-        let split_heads = (b, s, heads, head_size);
-        // [b*s, hidden] -> [b, heads, s, head] (keys: [b, heads, head, s]).
-        let q = self
-            .query
-            .forward(hidden_states.with_empty_tape())
-            .reshape_like(&split_heads)
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let k = self
-            .key
-            .forward(hidden_states.with_empty_tape())
-            .reshape_like(&split_heads)
-            .permute::<_, Axes4<0, 2, 3, 1>>();
-        let v = self
-            .value
-            .forward(hidden_states)
-            .reshape_like(&split_heads)
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let scores = q.matmul(k) * (1.0 / (head_size as f32).sqrt());
-        let mask = inputs
-            .attention_bias
-            .clone()
-            .broadcast_like::<_, Axes2<1, 2>>(&(b, heads, s, s));
-        let probs = mode.dropout((scores + mask).softmax::<Axis<3>>(), self.dropout_prob);
-        probs
-            .matmul(v)
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .reshape_like(&(b * s, hidden))
+        let q = self.query.forward(hidden_states.with_empty_tape());
+        let k = self.key.forward(hidden_states.with_empty_tape());
+        let v = self.value.forward(hidden_states);
+        let dropout = mode.dropout_mask(b * heads * s * s, self.dropout_prob);
+        D::attention(q, k, v, &inputs.attention_bias, heads, dropout)
     }
 }
 
 // modeling_bert.py (v4.44.2): class BertSelfOutput
 /// Projection of the attention context, dropout, residual, LayerNorm.
 #[derive(Debug, Clone)]
-pub struct BertSelfOutput<D: Device<f32>> {
+pub struct BertSelfOutput<D: BertDevice> {
     pub dense: Linear<D>,
     pub layer_norm: LayerNorm<D>,
     pub dropout_prob: f64,
@@ -92,7 +68,7 @@ pub struct BertSelfOutput<D: Device<f32>> {
 
 hf_params!(BertSelfOutput { "dense" => dense, "LayerNorm" => layer_norm });
 
-impl<D: Device<f32>> BertSelfOutput<D> {
+impl<D: BertDevice> BertSelfOutput<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         let h = config.hidden_size;
         BertSelfOutput {
@@ -117,7 +93,7 @@ impl<D: Device<f32>> BertSelfOutput<D> {
 // modeling_bert.py (v4.44.2): class BertAttention
 /// Self-attention plus its output block.
 #[derive(Debug, Clone)]
-pub struct BertAttention<D: Device<f32>> {
+pub struct BertAttention<D: BertDevice> {
     /// HF segment `self`.
     pub self_attention: BertSelfAttention<D>,
     pub output: BertSelfOutput<D>,
@@ -125,7 +101,7 @@ pub struct BertAttention<D: Device<f32>> {
 
 hf_params!(BertAttention { "self" => self_attention, "output" => output });
 
-impl<D: Device<f32>> BertAttention<D> {
+impl<D: BertDevice> BertAttention<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertAttention {
             self_attention: BertSelfAttention::new(config, init),
@@ -149,13 +125,13 @@ impl<D: Device<f32>> BertAttention<D> {
 // modeling_bert.py (v4.44.2): class BertIntermediate
 /// The feed-forward expansion: `gelu(dense(x))`, hidden -> intermediate.
 #[derive(Debug, Clone)]
-pub struct BertIntermediate<D: Device<f32>> {
+pub struct BertIntermediate<D: BertDevice> {
     pub dense: Linear<D>,
 }
 
 hf_params!(BertIntermediate { "dense" => dense });
 
-impl<D: Device<f32>> BertIntermediate<D> {
+impl<D: BertDevice> BertIntermediate<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertIntermediate {
             dense: Linear::new(config.hidden_size, config.intermediate_size, init),
@@ -163,14 +139,14 @@ impl<D: Device<f32>> BertIntermediate<D> {
     }
 
     pub fn forward<T: Tape<f32, D>>(&self, hidden_states: Matrix<D, T>) -> Matrix<D, T> {
-        gelu(self.dense.forward(hidden_states))
+        D::gelu(self.dense.forward(hidden_states))
     }
 }
 
 // modeling_bert.py (v4.44.2): class BertOutput
 /// The feed-forward contraction, dropout, residual, LayerNorm.
 #[derive(Debug, Clone)]
-pub struct BertOutput<D: Device<f32>> {
+pub struct BertOutput<D: BertDevice> {
     pub dense: Linear<D>,
     pub layer_norm: LayerNorm<D>,
     pub dropout_prob: f64,
@@ -178,7 +154,7 @@ pub struct BertOutput<D: Device<f32>> {
 
 hf_params!(BertOutput { "dense" => dense, "LayerNorm" => layer_norm });
 
-impl<D: Device<f32>> BertOutput<D> {
+impl<D: BertDevice> BertOutput<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertOutput {
             dense: Linear::new(config.intermediate_size, config.hidden_size, init),
@@ -201,7 +177,7 @@ impl<D: Device<f32>> BertOutput<D> {
 // modeling_bert.py (v4.44.2): class BertLayer
 /// One Transformer block.
 #[derive(Debug, Clone)]
-pub struct BertLayer<D: Device<f32>> {
+pub struct BertLayer<D: BertDevice> {
     pub attention: BertAttention<D>,
     pub intermediate: BertIntermediate<D>,
     pub output: BertOutput<D>,
@@ -213,7 +189,7 @@ hf_params!(BertLayer {
     "output" => output,
 });
 
-impl<D: Device<f32>> BertLayer<D> {
+impl<D: BertDevice> BertLayer<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertLayer {
             attention: BertAttention::new(config, init),
@@ -240,13 +216,13 @@ impl<D: Device<f32>> BertLayer<D> {
 // modeling_bert.py (v4.44.2): class BertEncoder
 /// `num_hidden_layers` blocks in sequence; HF segment `layer.{i}`.
 #[derive(Debug, Clone)]
-pub struct BertEncoder<D: Device<f32>> {
+pub struct BertEncoder<D: BertDevice> {
     pub layer: Vec<BertLayer<D>>,
 }
 
 hf_params!(BertEncoder { "layer" => layer });
 
-impl<D: Device<f32>> BertEncoder<D> {
+impl<D: BertDevice> BertEncoder<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertEncoder {
             layer: (0..config.num_hidden_layers)
@@ -271,13 +247,13 @@ impl<D: Device<f32>> BertEncoder<D> {
 // modeling_bert.py (v4.44.2): class BertPooler
 /// `tanh(dense(h_[CLS]))`: the sentence representation for NSP and classification.
 #[derive(Debug, Clone)]
-pub struct BertPooler<D: Device<f32>> {
+pub struct BertPooler<D: BertDevice> {
     pub dense: Linear<D>,
 }
 
 hf_params!(BertPooler { "dense" => dense });
 
-impl<D: Device<f32>> BertPooler<D> {
+impl<D: BertDevice> BertPooler<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertPooler {
             dense: Linear::new(config.hidden_size, config.hidden_size, init),
@@ -300,7 +276,7 @@ impl<D: Device<f32>> BertPooler<D> {
 
 /// What [`BertModel::forward`] returns.
 #[derive(Debug, Clone)]
-pub struct BertModelOutput<D: Device<f32>, T> {
+pub struct BertModelOutput<D: BertDevice, T> {
     /// Last layer's hidden states, `[batch * seq, hidden]`.
     pub sequence_output: Matrix<D, T>,
     /// Pooled `[CLS]`, `[batch, hidden]`.
@@ -310,7 +286,7 @@ pub struct BertModelOutput<D: Device<f32>, T> {
 // modeling_bert.py (v4.44.2): class BertModel
 /// Embeddings, encoder and pooler: the body every head shares (HF prefix `bert`).
 #[derive(Debug, Clone)]
-pub struct BertModel<D: Device<f32>> {
+pub struct BertModel<D: BertDevice> {
     pub embeddings: BertEmbeddings<D>,
     pub encoder: BertEncoder<D>,
     pub pooler: BertPooler<D>,
@@ -322,7 +298,7 @@ hf_params!(BertModel {
     "pooler" => pooler,
 });
 
-impl<D: Device<f32>> BertModel<D> {
+impl<D: BertDevice> BertModel<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertModel {
             embeddings: BertEmbeddings::new(config, init),

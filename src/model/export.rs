@@ -6,10 +6,10 @@
 //! failure. A head missing from the file (a classifier on top of a pre-training checkpoint)
 //! keeps its fresh initialisation; `cls.*` keys a fine-tuning model lacks are ignored.
 
+use super::BertDevice;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use dfdx::tensor_ops::Device;
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -115,7 +115,7 @@ fn f16_to_f32(h: u16) -> f32 {
 }
 
 /// Every parameter of `model` by HF name, copied to the host.
-pub fn model_tensors<D: Device<f32>, M: HfParams<D>>(model: &M) -> TensorMap {
+pub fn model_tensors<D: BertDevice, M: HfParams<D>>(model: &M) -> TensorMap {
     model
         .named_parameters()
         .into_iter()
@@ -126,7 +126,7 @@ pub fn model_tensors<D: Device<f32>, M: HfParams<D>>(model: &M) -> TensorMap {
 /// `BertForPreTraining`'s tensors plus the tied keys HF writes:
 /// `cls.predictions.decoder.weight` (= word embeddings) and `cls.predictions.decoder.bias`
 /// (= `cls.predictions.bias`).
-pub fn pretraining_tensors<D: Device<f32>>(model: &BertForPreTraining<D>) -> TensorMap {
+pub fn pretraining_tensors<D: BertDevice>(model: &BertForPreTraining<D>) -> TensorMap {
     let mut tensors = model_tensors(model);
     let word = tensors["bert.embeddings.word_embeddings.weight"].clone();
     let bias = tensors["cls.predictions.bias"].clone();
@@ -140,7 +140,7 @@ fn pt_metadata() -> HashMap<String, String> {
 }
 
 /// Writes `dir/model.safetensors` and `dir/config.json` for a pre-training model.
-pub fn save_pretraining<D: Device<f32>>(
+pub fn save_pretraining<D: BertDevice>(
     model: &BertForPreTraining<D>,
     config: &BertConfig,
     dir: &Path,
@@ -155,7 +155,7 @@ pub fn save_pretraining<D: Device<f32>>(
 }
 
 /// Writes `dir/model.safetensors` and `dir/config.json` for a fine-tuned classifier.
-pub fn save_sequence_classification<D: Device<f32>>(
+pub fn save_sequence_classification<D: BertDevice>(
     model: &BertForSequenceClassification<D>,
     config: &BertConfig,
     dir: &Path,
@@ -171,7 +171,7 @@ pub fn save_sequence_classification<D: Device<f32>>(
 }
 
 /// Writes `dir/model.safetensors` and `dir/config.json` for a fine-tuned span extractor.
-pub fn save_question_answering<D: Device<f32>>(
+pub fn save_question_answering<D: BertDevice>(
     model: &BertForQuestionAnswering<D>,
     config: &BertConfig,
     dir: &Path,
@@ -282,7 +282,7 @@ pub struct LoadReport {
 /// Each parameter looks for its own name, then the legacy `LayerNorm.gamma`/`beta` spelling,
 /// then its name without the `bert.` prefix (a bare `BertModel` checkpoint). A parameter not
 /// found is an error unless its name starts with one of `fresh_prefixes`. Shapes must match.
-pub fn load_params<D: Device<f32>, M: HfParams<D>>(
+pub fn load_params<D: BertDevice, M: HfParams<D>>(
     model: &mut M,
     tensors: &TensorMap,
     path: &Path,
@@ -358,7 +358,7 @@ fn read_model_dir(dir: &Path) -> Result<(BertConfig, TensorMap, PathBuf)> {
 }
 
 /// Loads a `BertForPreTraining` from an HF directory. The tied decoder keys are optional.
-pub fn load_pretraining<D: Device<f32>>(
+pub fn load_pretraining<D: BertDevice>(
     dir: &Path,
     device: &D,
 ) -> Result<(BertForPreTraining<D>, BertConfig)> {
@@ -371,7 +371,7 @@ pub fn load_pretraining<D: Device<f32>>(
 
 /// Loads a classifier: `bert.*` from the directory, `classifier.*` from the file when present
 /// (a fine-tuned checkpoint) or freshly initialised from `seed` (a pre-training checkpoint).
-pub fn load_sequence_classification<D: Device<f32>>(
+pub fn load_sequence_classification<D: BertDevice>(
     dir: &Path,
     num_labels: usize,
     device: &D,
@@ -390,7 +390,7 @@ pub fn load_sequence_classification<D: Device<f32>>(
 
 /// Loads a span extractor: `bert.*` from the directory, `qa_outputs.*` from the file or fresh.
 /// A checkpoint without a pooler (HF's QA models have none) keeps a fresh, unused pooler.
-pub fn load_question_answering<D: Device<f32>>(
+pub fn load_question_answering<D: BertDevice>(
     dir: &Path,
     device: &D,
     seed: u64,

@@ -4,30 +4,31 @@
 //! The MLM head runs only on the masked positions: they are gathered first, so the
 //! `[hidden, vocab]` decoder sees `batch * max_predictions_per_seq` rows, not every token.
 
+use super::BertDevice;
 use dfdx::shapes::{Axes2, Axis, HasShape};
 use dfdx::tensor::{NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
 use dfdx::tensor_ops::{
-    BroadcastTo, Device, GatherTo, MaxTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul,
+    BroadcastTo, GatherTo, MaxTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul,
 };
 
 use super::encoder::BertModelOutput;
 use super::{
-    gelu, hf_params, mean_of, BertConfig, BertInputs, BertModel, Init, LayerNorm, Linear, Matrix,
-    Mode, Scalar, Vector,
+    hf_params, mean_of, BertConfig, BertInputs, BertModel, Init, LayerNorm, Linear, Matrix, Mode,
+    Scalar, Vector,
 };
 use crate::shard::InstanceShard;
 
 // modeling_bert.py (v4.44.2): class BertPredictionHeadTransform
 /// `LayerNorm(gelu(dense(x)))` before the tied decoder.
 #[derive(Debug, Clone)]
-pub struct BertPredictionHeadTransform<D: Device<f32>> {
+pub struct BertPredictionHeadTransform<D: BertDevice> {
     pub dense: Linear<D>,
     pub layer_norm: LayerNorm<D>,
 }
 
 hf_params!(BertPredictionHeadTransform { "dense" => dense, "LayerNorm" => layer_norm });
 
-impl<D: Device<f32>> BertPredictionHeadTransform<D> {
+impl<D: BertDevice> BertPredictionHeadTransform<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         let h = config.hidden_size;
         BertPredictionHeadTransform {
@@ -38,14 +39,14 @@ impl<D: Device<f32>> BertPredictionHeadTransform<D> {
 
     pub fn forward<T: Tape<f32, D>>(&self, hidden_states: Matrix<D, T>) -> Matrix<D, T> {
         self.layer_norm
-            .forward(gelu(self.dense.forward(hidden_states)))
+            .forward(D::gelu(self.dense.forward(hidden_states)))
     }
 }
 
 // modeling_bert.py (v4.44.2): class BertLMPredictionHead
 /// Transform, then the decoder tied to the word embeddings, plus a per-token bias.
 #[derive(Debug, Clone)]
-pub struct BertLMPredictionHead<D: Device<f32>> {
+pub struct BertLMPredictionHead<D: BertDevice> {
     pub transform: BertPredictionHeadTransform<D>,
     /// `[vocab_size]`, HF `cls.predictions.bias` (= `cls.predictions.decoder.bias`).
     pub bias: Vector<D>,
@@ -53,7 +54,7 @@ pub struct BertLMPredictionHead<D: Device<f32>> {
 
 hf_params!(BertLMPredictionHead { "transform" => transform, "bias" => bias });
 
-impl<D: Device<f32>> BertLMPredictionHead<D> {
+impl<D: BertDevice> BertLMPredictionHead<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertLMPredictionHead {
             transform: BertPredictionHeadTransform::new(config, init),
@@ -83,7 +84,7 @@ impl<D: Device<f32>> BertLMPredictionHead<D> {
 // modeling_bert.py (v4.44.2): class BertPreTrainingHeads
 /// The MLM head and the 2-way next-sentence classifier (HF prefix `cls`).
 #[derive(Debug, Clone)]
-pub struct BertPreTrainingHeads<D: Device<f32>> {
+pub struct BertPreTrainingHeads<D: BertDevice> {
     pub predictions: BertLMPredictionHead<D>,
     pub seq_relationship: Linear<D>,
 }
@@ -93,7 +94,7 @@ hf_params!(BertPreTrainingHeads {
     "seq_relationship" => seq_relationship,
 });
 
-impl<D: Device<f32>> BertPreTrainingHeads<D> {
+impl<D: BertDevice> BertPreTrainingHeads<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertPreTrainingHeads {
             predictions: BertLMPredictionHead::new(config, init),
@@ -171,7 +172,7 @@ impl MaskedLmBatch {
     }
 
     /// The model inputs on `device`.
-    pub fn inputs<D: Device<f32>>(&self, device: &D) -> BertInputs<D> {
+    pub fn inputs<D: BertDevice>(&self, device: &D) -> BertInputs<D> {
         BertInputs::new(
             device,
             self.batch,
@@ -190,7 +191,7 @@ impl MaskedLmBatch {
 
 /// The pre-training loss and what the logs report about it.
 #[derive(Debug)]
-pub struct PretrainingLoss<D: Device<f32>, T> {
+pub struct PretrainingLoss<D: BertDevice, T> {
     /// `mlm_loss + nsp_loss`, carrying the tape.
     pub loss: Scalar<D, T>,
     /// Weighted mean cross-entropy over the masked positions.
@@ -210,14 +211,14 @@ pub struct PretrainingLoss<D: Device<f32>, T> {
 // modeling_bert.py (v4.44.2): class BertForPreTraining
 /// BERT with the MLM and NSP heads: what `pretrain` trains and saves.
 #[derive(Debug, Clone)]
-pub struct BertForPreTraining<D: Device<f32>> {
+pub struct BertForPreTraining<D: BertDevice> {
     pub bert: BertModel<D>,
     pub cls: BertPreTrainingHeads<D>,
 }
 
 hf_params!(BertForPreTraining { "bert" => bert, "cls" => cls });
 
-impl<D: Device<f32>> BertForPreTraining<D> {
+impl<D: BertDevice> BertForPreTraining<D> {
     /// A freshly initialised model (HF `_init_weights`).
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertForPreTraining {
@@ -318,7 +319,7 @@ impl<D: Device<f32>> BertForPreTraining<D> {
 
 /// `(Σ w where the label's logit is the row's maximum, Σ w)`, computed on the device so the
 /// `[rows, vocab]` logits never travel to the host (a tie with the maximum counts as right).
-fn label_is_max<D: Device<f32>, T: Tape<f32, D>>(
+fn label_is_max<D: BertDevice, T: Tape<f32, D>>(
     logits: &Matrix<D, T>,
     labels: &Tensor<(usize,), usize, D>,
     weights: &[f32],
@@ -368,7 +369,7 @@ pub fn argmax(row: &[f32]) -> usize {
 
 /// Mean cross-entropy of `[rows, classes]` logits against class ids
 /// (`torch.nn.CrossEntropyLoss()`).
-pub fn cross_entropy<D: Device<f32>, T: Tape<f32, D>>(
+pub fn cross_entropy<D: BertDevice, T: Tape<f32, D>>(
     logits: Matrix<D, T>,
     labels: &[usize],
 ) -> Scalar<D, T> {
@@ -380,7 +381,7 @@ pub fn cross_entropy<D: Device<f32>, T: Tape<f32, D>>(
 }
 
 /// Mean squared error of a `[rows, 1]` prediction (`torch.nn.MSELoss()` on squeezed logits).
-pub fn mse<D: Device<f32>, T: Tape<f32, D>>(
+pub fn mse<D: BertDevice, T: Tape<f32, D>>(
     predictions: Matrix<D, T>,
     targets: &[f32],
 ) -> Scalar<D, T> {
@@ -394,7 +395,7 @@ pub fn mse<D: Device<f32>, T: Tape<f32, D>>(
 
 /// Moves the tape of `donor` into `keep` so nothing recorded on either is lost.
 pub fn merge_tape<
-    D: Device<f32>,
+    D: BertDevice,
     T: Tape<f32, D>,
     S1: dfdx::shapes::Shape,
     S2: dfdx::shapes::Shape,
@@ -414,7 +415,7 @@ pub type SequenceClassifierOutput<D, T> = Matrix<D, T>;
 /// GLUE-style head: dropout and a linear layer on the pooled `[CLS]` (BERT §4.1).
 /// `num_labels == 1` is regression (STS-B) with a mean-squared-error loss.
 #[derive(Debug, Clone)]
-pub struct BertForSequenceClassification<D: Device<f32>> {
+pub struct BertForSequenceClassification<D: BertDevice> {
     pub bert: BertModel<D>,
     pub classifier: Linear<D>,
     /// Output classes (1 = regression).
@@ -425,7 +426,7 @@ pub struct BertForSequenceClassification<D: Device<f32>> {
 
 hf_params!(BertForSequenceClassification { "bert" => bert, "classifier" => classifier });
 
-impl<D: Device<f32>> BertForSequenceClassification<D> {
+impl<D: BertDevice> BertForSequenceClassification<D> {
     pub fn new(config: &BertConfig, num_labels: usize, init: &mut Init<'_, D>) -> Self {
         BertForSequenceClassification {
             bert: BertModel::new(config, init),
@@ -462,7 +463,7 @@ impl<D: Device<f32>> BertForSequenceClassification<D> {
 /// Start and end logits of a span-extraction forward pass, each `[batch, seq]`.
 /// `start_logits` carries the tape; [`BertForQuestionAnswering::loss`] merges both.
 #[derive(Debug)]
-pub struct QuestionAnsweringOutput<D: Device<f32>, T> {
+pub struct QuestionAnsweringOutput<D: BertDevice, T> {
     pub start_logits: Matrix<D, T>,
     pub end_logits: Matrix<D, T>,
 }
@@ -470,7 +471,7 @@ pub struct QuestionAnsweringOutput<D: Device<f32>, T> {
 // modeling_bert.py (v4.44.2): class BertForQuestionAnswering
 /// SQuAD head (BERT §4.2): a start and an end score for every token.
 #[derive(Debug, Clone)]
-pub struct BertForQuestionAnswering<D: Device<f32>> {
+pub struct BertForQuestionAnswering<D: BertDevice> {
     pub bert: BertModel<D>,
     /// `[2, hidden]`: row 0 scores starts, row 1 ends.
     pub qa_outputs: Linear<D>,
@@ -478,7 +479,7 @@ pub struct BertForQuestionAnswering<D: Device<f32>> {
 
 hf_params!(BertForQuestionAnswering { "bert" => bert, "qa_outputs" => qa_outputs });
 
-impl<D: Device<f32>> BertForQuestionAnswering<D> {
+impl<D: BertDevice> BertForQuestionAnswering<D> {
     pub fn new(config: &BertConfig, init: &mut Init<'_, D>) -> Self {
         BertForQuestionAnswering {
             bert: BertModel::new(config, init),

@@ -22,10 +22,11 @@ pub mod embeddings;
 pub mod encoder;
 pub mod export;
 pub mod heads;
+pub mod kernels;
 
 use dfdx::shapes::{Axis, HasShape, Shape};
 use dfdx::tensor::{Gradients, NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
-use dfdx::tensor_ops::{BroadcastTo, Device, MeanTo, PermuteTo, TryMatMul};
+use dfdx::tensor_ops::{MeanTo, PermuteTo, TryMatMul};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -41,6 +42,7 @@ pub use heads::{
     BertLMPredictionHead, BertPreTrainingHeads, BertPredictionHeadTransform, MaskedLmBatch,
     PretrainingLoss, QuestionAnsweringOutput, SequenceClassifierOutput,
 };
+pub use kernels::BertDevice;
 
 /// A run-time shaped matrix: weights `[out, in]` and activations `[rows, hidden]`.
 pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
@@ -59,11 +61,8 @@ pub type TrainTape<D> = dfdx::tensor::OwnedTape<f32, D>;
 pub enum Mode {
     /// Dropout off (evaluation, inference).
     Eval,
-    /// Dropout on, masks drawn from `rng`; `scratch` is reused for every mask.
-    Train {
-        rng: Box<ChaCha8Rng>,
-        scratch: Vec<f32>,
-    },
+    /// Dropout on, masks drawn from `rng`.
+    Train { rng: Box<ChaCha8Rng> },
 }
 
 impl Mode {
@@ -71,7 +70,6 @@ impl Mode {
     pub fn train(seed: u64) -> Self {
         Mode::Train {
             rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
-            scratch: Vec::new(),
         }
     }
 
@@ -80,35 +78,42 @@ impl Mode {
         matches!(self, Mode::Train { .. })
     }
 
-    /// Inverted dropout: zeroes each element with probability `prob` and scales the rest by
-    /// `1 / (1 - prob)` in training mode; the identity in evaluation mode.
-    pub fn dropout<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
-        &mut self,
-        x: Tensor<S, f32, D, T>,
-        prob: f64,
-    ) -> Tensor<S, f32, D, T> {
-        let Mode::Train { rng, scratch } = self else {
-            return x;
+    /// The inverted-dropout mask for `n` values: each is 0 with probability `prob` and
+    /// `1 / (1 - prob)` otherwise; `None` in evaluation mode or when `prob` is 0.
+    pub fn dropout_mask(&mut self, n: usize, prob: f64) -> Option<Vec<f32>> {
+        let Mode::Train { rng, .. } = self else {
+            return None;
         };
         if prob <= 0.0 {
-            return x;
+            return None;
         }
-        let shape = *x.shape();
-        let n = shape.num_elements();
         let keep_scale = (1.0 / (1.0 - prob)) as f32;
         // Compare a uniform u32 against prob * 2^32: one rng word per element.
         let threshold = (prob * 4294967296.0) as u64;
-        scratch.clear();
-        scratch.extend((0..n).map(|_| {
-            if (rng.next_u32() as u64) < threshold {
-                0.0
-            } else {
-                keep_scale
-            }
-        }));
-        let mut mask = x.device().zeros_like(&shape);
-        mask.copy_from(scratch);
-        x * mask
+        Some(
+            (0..n)
+                .map(|_| {
+                    if (rng.next_u32() as u64) < threshold {
+                        0.0
+                    } else {
+                        keep_scale
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Inverted dropout on a matrix: zeroes each element with probability `prob` and scales
+    /// the rest by `1 / (1 - prob)` in training mode; the identity in evaluation mode.
+    pub fn dropout<D: BertDevice, T: Tape<f32, D>>(
+        &mut self,
+        x: Matrix<D, T>,
+        prob: f64,
+    ) -> Matrix<D, T> {
+        match self.dropout_mask(x.shape().num_elements(), prob) {
+            Some(mask) => D::dropout(x, mask),
+            None => x,
+        }
     }
 }
 
@@ -118,7 +123,7 @@ impl Mode {
 /// `sqrt 2` times too large. We add `c·(e − stopgrad(e))` with `e = exp(−x²/2)` and
 /// `c = (sqrt 2 − 1)/sqrt(2π)`: its value is exactly 0 and its derivative is
 /// `−c·x·e = −(sqrt 2 − 1)·x·φ(x)`, which cancels the excess.
-pub fn gelu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
+pub fn gelu<S: Shape, D: dfdx::tensor_ops::Device<f32>, T: Tape<f32, D>>(
     x: Tensor<S, f32, D, T>,
 ) -> Tensor<S, f32, D, T> {
     if !T::OWNS_TAPE {
@@ -134,14 +139,14 @@ pub fn gelu<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
 
 /// `torch.nn.Linear`: `y = x Wᵀ + b` with HF's weight layout `[out, in]`.
 #[derive(Debug, Clone)]
-pub struct Linear<D: Device<f32>> {
+pub struct Linear<D: BertDevice> {
     /// `[out_features, in_features]`.
     pub weight: Matrix<D>,
     /// `[out_features]`.
     pub bias: Vector<D>,
 }
 
-impl<D: Device<f32>> Linear<D> {
+impl<D: BertDevice> Linear<D> {
     /// Weights `N(0, initializer_range)`, bias 0 (HF `BertPreTrainedModel._init_weights`).
     pub fn new(in_features: usize, out_features: usize, init: &mut Init<'_, D>) -> Self {
         Linear {
@@ -152,23 +157,17 @@ impl<D: Device<f32>> Linear<D> {
 
     /// `x Wᵀ + b` for `x: [rows, in]`.
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
-        let rows = x.shape().0;
-        let out = self.weight.shape().0;
         let weight_t = self
             .weight
             .retaped::<T>()
             .permute::<_, dfdx::shapes::Axes2<1, 0>>();
-        let bias = self
-            .bias
-            .retaped::<T>()
-            .broadcast_like::<_, Axis<0>>(&(rows, out));
-        x.matmul(weight_t) + bias
+        D::add_bias(x.matmul(weight_t), &self.bias)
     }
 }
 
 /// `torch.nn.LayerNorm` over the last axis, HF names `weight` (gamma) and `bias` (beta).
 #[derive(Debug, Clone)]
-pub struct LayerNorm<D: Device<f32>> {
+pub struct LayerNorm<D: BertDevice> {
     /// Gamma, initialised to 1.
     pub weight: Vector<D>,
     /// Beta, initialised to 0.
@@ -177,7 +176,7 @@ pub struct LayerNorm<D: Device<f32>> {
     pub eps: f64,
 }
 
-impl<D: Device<f32>> LayerNorm<D> {
+impl<D: BertDevice> LayerNorm<D> {
     /// Gamma 1, beta 0.
     pub fn new(size: usize, eps: f64, init: &mut Init<'_, D>) -> Self {
         LayerNorm {
@@ -189,28 +188,18 @@ impl<D: Device<f32>> LayerNorm<D> {
 
     /// `(x − mean) / sqrt(var + eps) · weight + bias` along each row.
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
-        let shape = *x.shape();
-        let x = x.normalize::<Axis<1>>(self.eps);
-        let gamma = self
-            .weight
-            .retaped::<T>()
-            .broadcast_like::<_, Axis<0>>(&shape);
-        let beta = self
-            .bias
-            .retaped::<T>()
-            .broadcast_like::<_, Axis<0>>(&shape);
-        x * gamma + beta
+        D::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
 /// `torch.nn.Embedding`: a `[num_embeddings, dim]` table.
 #[derive(Debug, Clone)]
-pub struct Embedding<D: Device<f32>> {
+pub struct Embedding<D: BertDevice> {
     /// `[num_embeddings, embedding_dim]`.
     pub weight: Matrix<D>,
 }
 
-impl<D: Device<f32>> Embedding<D> {
+impl<D: BertDevice> Embedding<D> {
     /// `N(0, initializer_range)`; the `padding_idx` row, if any, is zero (as HF).
     pub fn new(num: usize, dim: usize, padding_idx: Option<usize>, init: &mut Init<'_, D>) -> Self {
         let mut values = init.normal_values(num * dim);
@@ -230,7 +219,7 @@ impl<D: Device<f32>> Embedding<D> {
 }
 
 /// Parameter initialisation: the device plus a seeded rng, HF's `_init_weights`.
-pub struct Init<'a, D: Device<f32>> {
+pub struct Init<'a, D: BertDevice> {
     /// Where the tensors are created.
     pub device: &'a D,
     /// Draws the weights.
@@ -239,7 +228,7 @@ pub struct Init<'a, D: Device<f32>> {
     pub std: f64,
 }
 
-impl<D: Device<f32>> Init<'_, D> {
+impl<D: BertDevice> Init<'_, D> {
     fn normal_values(&mut self, n: usize) -> Vec<f32> {
         let normal = Normal::new(0.0f32, self.std as f32).expect("initializer_range is finite");
         (0..n).map(|_| normal.sample(&mut *self.rng)).collect()
@@ -263,7 +252,7 @@ impl<D: Device<f32>> Init<'_, D> {
 }
 
 /// Builds an [`Init`] for a model from `config.initializer_range`.
-pub fn init<'a, D: Device<f32>>(
+pub fn init<'a, D: BertDevice>(
     config: &BertConfig,
     device: &'a D,
     rng: &'a mut ChaCha8Rng,
@@ -277,7 +266,7 @@ pub fn init<'a, D: Device<f32>>(
 
 /// Read access to one parameter, whatever its rank.
 #[derive(Debug)]
-pub enum ParamRef<'a, D: Device<f32>> {
+pub enum ParamRef<'a, D: BertDevice> {
     /// A weight matrix or embedding table.
     Matrix(&'a Matrix<D>),
     /// A bias or LayerNorm vector.
@@ -286,14 +275,14 @@ pub enum ParamRef<'a, D: Device<f32>> {
 
 /// Write access to one parameter, whatever its rank.
 #[derive(Debug)]
-pub enum ParamMut<'a, D: Device<f32>> {
+pub enum ParamMut<'a, D: BertDevice> {
     /// A weight matrix or embedding table.
     Matrix(&'a mut Matrix<D>),
     /// A bias or LayerNorm vector.
     Vector(&'a mut Vector<D>),
 }
 
-impl<D: Device<f32>> ParamRef<'_, D> {
+impl<D: BertDevice> ParamRef<'_, D> {
     /// The shape, HF order (`[out, in]` for linear weights).
     pub fn shape(&self) -> Vec<usize> {
         match self {
@@ -358,7 +347,7 @@ impl<D: Device<f32>> ParamRef<'_, D> {
     }
 }
 
-impl<D: Device<f32>> ParamMut<'_, D> {
+impl<D: BertDevice> ParamMut<'_, D> {
     /// Read access.
     pub fn as_ref(&self) -> ParamRef<'_, D> {
         match self {
@@ -378,7 +367,7 @@ impl<D: Device<f32>> ParamMut<'_, D> {
 }
 
 /// Every parameter of a module by its Hugging Face name (`bert.encoder.layer.0...`).
-pub trait HfParams<D: Device<f32>> {
+pub trait HfParams<D: BertDevice> {
     /// Appends `(name, parameter)` for each parameter, names prefixed with `prefix`.
     fn collect_params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, ParamRef<'a, D>)>);
     /// Mutable twin of [`HfParams::collect_params`], same order.
@@ -413,7 +402,7 @@ pub(crate) fn join_name(prefix: &str, segment: &str) -> String {
     }
 }
 
-impl<D: Device<f32>> HfParams<D> for Matrix<D> {
+impl<D: BertDevice> HfParams<D> for Matrix<D> {
     fn collect_params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, ParamRef<'a, D>)>) {
         out.push((prefix.to_string(), ParamRef::Matrix(self)));
     }
@@ -426,7 +415,7 @@ impl<D: Device<f32>> HfParams<D> for Matrix<D> {
     }
 }
 
-impl<D: Device<f32>> HfParams<D> for Vector<D> {
+impl<D: BertDevice> HfParams<D> for Vector<D> {
     fn collect_params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, ParamRef<'a, D>)>) {
         out.push((prefix.to_string(), ParamRef::Vector(self)));
     }
@@ -439,7 +428,7 @@ impl<D: Device<f32>> HfParams<D> for Vector<D> {
     }
 }
 
-impl<D: Device<f32>, M: HfParams<D>> HfParams<D> for Vec<M> {
+impl<D: BertDevice, M: HfParams<D>> HfParams<D> for Vec<M> {
     fn collect_params<'a>(&'a self, prefix: &str, out: &mut Vec<(String, ParamRef<'a, D>)>) {
         for (i, m) in self.iter().enumerate() {
             m.collect_params(&join_name(prefix, &i.to_string()), out);
@@ -459,7 +448,7 @@ impl<D: Device<f32>, M: HfParams<D>> HfParams<D> for Vec<M> {
 /// Implements [`HfParams`] for a struct from its list of `"HF segment" => field`.
 macro_rules! hf_params {
     ($ty:ident { $($segment:literal => $field:ident),* $(,)? }) => {
-        impl<D: dfdx::tensor_ops::Device<f32>> $crate::model::HfParams<D> for $ty<D> {
+        impl<D: $crate::model::BertDevice> $crate::model::HfParams<D> for $ty<D> {
             fn collect_params<'a>(
                 &'a self,
                 prefix: &str,
@@ -484,6 +473,6 @@ hf_params!(LayerNorm { "weight" => weight, "bias" => bias });
 hf_params!(Embedding { "weight" => weight });
 
 /// Mean of a vector (a convenience for losses).
-pub(crate) fn mean_of<D: Device<f32>, T: Tape<f32, D>>(x: Vector<D, T>) -> Scalar<D, T> {
+pub(crate) fn mean_of<D: BertDevice, T: Tape<f32, D>>(x: Vector<D, T>) -> Scalar<D, T> {
     x.mean::<(), Axis<0>>()
 }

@@ -1,0 +1,590 @@
+//! Fused kernels for the hot spots of a BERT training step.
+//!
+//! dfdx 0.13 runs element-wise ops, broadcasts and reductions on one core, one op at a time:
+//! on two cores they took three quarters of a BERT-mini training step. Each method of
+//! [`BertDevice`] is one such hot spot: bias add, LayerNorm, GELU, dropout and the attention
+//! core (`softmax(Q Kᵀ / sqrt(d) + mask) V`). The trait's default bodies build them from dfdx
+//! ops and serve every device (CUDA included). [`Cpu`] overrides them with rayon-parallel
+//! loops that make one pass over memory and record their own backward pass on the tape;
+//! `tests/model_gradients.rs` checks each against the default body, values and gradients.
+//!
+//! The CPU kernels are deterministic (fixed work split, partial sums added in order), so a
+//! resumed run still reproduces an uninterrupted one bit for bit.
+
+use dfdx::shapes::{Axes2, Axes4, Axis, HasShape, Shape};
+use dfdx::tensor::{Cpu, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
+use dfdx::tensor_ops::{BroadcastTo, Device, PermuteTo, ReshapeTo, TryMatMul};
+use rayon::prelude::*;
+
+use super::{Matrix, Vector};
+
+/// A dfdx device with BERT's fused kernels. Inputs are contiguous `[rows, cols]` matrices
+/// (every call site passes the fresh output of a matmul, an add or another kernel).
+pub trait BertDevice: Device<f32> {
+    /// `x + bias` on every row (`torch.nn.Linear`'s bias).
+    fn add_bias<T: Tape<f32, Self>>(x: Matrix<Self, T>, bias: &Vector<Self>) -> Matrix<Self, T> {
+        composed::add_bias(x, bias)
+    }
+
+    /// `(x − mean) / sqrt(var + eps) · weight + bias` along each row.
+    fn layer_norm<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weight: &Vector<Self>,
+        bias: &Vector<Self>,
+        eps: f64,
+    ) -> Matrix<Self, T> {
+        composed::layer_norm(x, weight, bias, eps)
+    }
+
+    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
+    fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {
+        composed::gelu(x)
+    }
+
+    /// `x ⊙ keep_scale` (inverted dropout with a mask drawn by [`super::Mode`]).
+    fn dropout<T: Tape<f32, Self>>(x: Matrix<Self, T>, keep_scale: Vec<f32>) -> Matrix<Self, T> {
+        composed::dropout(x, keep_scale)
+    }
+
+    /// Multi-head scaled dot-product attention on `[batch * seq, hidden]` projections:
+    /// `softmax(Q Kᵀ / sqrt(d) + bias) V` per head, heads concatenated. `attention_bias` is
+    /// `(batch, seq)`, added to every query's scores for that key; `dropout` is a keep-scale
+    /// mask over the `(batch, heads, seq, seq)` probabilities.
+    fn attention<T: Tape<f32, Self>>(
+        q: Matrix<Self, T>,
+        k: Matrix<Self, T>,
+        v: Matrix<Self, T>,
+        attention_bias: &Matrix<Self>,
+        heads: usize,
+        dropout: Option<Vec<f32>>,
+    ) -> Matrix<Self, T> {
+        composed::attention(q, k, v, attention_bias, heads, dropout)
+    }
+}
+
+pub mod composed {
+    //! The kernels as compositions of dfdx ops: the defaults of [`BertDevice`](super::BertDevice)
+    //! and the reference the CPU kernels are tested against.
+    use super::*;
+
+    /// `x + bias` on every row (`torch.nn.Linear`'s bias).
+    pub fn add_bias<D: Device<f32>, T: Tape<f32, D>>(
+        x: Matrix<D, T>,
+        bias: &Vector<D>,
+    ) -> Matrix<D, T> {
+        let shape = *x.shape();
+        x + bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape)
+    }
+
+    /// `(x − mean) / sqrt(var + eps) · weight + bias` along each row.
+    pub fn layer_norm<D: Device<f32>, T: Tape<f32, D>>(
+        x: Matrix<D, T>,
+        weight: &Vector<D>,
+        bias: &Vector<D>,
+        eps: f64,
+    ) -> Matrix<D, T> {
+        let shape = *x.shape();
+        let x = x.normalize::<Axis<1>>(eps);
+        let gamma = weight.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
+        let beta = bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
+        x * gamma + beta
+    }
+
+    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
+    pub fn gelu<D: Device<f32>, T: Tape<f32, D>>(x: Matrix<D, T>) -> Matrix<D, T> {
+        crate::model::gelu(x)
+    }
+
+    /// `x ⊙ keep_scale` (inverted dropout with a mask drawn by [`crate::model::Mode`]).
+    pub fn dropout<D: Device<f32>, T: Tape<f32, D>>(
+        x: Matrix<D, T>,
+        keep_scale: Vec<f32>,
+    ) -> Matrix<D, T> {
+        let mask = x.device().tensor_from_vec(keep_scale, *x.shape());
+        x * mask
+    }
+
+    /// Multi-head scaled dot-product attention on `[batch * seq, hidden]` projections:
+    /// `softmax(Q Kᵀ / sqrt(d) + bias) V` per head, heads concatenated. `attention_bias` is
+    /// `(batch, seq)`, added to every query's scores for that key; `dropout` is a keep-scale
+    /// mask over the `(batch, heads, seq, seq)` probabilities.
+    pub fn attention<D: Device<f32>, T: Tape<f32, D>>(
+        q: Matrix<D, T>,
+        k: Matrix<D, T>,
+        v: Matrix<D, T>,
+        attention_bias: &Matrix<D>,
+        heads: usize,
+        dropout: Option<Vec<f32>>,
+    ) -> Matrix<D, T> {
+        let (b, s) = *attention_bias.shape();
+        let hidden = q.shape().1;
+        let head_size = hidden / heads;
+        let split_heads = (b, s, heads, head_size);
+        // [b*s, hidden] -> [b, heads, s, head] (keys: [b, heads, head, s]).
+        let q = q
+            .reshape_like(&split_heads)
+            .permute::<_, Axes4<0, 2, 1, 3>>();
+        let k = k
+            .reshape_like(&split_heads)
+            .permute::<_, Axes4<0, 2, 3, 1>>();
+        let v = v
+            .reshape_like(&split_heads)
+            .permute::<_, Axes4<0, 2, 1, 3>>();
+        let scores = q.matmul(k) * (1.0 / (head_size as f32).sqrt());
+        let mask = attention_bias
+            .clone()
+            .broadcast_like::<_, Axes2<1, 2>>(&(b, heads, s, s));
+        let mut probs = (scores + mask).softmax::<Axis<3>>();
+        if let Some(keep) = dropout {
+            let keep = probs.device().tensor_from_vec(keep, (b, heads, s, s));
+            probs = probs * keep;
+        }
+        probs
+            .matmul(v)
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(b * s, hidden))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl BertDevice for dfdx::tensor::Cuda {}
+
+/// Rows per rayon task: enough work to amortise the task, fixed so sums are deterministic.
+const ROW_BLOCK: usize = 64;
+
+/// A tensor's values on the host (a memcpy for the contiguous tensors these kernels take).
+fn host<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+    let mut out = vec![0.0; t.shape().num_elements()];
+    t.copy_into(&mut out);
+    out
+}
+
+/// Allocates the gradient of each tensor (zeros where absent) and returns a mutable slice to
+/// each. All are allocated before any slice is taken, so no buffer moves while borrowed; the
+/// tensors have distinct ids, so the slices do not alias.
+macro_rules! grad_slices {
+    ($grads:expr; $($t:expr),+ $(,)?) => {{
+        $( $grads.try_alloc_for(&$t)?; )+
+        ( $( {
+            let buf = $grads.get_or_alloc_mut(&$t)?;
+            let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+            // SAFETY: distinct gradient buffers, none reallocated while these slices live.
+            unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+        }, )+ )
+    }};
+}
+
+/// `acc += x`, in parallel.
+fn add_assign(acc: &mut [f32], x: &[f32]) {
+    acc.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, x)| *a += x));
+}
+
+/// Per-column sums of `[rows, cols]` values `f(row, col)`, added in a fixed order.
+fn column_sums(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .map(|block| {
+            let mut acc = vec![0.0f32; cols];
+            for r in block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(rows) {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a += f(r, c);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f32; cols];
+    for p in partials {
+        total.iter_mut().zip(p).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
+/// A raw pointer handed to rayon tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every task writes a region no other task touches (see the call sites).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `offset` elements in (a method, so closures capture the whole wrapper).
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)` on strided row-major views, one
+/// thread (the callers parallelise over heads). Strides are `(row, column)` in elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// `Φ(x) = 0.5 (1 + erf(x / sqrt 2))`.
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `φ(x) = exp(−x²/2) / sqrt(2π)`.
+fn normal_pdf(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    (-0.5 * x * x).exp() * INV_SQRT_2PI
+}
+
+impl BertDevice for Cpu {
+    fn add_bias<T: Tape<f32, Self>>(x: Matrix<Self, T>, bias: &Vector<Self>) -> Matrix<Self, T> {
+        let (x, mut tape) = x.split_tape();
+        let (rows, cols) = *x.shape();
+        let b = host(bias);
+        let mut y = host(&x);
+        y.par_chunks_mut(cols * ROW_BLOCK).for_each(|block| {
+            for row in block.chunks_mut(cols) {
+                row.iter_mut().zip(&b).for_each(|(v, b)| *v += b);
+            }
+        });
+        let out = x.device().tensor_from_vec(y, (rows, cols));
+        if T::OWNS_TAPE {
+            let (xg, bg, og) = (x.ghost(), bias.ghost(), out.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gx, gb, go) = grad_slices!(grads; xg, bg, og);
+                add_assign(gx, go);
+                let sums = column_sums(rows, cols, |r, c| go[r * cols + c]);
+                gb.iter_mut().zip(sums).for_each(|(g, s)| *g += s);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    fn layer_norm<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weight: &Vector<Self>,
+        bias: &Vector<Self>,
+        eps: f64,
+    ) -> Matrix<Self, T> {
+        let (x, mut tape) = x.split_tape();
+        let (rows, cols) = *x.shape();
+        let (gamma, beta) = (host(weight), host(bias));
+        let mut xhat = host(&x);
+        let mut rstd = vec![0.0f32; rows];
+        let mut y = vec![0.0f32; rows * cols];
+        let n = cols as f32;
+        xhat.par_chunks_mut(cols * ROW_BLOCK)
+            .zip(y.par_chunks_mut(cols * ROW_BLOCK))
+            .zip(rstd.par_chunks_mut(ROW_BLOCK))
+            .for_each(|((xb, yb), rb)| {
+                for ((xr, yr), r) in xb.chunks_mut(cols).zip(yb.chunks_mut(cols)).zip(rb) {
+                    let mean = xr.iter().sum::<f32>() / n;
+                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                    *r = 1.0 / (var + eps as f32).sqrt();
+                    for (i, (xv, yv)) in xr.iter_mut().zip(yr.iter_mut()).enumerate() {
+                        *xv = (*xv - mean) * *r;
+                        *yv = *xv * gamma[i] + beta[i];
+                    }
+                }
+            });
+        let out = x.device().tensor_from_vec(y, (rows, cols));
+        if T::OWNS_TAPE {
+            let (xg, wg, bg, og) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gx, gw, gb, go) = grad_slices!(grads; xg, wg, bg, og);
+                gx.par_chunks_mut(cols * ROW_BLOCK)
+                    .zip(go.par_chunks(cols * ROW_BLOCK))
+                    .zip(xhat.par_chunks(cols * ROW_BLOCK))
+                    .zip(rstd.par_chunks(ROW_BLOCK))
+                    .for_each(|(((gxb, gob), xb), rb)| {
+                        let rows = gxb.chunks_mut(cols).zip(gob.chunks(cols));
+                        for ((gxr, gor), (xr, r)) in rows.zip(xb.chunks(cols).zip(rb)) {
+                            let (mut a, mut c) = (0.0f32, 0.0f32);
+                            for i in 0..cols {
+                                let d = gor[i] * gamma[i];
+                                a += d;
+                                c += d * xr[i];
+                            }
+                            let (a, c) = (a / n, c / n);
+                            for i in 0..cols {
+                                gxr[i] += r * (gor[i] * gamma[i] - a - xr[i] * c);
+                            }
+                        }
+                    });
+                let dw = column_sums(rows, cols, |r, c| go[r * cols + c] * xhat[r * cols + c]);
+                let db = column_sums(rows, cols, |r, c| go[r * cols + c]);
+                gw.iter_mut().zip(dw).for_each(|(g, s)| *g += s);
+                gb.iter_mut().zip(db).for_each(|(g, s)| *g += s);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {
+        let (x, mut tape) = x.split_tape();
+        let shape = *x.shape();
+        let xs = host(&x);
+        let mut y = vec![0.0f32; xs.len()];
+        y.par_chunks_mut(1 << 14)
+            .zip(xs.par_chunks(1 << 14))
+            .for_each(|(y, x)| {
+                y.iter_mut()
+                    .zip(x)
+                    .for_each(|(y, &x)| *y = x * normal_cdf(x))
+            });
+        let out = x.device().tensor_from_vec(y, shape);
+        if T::OWNS_TAPE {
+            let (xg, og) = (x.ghost(), out.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gx, go) = grad_slices!(grads; xg, og);
+                gx.par_chunks_mut(1 << 14)
+                    .zip(go.par_chunks(1 << 14))
+                    .zip(xs.par_chunks(1 << 14))
+                    .for_each(|((gx, go), x)| {
+                        for ((gx, go), &x) in gx.iter_mut().zip(go).zip(x) {
+                            *gx += go * (normal_cdf(x) + x * normal_pdf(x));
+                        }
+                    });
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    fn dropout<T: Tape<f32, Self>>(x: Matrix<Self, T>, keep_scale: Vec<f32>) -> Matrix<Self, T> {
+        let (x, mut tape) = x.split_tape();
+        let shape = *x.shape();
+        let mut y = host(&x);
+        y.par_chunks_mut(1 << 14)
+            .zip(keep_scale.par_chunks(1 << 14))
+            .for_each(|(y, m)| y.iter_mut().zip(m).for_each(|(y, m)| *y *= m));
+        let out = x.device().tensor_from_vec(y, shape);
+        if T::OWNS_TAPE {
+            let (xg, og) = (x.ghost(), out.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gx, go) = grad_slices!(grads; xg, og);
+                gx.par_chunks_mut(1 << 14)
+                    .zip(go.par_chunks(1 << 14))
+                    .zip(keep_scale.par_chunks(1 << 14))
+                    .for_each(|((gx, go), m)| {
+                        for ((gx, go), m) in gx.iter_mut().zip(go).zip(m) {
+                            *gx += go * m;
+                        }
+                    });
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    fn attention<T: Tape<f32, Self>>(
+        q: Matrix<Self, T>,
+        k: Matrix<Self, T>,
+        v: Matrix<Self, T>,
+        attention_bias: &Matrix<Self>,
+        heads: usize,
+        dropout: Option<Vec<f32>>,
+    ) -> Matrix<Self, T> {
+        let (q, tq) = q.split_tape();
+        let (k, tk) = k.split_tape();
+        let (v, tv) = v.split_tape();
+        let mut tape = tq.merge(tk).merge(tv);
+        let (b, s) = *attention_bias.shape();
+        let hidden = q.shape().1;
+        let d = hidden / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (qs, ks, vs, bias) = (host(&q), host(&k), host(&v), host(attention_bias));
+        let mut probs = vec![0.0f32; b * heads * s * s];
+        let mut context = vec![0.0f32; b * s * hidden];
+        let ctx = SharedMut(context.as_mut_ptr());
+        // One task per (sequence, head): scores, softmax, dropout, probabilities × values.
+        probs.par_chunks_mut(s * s).enumerate().for_each_init(
+            || vec![0.0f32; s * s],
+            |dropped, (task, p)| {
+                let (bi, hi) = (task / heads, task % heads);
+                let block = bi * s * hidden + hi * d;
+                // SAFETY: in-bounds views of q, k, v; each task writes only its own
+                // (sequence, head) block of `context`.
+                unsafe {
+                    gemm_strided(
+                        (s, s, d),
+                        p.as_mut_ptr(),
+                        s,
+                        false,
+                        qs.as_ptr().add(block),
+                        (hidden, 1),
+                        ks.as_ptr().add(block),
+                        (1, hidden),
+                        scale,
+                    );
+                }
+                let key_bias = &bias[bi * s..(bi + 1) * s];
+                for row in p.chunks_mut(s) {
+                    let mut max = f32::NEG_INFINITY;
+                    for (x, kb) in row.iter_mut().zip(key_bias) {
+                        *x += kb;
+                        max = max.max(*x);
+                    }
+                    let mut sum = 0.0f32;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+                let used: &[f32] = match &dropout {
+                    Some(keep) => {
+                        let keep = &keep[task * s * s..(task + 1) * s * s];
+                        dropped
+                            .iter_mut()
+                            .zip(p.iter().zip(keep))
+                            .for_each(|(o, (p, k))| *o = p * k);
+                        dropped
+                    }
+                    None => p,
+                };
+                unsafe {
+                    gemm_strided(
+                        (s, d, s),
+                        ctx.at(block),
+                        hidden,
+                        false,
+                        used.as_ptr(),
+                        (s, 1),
+                        vs.as_ptr().add(block),
+                        (hidden, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        let out = q.device().tensor_from_vec(context, (b * s, hidden));
+        if T::OWNS_TAPE {
+            let (qg, kg, vg, og) = (q.ghost(), k.ghost(), v.ghost(), out.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gq, gk, gv, go) = grad_slices!(grads; qg, kg, vg, og);
+                let (gq, gk, gv) = (
+                    SharedMut(gq.as_mut_ptr()),
+                    SharedMut(gk.as_mut_ptr()),
+                    SharedMut(gv.as_mut_ptr()),
+                );
+                (0..b * heads).into_par_iter().for_each_init(
+                    || (vec![0.0f32; s * s], vec![0.0f32; s * s]),
+                    |(dropped, dp), task| {
+                        let (bi, hi) = (task / heads, task % heads);
+                        let block = bi * s * hidden + hi * d;
+                        let p = &probs[task * s * s..(task + 1) * s * s];
+                        let keep = dropout
+                            .as_ref()
+                            .map(|k| &k[task * s * s..(task + 1) * s * s]);
+                        let used: &[f32] = match keep {
+                            Some(keep) => {
+                                dropped
+                                    .iter_mut()
+                                    .zip(p.iter().zip(keep))
+                                    .for_each(|(o, (p, k))| *o = p * k);
+                                dropped
+                            }
+                            None => p,
+                        };
+                        // SAFETY: each task reads shared inputs and writes only its own
+                        // (sequence, head) blocks of gq, gk, gv.
+                        unsafe {
+                            // dV += P_droppedᵀ dO
+                            gemm_strided(
+                                (s, d, s),
+                                gv.at(block),
+                                hidden,
+                                true,
+                                used.as_ptr(),
+                                (1, s),
+                                go.as_ptr().add(block),
+                                (hidden, 1),
+                                1.0,
+                            );
+                            // dP_dropped = dO Vᵀ
+                            gemm_strided(
+                                (s, s, d),
+                                dp.as_mut_ptr(),
+                                s,
+                                false,
+                                go.as_ptr().add(block),
+                                (hidden, 1),
+                                vs.as_ptr().add(block),
+                                (1, hidden),
+                                1.0,
+                            );
+                        }
+                        if let Some(keep) = keep {
+                            dp.iter_mut().zip(keep).for_each(|(g, k)| *g *= k);
+                        }
+                        // Softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)).
+                        for (g, p) in dp.chunks_mut(s).zip(p.chunks(s)) {
+                            let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                            g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+                        }
+                        unsafe {
+                            // dQ += scale · dS K
+                            gemm_strided(
+                                (s, d, s),
+                                gq.at(block),
+                                hidden,
+                                true,
+                                dp.as_ptr(),
+                                (s, 1),
+                                ks.as_ptr().add(block),
+                                (hidden, 1),
+                                scale,
+                            );
+                            // dK += scale · dSᵀ Q
+                            gemm_strided(
+                                (s, d, s),
+                                gk.at(block),
+                                hidden,
+                                true,
+                                dp.as_ptr(),
+                                (1, s),
+                                qs.as_ptr().add(block),
+                                (hidden, 1),
+                                scale,
+                            );
+                        }
+                    },
+                );
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+}

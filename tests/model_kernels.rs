@@ -1,0 +1,188 @@
+//! The fused CPU kernels against their dfdx compositions (`model::kernels::composed`): the same
+//! values and the same gradients for every input and parameter, on odd shapes (5 tokens,
+//! head size 3) with padding and dropout, so a stride or a missing term shows up.
+
+use bertline::model::kernels::composed;
+use bertline::model::{BertDevice, Matrix, Vector};
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TOLERANCE: f32 = 2e-5;
+
+fn random(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0..1.0) * scale).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    assert!(worst < TOLERANCE, "{what}: max relative error {worst}");
+    // A kernel that returned zeros would pass a loose check against zeros: make sure the
+    // reference is not trivially zero.
+    assert!(
+        want.iter().any(|&w| w != 0.0),
+        "{what}: reference is all zeros"
+    );
+}
+
+/// `Σ out ⊙ weights`: a scalar whose gradient sends `weights` back into the kernel.
+fn project(out: Matrix<Cpu, OwnedTape<f32, Cpu>>, weights: &[f32]) -> Gradients<f32, Cpu> {
+    let w = out.device().tensor_from_vec(weights.to_vec(), *out.shape());
+    (out * w).sum::<(), _>().backward()
+}
+
+fn matrix(dev: &Cpu, values: Vec<f32>, shape: (usize, usize)) -> Matrix<Cpu> {
+    dev.tensor_from_vec(values, shape)
+}
+
+fn vector(dev: &Cpu, values: Vec<f32>) -> Vector<Cpu> {
+    let n = values.len();
+    dev.tensor_from_vec(values, (n,))
+}
+
+#[test]
+fn add_bias_matches_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let shape = (70, 9); // more rows than one parallel block
+    let x = matrix(&dev, random(&mut rng, 630, 1.0), shape);
+    let b = vector(&dev, random(&mut rng, 9, 1.0));
+    let w = random(&mut rng, 630, 1.0);
+    let run = |fused: bool| {
+        let xt = x.leaky_trace();
+        let out = if fused {
+            <Cpu as BertDevice>::add_bias(xt, &b)
+        } else {
+            composed::add_bias(xt, &b)
+        };
+        let values = out.as_vec();
+        let g = project(out, &w);
+        (values, g.get(&x).as_vec(), g.get(&b).as_vec())
+    };
+    let (fused, reference) = (run(true), run(false));
+    assert_close("add_bias value", &fused.0, &reference.0);
+    assert_close("add_bias dx", &fused.1, &reference.1);
+    assert_close("add_bias dbias", &fused.2, &reference.2);
+}
+
+#[test]
+fn layer_norm_matches_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let shape = (67, 11);
+    let x = matrix(&dev, random(&mut rng, 67 * 11, 3.0), shape);
+    let gamma = vector(&dev, random(&mut rng, 11, 1.0));
+    let beta = vector(&dev, random(&mut rng, 11, 1.0));
+    let w = random(&mut rng, 67 * 11, 1.0);
+    let run = |fused: bool| {
+        let xt = x.leaky_trace();
+        let out = if fused {
+            <Cpu as BertDevice>::layer_norm(xt, &gamma, &beta, 1e-12)
+        } else {
+            composed::layer_norm(xt, &gamma, &beta, 1e-12)
+        };
+        let values = out.as_vec();
+        let g = project(out, &w);
+        (
+            values,
+            g.get(&x).as_vec(),
+            g.get(&gamma).as_vec(),
+            g.get(&beta).as_vec(),
+        )
+    };
+    let (fused, reference) = (run(true), run(false));
+    assert_close("layer_norm value", &fused.0, &reference.0);
+    assert_close("layer_norm dx", &fused.1, &reference.1);
+    assert_close("layer_norm dgamma", &fused.2, &reference.2);
+    assert_close("layer_norm dbeta", &fused.3, &reference.3);
+}
+
+#[test]
+fn gelu_and_dropout_match_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let shape = (40, 13);
+    let x = matrix(&dev, random(&mut rng, 520, 4.0), shape);
+    let keep: Vec<f32> = (0..520)
+        .map(|_| if rng.gen_bool(0.1) { 0.0 } else { 1.0 / 0.9 })
+        .collect();
+    let w = random(&mut rng, 520, 1.0);
+    let run = |fused: bool| {
+        let xt = x.leaky_trace();
+        let out = if fused {
+            let y = <Cpu as BertDevice>::gelu(xt);
+            <Cpu as BertDevice>::dropout(y, keep.clone())
+        } else {
+            composed::dropout(composed::gelu(xt), keep.clone())
+        };
+        let values = out.as_vec();
+        let g = project(out, &w);
+        (values, g.get(&x).as_vec())
+    };
+    let (fused, reference) = (run(true), run(false));
+    assert_close("gelu+dropout value", &fused.0, &reference.0);
+    assert_close("gelu+dropout dx", &fused.1, &reference.1);
+    assert!(fused.0.contains(&0.0), "some values were dropped");
+}
+
+#[test]
+fn attention_matches_the_composition_with_padding_and_dropout() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (batch, seq, heads, head_size) = (3, 5, 2, 3);
+    let hidden = heads * head_size;
+    let rows = batch * seq;
+    let q = matrix(&dev, random(&mut rng, rows * hidden, 2.0), (rows, hidden));
+    let k = matrix(&dev, random(&mut rng, rows * hidden, 2.0), (rows, hidden));
+    let v = matrix(&dev, random(&mut rng, rows * hidden, 2.0), (rows, hidden));
+    // Sequence 0 has no padding, 1 pads its last 2 keys, 2 pads its last one.
+    let lengths = [5, 3, 4];
+    let bias: Vec<f32> = (0..rows)
+        .map(|r| {
+            if r % seq < lengths[r / seq] {
+                0.0
+            } else {
+                -10000.0
+            }
+        })
+        .collect();
+    let bias = matrix(&dev, bias, (batch, seq));
+    let w = random(&mut rng, rows * hidden, 1.0);
+    let keep: Vec<f32> = (0..batch * heads * seq * seq)
+        .map(|_| if rng.gen_bool(0.2) { 0.0 } else { 1.25 })
+        .collect();
+    for dropout in [None, Some(keep)] {
+        let run = |fused: bool| {
+            // Three tapes, merged by the kernel, as in the model.
+            let (qt, kt, vt) = (q.leaky_trace(), k.leaky_trace(), v.leaky_trace());
+            let out = if fused {
+                <Cpu as BertDevice>::attention(qt, kt, vt, &bias, heads, dropout.clone())
+            } else {
+                composed::attention(qt, kt, vt, &bias, heads, dropout.clone())
+            };
+            let values = out.as_vec();
+            let g = project(out, &w);
+            (
+                values,
+                g.get(&q).as_vec(),
+                g.get(&k).as_vec(),
+                g.get(&v).as_vec(),
+            )
+        };
+        let (fused, reference) = (run(true), run(false));
+        let label = if dropout.is_some() {
+            "with dropout"
+        } else {
+            "no dropout"
+        };
+        assert_close(&format!("attention value {label}"), &fused.0, &reference.0);
+        assert_close(&format!("attention dq {label}"), &fused.1, &reference.1);
+        assert_close(&format!("attention dk {label}"), &fused.2, &reference.2);
+        assert_close(&format!("attention dv {label}"), &fused.3, &reference.3);
+    }
+}
