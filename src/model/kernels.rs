@@ -12,7 +12,7 @@
 //! resumed run still reproduces an uninterrupted one bit for bit.
 
 use dfdx::shapes::{Axes2, Axes4, Axis, HasShape, Shape};
-use dfdx::tensor::{Cpu, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
+use dfdx::tensor::{Cache, Cpu, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
 use dfdx::tensor_ops::{BroadcastTo, Device, PermuteTo, ReshapeTo, TryMatMul};
 use rayon::prelude::*;
 
@@ -153,7 +153,12 @@ impl BertDevice for dfdx::tensor::Cuda {}
 const ROW_BLOCK: usize = 64;
 
 /// A tensor's values on the host (a memcpy for the contiguous tensors these kernels take).
+///
+/// Also switches off dfdx's allocation cache on the tensor's device: the kernels hand dfdx
+/// buffers it did not allocate, and its cache keeps every dropped buffer for reuse, so with
+/// the cache on, each training step would add its kernels' outputs to it for good.
 fn host<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+    t.device().disable_cache();
     let mut out = vec![0.0; t.shape().num_elements()];
     t.copy_into(&mut out);
     out
