@@ -1303,7 +1303,9 @@ pub fn pick_learning_rate<T>(tried: &[(f64, Value, T)]) -> usize {
 fn with_sweep<T>(mut summary: Value, lr: f64, others: &[(f64, Value, T)]) -> Value {
     summary["learning_rate"] = json!(lr);
     if !others.is_empty() {
-        let mut rows = vec![json!({"learning_rate": lr, "mean": summary["mean"], "std": summary["std"], "chosen": true})];
+        let mut rows = vec![
+            json!({"learning_rate": lr, "mean": summary["mean"], "std": summary["std"], "chosen": true}),
+        ];
         rows.extend(others.iter().map(|(lr, s, _)| {
             json!({"learning_rate": lr, "mean": s["mean"], "std": s["std"], "chosen": false})
         }));

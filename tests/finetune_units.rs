@@ -187,11 +187,17 @@ fn learning_rate_sweep_comes_from_config_and_overrides() {
     assert_eq!(sst2.learning_rates, vec![1e-4, 3e-4]);
     assert_eq!((sst2.learning_rate, sst2.warmup_proportion), (1e-4, 0.1));
     let cola = Recipe::for_task(&cfg, "cola");
-    assert_eq!((cola.learning_rates.clone(), cola.learning_rate), (vec![2e-5], 2e-5));
+    assert_eq!(
+        (cola.learning_rates.clone(), cola.learning_rate),
+        (vec![2e-5], 2e-5)
+    );
     assert_eq!(cola.warmup_proportion, 0.2);
     // An empty sweep falls back to the single learning rate.
     let mrpc = Recipe::for_task(&cfg, "mrpc");
-    assert_eq!((mrpc.learning_rates.clone(), mrpc.learning_rate), (vec![5e-5], 5e-5));
+    assert_eq!(
+        (mrpc.learning_rates.clone(), mrpc.learning_rate),
+        (vec![5e-5], 5e-5)
+    );
 }
 
 #[test]
@@ -203,7 +209,10 @@ fn the_sweep_picks_the_best_mean_and_never_a_missing_one() {
             .map(|(i, m)| (i as f64, json!({ "mean": m }), ()))
             .collect()
     };
-    assert_eq!(pick_learning_rate(&tried(&[Some(0.5), Some(0.7), Some(0.6)])), 1);
+    assert_eq!(
+        pick_learning_rate(&tried(&[Some(0.5), Some(0.7), Some(0.6)])),
+        1
+    );
     // Ties keep the first (smallest index) value.
     assert_eq!(pick_learning_rate(&tried(&[Some(0.7), Some(0.7)])), 0);
     // A run without a score (null mean) loses to any scored one.
@@ -215,5 +224,8 @@ fn the_sweep_picks_the_best_mean_and_never_a_missing_one() {
 fn sweep_runs_get_their_own_artifact_names() {
     let run = seed_run(2, 0.5, 0.5);
     assert_eq!(seed_artifact_name(&run, false), "mrpc/scratch-seed2.json");
-    assert_eq!(seed_artifact_name(&run, true), "mrpc/scratch-lr3e-5-seed2.json");
+    assert_eq!(
+        seed_artifact_name(&run, true),
+        "mrpc/scratch-lr3e-5-seed2.json"
+    );
 }

@@ -540,7 +540,12 @@ pub fn sweep_table(tasks: &[TaskResult]) -> Option<Table> {
                     arm.into(),
                     format!("{lr:e}"),
                     fmt_opt(mean.map(as_percent), 1),
-                    if result.learning_rate == Some(*lr) { "yes" } else { "" }.into(),
+                    if result.learning_rate == Some(*lr) {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                    .into(),
                 ]);
             }
         }
