@@ -281,6 +281,21 @@ unsafe fn gemm_strided(
     )
 }
 
+/// Attention probabilities after dropout: `p ⊙ keep` written into `scratch`, or `p` itself
+/// without dropout.
+fn dropped_probs<'a>(p: &'a [f32], keep: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
+    match keep {
+        Some(keep) => {
+            scratch
+                .iter_mut()
+                .zip(p.iter().zip(keep))
+                .for_each(|(o, (p, k))| *o = p * k);
+            scratch
+        }
+        None => p,
+    }
+}
+
 /// `Φ(x) = 0.5 (1 + erf(x / sqrt 2))`.
 fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -491,17 +506,10 @@ impl BertDevice for Cpu {
                     let inv = 1.0 / sum;
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
-                let used: &[f32] = match &dropout {
-                    Some(keep) => {
-                        let keep = &keep[task * s * s..(task + 1) * s * s];
-                        dropped
-                            .iter_mut()
-                            .zip(p.iter().zip(keep))
-                            .for_each(|(o, (p, k))| *o = p * k);
-                        dropped
-                    }
-                    None => p,
-                };
+                let keep = dropout
+                    .as_ref()
+                    .map(|k| &k[task * s * s..(task + 1) * s * s]);
+                let used = dropped_probs(p, keep, dropped);
                 unsafe {
                     gemm_strided(
                         (s, d, s),
@@ -536,16 +544,7 @@ impl BertDevice for Cpu {
                         let keep = dropout
                             .as_ref()
                             .map(|k| &k[task * s * s..(task + 1) * s * s]);
-                        let used: &[f32] = match keep {
-                            Some(keep) => {
-                                dropped
-                                    .iter_mut()
-                                    .zip(p.iter().zip(keep))
-                                    .for_each(|(o, (p, k))| *o = p * k);
-                                dropped
-                            }
-                            None => p,
-                        };
+                        let used = dropped_probs(p, keep, dropped);
                         // SAFETY: each task reads shared inputs and writes only its own
                         // (sequence, head) blocks of gq, gk, gv.
                         unsafe {
