@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bertline::config::PretrainConfig;
-use bertline::pretrain::PretrainJob;
+use bertline::config::{PhasePlan, PretrainConfig};
+use bertline::pretrain::{JobPhase, PretrainJob};
 use bertline::shard::{write_instances, TrainingInstance};
 use bertline::BertConfig;
 use rand::{Rng, SeedableRng};
@@ -109,12 +109,22 @@ pub fn job(work: &Path, train: Vec<PathBuf>, eval: &[PathBuf], steps: usize) -> 
         expect,
     )
     .unwrap();
+    let plan = PhasePlan {
+        phase: 1,
+        max_seq_length: SEQ_LEN,
+        max_predictions_per_seq: MAX_PREDICTIONS,
+        train_batch_size: config.train_batch_size,
+        num_train_steps: steps,
+        first_step: 0,
+    };
     PretrainJob {
         model_config: tiny_config(),
         config,
-        seq_len: SEQ_LEN,
-        train_shards: train,
-        eval_batches,
+        phases: vec![JobPhase {
+            plan,
+            train_shards: train,
+            eval_batches,
+        }],
         heldout_batches: Vec::new(),
         work_dir: work.to_path_buf(),
         vocab_files: Vec::new(),
