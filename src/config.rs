@@ -445,6 +445,11 @@ pub struct FinetuneConfig {
     pub seeds: Vec<u64>,
     #[serde(default = "default_ft_lr")]
     pub learning_rate: f64,
+    /// Learning-rate sweep (BERT §4.1 picks the best of {5e-5, 4e-5, 3e-5, 2e-5} on dev):
+    /// every value is tried for every arm and seed, and each arm reports the value with the
+    /// best mean dev score. Empty: `learning_rate` alone.
+    #[serde(default)]
+    pub learning_rates: Vec<f64>,
     #[serde(default = "default_ft_batch")]
     pub train_batch_size: usize,
     #[serde(default = "default_ft_epochs")]
@@ -503,6 +508,8 @@ impl Default for FinetuneConfig {
 #[serde(deny_unknown_fields)]
 pub struct TaskOverride {
     pub learning_rate: Option<f64>,
+    pub learning_rates: Option<Vec<f64>>,
+    pub warmup_proportion: Option<f64>,
     pub train_batch_size: Option<usize>,
     pub num_train_epochs: Option<f64>,
     pub max_seq_length: Option<usize>,

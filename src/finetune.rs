@@ -64,7 +64,10 @@ const EVAL_BATCH_SIZE: usize = 64;
 /// A task's hyper-parameters after its `[finetune.overrides.TASK]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
+    /// The peak learning rate of a run (one value of `learning_rates` at a time).
     pub learning_rate: f64,
+    /// The sweep: every value is tried per arm, the best mean dev score is reported.
+    pub learning_rates: Vec<f64>,
     pub train_batch_size: usize,
     pub num_train_epochs: f64,
     pub warmup_proportion: f64,
@@ -78,11 +81,19 @@ impl Recipe {
     /// The `[finetune]` values with the task's overrides applied.
     pub fn for_task(cfg: &FinetuneConfig, task: &str) -> Recipe {
         let o = cfg.overrides.get(task).cloned().unwrap_or_default();
+        let learning_rate = o.learning_rate.unwrap_or(cfg.learning_rate);
+        let mut learning_rates = o
+            .learning_rates
+            .unwrap_or_else(|| cfg.learning_rates.clone());
+        if learning_rates.is_empty() {
+            learning_rates.push(learning_rate);
+        }
         Recipe {
-            learning_rate: o.learning_rate.unwrap_or(cfg.learning_rate),
+            learning_rate: learning_rates[0],
+            learning_rates,
             train_batch_size: o.train_batch_size.unwrap_or(cfg.train_batch_size).max(1),
             num_train_epochs: o.num_train_epochs.unwrap_or(cfg.num_train_epochs),
-            warmup_proportion: cfg.warmup_proportion,
+            warmup_proportion: o.warmup_proportion.unwrap_or(cfg.warmup_proportion),
             max_seq_length: o.max_seq_length.unwrap_or(cfg.max_seq_length),
             max_train_examples: o.max_train_examples.unwrap_or(cfg.max_train_examples),
             max_eval_examples: o.max_eval_examples.unwrap_or(cfg.max_eval_examples),
@@ -330,6 +341,8 @@ struct StepRecord<'a> {
     task: &'a str,
     arm: &'a str,
     seed: u64,
+    /// The run's peak learning rate (tells the runs of a sweep apart).
+    peak_lr: f64,
     epoch: usize,
     step: usize,
     lr: f64,
@@ -393,6 +406,7 @@ pub fn train_sequence_classifier<D: BertDevice>(
                 task: log.task,
                 arm: log.arm,
                 seed: log.seed,
+                peak_lr: recipe.learning_rate,
                 epoch: *epoch,
                 step: step + 1,
                 lr,
@@ -505,6 +519,9 @@ pub struct SeedRun {
     pub task: String,
     pub arm: String,
     pub seed: u64,
+    /// The peak learning rate of this run.
+    #[serde(default)]
+    pub learning_rate: f64,
     pub train_examples: usize,
     pub train: TrainStats,
     pub dev: Vec<SplitScores>,
@@ -738,6 +755,7 @@ pub fn run_seed<D: BertDevice>(
             task: data.spec.name.clone(),
             arm: init_from.arm().to_string(),
             seed,
+            learning_rate: data.recipe.learning_rate,
             train_examples: data.train.len(),
             train,
             dev,
@@ -954,6 +972,7 @@ pub fn run_squad_seed<D: BertDevice>(
         task: "squad".into(),
         arm: init_from.arm().into(),
         seed,
+        learning_rate: recipe.learning_rate,
         train_examples: data.train_features.len(),
         train,
         dev: vec![SplitScores {
@@ -1213,7 +1232,7 @@ fn run_glue_task(
     let recipe = Recipe::for_task(env.cfg, &name);
     let headline = spec.metrics[0].name().to_string();
     let subsample_seed = env.ctx.seed(Stage::Finetune, &[task_key(&name)]);
-    let data = load_task_data(spec, recipe.clone(), env.tokenizer, subsample_seed)?;
+    let mut data = load_task_data(spec, recipe.clone(), env.tokenizer, subsample_seed)?;
     let mut task_json = json!({
         "metric": headline,
         "train_examples": data.train.len(),
@@ -1225,44 +1244,88 @@ fn run_glue_task(
             task_json["majority_class_accuracy"] = json!(majority_class_accuracy(&gold));
         }
     }
+    let sweep = recipe.learning_rates.clone();
     for init_from in env.inits {
         let arm = init_from.arm();
-        let mut runs = Vec::new();
-        let mut best: Option<(f64, SeedOutput)> = None;
-        for &seed in &recipe.seeds {
-            let output = run_seed(
-                &data,
-                init_from,
-                env.config,
-                seed,
-                env.device,
-                env.progress,
-                Some(&mut *log),
-            )?;
-            totals.add(&output.run.train);
-            write_seed_artifact(run, &data, &recipe, &output)?;
-            let metrics = output.run.flat_metrics();
-            tracing::info!(task = %name, arm, seed, ?metrics, "fine-tuned");
-            let score = metrics.get(&headline).copied().unwrap_or(f64::NEG_INFINITY);
-            runs.push(output.run.clone());
-            if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                best = Some((score, output));
+        let mut tried: Vec<(f64, Value, Option<SeedOutput>)> = Vec::new();
+        for &lr in &sweep {
+            data.recipe.learning_rate = lr;
+            let mut runs = Vec::new();
+            let mut best: Option<(f64, SeedOutput)> = None;
+            for &seed in &recipe.seeds {
+                let output = run_seed(
+                    &data,
+                    init_from,
+                    env.config,
+                    seed,
+                    env.device,
+                    env.progress,
+                    Some(&mut *log),
+                )?;
+                totals.add(&output.run.train);
+                write_seed_artifact(run, &data, sweep.len() > 1, &output)?;
+                let metrics = output.run.flat_metrics();
+                tracing::info!(task = %name, arm, lr, seed, ?metrics, "fine-tuned");
+                let score = metrics.get(&headline).copied().unwrap_or(f64::NEG_INFINITY);
+                runs.push(output.run.clone());
+                if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                    best = Some((score, output));
+                }
             }
+            let refs: Vec<&SeedRun> = runs.iter().collect();
+            tried.push((lr, summarize_arm(&refs, &headline), best.map(|(_, o)| o)));
         }
-        if let Some((_, best)) = best {
+        let (lr, summary, best) = tried.swap_remove(pick_learning_rate(&tried));
+        if let Some(best) = best {
             write_submissions(run, &data, arm, &best)?;
         }
-        let refs: Vec<&SeedRun> = runs.iter().collect();
-        task_json[arm] = summarize_arm(&refs, &headline);
+        task_json[arm] = with_sweep(summary, lr, &tried);
     }
     Ok(task_json)
 }
 
-/// `<task>/<arm>-seed<k>.json`: the run, its recipe, and every dev prediction.
+/// The index of the sweep value with the best mean dev score (the first on a tie; a value
+/// whose mean is missing or NaN never wins over one that has it).
+pub fn pick_learning_rate<T>(tried: &[(f64, Value, T)]) -> usize {
+    let mean = |v: &Value| v["mean"].as_f64().filter(|m| m.is_finite());
+    let mut best = 0;
+    for (i, (_, summary, _)) in tried.iter().enumerate() {
+        if let Some(m) = mean(summary) {
+            if mean(&tried[best].1).is_none_or(|b| m > b) {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+/// An arm's summary at its chosen learning rate, plus the other values tried.
+fn with_sweep<T>(mut summary: Value, lr: f64, others: &[(f64, Value, T)]) -> Value {
+    summary["learning_rate"] = json!(lr);
+    if !others.is_empty() {
+        let mut rows = vec![
+            json!({"learning_rate": lr, "mean": summary["mean"], "std": summary["std"], "chosen": true}),
+        ];
+        rows.extend(others.iter().map(|(lr, s, _)| {
+            json!({"learning_rate": lr, "mean": s["mean"], "std": s["std"], "chosen": false})
+        }));
+        rows.sort_by(|a, b| {
+            a["learning_rate"]
+                .as_f64()
+                .partial_cmp(&b["learning_rate"].as_f64())
+                .expect("finite learning rates")
+        });
+        summary["sweep"] = json!(rows);
+    }
+    summary
+}
+
+/// `<task>/<arm>-seed<k>.json` (`<arm>-lr<lr>-seed<k>.json` in a sweep): the run, its
+/// recipe, and every dev prediction.
 fn write_seed_artifact(
     run: &mut crate::stage::StageRun,
     data: &TaskData,
-    recipe: &Recipe,
+    sweep: bool,
     output: &SeedOutput,
 ) -> Result<()> {
     let dev: Vec<Value> = data
@@ -1280,17 +1343,26 @@ fn write_seed_artifact(
         })
         .collect();
     let rows: usize = data.dev.iter().map(|d| d.2.len()).sum();
-    let rel = format!(
-        "{}/{}-seed{}.json",
-        output.run.task, output.run.arm, output.run.seed
-    );
+    let rel = seed_artifact_name(&output.run, sweep);
     write_artifact(
         run,
         &rel,
         "predictions",
         rows as u64,
-        &json!({ "run": output.run, "recipe": recipe, "dev": dev }),
+        &json!({ "run": output.run, "recipe": data.recipe, "dev": dev }),
     )
+}
+
+/// `<task>/<arm>-seed<k>.json`, or `<task>/<arm>-lr<lr>-seed<k>.json` in a sweep.
+pub fn seed_artifact_name(run: &SeedRun, sweep: bool) -> String {
+    if sweep {
+        format!(
+            "{}/{}-lr{:e}-seed{}.json",
+            run.task, run.arm, run.learning_rate, run.seed
+        )
+    } else {
+        format!("{}/{}-seed{}.json", run.task, run.arm, run.seed)
+    }
 }
 
 /// `submission/<arm>/<GLUE file>` for every loaded test split.
@@ -1328,33 +1400,43 @@ fn run_squad_task(
         "eval_questions": data.eval_examples.len(),
         "recipe": recipe,
     });
+    let sweep = recipe.learning_rates.clone();
     for init_from in env.inits {
         let arm = init_from.arm();
-        let mut runs = Vec::new();
-        for &seed in &recipe.seeds {
-            let (seed_run, predictions) = run_squad_seed(
-                &data,
-                &env.cfg.squad,
-                &recipe,
-                init_from,
-                env.config,
-                seed,
-                env.device,
-                env.progress,
-            )?;
-            totals.train_examples += seed_run.train.examples;
-            totals.train_seconds += seed_run.train.seconds;
-            write_artifact(
-                run,
-                &format!("squad/{arm}-seed{seed}.json"),
-                "predictions",
-                predictions.len() as u64,
-                &json!({ "run": seed_run, "recipe": recipe, "predictions": predictions }),
-            )?;
-            runs.push(seed_run);
+        let mut tried: Vec<(f64, Value, ())> = Vec::new();
+        for &lr in &sweep {
+            let recipe = Recipe {
+                learning_rate: lr,
+                ..recipe.clone()
+            };
+            let mut runs = Vec::new();
+            for &seed in &recipe.seeds {
+                let (seed_run, predictions) = run_squad_seed(
+                    &data,
+                    &env.cfg.squad,
+                    &recipe,
+                    init_from,
+                    env.config,
+                    seed,
+                    env.device,
+                    env.progress,
+                )?;
+                totals.train_examples += seed_run.train.examples;
+                totals.train_seconds += seed_run.train.seconds;
+                write_artifact(
+                    run,
+                    &seed_artifact_name(&seed_run, sweep.len() > 1),
+                    "predictions",
+                    predictions.len() as u64,
+                    &json!({ "run": seed_run, "recipe": recipe, "predictions": predictions }),
+                )?;
+                runs.push(seed_run);
+            }
+            let refs: Vec<&SeedRun> = runs.iter().collect();
+            tried.push((lr, summarize_arm(&refs, "f1"), ()));
         }
-        let refs: Vec<&SeedRun> = runs.iter().collect();
-        task_json[arm] = summarize_arm(&refs, "f1");
+        let (lr, summary, ()) = tried.swap_remove(pick_learning_rate(&tried));
+        task_json[arm] = with_sweep(summary, lr, &tried);
     }
     Ok(task_json)
 }

@@ -780,12 +780,28 @@ fn train_row(
 }
 
 fn eval_row(split: &str, step: usize, plan: &PhasePlan, s: &StepStats) -> serde_json::Value {
-    serde_json::json!({
+    let mut row = serde_json::json!({
         "split": split, "step": step, "phase": plan.phase, "seq_len": plan.max_seq_length,
         "loss": s.loss, "mlm_loss": s.mlm_loss,
         "nsp_loss": s.nsp_loss, "mlm_accuracy": s.mlm_accuracy(), "nsp_accuracy": s.nsp_accuracy(),
         "mlm_perplexity": s.mlm_loss.exp(), "masked_tokens": s.mlm_count,
-    })
+    });
+    if split == HELDOUT {
+        mlm_only(&mut row, s);
+    }
+    row
+}
+
+/// The held-out text (WikiText-2) is single sentences, not pairs: its NSP labels mean
+/// nothing, so its rows carry the MLM loss alone.
+const HELDOUT: &str = "heldout";
+
+fn mlm_only(row: &mut serde_json::Value, s: &StepStats) {
+    if let Some(obj) = row.as_object_mut() {
+        obj.remove("nsp_loss");
+        obj.remove("nsp_accuracy");
+        obj.insert("loss".into(), serde_json::json!(s.mlm_loss));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1139,7 +1155,7 @@ pub fn train<D: BertDevice>(
     let last_phase = &job.phases[job.phases.len() - 1].plan;
     if summary.finished && !job.heldout_batches.is_empty() {
         let heldout = trainer.evaluate(&job.heldout_batches);
-        metrics.write(&eval_row("heldout", trainer.step, last_phase, &heldout))?;
+        metrics.write(&eval_row(HELDOUT, trainer.step, last_phase, &heldout))?;
         summary.heldout = Some(heldout);
     }
     summary.step = trainer.step;
@@ -1444,7 +1460,11 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
         "resumed_from": s.resumed_from,
         "train": stats(&s.last_train),
         "eval": stats(&s.eval),
-        "heldout": stats(&s.heldout),
+        "heldout": stats(&s.heldout).map(|mut row| {
+            let heldout = s.heldout.as_ref().expect("stats of a present evaluation");
+            mlm_only(&mut row, heldout);
+            row
+        }),
         "heldout_perplexity": s.heldout.as_ref().map(|h| h.mlm_loss.exp()),
         "tokens_per_s": s.tokens_per_s,
         "seconds": seconds,

@@ -94,6 +94,7 @@ fn tiny_model_trains_on_squad_and_answers_with_context_spans() {
     };
     let recipe = Recipe {
         learning_rate: 1e-3,
+        learning_rates: vec![1e-3],
         train_batch_size: 16,
         num_train_epochs: 1.0,
         warmup_proportion: 0.1,

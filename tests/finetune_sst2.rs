@@ -52,6 +52,7 @@ fn tiny_model_beats_the_majority_class_on_sst2() {
         BertForSequenceClassification::new(&config, 2, &mut init(&config, &device, &mut rng));
     let recipe = Recipe {
         learning_rate: 2e-3,
+        learning_rates: vec![2e-3],
         train_batch_size: 32,
         num_train_epochs: 3.0,
         warmup_proportion: 0.1,

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use bertline::config::FinetuneConfig;
 use bertline::finetune::{
-    majority_class_accuracy, subsample, summarize_arm, truncate_seq_pair, HostBatch, Recipe,
-    SeedRun, SplitScores, TrainStats,
+    majority_class_accuracy, pick_learning_rate, seed_artifact_name, subsample, summarize_arm,
+    truncate_seq_pair, HostBatch, Recipe, SeedRun, SplitScores, TrainStats,
 };
+use serde_json::json;
 
 #[test]
 fn truncate_seq_pair_pops_the_longer_side() {
@@ -85,6 +86,7 @@ fn seed_run(seed: u64, f1: f64, accuracy: f64) -> SeedRun {
         task: "mrpc".into(),
         arm: "scratch".into(),
         seed,
+        learning_rate: 3e-5,
         train_examples: 10,
         train: TrainStats::default(),
         dev: vec![SplitScores {
@@ -163,4 +165,67 @@ fn features_are_cls_a_sep_b_sep_with_truncation() {
     // 6 + 2 tokens, 5 allowed: A keeps 3, B keeps 2.
     assert_eq!(f[2].input_ids, [2, 5, 6, 7, 3, 9, 9, 3]);
     assert_eq!(f[2].input_ids.len(), 8);
+}
+
+#[test]
+fn learning_rate_sweep_comes_from_config_and_overrides() {
+    let cfg: FinetuneConfig = toml::from_str(
+        r#"
+        learning_rate = 1e-4
+        learning_rates = [1e-4, 3e-4]
+        warmup_proportion = 0.1
+        [overrides.cola]
+        learning_rates = [2e-5]
+        warmup_proportion = 0.2
+        [overrides.mrpc]
+        learning_rate = 5e-5
+        learning_rates = []
+        "#,
+    )
+    .unwrap();
+    let sst2 = Recipe::for_task(&cfg, "sst2");
+    assert_eq!(sst2.learning_rates, vec![1e-4, 3e-4]);
+    assert_eq!((sst2.learning_rate, sst2.warmup_proportion), (1e-4, 0.1));
+    let cola = Recipe::for_task(&cfg, "cola");
+    assert_eq!(
+        (cola.learning_rates.clone(), cola.learning_rate),
+        (vec![2e-5], 2e-5)
+    );
+    assert_eq!(cola.warmup_proportion, 0.2);
+    // An empty sweep falls back to the single learning rate.
+    let mrpc = Recipe::for_task(&cfg, "mrpc");
+    assert_eq!(
+        (mrpc.learning_rates.clone(), mrpc.learning_rate),
+        (vec![5e-5], 5e-5)
+    );
+}
+
+#[test]
+fn the_sweep_picks_the_best_mean_and_never_a_missing_one() {
+    let tried = |means: &[Option<f64>]| -> Vec<(f64, serde_json::Value, ())> {
+        means
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i as f64, json!({ "mean": m }), ()))
+            .collect()
+    };
+    assert_eq!(
+        pick_learning_rate(&tried(&[Some(0.5), Some(0.7), Some(0.6)])),
+        1
+    );
+    // Ties keep the first (smallest index) value.
+    assert_eq!(pick_learning_rate(&tried(&[Some(0.7), Some(0.7)])), 0);
+    // A run without a score (null mean) loses to any scored one.
+    assert_eq!(pick_learning_rate(&tried(&[None, Some(0.1)])), 1);
+    assert_eq!(pick_learning_rate(&tried(&[Some(0.1), None])), 0);
+}
+
+#[test]
+fn sweep_runs_get_their_own_artifact_names() {
+    let run = seed_run(2, 0.5, 0.5);
+    assert_eq!(seed_artifact_name(&run, false), "mrpc/scratch-seed2.json");
+    assert_eq!(
+        seed_artifact_name(&run, true),
+        "mrpc/scratch-lr3e-5-seed2.json"
+    );
 }

@@ -186,3 +186,39 @@ fn attention_matches_the_composition_with_padding_and_dropout() {
         assert_close(&format!("attention dv {label}"), &fused.3, &reference.3);
     }
 }
+
+#[test]
+fn label_log_probs_match_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (rows, vocab) = (9, 37);
+    let mut values = random(&mut rng, rows * vocab, 5.0);
+    let labels: Vec<usize> = (0..rows).map(|_| rng.gen_range(0..vocab)).collect();
+    // Row 0's label is its maximum, row 1's label ties with another logit.
+    values[labels[0]] = 100.0;
+    values[vocab + labels[1]] = 50.0;
+    values[vocab + (labels[1] + 1) % vocab] = 50.0;
+    let x = matrix(&dev, values, (rows, vocab));
+    let w = random(&mut rng, rows, 1.0);
+    let run = |fused: bool| {
+        let xt = x.leaky_trace();
+        let (out, is_max) = if fused {
+            <Cpu as BertDevice>::label_log_probs(xt, &labels)
+        } else {
+            composed::label_log_probs(xt, &labels)
+        };
+        let values = out.as_vec();
+        let weights = dev.tensor_from_vec(w.clone(), (rows,));
+        let g = (out * weights).sum::<(), _>().backward();
+        (values, g.get(&x).as_vec(), is_max)
+    };
+    let (fused, reference) = (run(true), run(false));
+    assert_close("label_log_probs value", &fused.0, &reference.0);
+    assert_close("label_log_probs dx", &fused.1, &reference.1);
+    assert_eq!(fused.2, reference.2);
+    assert!(
+        fused.2[0] && fused.2[1],
+        "a maximum and a tie count as right"
+    );
+    assert!(fused.0.iter().all(|&v| v <= 0.0), "log-probabilities");
+}

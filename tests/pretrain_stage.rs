@@ -106,13 +106,21 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
     assert_eq!(record.metrics["steps"], 20);
     let ppl = record.metrics["heldout_perplexity"].as_f64().unwrap();
     assert!(ppl.is_finite() && ppl > 1.0, "heldout perplexity {ppl}");
+    // WikiText-2 is single sentences: no NSP figures, and its loss is the MLM loss.
+    let heldout = &record.metrics["heldout"];
+    assert!(heldout.get("nsp_accuracy").is_none() && heldout.get("nsp_loss").is_none());
+    assert_eq!(heldout["loss"], heldout["mlm_loss"]);
     let out = ctx.run_dir().join("pretrain");
     let (model, config) =
         bertline::model::export::load_pretraining(&out, &dfdx::tensor::Cpu::default()).unwrap();
     assert_eq!(config, ctx.config().model);
     assert_eq!(model.bert.encoder.layer.len(), 1);
     let rows = std::fs::read_to_string(out.join(pretrain::METRICS_FILE)).unwrap();
-    assert!(rows.lines().any(|l| l.contains("\"split\":\"heldout\"")));
+    let heldout_row = rows
+        .lines()
+        .find(|l| l.contains("\"split\":\"heldout\""))
+        .expect("a heldout row");
+    assert!(!heldout_row.contains("nsp_"), "{heldout_row}");
     assert_eq!(
         rows.lines()
             .filter(|l| l.contains("\"split\":\"train\""))

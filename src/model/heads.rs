@@ -6,10 +6,8 @@
 
 use super::BertDevice;
 use dfdx::shapes::{Axes2, Axis, HasShape};
-use dfdx::tensor::{NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
-use dfdx::tensor_ops::{
-    BroadcastTo, GatherTo, MaxTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul,
-};
+use dfdx::tensor::{PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
+use dfdx::tensor_ops::{BroadcastTo, GatherTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul};
 
 use super::encoder::BertModelOutput;
 use super::{
@@ -279,11 +277,15 @@ impl<D: BertDevice> BertForPreTraining<D> {
         let (mlm_logits, nsp_logits) = self.forward::<T>(inputs, &batch.masked_lm_positions, mode);
         let device = mlm_logits.device().clone();
         let m = batch.masked_lm_ids.len();
-        let labels = device.tensor_from_vec(
-            batch.masked_lm_ids.iter().map(|&i| i as usize).collect(),
-            (m,),
-        );
-        let (mlm_correct, mlm_count) = label_is_max(&mlm_logits, &labels, &batch.masked_lm_weights);
+        let labels: Vec<usize> = batch.masked_lm_ids.iter().map(|&i| i as usize).collect();
+        let (log_probs, is_max) = D::label_log_probs(mlm_logits, &labels);
+        let mlm_count: f64 = batch.masked_lm_weights.iter().map(|&w| w as f64).sum();
+        let mlm_correct: f64 = is_max
+            .iter()
+            .zip(&batch.masked_lm_weights)
+            .filter(|(right, _)| **right)
+            .map(|(_, &w)| w as f64)
+            .sum();
         let nsp_correct = weighted_accuracy(
             &nsp_logits.as_vec(),
             2,
@@ -293,7 +295,6 @@ impl<D: BertDevice> BertForPreTraining<D> {
         .0 as usize;
 
         let weights = device.tensor_from_vec(batch.masked_lm_weights.clone(), (m,));
-        let log_probs: Vector<D, T> = mlm_logits.log_softmax::<Axis<1>>().select(labels);
         // Google: numerator / (denominator + 1e-5), so a batch without predictions is 0.
         let denominator = batch.masked_lm_weights.iter().sum::<f32>() + 1e-5;
         let mlm = (log_probs * weights).sum::<(), Axis<0>>() * (-1.0 / denominator);
@@ -315,27 +316,6 @@ impl<D: BertDevice> BertForPreTraining<D> {
             nsp_count: batch.batch,
         }
     }
-}
-
-/// `(Σ w where the label's logit is the row's maximum, Σ w)`, computed on the device so the
-/// `[rows, vocab]` logits never travel to the host (a tie with the maximum counts as right).
-fn label_is_max<D: BertDevice, T: Tape<f32, D>>(
-    logits: &Matrix<D, T>,
-    labels: &Tensor<(usize,), usize, D>,
-    weights: &[f32],
-) -> (f64, f64) {
-    let logits = logits.retaped::<NoneTape>();
-    let best = MaxTo::max::<(usize,), Axis<1>>(logits.clone()).as_vec();
-    let at_label: Vec<f32> = logits.select(labels.clone()).as_vec();
-    let mut correct = 0.0;
-    let mut total = 0.0;
-    for ((&b, &l), &w) in best.iter().zip(&at_label).zip(weights) {
-        total += w as f64;
-        if l >= b {
-            correct += w as f64;
-        }
-    }
-    (correct, total)
 }
 
 /// `(Σ w where argmax == label, Σ w)` over the rows of a row-major `[rows, classes]` array.

@@ -12,8 +12,8 @@
 //! resumed run still reproduces an uninterrupted one bit for bit.
 
 use dfdx::shapes::{Axes2, Axes4, Axis, HasShape, Shape};
-use dfdx::tensor::{Cpu, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
-use dfdx::tensor_ops::{BroadcastTo, Device, PermuteTo, ReshapeTo, TryMatMul};
+use dfdx::tensor::{Cache, Cpu, NoneTape, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
+use dfdx::tensor_ops::{BroadcastTo, Device, MaxTo, PermuteTo, ReshapeTo, SelectTo, TryMatMul};
 use rayon::prelude::*;
 
 use super::{Matrix, Vector};
@@ -59,6 +59,15 @@ pub trait BertDevice: Device<f32> {
         dropout: Option<Vec<f32>>,
     ) -> Matrix<Self, T> {
         composed::attention(q, k, v, attention_bias, heads, dropout)
+    }
+
+    /// `log_softmax(logits)[i, labels[i]]` for every row (the MLM loss terms), and for every
+    /// row whether the label's logit is the row's maximum (a tie counts as right).
+    fn label_log_probs<T: Tape<f32, Self>>(
+        logits: Matrix<Self, T>,
+        labels: &[usize],
+    ) -> (Vector<Self, T>, Vec<bool>) {
+        composed::label_log_probs(logits, labels)
     }
 }
 
@@ -144,6 +153,20 @@ pub mod composed {
             .permute::<_, Axes4<0, 2, 1, 3>>()
             .reshape_like(&(b * s, hidden))
     }
+
+    /// `log_softmax(logits)[i, labels[i]]` per row, and whether each label is the row's max.
+    pub fn label_log_probs<D: Device<f32>, T: Tape<f32, D>>(
+        logits: Matrix<D, T>,
+        labels: &[usize],
+    ) -> (Vector<D, T>, Vec<bool>) {
+        let device = logits.device().clone();
+        let labels = device.tensor_from_vec(labels.to_vec(), (labels.len(),));
+        let plain = logits.retaped::<NoneTape>();
+        let best = plain.clone().max::<(usize,), Axis<1>>().as_vec();
+        let at_label = plain.select(labels.clone()).as_vec();
+        let is_max = at_label.iter().zip(&best).map(|(l, b)| l >= b).collect();
+        (logits.log_softmax::<Axis<1>>().select(labels), is_max)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -153,7 +176,12 @@ impl BertDevice for dfdx::tensor::Cuda {}
 const ROW_BLOCK: usize = 64;
 
 /// A tensor's values on the host (a memcpy for the contiguous tensors these kernels take).
+///
+/// Also switches off dfdx's allocation cache on the tensor's device: the kernels hand dfdx
+/// buffers it did not allocate, and its cache keeps every dropped buffer for reuse, so with
+/// the cache on, each training step would add its kernels' outputs to it for good.
 fn host<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+    t.device().disable_cache();
     let mut out = vec![0.0; t.shape().num_elements()];
     t.copy_into(&mut out);
     out
@@ -586,5 +614,49 @@ impl BertDevice for Cpu {
             });
         }
         out.put_tape(tape)
+    }
+
+    fn label_log_probs<T: Tape<f32, Self>>(
+        logits: Matrix<Self, T>,
+        labels: &[usize],
+    ) -> (Vector<Self, T>, Vec<bool>) {
+        let (logits, mut tape) = logits.split_tape();
+        let (rows, cols) = *logits.shape();
+        assert_eq!(labels.len(), rows, "one label per row");
+        let xs = host(&logits);
+        // Per row: log-sum-exp, the label's log-probability, and whether it is the max.
+        let per_row: Vec<(f32, f32, bool)> = xs
+            .par_chunks(cols)
+            .zip(labels.par_iter())
+            .map(|(row, &label)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+                let lse = max + sum.ln();
+                (lse, row[label] - lse, row[label] >= max)
+            })
+            .collect();
+        let values = per_row.iter().map(|r| r.1).collect();
+        let is_max = per_row.iter().map(|r| r.2).collect();
+        let out = logits.device().tensor_from_vec(values, (rows,));
+        if T::OWNS_TAPE {
+            let (xg, og) = (logits.ghost(), out.ghost());
+            let labels = labels.to_vec();
+            tape.add_backward_op(move |grads| {
+                let (gx, go) = grad_slices!(grads; xg, og);
+                // d/dx_ij of (x_il − lse_i) = δ_jl − softmax_ij.
+                gx.par_chunks_mut(cols)
+                    .zip(xs.par_chunks(cols))
+                    .enumerate()
+                    .for_each(|(i, (gr, xr))| {
+                        let (g, lse) = (go[i], per_row[i].0);
+                        for (gv, x) in gr.iter_mut().zip(xr) {
+                            *gv -= g * (x - lse).exp();
+                        }
+                        gr[labels[i]] += g;
+                    });
+                Ok(())
+            });
+        }
+        (out.put_tape(tape), is_max)
     }
 }

@@ -213,6 +213,10 @@ pub struct ArmResult {
     pub std: Option<f64>,
     /// Every metric of the task (averaged over seeds), e.g. `accuracy` and `f1`.
     pub all: BTreeMap<String, f64>,
+    /// The peak learning rate these scores were trained with (the sweep's choice).
+    pub learning_rate: Option<f64>,
+    /// Every learning rate of a sweep with its mean headline score.
+    pub sweep: Vec<(f64, Option<f64>)>,
 }
 
 /// The machine the report was made on, and how this build was compiled.
@@ -549,6 +553,7 @@ fn parse_arm(value: &Value, metric: Option<&str>) -> Option<ArmResult> {
             median: Some(v),
             std: None,
             all: BTreeMap::new(),
+            ..ArmResult::default()
         });
     }
     let obj = value.as_object()?;
@@ -563,7 +568,10 @@ fn parse_arm(value: &Value, metric: Option<&str>) -> Option<ArmResult> {
         })
         .unwrap_or_default();
     for (k, v) in obj {
-        if !matches!(k.as_str(), "mean" | "median" | "std" | "scores" | "all") {
+        if !matches!(
+            k.as_str(),
+            "mean" | "median" | "std" | "scores" | "all" | "learning_rate" | "sweep"
+        ) {
             if let Some(v) = v.as_f64() {
                 all.entry(k.clone()).or_insert(v);
             }
@@ -587,6 +595,16 @@ fn parse_arm(value: &Value, metric: Option<&str>) -> Option<ArmResult> {
         std: number("std").or(summary.filter(|s| s.n > 1).map(|s| s.std)),
         scores,
         all,
+        learning_rate: number("learning_rate"),
+        sweep: obj
+            .get("sweep")
+            .and_then(Value::as_array)
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| Some((r["learning_rate"].as_f64()?, r["mean"].as_f64())))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -767,6 +785,28 @@ not json
         assert_eq!(sp.scores, vec![0.30]);
         assert_eq!(sp.all["exact_match"], 0.21);
         assert!(squad.scratch.is_none());
+    }
+
+    #[test]
+    fn finetune_sweep_is_parsed_apart_from_the_metrics() {
+        let metrics = json!({"tasks": {"sst2": {"metric": "accuracy", "pretrained": {
+            "scores": [0.7, 0.8], "mean": 0.75, "all": {"accuracy": 0.75},
+            "learning_rate": 3e-4,
+            "sweep": [{"learning_rate": 1e-4, "mean": 0.6, "chosen": false},
+                      {"learning_rate": 3e-4, "mean": 0.75, "chosen": true},
+                      {"learning_rate": 1e-3, "mean": null, "chosen": false}]}}}});
+        let tasks = parse_finetune(&metrics);
+        let p = tasks[0].pretrained.as_ref().unwrap();
+        assert_eq!(p.learning_rate, Some(3e-4));
+        assert_eq!(
+            p.sweep,
+            vec![(1e-4, Some(0.6)), (3e-4, Some(0.75)), (1e-3, None)]
+        );
+        assert_eq!(p.all.keys().collect::<Vec<_>>(), vec!["accuracy"]);
+        let table = crate::report::document::sweep_table(&tasks).unwrap();
+        assert_eq!(table.rows.len(), 3);
+        assert_eq!(table.rows[1][2..], ["3e-4", "75.0", "yes"]);
+        assert_eq!(table.rows[2][3..], ["missing", ""]);
     }
 
     #[test]

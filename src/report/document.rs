@@ -440,6 +440,14 @@ fn finetune_section(data: &ReportData, charts: bool) -> Result<Section> {
             .into(),
     ));
     blocks.push(Block::Table(glue_table(data.finetune.as_deref())));
+    if let Some(sweep) = data.finetune.as_deref().and_then(sweep_table) {
+        blocks.push(Block::Paragraph(
+            "Learning-rate sweep: mean dev score of every learning rate tried; each arm above \
+             reports the best one (BERT §4.1 chooses the fine-tuning learning rate on dev)."
+                .into(),
+        ));
+        blocks.push(Block::Table(sweep));
+    }
     blocks.push(Block::List(
         PUBLISHED
             .iter()
@@ -520,6 +528,31 @@ pub fn glue_table(tasks: Option<&[TaskResult]>) -> Table {
     table
 }
 
+/// Task × arm × learning rate → mean dev score, when any arm ran a sweep.
+pub fn sweep_table(tasks: &[TaskResult]) -> Option<Table> {
+    let mut table = Table::new(&["Task", "Arm", "Learning rate", "Mean", "Chosen"]);
+    for t in tasks {
+        for (arm, result) in [("pre-trained", &t.pretrained), ("scratch", &t.scratch)] {
+            let Some(result) = result else { continue };
+            for (lr, mean) in &result.sweep {
+                table.row(vec![
+                    task_display_name(&canonical_task(&t.task)),
+                    arm.into(),
+                    format!("{lr:e}"),
+                    fmt_opt(mean.map(as_percent), 1),
+                    if result.learning_rate == Some(*lr) {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                    .into(),
+                ]);
+            }
+        }
+    }
+    (!table.rows.is_empty()).then_some(table)
+}
+
 fn absent_or_missing(absent: &str) -> String {
     if absent.is_empty() {
         MISSING.into()
@@ -540,10 +573,14 @@ fn seed_counts(pre: Option<&ArmResult>, scratch: Option<&ArmResult>) -> String {
 }
 
 fn fmt_mean(arm: Option<&ArmResult>) -> String {
-    match arm.and_then(|a| a.mean.map(|m| (m, a.std))) {
-        None => MISSING.into(),
+    let score = match arm.and_then(|a| a.mean.map(|m| (m, a.std))) {
+        None => return MISSING.into(),
         Some((m, Some(sd))) => format!("{:.1} ± {:.1}", as_percent(m), as_percent(sd)),
         Some((m, None)) => format!("{:.1}", as_percent(m)),
+    };
+    match arm.and_then(|a| a.learning_rate) {
+        Some(lr) => format!("{score} (lr {lr:e})"),
+        None => score,
     }
 }
 
