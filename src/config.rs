@@ -199,14 +199,132 @@ impl Default for BertConfig {
     }
 }
 
-/// One pre-training phase (the paper trains 90% of steps at 128, then 10% at 512).
+/// One `[[pretrain.phases]]` entry: BERT §A.2 trains 90% of the steps at sequence length
+/// 128, then 10% at 512, continuing the same weights, optimizer state and learning-rate
+/// schedule. The pairs and mask stages write instances for every phase's length.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainPhase {
-    /// Sequence length of this phase's instances (must match the mask shards it reads).
+    /// Sequence length of this phase's instances (`[CLS] A [SEP] B [SEP]`, padded).
     pub max_seq_length: usize,
     /// Optimizer steps in this phase.
     pub num_train_steps: usize,
+    /// Most masked positions per sequence. Default: `mask.max_predictions_per_seq` scaled
+    /// from `pairs.max_seq_length` to this length, rounded up ([`scaled_max_predictions`]:
+    /// Google's 20 at 128 gives 80 at 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_predictions_per_seq: Option<usize>,
+    /// Sequences per optimizer step in this phase. Default: `pretrain.train_batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_batch_size: Option<usize>,
+}
+
+/// A pre-training phase as the stages run it, every default filled in
+/// ([`PipelineConfig::pretrain_phases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasePlan {
+    /// 1-based phase number, as in metrics rows and checkpoints.
+    pub phase: usize,
+    /// Sequence length of the phase's instances.
+    pub max_seq_length: usize,
+    /// Masked positions per sequence at most (the width of the shards' prediction columns).
+    pub max_predictions_per_seq: usize,
+    /// Sequences per optimizer step.
+    pub train_batch_size: usize,
+    /// Optimizer steps in the phase.
+    pub num_train_steps: usize,
+    /// Steps taken before the phase starts.
+    pub first_step: usize,
+}
+
+impl PhasePlan {
+    /// The step count at which the phase ends (exclusive).
+    pub fn end_step(&self) -> usize {
+        self.first_step + self.num_train_steps
+    }
+}
+
+/// The shape of the instances one sequence length gets from the data stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceShape {
+    /// Tokens per row.
+    pub max_seq_length: usize,
+    /// Prediction slots per row.
+    pub max_predictions_per_seq: usize,
+}
+
+/// `max_predictions_per_seq` scaled from `reference_length` to `max_seq_length`, rounded up:
+/// the same fraction of the sequence may be predicted at every length (20 at 128 is 80 at
+/// 512, Google's pair of values; 10 at 64 is 20 at 128).
+pub fn scaled_max_predictions(
+    max_predictions_per_seq: usize,
+    reference_length: usize,
+    max_seq_length: usize,
+) -> usize {
+    (max_predictions_per_seq * max_seq_length).div_ceil(reference_length.max(1))
+}
+
+impl PipelineConfig {
+    /// True when `[[pretrain.phases]]` is given (several sequence lengths).
+    pub fn has_phases(&self) -> bool {
+        !self.pretrain.phases.is_empty()
+    }
+
+    /// The pre-training phases with defaults filled in. Without `[[pretrain.phases]]` it is
+    /// one phase at `pairs.max_seq_length`, `mask.max_predictions_per_seq`,
+    /// `pretrain.train_batch_size` and `pretrain.num_train_steps`.
+    pub fn pretrain_phases(&self) -> Vec<PhasePlan> {
+        if !self.has_phases() {
+            return vec![PhasePlan {
+                phase: 1,
+                max_seq_length: self.pairs.max_seq_length,
+                max_predictions_per_seq: self.mask.max_predictions_per_seq,
+                train_batch_size: self.pretrain.train_batch_size,
+                num_train_steps: self.pretrain.num_train_steps,
+                first_step: 0,
+            }];
+        }
+        let mut first_step = 0;
+        self.pretrain
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let plan = PhasePlan {
+                    phase: i + 1,
+                    max_seq_length: p.max_seq_length,
+                    max_predictions_per_seq: p.max_predictions_per_seq.unwrap_or_else(|| {
+                        scaled_max_predictions(
+                            self.mask.max_predictions_per_seq,
+                            self.pairs.max_seq_length,
+                            p.max_seq_length,
+                        )
+                    }),
+                    train_batch_size: p.train_batch_size.unwrap_or(self.pretrain.train_batch_size),
+                    num_train_steps: p.num_train_steps,
+                    first_step,
+                };
+                first_step += p.num_train_steps;
+                plan
+            })
+            .collect()
+    }
+
+    /// The distinct instance shapes the pairs and mask stages write, by ascending length:
+    /// one per phase sequence length (Google runs create_pretraining_data.py once per length).
+    pub fn instance_shapes(&self) -> Vec<InstanceShape> {
+        let mut shapes: Vec<InstanceShape> = self
+            .pretrain_phases()
+            .iter()
+            .map(|p| InstanceShape {
+                max_seq_length: p.max_seq_length,
+                max_predictions_per_seq: p.max_predictions_per_seq,
+            })
+            .collect();
+        shapes.sort();
+        shapes.dedup();
+        shapes
+    }
 }
 
 /// `[pretrain]`: the MLM + NSP training loop.
@@ -220,7 +338,7 @@ pub struct PretrainConfig {
     pub gradient_accumulation_steps: usize,
     /// Peak learning rate (BERT: 1e-4).
     pub learning_rate: f64,
-    /// Total optimizer steps.
+    /// Total optimizer steps; with `phases`, the sum of theirs.
     pub num_train_steps: usize,
     /// Linear warmup steps.
     pub num_warmup_steps: usize,
@@ -254,9 +372,21 @@ pub struct PretrainConfig {
     /// Instances held in the streaming shuffle buffer.
     #[serde(default = "default_shuffle_buffer")]
     pub shuffle_buffer: usize,
-    /// Optional seq-128-then-512 schedule; empty means one phase at the mask length.
+    /// Optional seq-128-then-512 schedule (`[[pretrain.phases]]`); empty means one phase
+    /// at `pairs.max_seq_length`.
     #[serde(default)]
     pub phases: Vec<PretrainPhase>,
+}
+
+impl PretrainConfig {
+    /// Optimizer steps of each phase, in order (one entry without `phases`).
+    pub fn phase_steps(&self) -> Vec<usize> {
+        if self.phases.is_empty() {
+            vec![self.num_train_steps]
+        } else {
+            self.phases.iter().map(|p| p.num_train_steps).collect()
+        }
+    }
 }
 
 fn one() -> usize {
@@ -699,6 +829,69 @@ fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
             "pretrain.train_batch_size must be a positive multiple of gradient_accumulation_steps"
                 .into(),
         );
+    }
+    validate_phases(c)
+}
+
+/// Checks `[[pretrain.phases]]`: each phase fits the model, has steps, a batch the
+/// accumulation divides, room for its predictions; one shape per length; the steps add up.
+fn validate_phases(c: &PipelineConfig) -> std::result::Result<(), String> {
+    if !c.has_phases() {
+        return Ok(());
+    }
+    let accumulation = c.pretrain.gradient_accumulation_steps;
+    let plans = c.pretrain_phases();
+    for p in &plans {
+        let at = format!("pretrain.phases[{}]", p.phase - 1);
+        if p.max_seq_length > c.model.max_position_embeddings {
+            return Err(format!(
+                "{at}.max_seq_length = {} exceeds model.max_position_embeddings = {}: lower it or raise max_position_embeddings",
+                p.max_seq_length, c.model.max_position_embeddings
+            ));
+        }
+        if p.max_seq_length < 8 {
+            return Err(format!(
+                "{at}.max_seq_length = {} is too short: use at least 8",
+                p.max_seq_length
+            ));
+        }
+        if p.num_train_steps == 0 {
+            return Err(format!(
+                "{at}.num_train_steps = 0: give the phase at least 1 step or remove it"
+            ));
+        }
+        if p.max_predictions_per_seq == 0 || p.max_predictions_per_seq > p.max_seq_length - 3 {
+            return Err(format!(
+                "{at}.max_predictions_per_seq = {} must be within 1..={} (max_seq_length - 3)",
+                p.max_predictions_per_seq,
+                p.max_seq_length - 3
+            ));
+        }
+        if p.train_batch_size == 0 || !p.train_batch_size.is_multiple_of(accumulation) {
+            return Err(format!(
+                "{at}.train_batch_size = {} must be a positive multiple of pretrain.gradient_accumulation_steps = {accumulation}",
+                p.train_batch_size
+            ));
+        }
+        if let Some(other) = plans.iter().find(|o| {
+            o.max_seq_length == p.max_seq_length
+                && o.max_predictions_per_seq != p.max_predictions_per_seq
+        }) {
+            return Err(format!(
+                "{at} and pretrain.phases[{}] share max_seq_length = {} but not max_predictions_per_seq ({} vs {}): the mask stage writes one set of shards per length; make them equal",
+                other.phase - 1,
+                p.max_seq_length,
+                p.max_predictions_per_seq,
+                other.max_predictions_per_seq
+            ));
+        }
+    }
+    let sum: usize = plans.iter().map(|p| p.num_train_steps).sum();
+    if c.pretrain.num_train_steps != sum {
+        return Err(format!(
+            "pretrain.num_train_steps = {} but the phases' num_train_steps add up to {sum}: set pretrain.num_train_steps = {sum}",
+            c.pretrain.num_train_steps
+        ));
     }
     Ok(())
 }

@@ -6,6 +6,10 @@
 //! masks a whole shard in parallel blocks, each with its own seeded generator, so the result
 //! is the same whatever the thread count.
 //!
+//! With `[[pretrain.phases]]`, each `seq{L}-` pairs shard is masked with that length's
+//! `max_predictions_per_seq` ([`crate::config::PipelineConfig::instance_shapes`]) and
+//! written under the same prefix, so every phase finds its own shards by name.
+//!
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py#L342>
 
 use std::ops::Range;
@@ -17,10 +21,10 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::config::MaskConfig;
+use crate::config::{InstanceShape, MaskConfig, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::pairs::{pairs_kind, seeded_rng, Split};
+use crate::pairs::{pairs_kind, seeded_rng, sequence_length_of, sequence_prefix, Split};
 use crate::progress::Progress;
 use crate::shard::{read_pairs, write_instances, SentencePair, TrainingInstance};
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
@@ -263,10 +267,31 @@ pub fn instances_kind(split: Split) -> &'static str {
     }
 }
 
+/// The shape a pairs shard's instances get: the one shape of a run without phases, else the
+/// shape of the length its name starts with (`seq128-...`).
+pub fn shape_of_pairs_shard(cfg: &PipelineConfig, path: &str) -> Result<InstanceShape> {
+    if !cfg.has_phases() {
+        return Ok(InstanceShape {
+            max_seq_length: cfg.pairs.max_seq_length,
+            max_predictions_per_seq: cfg.mask.max_predictions_per_seq,
+        });
+    }
+    let length = sequence_length_of(path);
+    cfg.instance_shapes()
+        .into_iter()
+        .find(|s| Some(s.max_seq_length) == length)
+        .ok_or_else(|| {
+            Error::Stage(format!(
+                "pairs shard {path} is not for any [[pretrain.phases]] max_seq_length; rerun `just stage pairs`"
+            ))
+        })
+}
+
 /// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS-PP.parquet`: each
 /// pairs shard becomes parts of at most [`INSTANCE_SHARD_ROWS`] instances, padded to
 /// `max_seq_length`. Shard `i` of the pairs record is masked with seeds from
-/// `(random_seed, "mask", i, block)`.
+/// `(random_seed, "mask", i, block)`. With `[[pretrain.phases]]` the names keep the pairs
+/// shards' `seq{L}-` prefix and each length has its own `max_predictions_per_seq`.
 pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let mut run = match ctx.begin(Stage::Mask)? {
@@ -277,7 +302,7 @@ pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let vocab = MaskVocab::from_wordpiece(&wordpiece);
     let pairs_record = ctx.upstream(Stage::Pairs)?;
     let started = Instant::now();
-    let shards: Vec<(usize, &ArtifactRecord, Split)> = [Split::Train, Split::Eval]
+    let shards: Vec<(usize, &ArtifactRecord, Split, InstanceShape)> = [Split::Train, Split::Eval]
         .into_iter()
         .flat_map(|split| {
             pairs_record
@@ -285,15 +310,26 @@ pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 .map(move |a| (a, split))
         })
         .enumerate()
-        .map(|(index, (artifact, split))| (index, artifact, split))
-        .collect();
-    progress.start("mask", shards.iter().map(|(_, a, _)| a.rows).sum());
+        .map(|(index, (artifact, split))| {
+            Ok((
+                index,
+                artifact,
+                split,
+                shape_of_pairs_shard(cfg, &artifact.path)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
     let per_shard = shards
         .par_iter()
-        .map(|&(index, artifact, split)| {
+        .map(|&(index, artifact, split, shape)| {
             let pairs = read_pairs(&ctx.path_of(artifact))?;
+            let mask_cfg = MaskConfig {
+                max_predictions_per_seq: shape.max_predictions_per_seq,
+                ..cfg.mask.clone()
+            };
             let instances =
-                create_training_instances(&pairs, &cfg.mask, &vocab, cfg.run.random_seed, index);
+                create_training_instances(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
             if index == 0 {
                 for instance in instances.iter().take(3) {
                     tracing::debug!("instance:\n{instance}");
@@ -311,8 +347,8 @@ pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 write_instances(
                     &run.dir().join(&name),
                     rows,
-                    cfg.pairs.max_seq_length,
-                    cfg.mask.max_predictions_per_seq,
+                    shape.max_seq_length,
+                    shape.max_predictions_per_seq,
                 )?;
                 parts.push((name, split, rows.len() as u64));
             }
@@ -321,28 +357,48 @@ pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 stats.add_instance(instance, vocab.mask);
             }
             progress.advance(pairs.len() as u64);
-            Ok((parts, stats))
+            Ok((parts, stats, shape))
         })
         .collect::<Result<Vec<_>>>()?;
     progress.finish();
     let mut totals = InstanceStats::default();
+    let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();
     let mut written = 0;
-    for (parts, stats) in &per_shard {
+    for (parts, stats, shape) in &per_shard {
         for (name, split, rows) in parts {
             run.add(name, instances_kind(*split), *rows)?;
             written += 1;
         }
         totals.merge(stats);
+        by_length
+            .entry(shape.max_seq_length)
+            .or_default()
+            .merge(stats);
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut metrics = serde_json::to_value(&totals).expect("stats serialise");
     metrics["shards"] = json!(written);
     metrics["seconds"] = json!(seconds);
     metrics["instances_per_s"] = json!(totals.instances as f64 / seconds);
+    if cfg.has_phases() {
+        let mut lengths = serde_json::Map::new();
+        for shape in cfg.instance_shapes() {
+            let stats = by_length.remove(&shape.max_seq_length).unwrap_or_default();
+            let mut value = serde_json::to_value(&stats).expect("stats serialise");
+            value["max_predictions_per_seq"] = json!(shape.max_predictions_per_seq);
+            lengths.insert(
+                sequence_prefix(shape.max_seq_length)
+                    .trim_end_matches('-')
+                    .to_string(),
+                value,
+            );
+        }
+        metrics["by_length"] = lengths.into();
+    }
     Ok(Outcome::Ran(run.finish(ctx, metrics)?))
 }
 
-/// The written instance shards of `split`, for the trainer (the `mask` stage must be fresh).
+/// The written instance shards of `split`, every length (the `mask` stage must be fresh).
 pub fn instance_shards(ctx: &StageCtx, split: Split) -> Result<Vec<PathBuf>> {
     let record = ctx.upstream(Stage::Mask)?;
     Ok(record

@@ -11,6 +11,11 @@
 //! [`ChaCha8Rng`] seeded from `(random_seed, stage, file, dupe)` by [`seeded_rng`], so the
 //! output is bit-identical whatever the thread count.
 //!
+//! With `[[pretrain.phases]]` the stage pairs every file once per phase sequence length
+//! ([`create_training_pairs_at_lengths`]), as Google runs `create_pretraining_data.py` once
+//! per `max_seq_length`; the shards' names start with `seq{length}-` ([`sequence_prefix`]).
+//! Every length uses the same seeds, so the held-out documents are the same at every length.
+//!
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py>
 
 use std::fmt;
@@ -81,6 +86,9 @@ impl fmt::Display for Split {
 /// One output shard handed to the sink: at most `shard_rows` pairs of one split of one file.
 #[derive(Debug, Clone, Copy)]
 pub struct PairShard<'a> {
+    /// The sequence length the pairs were cut for, when the run has several
+    /// ([`create_training_pairs_at_lengths`]); `None` for the single `pairs.max_seq_length`.
+    pub max_seq_length: Option<usize>,
     /// Train or eval.
     pub split: Split,
     /// Index of the input file in the list given to [`create_training_pairs`].
@@ -92,13 +100,30 @@ pub struct PairShard<'a> {
 }
 
 impl PairShard<'_> {
-    /// A file stem unique within a run, e.g. `train-00003-0001`.
+    /// A file stem unique within a run, e.g. `train-00003-0001`, or `seq128-train-00003-0001`
+    /// when the run pairs at several lengths.
     pub fn stem(&self) -> String {
+        let prefix = self.max_seq_length.map(sequence_prefix).unwrap_or_default();
         format!(
-            "{}-{:05}-{:04}",
+            "{prefix}{}-{:05}-{:04}",
             self.split, self.file_index, self.shard_index
         )
     }
+}
+
+/// The file-name prefix of shards cut for `max_seq_length` in a run with pretraining
+/// phases: `seq128-`.
+pub fn sequence_prefix(max_seq_length: usize) -> String {
+    format!("seq{max_seq_length}-")
+}
+
+/// The sequence length a shard path's file name starts with (`.../seq128-train-...` gives
+/// 128); `None` for a name without the prefix.
+pub fn sequence_length_of(path: &str) -> Option<usize> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let rest = name.strip_prefix("seq")?;
+    let (digits, _) = rest.split_once('-')?;
+    digits.parse().ok()
 }
 
 /// Counts for one input file, or (summed) for the whole corpus.
@@ -370,6 +395,17 @@ pub fn create_pairs_from_documents(
     }
 }
 
+/// Reads, checks and tokenizes one corpus file: its documents and its size in bytes.
+pub fn tokenize_corpus_file(
+    path: &Path,
+    tokenize: &TokenizeFn<'_>,
+) -> Result<(Vec<Document>, u64)> {
+    let text = read_corpus_file(path)?;
+    let documents = tokenize_documents(&corpus::documents(&text), tokenize)?;
+    check_document_count(path, documents.len())?;
+    Ok((documents, text.len() as u64))
+}
+
 /// Reads, checks, tokenizes and pairs one corpus file.
 pub fn create_pairs_from_file(
     path: &Path,
@@ -378,23 +414,26 @@ pub fn create_pairs_from_file(
     random_seed: u64,
     tokenize: &TokenizeFn<'_>,
 ) -> Result<FilePairs> {
-    let text = read_corpus_file(path)?;
-    let documents = tokenize_documents(&corpus::documents(&text), tokenize)?;
-    check_document_count(path, documents.len())?;
+    let (documents, input_bytes) = tokenize_corpus_file(path, tokenize)?;
     let mut pairs = create_pairs_from_documents(documents, file_index, cfg, random_seed);
-    pairs.summary.input_bytes = text.len() as u64;
+    pairs.summary.input_bytes = input_bytes;
+    log_paired(path, &pairs.summary);
+    Ok(pairs)
+}
+
+fn log_paired(path: &Path, summary: &PairsSummary) {
     tracing::debug!(
         file = %path.display(),
-        documents = pairs.summary.documents,
-        train_pairs = pairs.summary.train_pairs,
-        eval_pairs = pairs.summary.eval_pairs,
+        documents = summary.documents,
+        train_pairs = summary.train_pairs,
+        eval_pairs = summary.eval_pairs,
         "paired"
     );
-    Ok(pairs)
 }
 
 /// Hands a file's pairs to the sink in shards of at most `shard_rows`.
 fn emit_shards(
+    max_seq_length: Option<usize>,
     split: Split,
     file_index: usize,
     pairs: &[SentencePair],
@@ -403,6 +442,7 @@ fn emit_shards(
 ) -> Result<()> {
     for (shard_index, chunk) in pairs.chunks(shard_rows.max(1)).enumerate() {
         sink(PairShard {
+            max_seq_length,
             split,
             file_index,
             shard_index,
@@ -426,11 +466,71 @@ pub fn create_training_pairs(
     sink: &PairSinkFn<'_>,
     progress: &dyn Progress,
 ) -> Result<PairsSummary> {
-    if cfg.max_seq_length < 5 {
-        return Err(Error::Config(format!(
-            "pairs.max_seq_length = {} leaves no room for [CLS] A [SEP] B [SEP]: use at least 8",
-            cfg.max_seq_length
-        )));
+    let by_length = pair_files(
+        input_files,
+        cfg,
+        &[None],
+        random_seed,
+        tokenize,
+        sink,
+        progress,
+    )?;
+    Ok(by_length
+        .into_iter()
+        .next()
+        .map(|(_, s)| s)
+        .unwrap_or_default())
+}
+
+/// [`create_training_pairs`] once per sequence length in `max_seq_lengths` (pretraining
+/// phases), each file read and tokenized once. Shards carry their length
+/// ([`PairShard::max_seq_length`]); every length uses the same seeds, so the held-out
+/// documents are the same at every length. Returns each length's counts.
+pub fn create_training_pairs_at_lengths(
+    input_files: &[PathBuf],
+    cfg: &PairsConfig,
+    max_seq_lengths: &[usize],
+    random_seed: u64,
+    tokenize: &TokenizeFn<'_>,
+    sink: &PairSinkFn<'_>,
+    progress: &dyn Progress,
+) -> Result<Vec<(usize, PairsSummary)>> {
+    let lengths: Vec<Option<usize>> = max_seq_lengths.iter().map(|&l| Some(l)).collect();
+    let by_length = pair_files(
+        input_files,
+        cfg,
+        &lengths,
+        random_seed,
+        tokenize,
+        sink,
+        progress,
+    )?;
+    Ok(by_length
+        .into_iter()
+        .map(|(length, summary)| (length.unwrap_or(cfg.max_seq_length), summary))
+        .collect())
+}
+
+/// Pairs every file at every length (`None`: `cfg.max_seq_length`, unnamed shards).
+fn pair_files(
+    input_files: &[PathBuf],
+    cfg: &PairsConfig,
+    lengths: &[Option<usize>],
+    random_seed: u64,
+    tokenize: &TokenizeFn<'_>,
+    sink: &PairSinkFn<'_>,
+    progress: &dyn Progress,
+) -> Result<Vec<(Option<usize>, PairsSummary)>> {
+    for &length in lengths {
+        let (key, value) = match length {
+            Some(l) => ("pretrain.phases max_seq_length", l),
+            None => ("pairs.max_seq_length", cfg.max_seq_length),
+        };
+        if value < 5 {
+            return Err(Error::Config(format!(
+                "{key} = {value} leaves no room for [CLS] A [SEP] B [SEP]: use at least 8"
+            )));
+        }
     }
     let total_bytes = input_files
         .iter()
@@ -441,19 +541,51 @@ pub fn create_training_pairs(
         .par_iter()
         .enumerate()
         .map(|(file_index, path)| {
-            let pairs = create_pairs_from_file(path, file_index, cfg, random_seed, tokenize)?;
-            emit_shards(Split::Train, file_index, &pairs.train, cfg.shard_rows, sink)?;
-            emit_shards(Split::Eval, file_index, &pairs.eval, cfg.shard_rows, sink)?;
-            progress.advance(pairs.summary.input_bytes);
-            Ok(pairs.summary)
+            let (documents, input_bytes) = tokenize_corpus_file(path, tokenize)?;
+            let mut summaries = Vec::with_capacity(lengths.len());
+            for &length in lengths {
+                let cfg = PairsConfig {
+                    max_seq_length: length.unwrap_or(cfg.max_seq_length),
+                    ..cfg.clone()
+                };
+                let mut pairs =
+                    create_pairs_from_documents(documents.clone(), file_index, &cfg, random_seed);
+                pairs.summary.input_bytes = input_bytes;
+                log_paired(path, &pairs.summary);
+                emit_shards(
+                    length,
+                    Split::Train,
+                    file_index,
+                    &pairs.train,
+                    cfg.shard_rows,
+                    sink,
+                )?;
+                emit_shards(
+                    length,
+                    Split::Eval,
+                    file_index,
+                    &pairs.eval,
+                    cfg.shard_rows,
+                    sink,
+                )?;
+                summaries.push(pairs.summary);
+            }
+            progress.advance(input_bytes);
+            Ok(summaries)
         })
         .collect::<Result<Vec<_>>>()?;
     progress.finish();
-    let mut summary = PairsSummary::default();
-    for file in &per_file {
-        summary.add(file);
-    }
-    Ok(summary)
+    Ok(lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &length)| {
+            let mut summary = PairsSummary::default();
+            for file in &per_file {
+                summary.add(&file[i]);
+            }
+            (length, summary)
+        })
+        .collect())
 }
 
 /// Artifact kind of the `pairs` stage's shards of `split`.
@@ -464,7 +596,9 @@ pub fn pairs_kind(split: Split) -> &'static str {
     }
 }
 
-/// The `pairs` stage: corpus text + vocabulary -> `<run>/pairs/{train,eval}-FFFFF-SSSS.parquet`.
+/// The `pairs` stage: corpus text + vocabulary -> `<run>/pairs/{train,eval}-FFFFF-SSSS.parquet`,
+/// or `<run>/pairs/seq{L}-{train,eval}-FFFFF-SSSS.parquet` for every phase length `L` when
+/// `[[pretrain.phases]]` is set.
 pub fn run_pairs(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let files = corpus_files(&ctx.loaded)?;
@@ -476,20 +610,45 @@ pub fn run_pairs(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let tokenizer = AsciiWordPiece::new(&wordpiece);
     let started = Instant::now();
     let written = Mutex::new(Vec::new());
-    let summary = create_training_pairs(
-        &files,
-        &cfg.pairs,
-        cfg.run.random_seed,
-        &|lines| tokenizer.encode_lines(lines),
-        &|shard| {
-            let rel = format!("{}.parquet", shard.stem());
-            let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
-            let mut written = written.lock().expect("shard list lock");
-            written.push((rel, pairs_kind(shard.split), info.rows));
-            Ok(())
-        },
-        progress,
-    )?;
+    let tokenize = |lines: &[&str]| tokenizer.encode_lines(lines);
+    let sink = |shard: PairShard<'_>| {
+        let rel = format!("{}.parquet", shard.stem());
+        let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
+        let mut written = written.lock().expect("shard list lock");
+        written.push((rel, pairs_kind(shard.split), info.rows));
+        Ok(())
+    };
+    let (summary, by_length) = if cfg.has_phases() {
+        let lengths: Vec<usize> = cfg
+            .instance_shapes()
+            .iter()
+            .map(|s| s.max_seq_length)
+            .collect();
+        let by_length = create_training_pairs_at_lengths(
+            &files,
+            &cfg.pairs,
+            &lengths,
+            cfg.run.random_seed,
+            &tokenize,
+            &sink,
+            progress,
+        )?;
+        // Documents, bytes and tokens are the same at every length; pairs add up.
+        let mut summary = by_length[0].1.clone();
+        summary.train_pairs = by_length.iter().map(|(_, s)| s.train_pairs).sum();
+        summary.eval_pairs = by_length.iter().map(|(_, s)| s.eval_pairs).sum();
+        (summary, by_length)
+    } else {
+        let summary = create_training_pairs(
+            &files,
+            &cfg.pairs,
+            cfg.run.random_seed,
+            &tokenize,
+            &sink,
+            progress,
+        )?;
+        (summary, Vec::new())
+    };
     let mut written = written.into_inner().expect("shard list lock");
     written.sort();
     for (rel, kind, rows) in &written {
@@ -503,6 +662,18 @@ pub fn run_pairs(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     metrics["seconds"] = json!(seconds);
     metrics["pairs_per_s"] = json!((summary.train_pairs + summary.eval_pairs) as f64 / seconds);
     metrics["input_mb_per_s"] = json!(summary.input_bytes as f64 / 1e6 / seconds);
+    if !by_length.is_empty() {
+        metrics["by_length"] = by_length
+            .iter()
+            .map(|(length, s)| {
+                (
+                    format!("seq{length}"),
+                    json!({ "train_pairs": s.train_pairs, "eval_pairs": s.eval_pairs }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     Ok(Outcome::Ran(run.finish(ctx, metrics)?))
 }
 
@@ -531,6 +702,21 @@ mod tests {
         assert_eq!(eval_document_count(10, 0.02), 0);
         assert_eq!(eval_document_count(3, 0.5), 0);
         assert_eq!(eval_document_count(400, 0.0), 0);
+    }
+
+    #[test]
+    fn sequence_prefix_round_trips_through_paths() {
+        assert_eq!(sequence_prefix(128), "seq128-");
+        assert_eq!(
+            sequence_length_of("pairs/seq512-train-00000-0000.parquet"),
+            Some(512)
+        );
+        assert_eq!(
+            sequence_length_of("seq64-eval-00001-0000-00.parquet"),
+            Some(64)
+        );
+        assert_eq!(sequence_length_of("pairs/train-00000-0000.parquet"), None);
+        assert_eq!(sequence_length_of("mask/sequence-00000.parquet"), None);
     }
 
     #[test]

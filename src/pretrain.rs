@@ -8,6 +8,13 @@
 //! Checkpoints are directories written atomically into the stage's work directory; a killed
 //! run resumes from the latest one and continues bit for bit as if never stopped (the
 //! stream's buffer and rng position are saved; dropout masks are a function of the step).
+//!
+//! Phases (BERT §A.2: 90% of the steps at length 128, then 10% at 512): [`train`] runs the
+//! job's phases one after the other with the same model, the same AdamW moments and one
+//! learning-rate schedule over the total steps. Each phase streams only the shards of its
+//! length, from a stream seeded for that phase; a phase's end is always evaluated and
+//! checkpointed, and checkpoints record the phase their stream belongs to, so a resume
+//! continues exactly within a phase or across a phase boundary.
 
 use crate::model::BertDevice;
 use std::collections::BTreeMap;
@@ -22,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BertConfig, PretrainConfig};
+use crate::config::{BertConfig, PhasePlan, PretrainConfig};
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::StageRecord;
@@ -553,6 +560,9 @@ pub fn estimate_loss<D: BertDevice>(
 pub struct TrainState {
     /// Optimizer steps taken.
     pub step: usize,
+    /// The phase (1-based) whose training stream `data` is: the phase of the last step taken.
+    #[serde(default = "first_phase")]
+    pub phase: usize,
     /// Where the training stream stands.
     pub data: StreamState,
     /// Lowest evaluation loss so far.
@@ -563,6 +573,10 @@ pub struct TrainState {
     pub config: PretrainConfig,
     /// `[model]` of the run.
     pub model: BertConfig,
+}
+
+fn first_phase() -> usize {
+    1
 }
 
 /// The checkpoint directory of `step` under `dir`.
@@ -587,12 +601,14 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Writes a checkpoint of `trainer` and `stream` into `dir/checkpoint-STEP` atomically
-/// (everything into a temp directory, each file fsynced, then one rename), copies
-/// `extra_files` (vocab.txt, tokenizer.json) in, and keeps only the newest `keep`.
+/// Writes a checkpoint of `trainer` and `stream` (the training stream of phase `phase`,
+/// 1-based) into `dir/checkpoint-STEP` atomically (everything into a temp directory, each
+/// file fsynced, then one rename), copies `extra_files` (vocab.txt, tokenizer.json) in, and
+/// keeps only the newest `keep`.
 pub fn save_checkpoint<D: BertDevice>(
     dir: &Path,
     trainer: &Trainer<D>,
+    phase: usize,
     stream: &InstanceStream,
     extra_files: &[PathBuf],
 ) -> Result<PathBuf> {
@@ -608,6 +624,7 @@ pub fn save_checkpoint<D: BertDevice>(
     trainer.optimizer.save(&tmp.join(OPTIM_FILE))?;
     let state = TrainState {
         step: trainer.step,
+        phase,
         data: stream.state(),
         best_eval_loss: trainer.best_eval_loss,
         seed: trainer.seed,
@@ -631,7 +648,7 @@ pub fn save_checkpoint<D: BertDevice>(
     for old in &all[..all.len().saturating_sub(keep)] {
         std::fs::remove_dir_all(old).at(old)?;
     }
-    tracing::info!(step = trainer.step, dir = %final_dir.display(), "checkpoint");
+    tracing::info!(step = trainer.step, phase, dir = %final_dir.display(), "checkpoint");
     Ok(final_dir)
 }
 
@@ -748,21 +765,24 @@ impl MetricsLog {
 
 fn train_row(
     step: usize,
+    plan: &PhasePlan,
     s: &StepStats,
     lr: f64,
     tokens_per_s: f64,
     elapsed_s: f64,
 ) -> serde_json::Value {
     serde_json::json!({
-        "split": "train", "step": step, "loss": s.loss, "mlm_loss": s.mlm_loss,
+        "split": "train", "step": step, "phase": plan.phase, "seq_len": plan.max_seq_length,
+        "loss": s.loss, "mlm_loss": s.mlm_loss,
         "nsp_loss": s.nsp_loss, "mlm_accuracy": s.mlm_accuracy(), "nsp_accuracy": s.nsp_accuracy(),
         "lr": lr, "grad_norm": s.grad_norm, "tokens_per_s": tokens_per_s, "elapsed_s": elapsed_s,
     })
 }
 
-fn eval_row(split: &str, step: usize, s: &StepStats) -> serde_json::Value {
+fn eval_row(split: &str, step: usize, plan: &PhasePlan, s: &StepStats) -> serde_json::Value {
     let mut row = serde_json::json!({
-        "split": split, "step": step, "loss": s.loss, "mlm_loss": s.mlm_loss,
+        "split": split, "step": step, "phase": plan.phase, "seq_len": plan.max_seq_length,
+        "loss": s.loss, "mlm_loss": s.mlm_loss,
         "nsp_loss": s.nsp_loss, "mlm_accuracy": s.mlm_accuracy(), "nsp_accuracy": s.nsp_accuracy(),
         "mlm_perplexity": s.mlm_loss.exp(), "masked_tokens": s.mlm_count,
     });
@@ -787,17 +807,25 @@ fn mlm_only(row: &mut serde_json::Value, s: &StepStats) {
 // ---------------------------------------------------------------------------------------
 // the loop
 
+/// One phase of a [`PretrainJob`]: its plan (length, batch size, steps) and its data.
+#[derive(Debug, Clone)]
+pub struct JobPhase {
+    /// Sequence length, batch size, steps and first step of the phase.
+    pub plan: PhasePlan,
+    /// Training shards of the phase's sequence length (the mask stage's train split).
+    pub train_shards: Vec<PathBuf>,
+    /// Evaluation batches at the phase's length (the mask stage's eval split), fixed.
+    pub eval_batches: Vec<MaskedLmBatch>,
+}
+
 /// Everything [`train`] needs, resolved from the stage context (or built by a test).
 #[derive(Debug, Clone)]
 pub struct PretrainJob {
     pub model_config: BertConfig,
     pub config: PretrainConfig,
-    /// Sequence length of every shard.
-    pub seq_len: usize,
-    /// Training shards (the mask stage's train split).
-    pub train_shards: Vec<PathBuf>,
-    /// Evaluation batches (the mask stage's eval split), fixed.
-    pub eval_batches: Vec<MaskedLmBatch>,
+    /// The phases in order; their steps add up to `config`'s total (one phase without
+    /// `[[pretrain.phases]]`).
+    pub phases: Vec<JobPhase>,
     /// Held-out MLM batches (WikiText-2), for the final perplexity; may be empty.
     pub heldout_batches: Vec<MaskedLmBatch>,
     /// Checkpoints and the metrics file live here (survives a killed run).
@@ -831,51 +859,173 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     /// The metrics file.
     pub metrics: PathBuf,
+    /// Each phase's last logged training and evaluation numbers.
+    pub phases: Vec<PhaseSummary>,
+}
+
+/// How one phase ended, from the metrics file (so it covers steps of earlier processes of a
+/// resumed run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PhaseSummary {
+    /// 1-based phase number.
+    pub phase: usize,
+    /// The phase's sequence length.
+    pub seq_len: usize,
+    /// Optimizer steps of the phase.
+    pub steps: usize,
+    /// The step count the phase ends at.
+    pub end_step: usize,
+    /// Training loss of the phase's last log row.
+    pub train_loss: Option<f64>,
+    /// Masked-LM accuracy of that row.
+    pub train_mlm_accuracy: Option<f64>,
+    /// Loss of the phase's last evaluation (at its end).
+    pub eval_loss: Option<f64>,
+    /// Masked-LM accuracy of that evaluation.
+    pub eval_mlm_accuracy: Option<f64>,
+    /// Seconds of training steps of this phase in this process (data and update, no
+    /// evaluation or checkpoints).
+    pub seconds: f64,
+}
+
+/// Per-phase summaries from the metrics file at `path`: each phase's last train and eval
+/// rows (rows without a `phase` field count as phase 1).
+pub fn phase_summaries(path: &Path, phases: &[PhasePlan]) -> Result<Vec<PhaseSummary>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut out: Vec<PhaseSummary> = phases
+        .iter()
+        .map(|p| PhaseSummary {
+            phase: p.phase,
+            seq_len: p.max_seq_length,
+            steps: p.num_train_steps,
+            end_step: p.end_step(),
+            ..Default::default()
+        })
+        .collect();
+    for row in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let phase = row["phase"].as_u64().unwrap_or(1) as usize;
+        let Some(summary) = out.iter_mut().find(|s| s.phase == phase) else {
+            continue;
+        };
+        match row["split"].as_str() {
+            Some("train") => {
+                summary.train_loss = row["loss"].as_f64();
+                summary.train_mlm_accuracy = row["mlm_accuracy"].as_f64();
+            }
+            Some("eval") => {
+                summary.eval_loss = row["loss"].as_f64();
+                summary.eval_mlm_accuracy = row["mlm_accuracy"].as_f64();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 fn every(step: usize, n: usize) -> bool {
     n > 0 && step.is_multiple_of(n)
 }
 
-/// Pre-trains BERT as configured by `job` on `device`, resuming from the newest checkpoint
-/// in `job.work_dir` if there is one.
+/// The index of the phase that takes optimizer step `step` (0-based; the last phase for
+/// steps past the end).
+pub fn phase_index_at(phases: &[JobPhase], step: usize) -> usize {
+    phases
+        .iter()
+        .position(|p| step < p.plan.end_step())
+        .unwrap_or(phases.len().saturating_sub(1))
+}
+
+/// The phases must cover the schedule: consecutive, and adding up to the total steps.
+fn check_phases(job: &PretrainJob) -> Result<()> {
+    if job.phases.is_empty() {
+        return Err(Error::Stage(
+            "a pretrain job needs at least one phase".into(),
+        ));
+    }
+    let mut next = 0;
+    for p in &job.phases {
+        if p.plan.first_step != next || p.plan.num_train_steps == 0 {
+            return Err(Error::Stage(format!(
+                "phase {} starts at step {} with {} steps; phases must follow one another",
+                p.plan.phase, p.plan.first_step, p.plan.num_train_steps
+            )));
+        }
+        next = p.plan.end_step();
+    }
+    let total = total_train_steps(&job.config);
+    if next != total {
+        return Err(Error::Stage(format!(
+            "the phases cover {next} steps but pretrain.num_train_steps = {total}: make them equal"
+        )));
+    }
+    Ok(())
+}
+
+/// What every shard of phase `index` must agree with.
+fn phase_expect(job: &PretrainJob, index: usize) -> ShardExpect {
+    ShardExpect {
+        seq_len: job.phases[index].plan.max_seq_length,
+        vocab_size: job.model_config.vocab_size,
+    }
+}
+
+/// The training stream of phase `index` at its start. Phase 1's seed is the one a run
+/// without phases uses; later phases derive theirs from the phase index.
+fn open_phase_stream(job: &PretrainJob, index: usize) -> Result<InstanceStream> {
+    let parts: &[u64] = if index == 0 { &[] } else { &[index as u64] };
+    let data_seed = crate::stage::derive_seed(job.seed, "pretrain-data", parts);
+    InstanceStream::new(
+        job.phases[index].train_shards.clone(),
+        job.config.shuffle_buffer,
+        data_seed,
+        phase_expect(job, index),
+    )
+}
+
+/// Pre-trains BERT as configured by `job` on `device`, phase after phase, resuming from the
+/// newest checkpoint in `job.work_dir` if there is one.
 pub fn train<D: BertDevice>(
     job: &PretrainJob,
     device: &D,
     progress: &dyn Progress,
 ) -> Result<TrainSummary> {
     let cfg = &job.config;
-    let expect = ShardExpect {
-        seq_len: job.seq_len,
-        vocab_size: job.model_config.vocab_size,
-    };
+    check_phases(job)?;
     std::fs::create_dir_all(&job.work_dir).at(&job.work_dir)?;
-    // init from scratch or resume from the newest checkpoint
-    let (mut trainer, mut stream) = match list_checkpoints(&job.work_dir)?.pop() {
+    // init from scratch or resume from the newest checkpoint; `data` is (phase index, stream)
+    let (mut trainer, mut data) = match list_checkpoints(&job.work_dir)?.pop() {
         Some(dir) => {
             let (trainer, state) = load_checkpoint(&dir, &job.model_config, cfg, device)?;
+            let index = state
+                .phase
+                .checked_sub(1)
+                .filter(|&i| i < job.phases.len())
+                .ok_or_else(|| {
+                    Error::checkpoint(
+                        dir.join(STATE_FILE),
+                        format!(
+                            "names phase {} but the run has {}; delete it (or `just clean`) to start over",
+                            state.phase,
+                            job.phases.len()
+                        ),
+                    )
+                })?;
             let stream = InstanceStream::resume(
-                job.train_shards.clone(),
+                job.phases[index].train_shards.clone(),
                 cfg.shuffle_buffer,
                 state.data,
-                expect,
+                phase_expect(job, index),
             )?;
-            tracing::info!(step = trainer.step, dir = %dir.display(), "resuming");
-            (trainer, stream)
+            tracing::info!(step = trainer.step, phase = index + 1, dir = %dir.display(), "resuming");
+            (trainer, (index, stream))
         }
-        None => {
-            let data_seed = crate::stage::derive_seed(job.seed, "pretrain-data", &[]);
-            let stream = InstanceStream::new(
-                job.train_shards.clone(),
-                cfg.shuffle_buffer,
-                data_seed,
-                expect,
-            )?;
-            (
-                Trainer::new(&job.model_config, cfg, job.seed, device),
-                stream,
-            )
-        }
+        None => (
+            Trainer::new(&job.model_config, cfg, job.seed, device),
+            (0, open_phase_stream(job, 0)?),
+        ),
     };
     let resumed_from = trainer.step;
     let mut metrics = MetricsLog::open(&job.work_dir.join(METRICS_FILE), resumed_from)?;
@@ -890,6 +1040,7 @@ pub fn train<D: BertDevice>(
         last_train: None,
         tokens_per_s: 0.0,
         metrics: metrics.path().to_path_buf(),
+        phases: Vec::new(),
     };
     progress.start("pretrain", total as u64);
     progress.advance(resumed_from as u64);
@@ -897,22 +1048,26 @@ pub fn train<D: BertDevice>(
     let mut window = StatsWindow::default();
     let mut window_started = Instant::now();
     let mut tokens_this_run = 0u64;
+    let mut phase_seconds = vec![0.0; job.phases.len()];
     loop {
         let step = trainer.step;
         let fresh_here = step != resumed_from || step == 0;
         let last = step >= total;
+        // the phase that took the last step, and whether this step ends it
+        let done = &job.phases[phase_index_at(&job.phases, step.saturating_sub(1))];
+        let phase_ended = step > 0 && step == done.plan.end_step();
 
-        // determine the learning rate of this step
+        // determine the learning rate of this step (one schedule over every phase)
         let lr = lr_at(step, cfg);
 
-        // evaluate on the held-out split and write checkpoints
+        // evaluate on the held-out split and write checkpoints (always at a phase's end)
         if fresh_here
             && step > 0
-            && (every(step, cfg.eval_every_steps) || last)
-            && !job.eval_batches.is_empty()
+            && (every(step, cfg.eval_every_steps) || last || phase_ended)
+            && !done.eval_batches.is_empty()
         {
-            let eval = trainer.evaluate(&job.eval_batches);
-            metrics.write(&eval_row("eval", step, &eval))?;
+            let eval = trainer.evaluate(&done.eval_batches);
+            metrics.write(&eval_row("eval", step, &done.plan, &eval))?;
             if trainer.best_eval_loss.is_none_or(|b| eval.loss < b) {
                 trainer.best_eval_loss = Some(eval.loss);
             }
@@ -920,12 +1075,16 @@ pub fn train<D: BertDevice>(
         }
         if fresh_here
             && step > 0
-            && (every(step, cfg.save_checkpoints_steps) || last || job.stop_at == Some(step))
+            && (every(step, cfg.save_checkpoints_steps)
+                || last
+                || phase_ended
+                || job.stop_at == Some(step))
         {
             summary.checkpoint = Some(save_checkpoint(
                 &job.work_dir,
                 &trainer,
-                &stream,
+                data.0 + 1,
+                &data.1,
                 &job.vocab_files,
             )?);
         }
@@ -936,27 +1095,50 @@ pub fn train<D: BertDevice>(
             break;
         }
 
-        // forward, backward (accumulated over micro-batches), clip, update
-        let batch = stream.next_batch(cfg.train_batch_size)?;
-        let stats = trainer.train_step(&batch, lr)?;
+        // the phase of this step: its first step opens its stream
+        let current = phase_index_at(&job.phases, step);
+        if current != data.0 {
+            data = (current, open_phase_stream(job, current)?);
+            let plan = &job.phases[current].plan;
+            tracing::info!(
+                phase = plan.phase,
+                seq_len = plan.max_seq_length,
+                step,
+                "phase starts"
+            );
+        }
+        let plan = &job.phases[current].plan;
 
-        // timing and logging
+        // forward, backward (accumulated over micro-batches), clip, update
+        let step_started = Instant::now();
+        let batch = data.1.next_batch(plan.train_batch_size)?;
+        let stats = trainer.train_step(&batch, lr)?;
+        phase_seconds[current] += step_started.elapsed().as_secs_f64();
+
+        // timing and logging (a phase's last steps are logged before the next begins)
         window.add(&stats);
         tokens_this_run += stats.tokens;
         progress.advance(1);
-        if every(trainer.step, cfg.log_every_steps.max(1)) {
+        let ends_phase = trainer.step == plan.end_step() && trainer.step < total;
+        if every(trainer.step, cfg.log_every_steps.max(1)) || ends_phase {
             let mean = window.mean();
             let seconds = window_started.elapsed().as_secs_f64();
             let tokens_per_s = mean.tokens as f64 / seconds.max(1e-9);
             metrics.write(&train_row(
                 trainer.step,
+                plan,
                 &mean,
                 lr,
                 tokens_per_s,
                 started.elapsed().as_secs_f64(),
             ))?;
+            let phase_note = if job.phases.len() > 1 {
+                format!("phase {} seq {} ", plan.phase, plan.max_seq_length)
+            } else {
+                String::new()
+            };
             progress.message(&format!(
-                "loss {:.3} mlm {:.3} nsp {:.3} acc {:.3} lr {:.2e} {:.0} tok/s",
+                "{phase_note}loss {:.3} mlm {:.3} nsp {:.3} acc {:.3} lr {:.2e} {:.0} tok/s",
                 mean.loss,
                 mean.mlm_loss,
                 mean.nsp_loss,
@@ -970,13 +1152,19 @@ pub fn train<D: BertDevice>(
         }
     }
     progress.finish();
+    let last_phase = &job.phases[job.phases.len() - 1].plan;
     if summary.finished && !job.heldout_batches.is_empty() {
         let heldout = trainer.evaluate(&job.heldout_batches);
-        metrics.write(&eval_row(HELDOUT, trainer.step, &heldout))?;
+        metrics.write(&eval_row(HELDOUT, trainer.step, last_phase, &heldout))?;
         summary.heldout = Some(heldout);
     }
     summary.step = trainer.step;
     summary.tokens_per_s = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let plans: Vec<PhasePlan> = job.phases.iter().map(|p| p.plan).collect();
+    summary.phases = phase_summaries(metrics.path(), &plans)?;
+    for (s, seconds) in summary.phases.iter_mut().zip(phase_seconds) {
+        s.seconds = seconds;
+    }
     Ok(summary)
 }
 
@@ -1076,7 +1264,8 @@ pub fn peak_rss_mib() -> f64 {
 // the stage
 
 /// The mask stage's shards, split into (train, eval) by artifact kind or path: a shard
-/// whose kind or path mentions `eval` is evaluation data.
+/// whose kind or path mentions `eval` is evaluation data. Every sequence length is included;
+/// [`phase_shards`] picks one phase's.
 pub fn mask_shards(ctx: &StageCtx, record: &StageRecord) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut train = Vec::new();
     let mut eval = Vec::new();
@@ -1094,6 +1283,15 @@ pub fn mask_shards(ctx: &StageCtx, record: &StageRecord) -> (Vec<PathBuf>, Vec<P
     train.sort();
     eval.sort();
     (train, eval)
+}
+
+/// The shards of `shards` cut for `max_seq_length` (file names starting `seq{length}-`).
+pub fn phase_shards(shards: &[PathBuf], max_seq_length: usize) -> Vec<PathBuf> {
+    shards
+        .iter()
+        .filter(|p| crate::pairs::sequence_length_of(&p.to_string_lossy()) == Some(max_seq_length))
+        .cloned()
+        .collect()
 }
 
 /// The `pretrain` stage: trains on the mask shards, checkpoints into the stage's work
@@ -1135,13 +1333,6 @@ pub fn run_on<D: BertDevice>(
     let cfg = ctx.config();
     let model_config = cfg.model.clone();
     // Inputs first: every check fails before anything is written.
-    if !cfg.pretrain.phases.is_empty() {
-        return Err(Error::Config(format!(
-            "{}: pretrain.phases (the 128-then-512 schedule) is not implemented; remove it to \
-             train one phase at pairs.max_seq_length",
-            ctx.loaded.path.display()
-        )));
-    }
     let (_, tokenizer_path) = crate::tokenize::load_stage_vocab(ctx)?;
     let vocab_record = ctx.upstream(Stage::Vocab)?;
     let vocab_files: Vec<PathBuf> = vocab_record
@@ -1151,20 +1342,41 @@ pub fn run_on<D: BertDevice>(
         .collect();
     let mask_record = ctx.upstream(Stage::Mask)?;
     let (train_shards, eval_shards) = mask_shards(ctx, &mask_record);
-    let seq_len = cfg.pairs.max_seq_length;
-    let expect = ShardExpect {
-        seq_len,
-        vocab_size: model_config.vocab_size,
-    };
-    if let Some(first) = train_shards.first() {
-        read_checked_shard(first, expect)?;
+    let mut phases = Vec::new();
+    for plan in cfg.pretrain_phases() {
+        let (train, eval) = if cfg.has_phases() {
+            (
+                phase_shards(&train_shards, plan.max_seq_length),
+                phase_shards(&eval_shards, plan.max_seq_length),
+            )
+        } else {
+            (train_shards.clone(), eval_shards.clone())
+        };
+        if cfg.has_phases() && train.is_empty() {
+            return Err(Error::Stage(format!(
+                "no mask shards for phase {} (max_seq_length = {}); rerun `just stage mask`",
+                plan.phase, plan.max_seq_length
+            )));
+        }
+        let expect = ShardExpect {
+            seq_len: plan.max_seq_length,
+            vocab_size: model_config.vocab_size,
+        };
+        if let Some(first) = train.first() {
+            read_checked_shard(first, expect)?;
+        }
+        let eval_batches = read_eval_batches(
+            &eval,
+            plan.train_batch_size,
+            cfg.pretrain.eval_batches,
+            expect,
+        )?;
+        phases.push(JobPhase {
+            plan,
+            train_shards: train,
+            eval_batches,
+        });
     }
-    let eval_batches = read_eval_batches(
-        &eval_shards,
-        cfg.pretrain.train_batch_size,
-        cfg.pretrain.eval_batches,
-        expect,
-    )?;
     let heldout_batches = match &cfg.corpus.heldout {
         Some(h) => heldout_batches(&ctx.loaded.resolve(h), &tokenizer_path, cfg)?,
         None => Vec::new(),
@@ -1176,9 +1388,7 @@ pub fn run_on<D: BertDevice>(
     let job = PretrainJob {
         model_config,
         config: cfg.pretrain.clone(),
-        seq_len,
-        train_shards,
-        eval_batches,
+        phases,
         heldout_batches,
         work_dir: run.work_dir(ctx)?,
         vocab_files,
@@ -1220,7 +1430,18 @@ pub fn run_on<D: BertDevice>(
     }
     durable::copy_file(&summary.metrics, &run.dir().join(METRICS_FILE))?;
     run.add(METRICS_FILE, "metrics", 0)?;
-    let metrics = summary_metrics(&summary, started.elapsed().as_secs_f64());
+    let mut metrics = summary_metrics(&summary, started.elapsed().as_secs_f64());
+    if cfg.has_phases() {
+        metrics["phases"] = summary
+            .phases
+            .iter()
+            .map(|p| {
+                let value = serde_json::to_value(p).expect("phase summary serialises");
+                (format!("phase{}", p.phase), value)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     Ok(Outcome::Ran(run.finish(ctx, metrics)?))
 }
 
@@ -1251,9 +1472,11 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
 }
 
 /// Held-out MLM batches: `path` (WikiText-2) tokenized line by line, the ids cut into
-/// `[CLS] ... [SEP]` rows of `pairs.max_seq_length`, `mask.masked_lm_prob` of each row
-/// masked with a fixed seed, at most `pretrain.eval_batches` batches. NSP labels are 0 and
-/// meaningless here: only the MLM numbers of this split are reported.
+/// `[CLS] ... [SEP]` rows of the last phase's length (`pairs.max_seq_length` without
+/// phases: the length the finished model is trained for), `mask.masked_lm_prob` of each row
+/// masked with a fixed seed and the phase's `max_predictions_per_seq`, at most
+/// `pretrain.eval_batches` batches of its batch size. NSP labels are 0 and meaningless
+/// here: only the MLM numbers of this split are reported.
 pub fn heldout_batches(
     path: &Path,
     tokenizer: &Path,
@@ -1267,8 +1490,14 @@ pub fn heldout_batches(
         .filter(|l| !l.is_empty())
         .collect();
     let ids: Vec<u32> = wp.encode_lines(&lines)?.into_iter().flatten().collect();
-    let seq_len = cfg.pairs.max_seq_length;
-    let rows_wanted = cfg.pretrain.eval_batches * cfg.pretrain.train_batch_size;
+    let phases = cfg.pretrain_phases();
+    let last = phases.last().expect("at least one phase");
+    let (seq_len, max_predictions, batch_size) = (
+        last.max_seq_length,
+        last.max_predictions_per_seq,
+        last.train_batch_size,
+    );
+    let rows_wanted = cfg.pretrain.eval_batches * batch_size;
     let mut rng = ChaCha8Rng::seed_from_u64(crate::stage::derive_seed(
         cfg.run.random_seed,
         "pretrain-heldout",
@@ -1287,7 +1516,7 @@ pub fn heldout_batches(
         let (masked, positions, labels) = crate::mask::create_masked_lm_predictions(
             &tokens,
             cfg.mask.masked_lm_prob,
-            cfg.mask.max_predictions_per_seq,
+            max_predictions,
             cfg.mask.do_whole_word_mask,
             &vocab,
             &mut rng,
@@ -1300,10 +1529,10 @@ pub fn heldout_batches(
             is_random_next: false,
         });
     }
-    let shard = heldout_shard(&rows, seq_len, cfg.mask.max_predictions_per_seq);
+    let shard = heldout_shard(&rows, seq_len, max_predictions);
     let batches = (0..shard.batch)
         .collect::<Vec<_>>()
-        .chunks(cfg.pretrain.train_batch_size)
+        .chunks(batch_size)
         .map(|chunk| MaskedLmBatch::from_rows(chunk.iter().map(|&r| (&shard, r))))
         .collect();
     Ok(batches)

@@ -91,9 +91,32 @@ impl Stage {
         let seed = cfg.run.random_seed;
         match self {
             Stage::Vocab => json!({ "corpus": cfg.corpus.input, "vocab": cfg.vocab }),
+            Stage::Pairs if cfg.has_phases() => {
+                // Pairs at every phase length; `pairs.max_seq_length` is not used for them.
+                let mut pairs = json!(cfg.pairs);
+                pairs["max_seq_length"] = Value::Null;
+                let lengths: Vec<usize> = cfg
+                    .instance_shapes()
+                    .iter()
+                    .map(|s| s.max_seq_length)
+                    .collect();
+                json!({
+                    "corpus": cfg.corpus.input,
+                    "pairs": pairs,
+                    "max_seq_lengths": lengths,
+                    "random_seed": seed,
+                })
+            }
             Stage::Pairs => {
                 json!({ "corpus": cfg.corpus.input, "pairs": cfg.pairs, "random_seed": seed })
             }
+            // Lengths and prediction caps of every phase, but not their steps or batch sizes.
+            Stage::Mask if cfg.has_phases() => json!({
+                "masked_lm_prob": cfg.mask.masked_lm_prob,
+                "do_whole_word_mask": cfg.mask.do_whole_word_mask,
+                "shapes": cfg.instance_shapes(),
+                "random_seed": seed,
+            }),
             Stage::Mask => json!({
                 "mask": cfg.mask,
                 "max_seq_length": cfg.pairs.max_seq_length,

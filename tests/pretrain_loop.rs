@@ -1,5 +1,6 @@
 //! The pre-training loop on real Parquet shards: the stream, a falling loss, exact resume,
-//! checkpoints, and one-line errors on bad input.
+//! checkpoints, and one-line errors on bad input; two phases (seq 16 then 24) with one
+//! optimizer and schedule, resumed exactly across and after the phase boundary.
 
 mod pretrain_common;
 
@@ -7,8 +8,8 @@ use std::collections::BTreeMap;
 
 use bertline::model::export::MODEL_FILE;
 use bertline::pretrain::{
-    list_checkpoints, read_checked_shard, train, InstanceStream, ShardExpect, METRICS_FILE,
-    STATE_FILE,
+    list_checkpoints, read_checked_shard, train, InstanceStream, ShardExpect, TrainSummary,
+    METRICS_FILE, STATE_FILE,
 };
 use bertline::progress::NoProgress;
 use dfdx::tensor::Cpu;
@@ -215,4 +216,128 @@ fn a_corrupt_checkpoint_is_reported_and_left_alone() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
+}
+
+/// Final model bytes of a job's newest checkpoint.
+fn final_model(job: &bertline::pretrain::PretrainJob) -> Vec<u8> {
+    let dir = list_checkpoints(&job.work_dir).unwrap().pop().unwrap();
+    std::fs::read(dir.join(MODEL_FILE)).unwrap()
+}
+
+/// Trains `job` to `stop_at`, then resumes it to the end; returns the resumed summary.
+fn train_killed_at(job: &mut bertline::pretrain::PretrainJob, stop_at: usize) -> TrainSummary {
+    job.stop_at = Some(stop_at);
+    let first = train(job, &Cpu::default(), &NoProgress).unwrap();
+    assert!(!first.finished);
+    assert_eq!(first.step, stop_at);
+    job.stop_at = None;
+    let resumed = train(job, &Cpu::default(), &NoProgress).unwrap();
+    assert_eq!(resumed.resumed_from, stop_at);
+    assert!(resumed.finished);
+    resumed
+}
+
+#[test]
+fn two_phases_resume_bit_for_bit_across_and_inside_the_second_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    // 6 steps at length 16 (batch 8), then 4 at length 24 (batch 4).
+    let straight = two_phase_job(
+        &dir.path().join("data"),
+        &dir.path().join("straight"),
+        (6, 4),
+    );
+    let a = train(&straight, &Cpu::default(), &NoProgress).unwrap();
+    assert!(a.finished);
+    assert_eq!(a.step, 10);
+    let rows_a = metrics_rows_without_timing(&a.metrics);
+
+    // Every train row names its phase and length; phase 1 ends with a logged, evaluated step 6.
+    let phase_of = |step: u64| if step <= 6 { (1, 16) } else { (2, 24) };
+    let train_rows: Vec<&serde_json::Value> =
+        rows_a.iter().filter(|r| r["split"] == "train").collect();
+    assert_eq!(train_rows.len(), 10);
+    for r in &train_rows {
+        let (phase, seq_len) = phase_of(r["step"].as_u64().unwrap());
+        assert_eq!(
+            (r["phase"].as_u64(), r["seq_len"].as_u64()),
+            (Some(phase), Some(seq_len))
+        );
+    }
+    let evals: Vec<(u64, u64)> = rows_a
+        .iter()
+        .filter(|r| r["split"] == "eval")
+        .map(|r| (r["step"].as_u64().unwrap(), r["phase"].as_u64().unwrap()))
+        .collect();
+    // eval_every_steps = 4, plus the end of each phase, each on its own phase's eval split.
+    assert_eq!(evals, vec![(4, 1), (6, 1), (8, 2), (10, 2)]);
+
+    // One learning-rate schedule over all 10 steps: warmup 2, then linear decay to 0 at 10.
+    let lr = |step: u64| train_rows[step as usize - 1]["lr"].as_f64().unwrap();
+    let peak = straight.config.learning_rate;
+    for step in 3..=10u64 {
+        let expected = peak * (10 - (step - 1)) as f64 / 8.0;
+        assert!((lr(step) - expected).abs() < 1e-12, "lr of step {step}");
+    }
+
+    // The optimizer moments carry over: the final AdamW state counts all 10 steps.
+    let last = list_checkpoints(&straight.work_dir).unwrap().pop().unwrap();
+    let (trainer, state) = bertline::pretrain::load_checkpoint(
+        &last,
+        &straight.model_config,
+        &straight.config,
+        &Cpu::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (trainer.optimizer.step, state.step, state.phase),
+        (10, 10, 2)
+    );
+    assert_eq!(a.phases.len(), 2);
+    assert_eq!((a.phases[0].seq_len, a.phases[0].end_step), (16, 6));
+    assert_eq!((a.phases[1].seq_len, a.phases[1].end_step), (24, 10));
+    assert!(a
+        .phases
+        .iter()
+        .all(|p| p.train_loss.is_some() && p.eval_loss.is_some()));
+
+    // Killed in phase 1 (resume crosses into phase 2), at the boundary, inside phase 2.
+    for stop_at in [3, 6, 8] {
+        let work = dir.path().join(format!("killed-{stop_at}"));
+        let mut job = two_phase_job(&dir.path().join("data"), &work, (6, 4));
+        let b = train_killed_at(&mut job, stop_at);
+        assert_eq!(
+            metrics_rows_without_timing(&b.metrics),
+            rows_a,
+            "metrics differ when killed at step {stop_at}"
+        );
+        assert!(
+            final_model(&job) == final_model(&straight),
+            "weights differ (killed at {stop_at})"
+        );
+    }
+}
+
+#[test]
+fn a_phase_fed_shards_of_another_length_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = two_phase_job(&dir.path().join("data"), &dir.path().join("work"), (2, 2));
+    // Phase 2 (length 24) given the length-16 shards of phase 1.
+    job.phases[1].train_shards = job.phases[0].train_shards.clone();
+    let err = train(&job, &Cpu::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("seq16-train-") && err.contains("max_seq_length = 24"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+
+    // Phases that do not add up to num_train_steps are refused before training.
+    let mut job = two_phase_job(&dir.path().join("data"), &dir.path().join("work2"), (2, 2));
+    job.phases[1].plan.num_train_steps = 3;
+    let err = train(&job, &Cpu::default(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("num_train_steps = 4"), "{err}");
+    assert!(list_checkpoints(&job.work_dir).unwrap().is_empty());
 }

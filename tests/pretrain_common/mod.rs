@@ -4,14 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use bertline::config::PretrainConfig;
-use bertline::pretrain::PretrainJob;
+use bertline::config::{PhasePlan, PretrainConfig, PretrainPhase};
+use bertline::pretrain::{JobPhase, PretrainJob};
 use bertline::shard::{write_instances, TrainingInstance};
 use bertline::BertConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub const SEQ_LEN: usize = 16;
+/// The second phase's sequence length in the two-phase jobs.
+pub const LONG_SEQ_LEN: usize = 24;
 pub const MAX_PREDICTIONS: usize = 3;
 pub const VOCAB: usize = 40;
 const CLS: u32 = 2;
@@ -43,10 +45,10 @@ pub fn pretrain_config(steps: usize) -> PretrainConfig {
 /// `[CLS] A [SEP] B [SEP]`: A repeats one random word; B repeats the same word (label 0) or
 /// another (label 1); one to three positions masked as BERT does. Both tasks are learnable
 /// by attention in a few hundred steps.
-fn repeat_instance(rng: &mut ChaCha8Rng) -> TrainingInstance {
+fn repeat_instance(seq_len: usize, rng: &mut ChaCha8Rng) -> TrainingInstance {
     let words = (VOCAB - 5) as u32;
     let len_a = rng.gen_range(3..7);
-    let len_b = rng.gen_range(3..=(SEQ_LEN - 3 - len_a).min(6));
+    let len_b = rng.gen_range(3..=(seq_len - 3 - len_a).min(seq_len * 3 / 8));
     let word_a = 5 + rng.gen_range(0..words);
     let random_next = rng.gen_bool(0.5);
     let word_b = if random_next {
@@ -83,13 +85,26 @@ fn repeat_instance(rng: &mut ChaCha8Rng) -> TrainingInstance {
 
 /// Writes `shards` Parquet shards of `rows` instances under `dir`.
 pub fn write_shards(dir: &Path, name: &str, shards: usize, rows: usize, seed: u64) -> Vec<PathBuf> {
+    write_shards_at(dir, name, shards, rows, seed, SEQ_LEN)
+}
+
+/// [`write_shards`] with rows of `seq_len` tokens.
+pub fn write_shards_at(
+    dir: &Path,
+    name: &str,
+    shards: usize,
+    rows: usize,
+    seed: u64,
+    seq_len: usize,
+) -> Vec<PathBuf> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..shards)
         .map(|i| {
             let path = dir.join(format!("{name}-{i:05}.parquet"));
-            let instances: Vec<TrainingInstance> =
-                (0..rows).map(|_| repeat_instance(&mut rng)).collect();
-            write_instances(&path, &instances, SEQ_LEN, MAX_PREDICTIONS).unwrap();
+            let instances: Vec<TrainingInstance> = (0..rows)
+                .map(|_| repeat_instance(seq_len, &mut rng))
+                .collect();
+            write_instances(&path, &instances, seq_len, MAX_PREDICTIONS).unwrap();
             path
         })
         .collect()
@@ -109,12 +124,22 @@ pub fn job(work: &Path, train: Vec<PathBuf>, eval: &[PathBuf], steps: usize) -> 
         expect,
     )
     .unwrap();
+    let plan = PhasePlan {
+        phase: 1,
+        max_seq_length: SEQ_LEN,
+        max_predictions_per_seq: MAX_PREDICTIONS,
+        train_batch_size: config.train_batch_size,
+        num_train_steps: steps,
+        first_step: 0,
+    };
     PretrainJob {
         model_config: tiny_config(),
         config,
-        seq_len: SEQ_LEN,
-        train_shards: train,
-        eval_batches,
+        phases: vec![JobPhase {
+            plan,
+            train_shards: train,
+            eval_batches,
+        }],
         heldout_batches: Vec::new(),
         work_dir: work.to_path_buf(),
         vocab_files: Vec::new(),
@@ -135,6 +160,67 @@ pub fn train_losses(path: &Path) -> Vec<(u64, u64)> {
                 r["step"].as_u64().unwrap(),
                 r["loss"].as_f64().unwrap().to_bits(),
             )
+        })
+        .collect()
+}
+
+/// A two-phase job: `steps.0` steps at [`SEQ_LEN`] (batch 8), then `steps.1` at
+/// [`LONG_SEQ_LEN`] (batch 4), on shards written under `dir`, checkpointing into `work`.
+pub fn two_phase_job(dir: &Path, work: &Path, steps: (usize, usize)) -> PretrainJob {
+    let short = write_shards_at(dir, "seq16-train", 3, 12, 4, SEQ_LEN);
+    let short_eval = write_shards_at(dir, "seq16-eval", 1, 16, 5, SEQ_LEN);
+    let long = write_shards_at(dir, "seq24-train", 2, 10, 6, LONG_SEQ_LEN);
+    let long_eval = write_shards_at(dir, "seq24-eval", 1, 8, 7, LONG_SEQ_LEN);
+    let mut config = pretrain_config(steps.0 + steps.1);
+    config.phases = vec![
+        PretrainPhase {
+            max_seq_length: SEQ_LEN,
+            num_train_steps: steps.0,
+            max_predictions_per_seq: None,
+            train_batch_size: None,
+        },
+        PretrainPhase {
+            max_seq_length: LONG_SEQ_LEN,
+            num_train_steps: steps.1,
+            max_predictions_per_seq: None,
+            train_batch_size: Some(4),
+        },
+    ];
+    let mut job = job(work, short, &short_eval, steps.0);
+    job.config = config;
+    job.model_config.max_position_embeddings = LONG_SEQ_LEN;
+    let expect = bertline::pretrain::ShardExpect {
+        seq_len: LONG_SEQ_LEN,
+        vocab_size: VOCAB,
+    };
+    let eval_batches =
+        bertline::pretrain::read_eval_batches(&long_eval, 4, job.config.eval_batches, expect)
+            .unwrap();
+    job.phases.push(JobPhase {
+        plan: PhasePlan {
+            phase: 2,
+            max_seq_length: LONG_SEQ_LEN,
+            max_predictions_per_seq: MAX_PREDICTIONS,
+            train_batch_size: 4,
+            num_train_steps: steps.1,
+            first_step: steps.0,
+        },
+        train_shards: long,
+        eval_batches,
+    });
+    job
+}
+
+/// Every row of a metrics file without its timing fields (which differ between runs).
+pub fn metrics_rows_without_timing(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("tokens_per_s");
+            v.as_object_mut().unwrap().remove("elapsed_s");
+            v
         })
         .collect()
 }

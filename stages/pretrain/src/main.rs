@@ -40,7 +40,8 @@ struct Args {
     /// Timed steps for --bench (after one warm-up step).
     #[arg(long, default_value_t = 10)]
     bench_steps: usize,
-    /// With --bench: time the profile's [model], batch size and max_seq_length instead.
+    /// With --bench: time the profile's [model], batch size and (first phase's)
+    /// max_seq_length instead.
     #[arg(long)]
     bench_profile: bool,
 }
@@ -53,10 +54,12 @@ fn main() -> ExitCode {
             let report = if args.bench_profile {
                 let ctx = args.common.open()?;
                 let cfg = ctx.config();
+                // The first phase's length (pairs.max_seq_length without phases).
+                let seq_len = cfg.pretrain_phases()[0].max_seq_length;
                 bertline::pretrain::bench_default_device(
                     &cfg.model,
                     &cfg.pretrain,
-                    cfg.pairs.max_seq_length,
+                    seq_len,
                     args.bench_steps,
                 )?
             } else {
