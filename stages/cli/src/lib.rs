@@ -17,22 +17,33 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// The pipeline configuration.
-    #[arg(long, default_value = "pipeline.toml", env = "BERTLINE_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "pipeline.toml",
+        env = "BERTLINE_CONFIG"
+    )]
     pub config: PathBuf,
     /// Profile of pipeline.toml to use.
-    #[arg(long, short, default_value = "default", env = "BERTLINE_PROFILE")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "default",
+        env = "BERTLINE_PROFILE"
+    )]
     pub profile: String,
     /// Rerun even if the stage is fresh.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub force: bool,
     /// Verify artifact hashes (not only sizes) when deciding freshness.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub verify: bool,
     /// Never draw progress bars.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_progress: bool,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 

@@ -1,0 +1,55 @@
+//! The `bertline` binary takes the common flags before or after its subcommand
+//! (`just status` passes them after), and `status` lists every stage of a new run as missing.
+
+use std::path::Path;
+use std::process::Command;
+
+fn new_project(dir: &Path) -> std::path::PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::os::unix::fs::symlink(repo.join("datasets"), dir.join("datasets")).unwrap();
+    let config = dir.join("pipeline.toml");
+    std::fs::copy(repo.join("pipeline.toml"), &config).unwrap();
+    config
+}
+
+fn status(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bertline"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_takes_the_flags_after_or_before_the_subcommand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = new_project(tmp.path());
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["status", "--config", config, "--profile", "tiny"],
+        vec!["--config", config, "--profile", "tiny", "status"],
+    ] {
+        let (ok, stdout, stderr) = status(&args);
+        assert!(ok, "{args:?}: {stderr}");
+        assert!(stdout.contains("(profile tiny)"), "{stdout}");
+        for stage in ["vocab", "pairs", "mask", "pretrain", "finetune", "report"] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(stage))
+                .unwrap_or_else(|| panic!("no {stage} line in {stdout}"));
+            assert!(line.contains("missing"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn status_with_a_missing_config_is_a_one_line_error() {
+    let (ok, _, stderr) = status(&["status", "--config", "/nonexistent/pipeline.toml"]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/pipeline.toml"), "{stderr}");
+}
