@@ -281,6 +281,37 @@ unsafe fn gemm_strided(
     )
 }
 
+/// An element-wise op on a matrix: `y_i = f(i, x_i)`, and in the backward pass
+/// `dx_i += dy_i · df(i, x_i)`.
+fn elementwise<T: Tape<f32, Cpu>>(
+    x: Matrix<Cpu, T>,
+    f: impl Fn(usize, f32) -> f32 + Sync,
+    df: impl Fn(usize, f32) -> f32 + Send + Sync + 'static,
+) -> Matrix<Cpu, T> {
+    let (x, mut tape) = x.split_tape();
+    let shape = *x.shape();
+    let xs = host(&x);
+    let mut y = vec![0.0f32; xs.len()];
+    y.par_iter_mut()
+        .zip(xs.par_iter())
+        .enumerate()
+        .for_each(|(i, (y, &x))| *y = f(i, x));
+    let out = x.device().tensor_from_vec(y, shape);
+    if T::OWNS_TAPE {
+        let (xg, og) = (x.ghost(), out.ghost());
+        tape.add_backward_op(move |grads| {
+            let (gx, go) = grad_slices!(grads; xg, og);
+            gx.par_iter_mut()
+                .zip(go.par_iter())
+                .zip(xs.par_iter())
+                .enumerate()
+                .for_each(|(i, ((gx, go), &x))| *gx += go * df(i, x));
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
 /// Attention probabilities after dropout: `p ⊙ keep` written into `scratch`, or `p` itself
 /// without dropout.
 fn dropped_probs<'a>(p: &'a [f32], keep: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
@@ -394,60 +425,17 @@ impl BertDevice for Cpu {
     }
 
     fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {
-        let (x, mut tape) = x.split_tape();
-        let shape = *x.shape();
-        let xs = host(&x);
-        let mut y = vec![0.0f32; xs.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(xs.par_chunks(1 << 14))
-            .for_each(|(y, x)| {
-                y.iter_mut()
-                    .zip(x)
-                    .for_each(|(y, &x)| *y = x * normal_cdf(x))
-            });
-        let out = x.device().tensor_from_vec(y, shape);
-        if T::OWNS_TAPE {
-            let (xg, og) = (x.ghost(), out.ghost());
-            tape.add_backward_op(move |grads| {
-                let (gx, go) = grad_slices!(grads; xg, og);
-                gx.par_chunks_mut(1 << 14)
-                    .zip(go.par_chunks(1 << 14))
-                    .zip(xs.par_chunks(1 << 14))
-                    .for_each(|((gx, go), x)| {
-                        for ((gx, go), &x) in gx.iter_mut().zip(go).zip(x) {
-                            *gx += go * (normal_cdf(x) + x * normal_pdf(x));
-                        }
-                    });
-                Ok(())
-            });
-        }
-        out.put_tape(tape)
+        elementwise(
+            x,
+            |_, x| x * normal_cdf(x),
+            |_, x| normal_cdf(x) + x * normal_pdf(x),
+        )
     }
 
     fn dropout<T: Tape<f32, Self>>(x: Matrix<Self, T>, keep_scale: Vec<f32>) -> Matrix<Self, T> {
-        let (x, mut tape) = x.split_tape();
-        let shape = *x.shape();
-        let mut y = host(&x);
-        y.par_chunks_mut(1 << 14)
-            .zip(keep_scale.par_chunks(1 << 14))
-            .for_each(|(y, m)| y.iter_mut().zip(m).for_each(|(y, m)| *y *= m));
-        let out = x.device().tensor_from_vec(y, shape);
-        if T::OWNS_TAPE {
-            let (xg, og) = (x.ghost(), out.ghost());
-            tape.add_backward_op(move |grads| {
-                let (gx, go) = grad_slices!(grads; xg, og);
-                gx.par_chunks_mut(1 << 14)
-                    .zip(go.par_chunks(1 << 14))
-                    .zip(keep_scale.par_chunks(1 << 14))
-                    .for_each(|((gx, go), m)| {
-                        for ((gx, go), m) in gx.iter_mut().zip(go).zip(m) {
-                            *gx += go * m;
-                        }
-                    });
-                Ok(())
-            });
-        }
-        out.put_tape(tape)
+        let keep = std::sync::Arc::new(keep_scale);
+        let keep_grad = keep.clone();
+        elementwise(x, move |i, x| x * keep[i], move |i, _| keep_grad[i])
     }
 
     fn attention<T: Tape<f32, Self>>(
