@@ -224,8 +224,24 @@ impl fmt::Display for InstanceStats {
 /// Stats over the `mask` stage's written shards of `split`, read one at a time.
 pub fn stage_stats(ctx: &StageCtx, split: Split) -> Result<InstanceStats> {
     let mut stats = InstanceStats::default();
-    for path in instance_shards(ctx, split)? {
-        stats.add_shard(&read_instances(&path)?, SPECIAL.mask);
+    for by_length in stage_stats_by_length(ctx, split)?.values() {
+        stats.merge(by_length);
     }
     Ok(stats)
+}
+
+/// [`stage_stats`] per sequence length (one entry, or one per pre-training phase length).
+pub fn stage_stats_by_length(
+    ctx: &StageCtx,
+    split: Split,
+) -> Result<std::collections::BTreeMap<usize, InstanceStats>> {
+    let mut by_length = std::collections::BTreeMap::<usize, InstanceStats>::new();
+    for path in instance_shards(ctx, split)? {
+        let shard = read_instances(&path)?;
+        by_length
+            .entry(shard.seq_len)
+            .or_default()
+            .add_shard(&shard, SPECIAL.mask);
+    }
+    Ok(by_length)
 }

@@ -140,6 +140,15 @@ fn two_phases_from_pairs_to_pretrain() {
             assert_eq!((shard.seq_len, shard.max_predictions), expected, "{name}");
         }
     }
+    // `bertline-mask stats` reports each length apart; together they are the whole split.
+    let by_length = bertline::stats::stage_stats_by_length(&ctx, Split::Train).unwrap();
+    assert_eq!(by_length.keys().copied().collect::<Vec<_>>(), vec![32, 64]);
+    let total = bertline::stats::stage_stats(&ctx, Split::Train).unwrap();
+    assert_eq!(
+        by_length.values().map(|s| s.instances).sum::<u64>(),
+        total.instances
+    );
+    assert!(by_length[&32].avg_tokens() < by_length[&64].avg_tokens());
 
     // pretrain ran both phases: 16 steps at 32 tokens, then 4 at 64, one schedule.
     let record = ctx.manifest.stage("pretrain").unwrap().unwrap();

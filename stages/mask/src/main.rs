@@ -44,11 +44,25 @@ fn main() -> ExitCode {
             }
             Some(Command::Stats { json, eval }) => {
                 let split = if eval { Split::Eval } else { Split::Train };
-                let stats = bertline::stats::stage_stats(&ctx, split)?;
-                if json {
+                let by_length = bertline::stats::stage_stats_by_length(&ctx, split)?;
+                let several = by_length.len() > 1;
+                if json && several {
+                    // Pre-training phases: one object per sequence length.
+                    let keyed: std::collections::BTreeMap<String, _> = by_length
+                        .iter()
+                        .map(|(len, s)| (format!("seq{len}"), s))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&keyed)?);
+                } else if json {
+                    let stats = by_length.values().next().cloned().unwrap_or_default();
                     println!("{}", serde_json::to_string_pretty(&stats)?);
                 } else {
-                    print!("{stats}");
+                    for (len, stats) in &by_length {
+                        if several {
+                            println!("max_seq_length {len}");
+                        }
+                        print!("{stats}");
+                    }
                 }
             }
         }
