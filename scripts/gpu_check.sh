@@ -19,7 +19,6 @@
 # The timeouts add up to 550 s, inside one 600 s device command.
 set -uo pipefail
 
-bundle=${BERTLINE_CUDA_BUNDLE:-target/cuda-bundle}
 results=${OUT:-.}/gpu_check.jsonl
 : >"$results"
 batch=${BERTLINE_BENCH_BATCH:-32}
@@ -28,70 +27,8 @@ export BERTLINE_BENCH_BATCH=$batch BERTLINE_BENCH_STEPS=$steps
 
 say() { echo "gpu_check: $*" >&2; }
 
-[ -f "$bundle/paths.env" ] || { say "no $bundle/paths.env: run scripts/build_cuda.sh and carry $bundle"; exit 1; }
-# shellcheck disable=SC1091
-source "$bundle/paths.env"
-
-# NVRTC reads headers from the absolute paths baked into the binary at build time.
-install_baked_include_dirs() {
-    mkdir -p "$CUDA_INCLUDE_DIR" "$DFDX_OUT_DIR"
-    cp -r "$bundle"/include/. "$CUDA_INCLUDE_DIR"/
-    cp "$bundle"/dfdx-out/*.cuh "$DFDX_OUT_DIR"/
-}
-
-# Directory holding libcublas.so.13 and libnvrtc.so.13 (PyTorch's wheels put them together).
-find_cuda_libs() {
-    if [ -n "${BERTLINE_CUDA_LIBS:-}" ]; then echo "$BERTLINE_CUDA_LIBS"; return; fi
-    python3 - <<'PY' 2>/dev/null && return
-import glob, os, nvidia
-for root in nvidia.__path__:
-    hits = glob.glob(os.path.join(root, "**", "libcublas.so.13"), recursive=True)
-    if hits:
-        print(os.path.dirname(hits[0]))
-        break
-else:
-    raise SystemExit(1)
-PY
-    dirname "$(find / -name 'libcublas.so.13' -not -path '/proc/*' 2>/dev/null | head -1)"
-}
-
-# The driver's CUDA version (13.0 for driver 580) -> the newest PTX ISA it accepts (9.0).
-driver_ptx_isa() {
-    local version
-    version=$(nvidia-smi | grep -oE 'CUDA Version: [0-9]+\.[0-9]+' | grep -oE '[0-9]+\.[0-9]+')
-    case "$version" in
-        13.*) echo "9.${version#13.}" ;;
-        *) echo "" ;;
-    esac
-}
-
-run_json() { # name timeout command...: keeps the JSON lines the command prints
-    local name=$1 limit=$2
-    shift 2
-    say "$name"
-    local log
-    log=$(mktemp)
-    timeout "$limit" "$@" >"$log" 2>&1
-    local status=$?
-    # libtest prints "test NAME ... " before a test's own output, so match anywhere in the line.
-    grep -oE '\{".*\}' "$log" >>"$results"
-    if [ "$status" -ne 0 ]; then
-        say "$name failed (exit $status); last lines:"
-        tail -20 "$log" >&2
-        echo "{\"check\": \"$name\", \"failed\": $status}" >>"$results"
-    fi
-    rm -f "$log"
-}
-
-nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv >&2
-install_baked_include_dirs
-libs=$(find_cuda_libs)
-[ -f "$libs/libcublas.so.13" ] || { say "no libcublas.so.13 found: set BERTLINE_CUDA_LIBS"; exit 1; }
-export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-BERTLINE_PTX_ISA=$(driver_ptx_isa)
-export BERTLINE_PTX_ISA
-export LD_PRELOAD="$PWD/$bundle/lib/libptx_isa_compat.so"
-say "CUDA libs: $libs; PTX ISA capped at ${BERTLINE_PTX_ISA:-none}; sm_$CUDA_COMPUTE_CAP kernels"
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh || exit 1
 ldd "$bundle/bin/hf_parity" | grep -E 'cuda|cublas|nvrtc' >&2
 
 run_json cuda_one_step_matches_cpu 100 \

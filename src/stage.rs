@@ -75,10 +75,11 @@ impl Stage {
             Stage::Mask => vec![Stage::Vocab, Stage::Pairs],
             Stage::Pretrain => vec![Stage::Vocab, Stage::Mask],
             Stage::Finetune => {
-                if cfg.finetune.init == "pretrained" {
-                    vec![Stage::Vocab, Stage::Pretrain]
-                } else {
-                    vec![Stage::Vocab]
+                match cfg.finetune.init.as_str() {
+                    "pretrained" => vec![Stage::Vocab, Stage::Pretrain],
+                    "scratch" => vec![Stage::Vocab],
+                    // An HF-format directory brings its own vocabulary: no stage upstream.
+                    _ => vec![],
                 }
             }
             // The report reads whatever exists; its inputs are resolved at run time.

@@ -217,4 +217,21 @@ fn hf_directory_init_runs_pretrained_and_scratch_arms() {
             .join(format!("finetune/submission/{arm}/WNLI.tsv"));
         assert!(file.is_file(), "{}", file.display());
     }
+
+    // The directory brings its own vocabulary: a fresh run with no vocab stage fine-tunes too.
+    let fresh_config = dir.path().join("fresh.toml");
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("dir = \"run\"", "dir = \"fresh-run\"");
+    std::fs::write(&fresh_config, text).unwrap();
+    let fresh = open(&fresh_config);
+    assert!(bertline::stage::Stage::Finetune
+        .upstream(fresh.config())
+        .is_empty());
+    let outcome = run_finetune(&fresh, &NoProgress).unwrap();
+    assert_eq!(
+        outcome.record().metrics["arms"],
+        serde_json::json!(["pretrained", "scratch"])
+    );
+    assert!(!fresh.run_dir().join("vocab").exists());
 }
