@@ -458,6 +458,11 @@ pub struct FinetuneConfig {
     pub warmup_proportion: f64,
     #[serde(default = "default_ft_seq")]
     pub max_seq_length: usize,
+    /// Dropout while fine-tuning, replacing the checkpoint's `hidden_dropout_prob` and
+    /// `attention_probs_dropout_prob` (HF `from_pretrained(dir, hidden_dropout_prob=0.1)`):
+    /// for a checkpoint pre-trained without dropout. Unset: the checkpoint's values.
+    #[serde(default)]
+    pub dropout: Option<f64>,
     /// Subsample training sets to at most this many rows (0 = all); reported when used.
     #[serde(default)]
     pub max_train_examples: usize,
@@ -829,6 +834,13 @@ fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
             "pretrain.train_batch_size must be a positive multiple of gradient_accumulation_steps"
                 .into(),
         );
+    }
+    if let Some(p) = c.finetune.dropout {
+        if !(0.0..1.0).contains(&p) {
+            return Err(format!(
+                "finetune.dropout = {p} must be within 0..1 (exclusive of 1)"
+            ));
+        }
     }
     validate_phases(c)
 }

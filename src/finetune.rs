@@ -32,8 +32,8 @@ use crate::config::{BertConfig, FinetuneConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::metrics::{MetricsWriter, SeedSummary, Targets};
 use crate::model::export::{
-    load_question_answering, load_sequence_classification, read_config_json, CONFIG_FILE,
-    MODEL_FILE,
+    load_question_answering, load_sequence_classification, read_config_json, with_dropout,
+    CONFIG_FILE, MODEL_FILE,
 };
 use crate::model::{
     init, BertForQuestionAnswering, BertForSequenceClassification, BertInputs, Mode, TrainTape,
@@ -114,11 +114,15 @@ impl Recipe {
 }
 
 /// Where the encoder weights of a run come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Init {
     /// An HF-format directory (`config.json` + `model.safetensors`): this run's pre-training
     /// checkpoint or a downloaded BERT.
-    Pretrained { dir: PathBuf },
+    Pretrained {
+        dir: PathBuf,
+        /// `finetune.dropout`: replaces the checkpoint's dropout probabilities.
+        dropout: Option<f64>,
+    },
     /// Random weights (HF's `_init_weights`), same architecture.
     Scratch,
 }
@@ -670,8 +674,8 @@ pub fn new_classifier<D: BertDevice>(
     seed: u64,
 ) -> Result<BertForSequenceClassification<D>> {
     match init_from {
-        Init::Pretrained { dir } => {
-            Ok(load_sequence_classification(dir, num_labels, device, seed)?.0)
+        Init::Pretrained { dir, dropout } => {
+            Ok(load_sequence_classification(dir, num_labels, device, seed, *dropout)?.0)
         }
         Init::Scratch => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -941,7 +945,9 @@ pub fn run_squad_seed<D: BertDevice>(
     progress: &dyn Progress,
 ) -> Result<(SeedRun, BTreeMap<String, String>)> {
     let mut model = match init_from {
-        Init::Pretrained { dir } => load_question_answering(dir, device, seed)?.0,
+        Init::Pretrained { dir, dropout } => {
+            load_question_answering(dir, device, seed, *dropout)?.0
+        }
         Init::Scratch => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             BertForQuestionAnswering::new(config, &mut init(config, device, &mut rng))
@@ -1072,15 +1078,31 @@ fn plan_inits(ctx: &StageCtx) -> Result<(Vec<Init>, BertConfig, tokenizers::Toke
             let dir = pretrained_checkpoint_dir(ctx)?;
             let config = read_config_json(&dir.join(CONFIG_FILE))?;
             let (wp, _) = crate::tokenize::load_stage_vocab(ctx)?;
-            (Init::Pretrained { dir }, config, wp.tokenizer().clone())
+            (
+                Init::Pretrained {
+                    dir,
+                    dropout: cfg.dropout,
+                },
+                config,
+                wp.tokenizer().clone(),
+            )
         }
         path => {
             let dir = ctx.loaded.resolve(path);
             let config = read_config_json(&dir.join(CONFIG_FILE))?;
             let tokenizer = tokenizer_for_hf_dir(&dir)?;
-            (Init::Pretrained { dir }, config, tokenizer)
+            (
+                Init::Pretrained {
+                    dir,
+                    dropout: cfg.dropout,
+                },
+                config,
+                tokenizer,
+            )
         }
     };
+    // The scratch arm trains with the same dropout as the pre-trained one.
+    let config = with_dropout(config, cfg.dropout);
     let mut inits = vec![first];
     if cfg.compare_scratch && inits[0] != Init::Scratch {
         inits.push(Init::Scratch);

@@ -64,6 +64,23 @@ fn mistyped_value_and_bad_toml() {
 }
 
 #[test]
+fn gpu_profiles_pretrain_without_dropout_and_finetune_with_it() {
+    let gpu = parse_config(SHIPPED, "wiki-gpu").unwrap();
+    assert_eq!(gpu.model.hidden_dropout_prob, 0.0);
+    assert_eq!(gpu.model.attention_probs_dropout_prob, 0.0);
+    assert_eq!(gpu.pairs.dupe_factor, 10);
+    let glue = parse_config(SHIPPED, "wiki-gpu-glue").unwrap();
+    assert_eq!(glue.finetune.dropout, Some(0.1));
+    assert_eq!(glue.finetune.init, "checkpoints/wiki-gpu");
+    assert_eq!(parse_config(SHIPPED, "default").unwrap().finetune.dropout, None);
+
+    let text = SHIPPED.replace("dropout = 0.1   ", "dropout = 1.5   ");
+    let err = parse_config(&text, "wiki-gpu-glue").unwrap_err();
+    assert!(err.contains("finetune.dropout = 1.5"), "{err}");
+    assert!(!err.contains('\n'));
+}
+
+#[test]
 fn vocab_model_mismatch_is_an_error() {
     let text = SHIPPED.replacen("vocab_size = 8192 ", "vocab_size = 9000 ", 1);
     let err = parse_config(&text, "default").unwrap_err();

@@ -178,7 +178,10 @@ fn hf_directory_init_runs_pretrained_and_scratch_arms() {
     );
     // The classifier's encoder is the checkpoint's, its head is new.
     let classifier = new_classifier(
-        &Init::Pretrained { dir: hf.clone() },
+        &Init::Pretrained {
+            dir: hf.clone(),
+            dropout: None,
+        },
         &config,
         2,
         &device,

@@ -190,7 +190,7 @@ fn classifier_from_a_pretraining_checkpoint_keeps_bert_and_gets_a_fresh_head() {
     let (dev, model) = tiny_model(&config, 5);
     let dir = tempfile::tempdir().unwrap();
     save_pretraining(&model, &config, dir.path()).unwrap();
-    let (classifier, _) = load_sequence_classification(dir.path(), 3, &dev, 42).unwrap();
+    let (classifier, _) = load_sequence_classification(dir.path(), 3, &dev, 42, None).unwrap();
     assert_eq!(
         classifier.bert.encoder.layer[1]
             .output
@@ -214,8 +214,22 @@ fn classifier_from_a_pretraining_checkpoint_keeps_bert_and_gets_a_fresh_head() {
         .all(|&b| b == 0.0));
 
     // Reloading the same checkpoint with the same seed gives the same head.
-    let (again, _) = load_sequence_classification(dir.path(), 3, &dev, 42).unwrap();
+    let (again, _) = load_sequence_classification(dir.path(), 3, &dev, 42, None).unwrap();
     assert_eq!(again.classifier.weight.as_vec(), w);
+    assert_eq!(again.dropout_prob, config.hidden_dropout_prob);
+
+    // finetune.dropout replaces the checkpoint's dropout everywhere, weights untouched.
+    let (dropped, loaded) =
+        load_sequence_classification(dir.path(), 3, &dev, 42, Some(0.25)).unwrap();
+    assert_eq!(loaded.hidden_dropout_prob, 0.25);
+    assert_eq!(loaded.attention_probs_dropout_prob, 0.25);
+    assert_eq!(dropped.dropout_prob, 0.25);
+    assert_eq!(dropped.bert.embeddings.dropout_prob, 0.25);
+    let layer = &dropped.bert.encoder.layer[0];
+    assert_eq!(layer.attention.self_attention.dropout_prob, 0.25);
+    assert_eq!(layer.attention.output.dropout_prob, 0.25);
+    assert_eq!(layer.output.dropout_prob, 0.25);
+    assert_eq!(dropped.classifier.weight.as_vec(), w);
 }
 
 #[test]

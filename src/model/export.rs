@@ -343,6 +343,15 @@ fn candidate_keys(name: &str) -> Vec<String> {
 }
 
 /// Reads `dir/config.json` and `dir/model.safetensors`.
+/// `config` with both dropout probabilities set to `dropout`, when given.
+pub fn with_dropout(mut config: BertConfig, dropout: Option<f64>) -> BertConfig {
+    if let Some(p) = dropout {
+        config.hidden_dropout_prob = p;
+        config.attention_probs_dropout_prob = p;
+    }
+    config
+}
+
 fn read_model_dir(dir: &Path) -> Result<(BertConfig, TensorMap, PathBuf)> {
     let config = read_config_json(&dir.join(CONFIG_FILE))?;
     let path = dir.join(MODEL_FILE);
@@ -371,13 +380,17 @@ pub fn load_pretraining<D: BertDevice>(
 
 /// Loads a classifier: `bert.*` from the directory, `classifier.*` from the file when present
 /// (a fine-tuned checkpoint) or freshly initialised from `seed` (a pre-training checkpoint).
+/// `dropout` replaces the checkpoint's dropout probabilities (HF `from_pretrained(dir,
+/// hidden_dropout_prob=p, attention_probs_dropout_prob=p)`).
 pub fn load_sequence_classification<D: BertDevice>(
     dir: &Path,
     num_labels: usize,
     device: &D,
     seed: u64,
+    dropout: Option<f64>,
 ) -> Result<(BertForSequenceClassification<D>, BertConfig)> {
     let (config, tensors, path) = read_model_dir(dir)?;
+    let config = with_dropout(config, dropout);
     let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     let mut model = BertForSequenceClassification::new(
         &config,
@@ -394,8 +407,10 @@ pub fn load_question_answering<D: BertDevice>(
     dir: &Path,
     device: &D,
     seed: u64,
+    dropout: Option<f64>,
 ) -> Result<(BertForQuestionAnswering<D>, BertConfig)> {
     let (config, tensors, path) = read_model_dir(dir)?;
+    let config = with_dropout(config, dropout);
     let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     let mut model = BertForQuestionAnswering::new(&config, &mut init(&config, device, &mut rng));
     load_params(
