@@ -1,4 +1,4 @@
-//! The fused CPU kernels against their dfdx compositions (`model::kernels::composed`): the same
+//! The fused CPU kernels (linear layers included) against their dfdx compositions (`model::kernels::composed`): the same
 //! values and the same gradients for every input and parameter, on odd shapes (5 tokens,
 //! head size 3) with padding and dropout, so a stride or a missing term shows up.
 
@@ -43,6 +43,43 @@ fn matrix(dev: &Cpu, values: Vec<f32>, shape: (usize, usize)) -> Matrix<Cpu> {
 fn vector(dev: &Cpu, values: Vec<f32>) -> Vector<Cpu> {
     let n = values.len();
     dev.tensor_from_vec(values, (n,))
+}
+
+#[test]
+fn linear_matches_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // Odd sizes and more rows than one parallel block, so a stride or a transposition shows.
+    let (rows, inner, outs) = (70, 13, 9);
+    let x = matrix(&dev, random(&mut rng, rows * inner, 1.0), (rows, inner));
+    let weight = matrix(&dev, random(&mut rng, outs * inner, 1.0), (outs, inner));
+    let b = vector(&dev, random(&mut rng, outs, 1.0));
+    let w = random(&mut rng, rows * outs, 1.0);
+    let run = |fused: bool| {
+        let xt = x.leaky_trace();
+        let out = if fused {
+            <Cpu as BertDevice>::linear(xt, &weight, &b)
+        } else {
+            composed::linear(xt, &weight, &b)
+        };
+        let values = out.as_vec();
+        let g = project(out, &w);
+        (
+            values,
+            g.get(&x).as_vec(),
+            g.get(&weight).as_vec(),
+            g.get(&b).as_vec(),
+        )
+    };
+    let (fused, reference) = (run(true), run(false));
+    assert_close("linear value", &fused.0, &reference.0);
+    assert_close("linear dx", &fused.1, &reference.1);
+    assert_close("linear dweight", &fused.2, &reference.2);
+    assert_close("linear dbias", &fused.3, &reference.3);
+    // One value by hand: row 0, output 0.
+    let (xv, wv, bv) = (x.as_vec(), weight.as_vec(), b.as_vec());
+    let by_hand = bv[0] + (0..inner).map(|i| xv[i] * wv[i]).sum::<f32>();
+    assert!((fused.0[0] - by_hand).abs() < 1e-5, "{} vs {by_hand}", fused.0[0]);
 }
 
 #[test]

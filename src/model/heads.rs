@@ -68,14 +68,7 @@ impl<D: BertDevice> BertLMPredictionHead<D> {
     ) -> Matrix<D, T> {
         let _span = tracing::span!(tracing::Level::TRACE, "mlm-head").entered();
         let x = self.transform.forward(hidden_states);
-        let rows = x.shape().0;
-        let vocab = word_embeddings.shape().0;
-        let decoder = word_embeddings.retaped::<T>().permute::<_, Axes2<1, 0>>();
-        let bias = self
-            .bias
-            .retaped::<T>()
-            .broadcast_like::<_, Axis<0>>(&(rows, vocab));
-        x.matmul(decoder) + bias
+        D::linear(x, word_embeddings, &self.bias)
     }
 }
 

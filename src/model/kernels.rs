@@ -2,8 +2,8 @@
 //!
 //! dfdx 0.13 runs element-wise ops, broadcasts and reductions on one core, one op at a time:
 //! on two cores they took three quarters of a BERT-mini training step. Each method of
-//! [`BertDevice`] is one such hot spot: bias add, LayerNorm, GELU, dropout and the attention
-//! core (`softmax(Q Kᵀ / sqrt(d) + mask) V`). The trait's default bodies build them from dfdx
+//! [`BertDevice`] is one such hot spot: the linear layers (matrix product and bias in one op),
+//! bias add, LayerNorm, GELU, dropout and the attention core (`softmax(Q Kᵀ / sqrt(d) + mask) V`). The trait's default bodies build them from dfdx
 //! ops and serve every device (CUDA included). [`Cpu`] overrides them with rayon-parallel
 //! loops that make one pass over memory and record their own backward pass on the tape;
 //! `tests/model_gradients.rs` checks each against the default body, values and gradients.
@@ -21,6 +21,16 @@ use super::{Matrix, Vector};
 /// A dfdx device with BERT's fused kernels. Inputs are contiguous `[rows, cols]` matrices
 /// (every call site passes the fresh output of a matmul, an add or another kernel).
 pub trait BertDevice: Device<f32> {
+    /// `x Wᵀ + b` for `x: [rows, in]`, `weight: [out, in]` (`torch.nn.Linear`; also the MLM
+    /// decoder, whose weight is the word embeddings).
+    fn linear<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weight: &Matrix<Self>,
+        bias: &Vector<Self>,
+    ) -> Matrix<Self, T> {
+        composed::linear(x, weight, bias)
+    }
+
     /// `x + bias` on every row (`torch.nn.Linear`'s bias).
     fn add_bias<T: Tape<f32, Self>>(x: Matrix<Self, T>, bias: &Vector<Self>) -> Matrix<Self, T> {
         composed::add_bias(x, bias)
@@ -75,6 +85,16 @@ pub mod composed {
     //! The kernels as compositions of dfdx ops: the defaults of [`BertDevice`](super::BertDevice)
     //! and the reference the CPU kernels are tested against.
     use super::*;
+
+    /// `x Wᵀ + b` for `x: [rows, in]`, `weight: [out, in]`.
+    pub fn linear<D: Device<f32>, T: Tape<f32, D>>(
+        x: Matrix<D, T>,
+        weight: &Matrix<D>,
+        bias: &Vector<D>,
+    ) -> Matrix<D, T> {
+        let weight_t = weight.retaped::<T>().permute::<_, Axes2<1, 0>>();
+        add_bias(x.matmul(weight_t), bias)
+    }
 
     /// `x + bias` on every row (`torch.nn.Linear`'s bias).
     pub fn add_bias<D: Device<f32>, T: Tape<f32, D>>(
@@ -281,6 +301,40 @@ unsafe fn gemm_strided(
     )
 }
 
+/// `dst (m×n) += lhs (m×k) · rhs (k×n)` on strided row-major views, on every rayon thread.
+/// Strides are `(row, column)` in elements; `dst` is contiguous with row stride `n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_accumulate(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        true,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    )
+}
+
 /// An element-wise op on a matrix: `y_i = f(i, x_i)`, and in the backward pass
 /// `dx_i += dy_i · df(i, x_i)`.
 fn elementwise<T: Tape<f32, Cpu>>(
@@ -339,6 +393,66 @@ fn normal_pdf(x: f32) -> f32 {
 }
 
 impl BertDevice for Cpu {
+    fn linear<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weight: &Matrix<Self>,
+        bias: &Vector<Self>,
+    ) -> Matrix<Self, T> {
+        let (x, mut tape) = x.split_tape();
+        let (rows, inner) = *x.shape();
+        let (outs, weight_inner) = *weight.shape();
+        assert_eq!(inner, weight_inner, "linear: x is [rows, in], weight [out, in]");
+        let (xs, w, b) = (host(&x), host(weight), host(bias));
+        // y = bias on every row, then y += x · wᵀ (wᵀ read through strides, never copied).
+        let mut y = vec![0.0f32; rows * outs];
+        y.par_chunks_mut(outs * ROW_BLOCK).for_each(|block| {
+            block.chunks_mut(outs).for_each(|row| row.copy_from_slice(&b));
+        });
+        // SAFETY: the buffers hold rows·outs, rows·inner and outs·inner elements.
+        unsafe {
+            gemm_accumulate(
+                (rows, outs, inner),
+                y.as_mut_ptr(),
+                xs.as_ptr(),
+                (inner, 1),
+                w.as_ptr(),
+                (1, inner),
+            )
+        };
+        let out = x.device().tensor_from_vec(y, (rows, outs));
+        if T::OWNS_TAPE {
+            let (xg, wg, bg, og) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gx, gw, gb, go) = grad_slices!(grads; xg, wg, bg, og);
+                // SAFETY: gradient buffers have their tensors' sizes (see above).
+                unsafe {
+                    // dx += dy · w: [rows, out] · [out, in]
+                    gemm_accumulate(
+                        (rows, inner, outs),
+                        gx.as_mut_ptr(),
+                        go.as_ptr(),
+                        (outs, 1),
+                        w.as_ptr(),
+                        (inner, 1),
+                    );
+                    // dw += dyᵀ · x: [out, rows] · [rows, in]
+                    gemm_accumulate(
+                        (outs, inner, rows),
+                        gw.as_mut_ptr(),
+                        go.as_ptr(),
+                        (1, outs),
+                        xs.as_ptr(),
+                        (inner, 1),
+                    );
+                }
+                let sums = column_sums(rows, outs, |r, c| go[r * outs + c]);
+                gb.iter_mut().zip(sums).for_each(|(g, s)| *g += s);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
     fn add_bias<T: Tape<f32, Self>>(x: Matrix<Self, T>, bias: &Vector<Self>) -> Matrix<Self, T> {
         let (x, mut tape) = x.split_tape();
         let (rows, cols) = *x.shape();

@@ -157,11 +157,7 @@ impl<D: BertDevice> Linear<D> {
 
     /// `x Wᵀ + b` for `x: [rows, in]`.
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
-        let weight_t = self
-            .weight
-            .retaped::<T>()
-            .permute::<_, dfdx::shapes::Axes2<1, 0>>();
-        D::add_bias(x.matmul(weight_t), &self.bias)
+        D::linear(x, &self.weight, &self.bias)
     }
 }
 
