@@ -16,10 +16,9 @@
 #   5. the final checkpoint (or the newest one, if the time ran out) as $OUT/checkpoint.tar:
 #      model.safetensors, config.json, vocab.txt, tokenizer.json, metrics.jsonl;
 #   6. with time left: BERT-mini bench (bertline) and PyTorch's on the same card.
-# Logs: $OUT/gpu_pretrain.log (everything), $OUT/gpu_check.jsonl (JSON rows).
+# Logs: $OUT/gpu_pretrain.log (everything), $OUT/gpu_check.jsonl (JSON rows); OUT defaults to ".".
 #
-# Usage: BUDGET_S=540 scripts/gpu_pretrain.sh   (with the device tool:
-#   run(command="bash scripts/gpu_pretrain.sh", carry=[".gpu-carry"], timeout_s=570))
+# Usage: BUDGET_S=540 [RESERVE_S=110] [CLOSING_BENCHES=1] scripts/gpu_pretrain.sh
 set -uo pipefail
 
 start=$(date +%s)
@@ -97,13 +96,13 @@ else
     say "no checkpoint written"
 fi
 
-# 6. Closing benches while time is left.
-if [ "$(left)" -gt 40 ]; then
+# 6. Closing benches while time is left (CLOSING_BENCHES=0 skips them).
+if [ "${CLOSING_BENCHES:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then
     run_json bertline_pretrain_bench_mini 30 bash -c \
         '"$0" --bench --bench-steps 10 | python3 -c "import json,sys; d=json.load(sys.stdin); d[\"check\"]=\"bertline_pretrain_bench_mini\"; print(json.dumps(d))"' \
         "$pretrain_bin"
 fi
-if [ "$(left)" -gt 40 ]; then
+if [ "${CLOSING_BENCHES:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then
     run_json torch_mini_f32 30 env -u LD_PRELOAD python3 scripts/bench_pretrain_torch.py \
         --device cuda --size mini --dtype f32 --steps 10 --skip-forward
 fi
