@@ -72,7 +72,10 @@ fn gpu_profiles_pretrain_without_dropout_and_finetune_with_it() {
     let glue = parse_config(SHIPPED, "wiki-gpu-glue").unwrap();
     assert_eq!(glue.finetune.dropout, Some(0.1));
     assert_eq!(glue.finetune.init, "checkpoints/wiki-gpu");
-    assert_eq!(parse_config(SHIPPED, "default").unwrap().finetune.dropout, None);
+    assert_eq!(
+        parse_config(SHIPPED, "default").unwrap().finetune.dropout,
+        None
+    );
 
     let text = SHIPPED.replace("dropout = 0.1   ", "dropout = 1.5   ");
     let err = parse_config(&text, "wiki-gpu-glue").unwrap_err();

@@ -79,7 +79,11 @@ fn linear_matches_the_composition() {
     // One value by hand: row 0, output 0.
     let (xv, wv, bv) = (x.as_vec(), weight.as_vec(), b.as_vec());
     let by_hand = bv[0] + (0..inner).map(|i| xv[i] * wv[i]).sum::<f32>();
-    assert!((fused.0[0] - by_hand).abs() < 1e-5, "{} vs {by_hand}", fused.0[0]);
+    assert!(
+        (fused.0[0] - by_hand).abs() < 1e-5,
+        "{} vs {by_hand}",
+        fused.0[0]
+    );
 }
 
 #[test]
@@ -258,4 +262,29 @@ fn label_log_probs_match_the_composition() {
         "a maximum and a tie count as right"
     );
     assert!(fused.0.iter().all(|&v| v <= 0.0), "log-probabilities");
+}
+
+#[test]
+fn dropout_masks_drop_at_the_rate_and_repeat_per_seed() {
+    use bertline::model::Mode;
+    let n = 200_000; // several parallel chunks
+    let (mut a, mut b) = (Mode::train(5), Mode::train(5));
+    let first = a.dropout_mask(n, 0.1).unwrap();
+    assert_eq!(
+        first,
+        b.dropout_mask(n, 0.1).unwrap(),
+        "same seed, same mask"
+    );
+    let second = a.dropout_mask(n, 0.1).unwrap();
+    assert_ne!(first, second, "each call draws a new mask");
+    let dropped = first.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+    // Binomial(200000, 0.1): sd 0.00067; 6 sd.
+    assert!((dropped - 0.1).abs() < 0.004, "dropped fraction {dropped}");
+    assert!(first
+        .iter()
+        .all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+    // Parallel chunks draw different words: the first two 32768-element chunks differ.
+    assert_ne!(first[..32768], first[32768..65536]);
+    assert!(Mode::Eval.dropout_mask(n, 0.1).is_none());
+    assert!(Mode::train(5).dropout_mask(n, 0.0).is_none());
 }

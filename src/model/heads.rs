@@ -5,9 +5,9 @@
 //! `[hidden, vocab]` decoder sees `batch * max_predictions_per_seq` rows, not every token.
 
 use super::BertDevice;
-use dfdx::shapes::{Axes2, Axis, HasShape};
+use dfdx::shapes::Axis;
 use dfdx::tensor::{PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
-use dfdx::tensor_ops::{BroadcastTo, GatherTo, PermuteTo, ReshapeTo, SelectTo, SumTo, TryMatMul};
+use dfdx::tensor_ops::{GatherTo, ReshapeTo, SelectTo, SumTo};
 
 use super::encoder::BertModelOutput;
 use super::{

@@ -401,12 +401,17 @@ impl BertDevice for Cpu {
         let (x, mut tape) = x.split_tape();
         let (rows, inner) = *x.shape();
         let (outs, weight_inner) = *weight.shape();
-        assert_eq!(inner, weight_inner, "linear: x is [rows, in], weight [out, in]");
+        assert_eq!(
+            inner, weight_inner,
+            "linear: x is [rows, in], weight [out, in]"
+        );
         let (xs, w, b) = (host(&x), host(weight), host(bias));
         // y = bias on every row, then y += x · wᵀ (wᵀ read through strides, never copied).
         let mut y = vec![0.0f32; rows * outs];
         y.par_chunks_mut(outs * ROW_BLOCK).for_each(|block| {
-            block.chunks_mut(outs).for_each(|row| row.copy_from_slice(&b));
+            block
+                .chunks_mut(outs)
+                .for_each(|row| row.copy_from_slice(&b));
         });
         // SAFETY: the buffers hold rows·outs, rows·inner and outs·inner elements.
         unsafe {

@@ -26,10 +26,11 @@ pub mod kernels;
 
 use dfdx::shapes::{Axis, HasShape, Shape};
 use dfdx::tensor::{Gradients, NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
-use dfdx::tensor_ops::{MeanTo, PermuteTo, TryMatMul};
+use dfdx::tensor_ops::MeanTo;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
 
 pub use crate::config::BertConfig;
 pub use embeddings::{BertEmbeddings, BertInputs};
@@ -54,6 +55,9 @@ pub type Scalar<D, T = NoneTape> = Tensor<(), f32, D, T>;
 pub type IdMatrix<D> = Tensor<(usize, usize), usize, D>;
 /// The tape of a training forward pass.
 pub type TrainTape<D> = dfdx::tensor::OwnedTape<f32, D>;
+
+/// Elements per independently drawn part of a dropout mask.
+const DROPOUT_CHUNK: usize = 1 << 15;
 
 /// Whether dropout is active. Training draws masks from its own ChaCha rng, so the masks are
 /// a pure function of the seed: a resumed run reproduces them exactly.
@@ -88,19 +92,26 @@ impl Mode {
             return None;
         }
         let keep_scale = (1.0 / (1.0 - prob)) as f32;
-        // Compare a uniform u32 against prob * 2^32: one rng word per element.
+        // Compare a uniform u32 against prob * 2^32: one rng word per element. One word of the
+        // mode's rng seeds the mask; each fixed-size chunk draws from its own ChaCha stream of
+        // that seed, in parallel, so the mask does not depend on the number of threads.
         let threshold = (prob * 4294967296.0) as u64;
-        Some(
-            (0..n)
-                .map(|_| {
-                    if (rng.next_u32() as u64) < threshold {
+        let seed = rng.next_u64();
+        let mut mask = vec![0.0f32; n];
+        mask.par_chunks_mut(DROPOUT_CHUNK)
+            .enumerate()
+            .for_each(|(stream, chunk)| {
+                let mut words = ChaCha8Rng::seed_from_u64(seed);
+                words.set_stream(stream as u64);
+                for v in chunk {
+                    *v = if (words.next_u32() as u64) < threshold {
                         0.0
                     } else {
                         keep_scale
-                    }
-                })
-                .collect(),
-        )
+                    };
+                }
+            });
+        Some(mask)
     }
 
     /// Inverted dropout on a matrix: zeroes each element with probability `prob` and scales
