@@ -151,6 +151,61 @@ fn load_accepts_a_checkpoint_without_the_tied_decoder_keys() {
 }
 
 #[test]
+fn hf_bert_model_checkpoint_with_bare_names_and_int_buffers_loads_as_a_classifier() {
+    // HF `BertModel` files (sentence encoders, many hub models): no `bert.` prefix, no
+    // pre-training heads, and an I64 `embeddings.position_ids` buffer.
+    use safetensors::tensor::{Dtype, TensorView};
+    let config = tiny_config();
+    let (dev, model) = tiny_model(&config, 6);
+    let dir = tempfile::tempdir().unwrap();
+    save_pretraining(&model, &config, dir.path()).unwrap();
+    let path = dir.path().join(MODEL_FILE);
+    let (tensors, _) = read_safetensors(&path).unwrap();
+    let bare: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .filter_map(|(name, (shape, values))| {
+            let bare = name.strip_prefix("bert.")?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some((bare.to_string(), shape.clone(), bytes))
+        })
+        .collect();
+    let positions: Vec<u8> = (0..config.max_position_embeddings as i64)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    let mut views: Vec<(String, TensorView<'_>)> = bare
+        .iter()
+        .map(|(n, shape, bytes)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    let position_shape = vec![1, config.max_position_embeddings];
+    let position_view = TensorView::new(Dtype::I64, position_shape, &positions).unwrap();
+    views.push(("embeddings.position_ids".into(), position_view));
+    std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+
+    let (read, _) = read_safetensors(&path).unwrap();
+    assert!(!read.contains_key("embeddings.position_ids"));
+    let (classifier, _) = load_sequence_classification(dir.path(), 2, &dev, 1, None).unwrap();
+    assert_eq!(
+        classifier.bert.encoder.layer[0]
+            .intermediate
+            .dense
+            .weight
+            .as_vec(),
+        model.bert.encoder.layer[0]
+            .intermediate
+            .dense
+            .weight
+            .as_vec()
+    );
+    assert_eq!(
+        classifier.bert.pooler.dense.bias.as_vec(),
+        model.bert.pooler.dense.bias.as_vec()
+    );
+}
+
+#[test]
 fn missing_key_and_shape_mismatch_are_one_line_errors_naming_file_and_key() {
     let config = tiny_config();
     let (dev, model) = tiny_model(&config, 4);

@@ -54,8 +54,8 @@ pub fn write_safetensors(
     durable::write_bytes(path, &buffer)
 }
 
-/// Reads every tensor of a safetensors file as `f32` (F32, F16 and BF16 are accepted), with
-/// the file's metadata.
+/// Reads every floating-point tensor of a safetensors file as `f32` (F32, F16 and BF16 are
+/// accepted), with the file's metadata; integer buffers (HF's `position_ids`) are skipped.
 pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
     let buffer = std::fs::read(path).at(path)?;
     let (_, metadata) = SafeTensors::read_metadata(&buffer)
@@ -64,6 +64,10 @@ pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, Strin
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e:?}")))?;
     let mut out = TensorMap::new();
     for (name, view) in file.tensors() {
+        if is_buffer_dtype(view.dtype()) {
+            // Integer tensors are buffers, not parameters (HF's `embeddings.position_ids`).
+            continue;
+        }
         let values = decode_f32(view.dtype(), view.data()).ok_or_else(|| {
             Error::checkpoint(
                 path,
@@ -73,6 +77,21 @@ pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, Strin
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok((out, metadata.metadata().clone().unwrap_or_default()))
+}
+
+fn is_buffer_dtype(dtype: Dtype) -> bool {
+    matches!(
+        dtype,
+        Dtype::BOOL
+            | Dtype::U8
+            | Dtype::I8
+            | Dtype::I16
+            | Dtype::U16
+            | Dtype::I32
+            | Dtype::U32
+            | Dtype::I64
+            | Dtype::U64
+    )
 }
 
 fn decode_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
