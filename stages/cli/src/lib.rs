@@ -70,6 +70,7 @@ pub fn main<F>(verbose: u8, body: F) -> ExitCode
 where
     F: FnOnce() -> anyhow::Result<()>,
 {
+    die_quietly_on_closed_pipe();
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -88,6 +89,16 @@ where
             eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
             ExitCode::from(2)
         }
+    }
+}
+
+/// `bertline status | head` closes the pipe early: end like `cat` does (SIGPIPE's default
+/// action) instead of panicking in `println!`, which is what Rust's ignored SIGPIPE gives.
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores a signal's default disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
