@@ -288,3 +288,19 @@ fn dropout_masks_drop_at_the_rate_and_repeat_per_seed() {
     assert!(Mode::Eval.dropout_mask(n, 0.1).is_none());
     assert!(Mode::train(5).dropout_mask(n, 0.0).is_none());
 }
+
+#[test]
+fn fast_erf_is_within_2e7_of_libm_everywhere() {
+    use bertline::model::kernels::erf;
+    let mut worst = 0.0f64;
+    for i in -600_000..=600_000 {
+        let x = i as f32 * 1e-5; // -6..6 in steps of 1e-5
+        let err = (erf(x) as f64 - libm::erf(x as f64)).abs();
+        worst = worst.max(err);
+    }
+    assert!(worst < 2e-7, "max |erf - libm::erf| = {worst:e}");
+    assert_eq!(erf(0.0), 0.0);
+    assert_eq!(erf(10.0), erf(4.0));
+    assert!((erf(1.0) - 0.842_700_8).abs() < 2e-7);
+    assert!((erf(-0.5) + 0.520_499_9).abs() < 2e-7);
+}

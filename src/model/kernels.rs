@@ -383,7 +383,41 @@ fn dropped_probs<'a>(p: &'a [f32], keep: Option<&[f32]>, scratch: &'a mut [f32])
 
 /// `Φ(x) = 0.5 (1 + erf(x / sqrt 2))`.
 fn normal_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `erf(x)` for `f32`, within 2e-7 of the exact value: the rational approximation of XLA's
+/// and Eigen's `erf` (odd degree-13 numerator, even degree-8 denominator, `x` clamped to
+/// ±4 where `erf` is ±1 in `f32`). Branch-free, so loops over it vectorise; `libm::erff`
+/// branches per value and was 4% of a BERT-mini training step.
+pub fn erf(x: f32) -> f32 {
+    const ALPHA: [f32; 7] = [
+        -1.609_603_3e-2,
+        -2.954_599_8e-3,
+        -7.349_906_3e-4,
+        -5.692_506_4e-5,
+        -2.101_024e-6,
+        2.770_681_4e-8,
+        -2.726_142_3e-10,
+    ];
+    const BETA: [f32; 5] = [
+        -1.426_474e-2,
+        -7.373_329e-3,
+        -1.682_827e-3,
+        -2.133_740_6e-4,
+        -1.456_607_2e-5,
+    ];
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = ALPHA[6];
+    for a in ALPHA[..6].iter().rev() {
+        p = p * x2 + a;
+    }
+    let mut q = BETA[4];
+    for b in BETA[..4].iter().rev() {
+        q = q * x2 + b;
+    }
+    x * p / q
 }
 
 /// `φ(x) = exp(−x²/2) / sqrt(2π)`.
