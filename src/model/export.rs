@@ -361,7 +361,6 @@ fn candidate_keys(name: &str) -> Vec<String> {
     keys
 }
 
-/// Reads `dir/config.json` and `dir/model.safetensors`.
 /// `config` with both dropout probabilities set to `dropout`, when given.
 pub fn with_dropout(mut config: BertConfig, dropout: Option<f64>) -> BertConfig {
     if let Some(p) = dropout {
@@ -371,6 +370,7 @@ pub fn with_dropout(mut config: BertConfig, dropout: Option<f64>) -> BertConfig 
     config
 }
 
+/// Reads `dir/config.json` and `dir/model.safetensors`.
 fn read_model_dir(dir: &Path) -> Result<(BertConfig, TensorMap, PathBuf)> {
     let config = read_config_json(&dir.join(CONFIG_FILE))?;
     let path = dir.join(MODEL_FILE);

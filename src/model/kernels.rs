@@ -3,10 +3,11 @@
 //! dfdx 0.13 runs element-wise ops, broadcasts and reductions on one core, one op at a time:
 //! on two cores they took three quarters of a BERT-mini training step. Each method of
 //! [`BertDevice`] is one such hot spot: the linear layers (matrix product and bias in one op),
-//! bias add, LayerNorm, GELU, dropout and the attention core (`softmax(Q Kᵀ / sqrt(d) + mask) V`). The trait's default bodies build them from dfdx
-//! ops and serve every device (CUDA included). [`Cpu`] overrides them with rayon-parallel
-//! loops that make one pass over memory and record their own backward pass on the tape;
-//! `tests/model_gradients.rs` checks each against the default body, values and gradients.
+//! bias add, LayerNorm, GELU, dropout and the attention core (`softmax(Q Kᵀ / sqrt(d) + mask)
+//! V`). The trait's default bodies build them from dfdx ops and serve every device (CUDA
+//! included). [`Cpu`] overrides them with rayon-parallel loops that make one pass over memory
+//! and record their own backward pass on the tape; `tests/model_kernels.rs` checks each
+//! against the default body, values and gradients.
 //!
 //! The CPU kernels are deterministic (fixed work split, partial sums added in order), so a
 //! resumed run still reproduces an uninterrupted one bit for bit.
