@@ -269,14 +269,54 @@ impl SharedMut {
 /// thread (the callers parallelise over heads). Strides are `(row, column)` in elements.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_strided(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
     lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
+    scale: f32,
+) {
+    gemm_with(
+        gemm::Parallelism::None,
+        dims,
+        (dst, dst_rs, accumulate),
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+        scale,
+    )
+}
+
+/// `dst (m×n) += lhs (m×k) · rhs (k×n)` on strided row-major views, on every rayon thread;
+/// `dst` is contiguous (row stride `n`).
+unsafe fn gemm_accumulate(
+    dims: (usize, usize, usize),
+    dst: *mut f32,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+) {
+    gemm_with(
+        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        dims,
+        (dst, dims.1, true),
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+        1.0,
+    )
+}
+
+/// `gemm::gemm` on row-major views: `dst` is (pointer, row stride, accumulate), `lhs` and
+/// `rhs` are (pointer, (row stride, column stride)), in elements.
+unsafe fn gemm_with(
+    parallelism: gemm::Parallelism,
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, accumulate): (*mut f32, usize, bool),
+    (lhs, (lhs_rs, lhs_cs)): (*const f32, (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (*const f32, (usize, usize)),
     scale: f32,
 ) {
     gemm::gemm(
@@ -298,41 +338,7 @@ unsafe fn gemm_strided(
         false,
         false,
         false,
-        gemm::Parallelism::None,
-    )
-}
-
-/// `dst (m×n) += lhs (m×k) · rhs (k×n)` on strided row-major views, on every rayon thread.
-/// Strides are `(row, column)` in elements; `dst` is contiguous with row stride `n`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_accumulate(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        n as isize,
-        true,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        parallelism,
     )
 }
 
