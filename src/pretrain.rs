@@ -1315,12 +1315,12 @@ pub fn run_with(
         run_on(ctx, progress, stop_at, &device)
     }
     #[cfg(not(feature = "cuda"))]
-    {
+    crate::model::kernels::on_pool_thread(|| {
         let device = dfdx::tensor::Cpu::seed_from_u64(ctx.seed(Stage::Pretrain, &[1]));
         // Reuse freed buffers: without the cache every step page-faults its activations anew.
         dfdx::tensor::Cache::enable_cache(&device);
         run_on(ctx, progress, stop_at, &device)
-    }
+    })
 }
 
 /// [`run_with`] on a given device.
@@ -1620,17 +1620,16 @@ pub fn bench_default_device(
     steps: usize,
 ) -> Result<BenchReport> {
     #[cfg(feature = "cuda")]
-    let device = dfdx::tensor::Cuda::try_build(0, 0)
-        .map_err(|e| Error::Model(format!("cannot open CUDA device 0: {e:?}")))?;
+    {
+        let device = dfdx::tensor::Cuda::try_build(0, 0)
+            .map_err(|e| Error::Model(format!("cannot open CUDA device 0: {e:?}")))?;
+        dfdx::tensor::Cache::enable_cache(&device);
+        bench(model, pretrain, pretrain.train_batch_size, seq_len, steps, &device)
+    }
     #[cfg(not(feature = "cuda"))]
-    let device = dfdx::tensor::Cpu::default();
-    dfdx::tensor::Cache::enable_cache(&device);
-    bench(
-        model,
-        pretrain,
-        pretrain.train_batch_size,
-        seq_len,
-        steps,
-        &device,
-    )
+    crate::model::kernels::on_pool_thread(|| {
+        let device = dfdx::tensor::Cpu::default();
+        dfdx::tensor::Cache::enable_cache(&device);
+        bench(model, pretrain, pretrain.train_batch_size, seq_len, steps, &device)
+    })
 }

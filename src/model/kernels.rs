@@ -19,6 +19,15 @@ use rayon::prelude::*;
 
 use super::{Matrix, Vector};
 
+/// Runs `f` on one of rayon's worker threads and waits for it. The CPU kernels fork and join
+/// hundreds of times per training step; started from a worker, each fork begins on the
+/// calling thread while the other workers steal, instead of waking the pool from outside and
+/// sleeping until it is done: 8% of a BERT-mini training step on two cores
+/// (docs/benchmarks.md). Stages call it around their training loops; nested calls run inline.
+pub fn on_pool_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// A dfdx device with BERT's fused kernels. Inputs are contiguous `[rows, cols]` matrices
 /// (every call site passes the fresh output of a matmul, an add or another kernel).
 pub trait BertDevice: Device<f32> {
