@@ -144,6 +144,53 @@ fn layer_norm_matches_the_composition() {
 }
 
 #[test]
+fn residual_layer_norm_matches_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    // More rows than one parallel block; a dropout mask with zeros and 1/(1-p) entries.
+    let (rows, cols) = (131, 11);
+    let x = matrix(&dev, random(&mut rng, rows * cols, 3.0), (rows, cols));
+    let r = matrix(&dev, random(&mut rng, rows * cols, 2.0), (rows, cols));
+    let gamma = vector(&dev, random(&mut rng, cols, 1.0));
+    let beta = vector(&dev, random(&mut rng, cols, 1.0));
+    let keep: Vec<f32> = (0..rows * cols)
+        .map(|_| if rng.gen_bool(0.1) { 0.0 } else { 1.0 / 0.9 })
+        .collect();
+    let w = random(&mut rng, rows * cols, 1.0);
+    for mask in [Some(keep), None] {
+        let run = |fused: bool| {
+            let (xt, rt) = (x.leaky_trace(), r.leaky_trace());
+            let out = if fused {
+                <Cpu as BertDevice>::residual_layer_norm(xt, rt, mask.clone(), &gamma, &beta, 1e-12)
+            } else {
+                composed::residual_layer_norm(xt, rt, mask.clone(), &gamma, &beta, 1e-12)
+            };
+            let values = out.as_vec();
+            let g = project(out, &w);
+            (
+                values,
+                g.get(&x).as_vec(),
+                g.get(&r).as_vec(),
+                g.get(&gamma).as_vec(),
+                g.get(&beta).as_vec(),
+            )
+        };
+        let (fused, reference) = (run(true), run(false));
+        let what = if mask.is_some() { "with dropout" } else { "no dropout" };
+        assert_close(&format!("residual_layer_norm value, {what}"), &fused.0, &reference.0);
+        assert_close(&format!("residual_layer_norm dx, {what}"), &fused.1, &reference.1);
+        assert_close(&format!("residual_layer_norm dresidual, {what}"), &fused.2, &reference.2);
+        assert_close(&format!("residual_layer_norm dgamma, {what}"), &fused.3, &reference.3);
+        assert_close(&format!("residual_layer_norm dbeta, {what}"), &fused.4, &reference.4);
+        if mask.is_some() {
+            // Dropped positions pass no gradient to x, but still to the residual.
+            assert!(fused.1.iter().filter(|g| **g == 0.0).count() > rows * cols / 20);
+            assert!(fused.2.iter().all(|g| *g != 0.0));
+        }
+    }
+}
+
+#[test]
 fn gelu_and_dropout_match_the_composition() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(3);

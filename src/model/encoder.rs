@@ -85,8 +85,9 @@ impl<D: BertDevice> BertSelfOutput<D> {
         input_tensor: Matrix<D, T>,
         mode: &mut Mode,
     ) -> Matrix<D, T> {
-        let x = mode.dropout(self.dense.forward(hidden_states), self.dropout_prob);
-        self.layer_norm.forward(x + input_tensor)
+        let x = self.dense.forward(hidden_states);
+        self.layer_norm
+            .forward_residual(x, input_tensor, self.dropout_prob, mode)
     }
 }
 
@@ -169,8 +170,9 @@ impl<D: BertDevice> BertOutput<D> {
         input_tensor: Matrix<D, T>,
         mode: &mut Mode,
     ) -> Matrix<D, T> {
-        let x = mode.dropout(self.dense.forward(intermediate), self.dropout_prob);
-        self.layer_norm.forward(x + input_tensor)
+        let x = self.dense.forward(intermediate);
+        self.layer_norm
+            .forward_residual(x, input_tensor, self.dropout_prob, mode)
     }
 }
 

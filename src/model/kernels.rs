@@ -56,6 +56,19 @@ pub trait BertDevice: Device<f32> {
         composed::layer_norm(x, weight, bias, eps)
     }
 
+    /// `LayerNorm(x ⊙ keep_scale + residual)`: the end of every BERT sub-layer (dropout,
+    /// residual add, LayerNorm) in one op; `keep_scale` is a dropout mask, `None` for none.
+    fn residual_layer_norm<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        residual: Matrix<Self, T>,
+        keep_scale: Option<Vec<f32>>,
+        weight: &Vector<Self>,
+        bias: &Vector<Self>,
+        eps: f64,
+    ) -> Matrix<Self, T> {
+        composed::residual_layer_norm(x, residual, keep_scale, weight, bias, eps)
+    }
+
     /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
     fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {
         composed::gelu(x)
@@ -127,6 +140,22 @@ pub mod composed {
         let gamma = weight.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
         let beta = bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
         x * gamma + beta
+    }
+
+    /// `LayerNorm(x ⊙ keep_scale + residual)` (dropout, residual add, LayerNorm).
+    pub fn residual_layer_norm<D: Device<f32>, T: Tape<f32, D>>(
+        x: Matrix<D, T>,
+        residual: Matrix<D, T>,
+        keep_scale: Option<Vec<f32>>,
+        weight: &Vector<D>,
+        bias: &Vector<D>,
+        eps: f64,
+    ) -> Matrix<D, T> {
+        let x = match keep_scale {
+            Some(keep) => dropout(x, keep),
+            None => x,
+        };
+        layer_norm(x + residual, weight, bias, eps)
     }
 
     /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
@@ -443,6 +472,108 @@ fn normal_pdf(x: f32) -> f32 {
     (-0.5 * x * x).exp() * INV_SQRT_2PI
 }
 
+/// LayerNorm on the CPU, optionally of `x ⊙ keep_scale + residual` (one pass: no separate
+/// dropout, sum or their gradients), with its backward pass on the merged tape.
+fn cpu_layer_norm<T: Tape<f32, Cpu>>(
+    x: Matrix<Cpu, T>,
+    residual: Option<Matrix<Cpu, T>>,
+    keep_scale: Option<Vec<f32>>,
+    weight: &Vector<Cpu>,
+    bias: &Vector<Cpu>,
+    eps: f64,
+) -> Matrix<Cpu, T> {
+    let (x, tape) = x.split_tape();
+    let (residual, mut tape) = match residual {
+        Some(r) => {
+            let (r, rt) = r.split_tape();
+            (Some(r), tape.merge(rt))
+        }
+        None => (None, tape),
+    };
+    let (rows, cols) = *x.shape();
+    let (gamma, beta) = (host(weight), host(bias));
+    // `xhat` holds x ⊙ keep + residual until it is normalised in place.
+    let mut xhat = host(&x);
+    let rs = residual.as_ref().map(host);
+    let keep = keep_scale.map(std::sync::Arc::new);
+    let mut rstd = vec![0.0f32; rows];
+    let mut y = vec![0.0f32; rows * cols];
+    let n = cols as f32;
+    let block = cols * ROW_BLOCK;
+    xhat.par_chunks_mut(block)
+        .zip(y.par_chunks_mut(block))
+        .zip(rstd.par_chunks_mut(ROW_BLOCK))
+        .enumerate()
+        .for_each(|(bi, ((xb, yb), rb))| {
+            let at = bi * block..bi * block + xb.len();
+            if let Some(keep) = &keep {
+                xb.iter_mut().zip(&keep[at.clone()]).for_each(|(v, k)| *v *= k);
+            }
+            if let Some(rs) = &rs {
+                xb.iter_mut().zip(&rs[at]).for_each(|(v, r)| *v += r);
+            }
+            for ((xr, yr), r) in xb.chunks_mut(cols).zip(yb.chunks_mut(cols)).zip(rb) {
+                let mean = xr.iter().sum::<f32>() / n;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                *r = 1.0 / (var + eps as f32).sqrt();
+                for (i, (xv, yv)) in xr.iter_mut().zip(yr.iter_mut()).enumerate() {
+                    *xv = (*xv - mean) * *r;
+                    *yv = *xv * gamma[i] + beta[i];
+                }
+            }
+        });
+    let out = x.device().tensor_from_vec(y, (rows, cols));
+    if T::OWNS_TAPE {
+        let (xg, wg, bg, og) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
+        let rg = residual.as_ref().map(|r| r.ghost());
+        tape.add_backward_op(move |grads| {
+            // The residual's gradient first: its buffer stays put while the others are added.
+            let gr = match &rg {
+                Some(rg) => Some(SharedMut(grad_slices!(grads; *rg).0.as_mut_ptr())),
+                None => None,
+            };
+            let (gx, gw, gb, go) = grad_slices!(grads; xg, wg, bg, og);
+            gx.par_chunks_mut(block)
+                .zip(go.par_chunks(block))
+                .zip(xhat.par_chunks(block))
+                .zip(rstd.par_chunks(ROW_BLOCK))
+                .enumerate()
+                .for_each(|(bi, (((gxb, gob), xb), rb))| {
+                    let base = bi * block;
+                    let rows = gxb.chunks_mut(cols).zip(gob.chunks(cols));
+                    for (ri, ((gxr, gor), (xr, r))) in rows.zip(xb.chunks(cols).zip(rb)).enumerate() {
+                        let (mut a, mut c) = (0.0f32, 0.0f32);
+                        for i in 0..cols {
+                            let d = gor[i] * gamma[i];
+                            a += d;
+                            c += d * xr[i];
+                        }
+                        let (a, c) = (a / n, c / n);
+                        let row = base + ri * cols;
+                        for i in 0..cols {
+                            // d loss / d (x ⊙ keep + residual)
+                            let dz = r * (gor[i] * gamma[i] - a - xr[i] * c);
+                            if let Some(gr) = &gr {
+                                // SAFETY: each task writes only its own rows of gr.
+                                unsafe { *gr.at(row + i) += dz };
+                            }
+                            gxr[i] += match &keep {
+                                Some(keep) => dz * keep[row + i],
+                                None => dz,
+                            };
+                        }
+                    }
+                });
+            let dw = column_sums(rows, cols, |r, c| go[r * cols + c] * xhat[r * cols + c]);
+            let db = column_sums(rows, cols, |r, c| go[r * cols + c]);
+            gw.iter_mut().zip(dw).for_each(|(g, s)| *g += s);
+            gb.iter_mut().zip(db).for_each(|(g, s)| *g += s);
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
 impl BertDevice for Cpu {
     fn linear<T: Tape<f32, Self>>(
         x: Matrix<Self, T>,
@@ -539,59 +670,18 @@ impl BertDevice for Cpu {
         bias: &Vector<Self>,
         eps: f64,
     ) -> Matrix<Self, T> {
-        let (x, mut tape) = x.split_tape();
-        let (rows, cols) = *x.shape();
-        let (gamma, beta) = (host(weight), host(bias));
-        let mut xhat = host(&x);
-        let mut rstd = vec![0.0f32; rows];
-        let mut y = vec![0.0f32; rows * cols];
-        let n = cols as f32;
-        xhat.par_chunks_mut(cols * ROW_BLOCK)
-            .zip(y.par_chunks_mut(cols * ROW_BLOCK))
-            .zip(rstd.par_chunks_mut(ROW_BLOCK))
-            .for_each(|((xb, yb), rb)| {
-                for ((xr, yr), r) in xb.chunks_mut(cols).zip(yb.chunks_mut(cols)).zip(rb) {
-                    let mean = xr.iter().sum::<f32>() / n;
-                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-                    *r = 1.0 / (var + eps as f32).sqrt();
-                    for (i, (xv, yv)) in xr.iter_mut().zip(yr.iter_mut()).enumerate() {
-                        *xv = (*xv - mean) * *r;
-                        *yv = *xv * gamma[i] + beta[i];
-                    }
-                }
-            });
-        let out = x.device().tensor_from_vec(y, (rows, cols));
-        if T::OWNS_TAPE {
-            let (xg, wg, bg, og) = (x.ghost(), weight.ghost(), bias.ghost(), out.ghost());
-            tape.add_backward_op(move |grads| {
-                let (gx, gw, gb, go) = grad_slices!(grads; xg, wg, bg, og);
-                gx.par_chunks_mut(cols * ROW_BLOCK)
-                    .zip(go.par_chunks(cols * ROW_BLOCK))
-                    .zip(xhat.par_chunks(cols * ROW_BLOCK))
-                    .zip(rstd.par_chunks(ROW_BLOCK))
-                    .for_each(|(((gxb, gob), xb), rb)| {
-                        let rows = gxb.chunks_mut(cols).zip(gob.chunks(cols));
-                        for ((gxr, gor), (xr, r)) in rows.zip(xb.chunks(cols).zip(rb)) {
-                            let (mut a, mut c) = (0.0f32, 0.0f32);
-                            for i in 0..cols {
-                                let d = gor[i] * gamma[i];
-                                a += d;
-                                c += d * xr[i];
-                            }
-                            let (a, c) = (a / n, c / n);
-                            for i in 0..cols {
-                                gxr[i] += r * (gor[i] * gamma[i] - a - xr[i] * c);
-                            }
-                        }
-                    });
-                let dw = column_sums(rows, cols, |r, c| go[r * cols + c] * xhat[r * cols + c]);
-                let db = column_sums(rows, cols, |r, c| go[r * cols + c]);
-                gw.iter_mut().zip(dw).for_each(|(g, s)| *g += s);
-                gb.iter_mut().zip(db).for_each(|(g, s)| *g += s);
-                Ok(())
-            });
-        }
-        out.put_tape(tape)
+        cpu_layer_norm(x, None, None, weight, bias, eps)
+    }
+
+    fn residual_layer_norm<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        residual: Matrix<Self, T>,
+        keep_scale: Option<Vec<f32>>,
+        weight: &Vector<Self>,
+        bias: &Vector<Self>,
+        eps: f64,
+    ) -> Matrix<Self, T> {
+        cpu_layer_norm(x, Some(residual), keep_scale, weight, bias, eps)
     }
 
     fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {

@@ -197,6 +197,18 @@ impl<D: BertDevice> LayerNorm<D> {
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
         D::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
+
+    /// `LayerNorm(dropout(x) + residual)`: the end of a BERT sub-layer, as one op.
+    pub fn forward_residual<T: Tape<f32, D>>(
+        &self,
+        x: Matrix<D, T>,
+        residual: Matrix<D, T>,
+        dropout_prob: f64,
+        mode: &mut Mode,
+    ) -> Matrix<D, T> {
+        let keep = mode.dropout_mask(x.shape().num_elements(), dropout_prob);
+        D::residual_layer_norm(x, residual, keep, &self.weight, &self.bias, self.eps)
+    }
 }
 
 /// `torch.nn.Embedding`: a `[num_embeddings, dim]` table.
