@@ -176,12 +176,36 @@ fn residual_layer_norm_matches_the_composition() {
             )
         };
         let (fused, reference) = (run(true), run(false));
-        let what = if mask.is_some() { "with dropout" } else { "no dropout" };
-        assert_close(&format!("residual_layer_norm value, {what}"), &fused.0, &reference.0);
-        assert_close(&format!("residual_layer_norm dx, {what}"), &fused.1, &reference.1);
-        assert_close(&format!("residual_layer_norm dresidual, {what}"), &fused.2, &reference.2);
-        assert_close(&format!("residual_layer_norm dgamma, {what}"), &fused.3, &reference.3);
-        assert_close(&format!("residual_layer_norm dbeta, {what}"), &fused.4, &reference.4);
+        let what = if mask.is_some() {
+            "with dropout"
+        } else {
+            "no dropout"
+        };
+        assert_close(
+            &format!("residual_layer_norm value, {what}"),
+            &fused.0,
+            &reference.0,
+        );
+        assert_close(
+            &format!("residual_layer_norm dx, {what}"),
+            &fused.1,
+            &reference.1,
+        );
+        assert_close(
+            &format!("residual_layer_norm dresidual, {what}"),
+            &fused.2,
+            &reference.2,
+        );
+        assert_close(
+            &format!("residual_layer_norm dgamma, {what}"),
+            &fused.3,
+            &reference.3,
+        );
+        assert_close(
+            &format!("residual_layer_norm dbeta, {what}"),
+            &fused.4,
+            &reference.4,
+        );
         if mask.is_some() {
             // Dropped positions pass no gradient to x, but still to the residual.
             assert!(fused.1.iter().filter(|g| **g == 0.0).count() > rows * cols / 20);
