@@ -300,6 +300,69 @@ fn attention_matches_the_composition_with_padding_and_dropout() {
 }
 
 #[test]
+fn fused_self_attention_matches_the_composition() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    // Odd sizes, padding in two sequences, more rows than one parallel block of the bias fill.
+    let (batch, seq, heads, head_size) = (13, 7, 3, 2);
+    let hidden = heads * head_size;
+    let rows = batch * seq;
+    let x = matrix(&dev, random(&mut rng, rows * hidden, 2.0), (rows, hidden));
+    let weights: Vec<Matrix<Cpu>> = (0..3)
+        .map(|_| {
+            matrix(
+                &dev,
+                random(&mut rng, hidden * hidden, 1.0),
+                (hidden, hidden),
+            )
+        })
+        .collect();
+    let biases: Vec<Vector<Cpu>> = (0..3)
+        .map(|_| vector(&dev, random(&mut rng, hidden, 1.0)))
+        .collect();
+    let bias: Vec<f32> = (0..rows)
+        .map(|r| match r / seq {
+            1 if r % seq >= 4 => -10000.0,
+            5 if r % seq >= 6 => -10000.0,
+            _ => 0.0,
+        })
+        .collect();
+    let bias = matrix(&dev, bias, (batch, seq));
+    let w = random(&mut rng, rows * hidden, 1.0);
+    let keep: Vec<f32> = (0..batch * heads * seq * seq)
+        .map(|_| if rng.gen_bool(0.2) { 0.0 } else { 1.25 })
+        .collect();
+    for dropout in [None, Some(keep)] {
+        let run = |fused: bool| {
+            let xt = x.leaky_trace();
+            let ws = [&weights[0], &weights[1], &weights[2]];
+            let bs = [&biases[0], &biases[1], &biases[2]];
+            let out = if fused {
+                <Cpu as BertDevice>::self_attention(xt, ws, bs, &bias, heads, dropout.clone())
+            } else {
+                composed::self_attention(xt, ws, bs, &bias, heads, dropout.clone())
+            };
+            let values = out.as_vec();
+            let g = project(out, &w);
+            let mut all = vec![values, g.get(&x).as_vec()];
+            all.extend(weights.iter().map(|t| g.get(t).as_vec()));
+            all.extend(biases.iter().map(|t| g.get(t).as_vec()));
+            all
+        };
+        let (fused, reference) = (run(true), run(false));
+        let label = if dropout.is_some() {
+            "with dropout"
+        } else {
+            "no dropout"
+        };
+        let names = ["value", "dx", "dWq", "dWk", "dWv", "dbq", "dbk", "dbv"];
+        for ((name, f), r) in names.iter().zip(&fused).zip(&reference) {
+            assert_close(&format!("self_attention {name} {label}"), f, r);
+        }
+    }
+}
+
+#[test]
 fn label_log_probs_match_the_composition() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(5);

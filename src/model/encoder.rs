@@ -49,11 +49,16 @@ impl<D: BertDevice> BertSelfAttention<D> {
         let _span = tracing::span!(tracing::Level::TRACE, "self-attn").entered();
         let (b, s) = (inputs.batch, inputs.seq_len);
         let heads = self.num_attention_heads;
-        let q = self.query.forward(hidden_states.with_empty_tape());
-        let k = self.key.forward(hidden_states.with_empty_tape());
-        let v = self.value.forward(hidden_states);
         let dropout = mode.dropout_mask(b * heads * s * s, self.dropout_prob);
-        D::attention(q, k, v, &inputs.attention_bias, heads, dropout)
+        let (q, k, v) = (&self.query, &self.key, &self.value);
+        D::self_attention(
+            hidden_states,
+            [&q.weight, &k.weight, &v.weight],
+            [&q.bias, &k.bias, &v.bias],
+            &inputs.attention_bias,
+            heads,
+            dropout,
+        )
     }
 }
 

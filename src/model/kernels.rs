@@ -13,7 +13,9 @@
 //! resumed run still reproduces an uninterrupted one bit for bit.
 
 use dfdx::shapes::{Axes2, Axes4, Axis, HasShape, Shape};
-use dfdx::tensor::{Cache, Cpu, NoneTape, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
+use dfdx::tensor::{
+    Cache, Cpu, NoneTape, PutTape, SplitTape, Tape, Tensor, TensorFromVec, WithEmptyTape,
+};
 use dfdx::tensor_ops::{BroadcastTo, Device, MaxTo, PermuteTo, ReshapeTo, SelectTo, TryMatMul};
 use rayon::prelude::*;
 
@@ -92,6 +94,24 @@ pub trait BertDevice: Device<f32> {
         dropout: Option<Vec<f32>>,
     ) -> Matrix<Self, T> {
         composed::attention(q, k, v, attention_bias, heads, dropout)
+    }
+
+    /// BERT's self-attention from the layer input `x`: `Q, K, V = x Wᵀ + b` for the query,
+    /// key and value weights and biases (in that order), then [`attention`](Self::attention).
+    fn self_attention<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weights: [&Matrix<Self>; 3],
+        biases: [&Vector<Self>; 3],
+        attention_bias: &Matrix<Self>,
+        heads: usize,
+        dropout: Option<Vec<f32>>,
+    ) -> Matrix<Self, T> {
+        let [wq, wk, wv] = weights;
+        let [bq, bk, bv] = biases;
+        let q = Self::linear(x.with_empty_tape(), wq, bq);
+        let k = Self::linear(x.with_empty_tape(), wk, bk);
+        let v = Self::linear(x, wv, bv);
+        Self::attention(q, k, v, attention_bias, heads, dropout)
     }
 
     /// `log_softmax(logits)[i, labels[i]]` for every row (the MLM loss terms), and for every
@@ -211,6 +231,21 @@ pub mod composed {
             .matmul(v)
             .permute::<_, Axes4<0, 2, 1, 3>>()
             .reshape_like(&(b * s, hidden))
+    }
+
+    /// Self-attention from the layer input: Q, K, V projections, then [`attention`].
+    pub fn self_attention<D: Device<f32>, T: Tape<f32, D>>(
+        x: Matrix<D, T>,
+        [wq, wk, wv]: [&Matrix<D>; 3],
+        [bq, bk, bv]: [&Vector<D>; 3],
+        attention_bias: &Matrix<D>,
+        heads: usize,
+        dropout: Option<Vec<f32>>,
+    ) -> Matrix<D, T> {
+        let q = linear(x.with_empty_tape(), wq, bq);
+        let k = linear(x.with_empty_tape(), wk, bk);
+        let v = linear(x, wv, bv);
+        attention(q, k, v, attention_bias, heads, dropout)
     }
 
     /// `log_softmax(logits)[i, labels[i]]` per row, and whether each label is the row's max.
@@ -507,7 +542,9 @@ fn cpu_layer_norm<T: Tape<f32, Cpu>>(
         .for_each(|(bi, ((xb, yb), rb))| {
             let at = bi * block..bi * block + xb.len();
             if let Some(keep) = &keep {
-                xb.iter_mut().zip(&keep[at.clone()]).for_each(|(v, k)| *v *= k);
+                xb.iter_mut()
+                    .zip(&keep[at.clone()])
+                    .for_each(|(v, k)| *v *= k);
             }
             if let Some(rs) = &rs {
                 xb.iter_mut().zip(&rs[at]).for_each(|(v, r)| *v += r);
@@ -541,7 +578,8 @@ fn cpu_layer_norm<T: Tape<f32, Cpu>>(
                 .for_each(|(bi, (((gxb, gob), xb), rb))| {
                     let base = bi * block;
                     let rows = gxb.chunks_mut(cols).zip(gob.chunks(cols));
-                    for (ri, ((gxr, gor), (xr, r))) in rows.zip(xb.chunks(cols).zip(rb)).enumerate() {
+                    for (ri, ((gxr, gor), (xr, r))) in rows.zip(xb.chunks(cols).zip(rb)).enumerate()
+                    {
                         let (mut a, mut c) = (0.0f32, 0.0f32);
                         for i in 0..cols {
                             let d = gor[i] * gamma[i];
@@ -572,6 +610,215 @@ fn cpu_layer_norm<T: Tape<f32, Cpu>>(
         });
     }
     out.put_tape(tape)
+}
+
+/// Sizes and layout of one multi-head attention: `b` sequences of `s` tokens, `heads` heads
+/// of `d` columns. Q, K and V are `[b * s, *]` row-major matrices with row stride `ld`
+/// (`hidden` when they are separate tensors, `3 hidden` when they are the column ranges of
+/// one fused projection); the context and its gradient have row stride `hidden`.
+#[derive(Debug, Clone, Copy)]
+struct AttentionShape {
+    b: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    hidden: usize,
+    ld: usize,
+}
+
+impl AttentionShape {
+    fn new(b: usize, s: usize, heads: usize, hidden: usize, ld: usize) -> Self {
+        AttentionShape {
+            b,
+            s,
+            heads,
+            d: hidden / heads,
+            hidden,
+            ld,
+        }
+    }
+
+    /// Offsets of task `task`'s (sequence, head) block in Q/K/V and in the context.
+    fn blocks(&self, task: usize) -> (usize, usize) {
+        let (bi, hi) = (task / self.heads, task % self.heads);
+        (
+            bi * self.s * self.ld + hi * self.d,
+            bi * self.s * self.hidden + hi * self.d,
+        )
+    }
+
+    /// `(probabilities [b, heads, s, s], context [b * s, hidden])`. `qkv` are Q, K and V, each
+    /// starting at its first element with row stride `ld`; `bias` is `(b, s)`; `keep` a
+    /// keep-scale mask over the probabilities. One task per (sequence, head): scores,
+    /// softmax, dropout, probabilities × values.
+    fn forward(
+        &self,
+        [qs, ks, vs]: [&[f32]; 3],
+        bias: &[f32],
+        keep: Option<&[f32]>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let AttentionShape {
+            b,
+            s,
+            heads,
+            d,
+            hidden,
+            ld,
+        } = *self;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut probs = vec![0.0f32; b * heads * s * s];
+        let mut context = vec![0.0f32; b * s * hidden];
+        let ctx = SharedMut(context.as_mut_ptr());
+        probs.par_chunks_mut(s * s).enumerate().for_each_init(
+            || vec![0.0f32; s * s],
+            |dropped, (task, p)| {
+                let (block, out_block) = self.blocks(task);
+                // SAFETY: in-bounds views of q, k, v; each task writes only its own
+                // (sequence, head) block of `context`.
+                unsafe {
+                    gemm_strided(
+                        (s, s, d),
+                        p.as_mut_ptr(),
+                        s,
+                        false,
+                        qs.as_ptr().add(block),
+                        (ld, 1),
+                        ks.as_ptr().add(block),
+                        (1, ld),
+                        scale,
+                    );
+                }
+                let bi = task / heads;
+                let key_bias = &bias[bi * s..(bi + 1) * s];
+                for row in p.chunks_mut(s) {
+                    let mut max = f32::NEG_INFINITY;
+                    for (x, kb) in row.iter_mut().zip(key_bias) {
+                        *x += kb;
+                        max = max.max(*x);
+                    }
+                    let mut sum = 0.0f32;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+                let keep = keep.map(|k| &k[task * s * s..(task + 1) * s * s]);
+                let used = dropped_probs(p, keep, dropped);
+                unsafe {
+                    gemm_strided(
+                        (s, d, s),
+                        ctx.at(out_block),
+                        hidden,
+                        false,
+                        used.as_ptr(),
+                        (s, 1),
+                        vs.as_ptr().add(block),
+                        (ld, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        (probs, context)
+    }
+
+    /// Adds the gradients of Q, K and V to `targets` (layout as `qkv`, row stride `ld`),
+    /// given the forward pass's inputs and probabilities and the context's gradient `go`.
+    ///
+    /// # Safety
+    /// Each target must point at a buffer with Q's layout (row stride `ld`, `b * s` rows),
+    /// and no other thread may access those elements meanwhile.
+    unsafe fn backward(
+        &self,
+        [qs, ks, vs]: [&[f32]; 3],
+        probs: &[f32],
+        keep: Option<&[f32]>,
+        go: &[f32],
+        [gq, gk, gv]: [SharedMut; 3],
+    ) {
+        let AttentionShape {
+            b,
+            s,
+            heads,
+            d,
+            hidden,
+            ld,
+        } = *self;
+        let scale = 1.0 / (d as f32).sqrt();
+        (0..b * heads).into_par_iter().for_each_init(
+            || (vec![0.0f32; s * s], vec![0.0f32; s * s]),
+            |(dropped, dp), task| {
+                let (block, out_block) = self.blocks(task);
+                let p = &probs[task * s * s..(task + 1) * s * s];
+                let keep = keep.map(|k| &k[task * s * s..(task + 1) * s * s]);
+                let used = dropped_probs(p, keep, dropped);
+                // SAFETY: each task reads shared inputs and writes only its own
+                // (sequence, head) blocks of gq, gk, gv.
+                unsafe {
+                    // dV += P_droppedᵀ dO
+                    gemm_strided(
+                        (s, d, s),
+                        gv.at(block),
+                        ld,
+                        true,
+                        used.as_ptr(),
+                        (1, s),
+                        go.as_ptr().add(out_block),
+                        (hidden, 1),
+                        1.0,
+                    );
+                    // dP_dropped = dO Vᵀ
+                    gemm_strided(
+                        (s, s, d),
+                        dp.as_mut_ptr(),
+                        s,
+                        false,
+                        go.as_ptr().add(out_block),
+                        (hidden, 1),
+                        vs.as_ptr().add(block),
+                        (1, ld),
+                        1.0,
+                    );
+                }
+                if let Some(keep) = keep {
+                    dp.iter_mut().zip(keep).for_each(|(g, k)| *g *= k);
+                }
+                // Softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)).
+                for (g, p) in dp.chunks_mut(s).zip(p.chunks(s)) {
+                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                    g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+                }
+                unsafe {
+                    // dQ += scale · dS K
+                    gemm_strided(
+                        (s, d, s),
+                        gq.at(block),
+                        ld,
+                        true,
+                        dp.as_ptr(),
+                        (s, 1),
+                        ks.as_ptr().add(block),
+                        (ld, 1),
+                        scale,
+                    );
+                    // dK += scale · dSᵀ Q
+                    gemm_strided(
+                        (s, d, s),
+                        gk.at(block),
+                        ld,
+                        true,
+                        dp.as_ptr(),
+                        (1, s),
+                        qs.as_ptr().add(block),
+                        (ld, 1),
+                        scale,
+                    );
+                }
+            },
+        );
+    }
 }
 
 impl BertDevice for Cpu {
@@ -712,151 +959,110 @@ impl BertDevice for Cpu {
         let mut tape = tq.merge(tk).merge(tv);
         let (b, s) = *attention_bias.shape();
         let hidden = q.shape().1;
-        let d = hidden / heads;
-        let scale = 1.0 / (d as f32).sqrt();
+        let shape = AttentionShape::new(b, s, heads, hidden, hidden);
         let (qs, ks, vs, bias) = (host(&q), host(&k), host(&v), host(attention_bias));
-        let mut probs = vec![0.0f32; b * heads * s * s];
-        let mut context = vec![0.0f32; b * s * hidden];
-        let ctx = SharedMut(context.as_mut_ptr());
-        // One task per (sequence, head): scores, softmax, dropout, probabilities × values.
-        probs.par_chunks_mut(s * s).enumerate().for_each_init(
-            || vec![0.0f32; s * s],
-            |dropped, (task, p)| {
-                let (bi, hi) = (task / heads, task % heads);
-                let block = bi * s * hidden + hi * d;
-                // SAFETY: in-bounds views of q, k, v; each task writes only its own
-                // (sequence, head) block of `context`.
-                unsafe {
-                    gemm_strided(
-                        (s, s, d),
-                        p.as_mut_ptr(),
-                        s,
-                        false,
-                        qs.as_ptr().add(block),
-                        (hidden, 1),
-                        ks.as_ptr().add(block),
-                        (1, hidden),
-                        scale,
-                    );
-                }
-                let key_bias = &bias[bi * s..(bi + 1) * s];
-                for row in p.chunks_mut(s) {
-                    let mut max = f32::NEG_INFINITY;
-                    for (x, kb) in row.iter_mut().zip(key_bias) {
-                        *x += kb;
-                        max = max.max(*x);
-                    }
-                    let mut sum = 0.0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
-                let keep = dropout
-                    .as_ref()
-                    .map(|k| &k[task * s * s..(task + 1) * s * s]);
-                let used = dropped_probs(p, keep, dropped);
-                unsafe {
-                    gemm_strided(
-                        (s, d, s),
-                        ctx.at(block),
-                        hidden,
-                        false,
-                        used.as_ptr(),
-                        (s, 1),
-                        vs.as_ptr().add(block),
-                        (hidden, 1),
-                        1.0,
-                    );
-                }
-            },
-        );
+        let qkv = [qs.as_slice(), ks.as_slice(), vs.as_slice()];
+        let (probs, context) = shape.forward(qkv, &bias, dropout.as_deref());
         let out = q.device().tensor_from_vec(context, (b * s, hidden));
         if T::OWNS_TAPE {
             let (qg, kg, vg, og) = (q.ghost(), k.ghost(), v.ghost(), out.ghost());
             tape.add_backward_op(move |grads| {
                 let (gq, gk, gv, go) = grad_slices!(grads; qg, kg, vg, og);
-                let (gq, gk, gv) = (
-                    SharedMut(gq.as_mut_ptr()),
-                    SharedMut(gk.as_mut_ptr()),
-                    SharedMut(gv.as_mut_ptr()),
-                );
-                (0..b * heads).into_par_iter().for_each_init(
-                    || (vec![0.0f32; s * s], vec![0.0f32; s * s]),
-                    |(dropped, dp), task| {
-                        let (bi, hi) = (task / heads, task % heads);
-                        let block = bi * s * hidden + hi * d;
-                        let p = &probs[task * s * s..(task + 1) * s * s];
-                        let keep = dropout
-                            .as_ref()
-                            .map(|k| &k[task * s * s..(task + 1) * s * s]);
-                        let used = dropped_probs(p, keep, dropped);
-                        // SAFETY: each task reads shared inputs and writes only its own
-                        // (sequence, head) blocks of gq, gk, gv.
-                        unsafe {
-                            // dV += P_droppedᵀ dO
-                            gemm_strided(
-                                (s, d, s),
-                                gv.at(block),
-                                hidden,
-                                true,
-                                used.as_ptr(),
-                                (1, s),
-                                go.as_ptr().add(block),
-                                (hidden, 1),
-                                1.0,
-                            );
-                            // dP_dropped = dO Vᵀ
-                            gemm_strided(
-                                (s, s, d),
-                                dp.as_mut_ptr(),
-                                s,
-                                false,
-                                go.as_ptr().add(block),
-                                (hidden, 1),
-                                vs.as_ptr().add(block),
-                                (1, hidden),
-                                1.0,
-                            );
-                        }
-                        if let Some(keep) = keep {
-                            dp.iter_mut().zip(keep).for_each(|(g, k)| *g *= k);
-                        }
-                        // Softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)).
-                        for (g, p) in dp.chunks_mut(s).zip(p.chunks(s)) {
-                            let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
-                            g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
-                        }
-                        unsafe {
-                            // dQ += scale · dS K
-                            gemm_strided(
-                                (s, d, s),
-                                gq.at(block),
-                                hidden,
-                                true,
-                                dp.as_ptr(),
-                                (s, 1),
-                                ks.as_ptr().add(block),
-                                (hidden, 1),
-                                scale,
-                            );
-                            // dK += scale · dSᵀ Q
-                            gemm_strided(
-                                (s, d, s),
-                                gk.at(block),
-                                hidden,
-                                true,
-                                dp.as_ptr(),
-                                (1, s),
-                                qs.as_ptr().add(block),
-                                (hidden, 1),
-                                scale,
-                            );
-                        }
-                    },
-                );
+                let qkv = [qs.as_slice(), ks.as_slice(), vs.as_slice()];
+                let grads = [gq, gk, gv].map(|g| SharedMut(g.as_mut_ptr()));
+                // SAFETY: gq, gk, gv have q's `[b * s, hidden]` shape, the layout of `shape`.
+                unsafe { shape.backward(qkv, &probs, dropout.as_deref(), go, grads) };
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+
+    fn self_attention<T: Tape<f32, Self>>(
+        x: Matrix<Self, T>,
+        weights: [&Matrix<Self>; 3],
+        biases: [&Vector<Self>; 3],
+        attention_bias: &Matrix<Self>,
+        heads: usize,
+        dropout: Option<Vec<f32>>,
+    ) -> Matrix<Self, T> {
+        let (x, mut tape) = x.split_tape();
+        let (rows, hidden) = *x.shape();
+        let (b, s) = *attention_bias.shape();
+        let ld = 3 * hidden;
+        let shape = AttentionShape::new(b, s, heads, hidden, ld);
+        let xs = host(&x);
+        let bias = host(attention_bias);
+        // [Wq; Wk; Wv] as one [3 hidden, hidden] weight and [bq, bk, bv] as one bias: Q, K and
+        // V come out of one product as the column ranges of a [rows, 3 hidden] matrix.
+        let w: Vec<f32> = weights.iter().flat_map(|w| host(*w)).collect();
+        let bcat: Vec<f32> = biases.iter().flat_map(|b| host(*b)).collect();
+        let mut qkv = vec![0.0f32; rows * ld];
+        qkv.par_chunks_mut(ld * ROW_BLOCK).for_each(|block| {
+            block
+                .chunks_mut(ld)
+                .for_each(|row| row.copy_from_slice(&bcat));
+        });
+        // SAFETY: qkv is [rows, 3 hidden], xs [rows, hidden], w [3 hidden, hidden].
+        unsafe {
+            gemm_accumulate(
+                (rows, ld, hidden),
+                qkv.as_mut_ptr(),
+                xs.as_ptr(),
+                (hidden, 1),
+                w.as_ptr(),
+                (1, hidden),
+            )
+        };
+        let split = [&qkv[..], &qkv[hidden..], &qkv[2 * hidden..]];
+        let (probs, context) = shape.forward(split, &bias, dropout.as_deref());
+        let out = x.device().tensor_from_vec(context, (rows, hidden));
+        if T::OWNS_TAPE {
+            let (xg, og) = (x.ghost(), out.ghost());
+            let wg = weights.map(|w| w.ghost());
+            let bg = biases.map(|b| b.ghost());
+            tape.add_backward_op(move |grads| {
+                let (gx, gwq, gwk, gwv, gbq, gbk, gbv, go) =
+                    grad_slices!(grads; xg, wg[0], wg[1], wg[2], bg[0], bg[1], bg[2], og);
+                let split = [&qkv[..], &qkv[hidden..], &qkv[2 * hidden..]];
+                // d[Q K V], the same [rows, 3 hidden] layout as qkv.
+                let mut dqkv = vec![0.0f32; rows * ld];
+                let base = dqkv.as_mut_ptr();
+                // SAFETY: dqkv is [rows, 3 hidden]: Q, K, V's gradients at column offsets
+                // 0, hidden and 2 hidden with row stride 3 hidden, the layout of `shape`.
+                unsafe {
+                    let targets = [0, hidden, 2 * hidden].map(|c| SharedMut(base.add(c)));
+                    shape.backward(split, &probs, dropout.as_deref(), go, targets);
+                }
+                let mut dw = vec![0.0f32; ld * hidden];
+                // SAFETY: buffer sizes as in the forward pass; dw is [3 hidden, hidden].
+                unsafe {
+                    // dx += d[QKV] · [Wq; Wk; Wv]: [rows, 3h] · [3h, h]
+                    gemm_accumulate(
+                        (rows, hidden, ld),
+                        gx.as_mut_ptr(),
+                        dqkv.as_ptr(),
+                        (ld, 1),
+                        w.as_ptr(),
+                        (hidden, 1),
+                    );
+                    // d[Wq; Wk; Wv] = d[QKV]ᵀ · x: [3h, rows] · [rows, h]
+                    gemm_accumulate(
+                        (ld, hidden, rows),
+                        dw.as_mut_ptr(),
+                        dqkv.as_ptr(),
+                        (1, ld),
+                        xs.as_ptr(),
+                        (hidden, 1),
+                    );
+                }
+                for (g, d) in [gwq, gwk, gwv].into_iter().zip(dw.chunks(hidden * hidden)) {
+                    add_assign(g, d);
+                }
+                let db = column_sums(rows, ld, |r, c| dqkv[r * ld + c]);
+                for (g, d) in [gbq, gbk, gbv].into_iter().zip(db.chunks(hidden)) {
+                    add_assign(g, d);
+                }
                 Ok(())
             });
         }
