@@ -25,6 +25,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "benchmark: run with `just bench-finetune`"]
 fn bench_sequence_classification_throughput() {
+    // As the finetune stage runs: on a rayon worker (`on_pool_thread`).
+    let report = bertline::model::kernels::on_pool_thread(measure);
+    println!("{report}");
+}
+
+/// Times training steps and inference batches; the JSON line `just bench-finetune` prints.
+fn measure() -> serde_json::Value {
     let steps: usize = std::env::var("BENCH_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -78,9 +85,7 @@ fn bench_sequence_classification_throughput() {
         }
     }
     let (train_s, infer_s) = (median(train), median(infer));
-    println!(
-        "{}",
-        serde_json::json!({
+    serde_json::json!({
             "framework": "bertline (dfdx cpu)",
             "threads": rayon::current_num_threads(),
             "model": {"layers": 2, "hidden": 128, "heads": 2, "intermediate": 512, "vocab": 8192},
@@ -91,6 +96,5 @@ fn bench_sequence_classification_throughput() {
             "train_examples_per_s": BATCH as f64 / train_s,
             "inference_batch_median_s": infer_s,
             "inference_examples_per_s": BATCH as f64 / infer_s,
-        })
-    );
+    })
 }
