@@ -329,13 +329,13 @@ impl StageCtx {
     /// Loads the config profile, opens (and locks) the run's manifest, sizes the thread pool.
     pub fn open(options: StageOptions) -> Result<StageCtx> {
         let loaded = load_config(&options.config, &options.profile)?;
-        let threads = loaded.config.run.threads;
-        if threads > 0 {
-            // Fails only if a pool already exists (tests): then the existing one is used.
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build_global();
-        }
+        // `threads` 0 = one per core. Training loops run on these threads
+        // (`model::kernels::on_pool_thread`), so they get a main thread's stack size.
+        // Fails only if a pool already exists (tests): then the existing one is used.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(loaded.config.run.threads)
+            .stack_size(8 << 20)
+            .build_global();
         let manifest = Manifest::open(&loaded.run_dir())?;
         Ok(StageCtx {
             loaded,
