@@ -7,7 +7,9 @@
 //!
 //! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
 //! input file on its own (rayon over files; the "other document" comes from the same file),
-//! so peak memory is one file per thread, not the corpus. Every random stream is a
+//! so peak memory is one file per thread, not the corpus. Google pools every document of
+//! every file instead; here only the files with a single document (a book without blank
+//! lines) are pooled, as one extra unit paired after the rest. Every random stream is a
 //! [`ChaCha8Rng`] seeded from `(random_seed, stage, file, dupe)` by [`seeded_rng`], so the
 //! output is bit-identical whatever the thread count.
 //!
@@ -400,9 +402,16 @@ pub fn tokenize_corpus_file(
     path: &Path,
     tokenize: &TokenizeFn<'_>,
 ) -> Result<(Vec<Document>, u64)> {
-    let text = read_corpus_file(path)?;
-    let documents = tokenize_documents(&corpus::documents(&text), tokenize)?;
+    let (documents, input_bytes) = tokenize_corpus_text(path, tokenize)?;
     check_document_count(path, documents.len())?;
+    Ok((documents, input_bytes))
+}
+
+/// [`tokenize_corpus_file`] without the document count check (the driver pools files with
+/// fewer than two documents).
+fn tokenize_corpus_text(path: &Path, tokenize: &TokenizeFn<'_>) -> Result<(Vec<Document>, u64)> {
+    let text = corpus::read_corpus(path)?;
+    let documents = tokenize_documents(&corpus::documents(&text), tokenize)?;
     Ok((documents, text.len() as u64))
 }
 
@@ -512,6 +521,11 @@ pub fn create_training_pairs_at_lengths(
 }
 
 /// Pairs every file at every length (`None`: `cfg.max_seq_length`, unnamed shards).
+///
+/// A file with two or more documents is paired on its own. Files with fewer (a book with
+/// no blank lines in it, say) cannot draw a random next sentence from themselves, so their
+/// documents are pooled, in input order, and paired together after the others as one unit
+/// named after the first pooled file ([`pool_one_document_files`]).
 fn pair_files(
     input_files: &[PathBuf],
     cfg: &PairsConfig,
@@ -537,55 +551,141 @@ fn pair_files(
         .map(|p| std::fs::metadata(p).map(|m| m.len()).at(p))
         .sum::<Result<u64>>()?;
     progress.start("pairs", total_bytes);
-    let per_file = input_files
+    let one_document_files = Mutex::new(Vec::new());
+    let mut per_unit = input_files
         .par_iter()
         .enumerate()
         .map(|(file_index, path)| {
-            let (documents, input_bytes) = tokenize_corpus_file(path, tokenize)?;
-            let mut summaries = Vec::with_capacity(lengths.len());
-            for &length in lengths {
-                let cfg = PairsConfig {
-                    max_seq_length: length.unwrap_or(cfg.max_seq_length),
-                    ..cfg.clone()
+            let (documents, input_bytes) = tokenize_corpus_text(path, tokenize)?;
+            let summaries = if documents.len() < 2 {
+                let pooled = PooledFile {
+                    file_index,
+                    documents,
+                    input_bytes,
                 };
-                let mut pairs =
-                    create_pairs_from_documents(documents.clone(), file_index, &cfg, random_seed);
-                pairs.summary.input_bytes = input_bytes;
-                log_paired(path, &pairs.summary);
-                emit_shards(
-                    length,
-                    Split::Train,
-                    file_index,
-                    &pairs.train,
-                    cfg.shard_rows,
-                    sink,
-                )?;
-                emit_shards(
-                    length,
-                    Split::Eval,
-                    file_index,
-                    &pairs.eval,
-                    cfg.shard_rows,
-                    sink,
-                )?;
-                summaries.push(pairs.summary);
-            }
+                one_document_files.lock().expect("pool lock").push(pooled);
+                Vec::new()
+            } else {
+                let unit = PairingUnit {
+                    path,
+                    index: file_index,
+                    documents,
+                    files: 1,
+                    input_bytes,
+                };
+                pair_unit(&unit, cfg, lengths, random_seed, sink)?
+            };
             progress.advance(input_bytes);
             Ok(summaries)
         })
         .collect::<Result<Vec<_>>>()?;
+    let pooled = one_document_files.into_inner().expect("pool lock");
+    if let Some(unit) = pool_one_document_files(input_files, pooled)? {
+        per_unit.push(pair_unit(&unit, cfg, lengths, random_seed, sink)?);
+    }
     progress.finish();
     Ok(lengths
         .iter()
         .enumerate()
         .map(|(i, &length)| {
             let mut summary = PairsSummary::default();
-            for file in &per_file {
-                summary.add(&file[i]);
+            for unit in per_unit.iter().filter(|u| !u.is_empty()) {
+                summary.add(&unit[i]);
             }
             (length, summary)
         })
         .collect())
+}
+
+/// Documents pairing draws from together: one file, or the pool of one-document files.
+struct PairingUnit<'a> {
+    /// The (first) file, for logs.
+    path: &'a Path,
+    /// Index in shard names and random seeds: the (first) file's input index.
+    index: usize,
+    documents: Vec<Document>,
+    files: usize,
+    input_bytes: u64,
+}
+
+/// A file with fewer than two documents, waiting for the pool.
+struct PooledFile {
+    file_index: usize,
+    documents: Vec<Document>,
+    input_bytes: u64,
+}
+
+/// The pool of one-document files as one pairing unit, in input order (so the output does
+/// not depend on which thread finished first), or `None` when there are none. A pool of
+/// fewer than 2 documents is an error naming its file.
+fn pool_one_document_files(
+    input_files: &[PathBuf],
+    mut pooled: Vec<PooledFile>,
+) -> Result<Option<PairingUnit<'_>>> {
+    pooled.sort_by_key(|f| f.file_index);
+    let Some(first) = pooled.first() else {
+        return Ok(None);
+    };
+    let path = &input_files[first.file_index];
+    let index = first.file_index;
+    let files = pooled.len();
+    let input_bytes = pooled.iter().map(|f| f.input_bytes).sum();
+    let documents: Vec<Document> = pooled.into_iter().flat_map(|f| f.documents).collect();
+    if documents.len() < 2 {
+        let others = if input_files.len() > 1 {
+            ", and it is the only one-document input file to pool with"
+        } else {
+            ""
+        };
+        return Err(Error::data(
+            path,
+            format!(
+                "only {} document(s){others}: next-sentence sampling needs at least 2; separate documents with a blank line",
+                documents.len()
+            ),
+        ));
+    }
+    if files > 1 {
+        tracing::info!(
+            files,
+            documents = documents.len(),
+            "pooled the one-document files for next-sentence sampling"
+        );
+    }
+    Ok(Some(PairingUnit {
+        path,
+        index,
+        documents,
+        files,
+        input_bytes,
+    }))
+}
+
+/// Pairs one unit at every length and hands its shards to the sink; its counts per length.
+fn pair_unit(
+    unit: &PairingUnit<'_>,
+    cfg: &PairsConfig,
+    lengths: &[Option<usize>],
+    random_seed: u64,
+    sink: &PairSinkFn<'_>,
+) -> Result<Vec<PairsSummary>> {
+    let mut summaries = Vec::with_capacity(lengths.len());
+    for &length in lengths {
+        let cfg = PairsConfig {
+            max_seq_length: length.unwrap_or(cfg.max_seq_length),
+            ..cfg.clone()
+        };
+        let mut pairs =
+            create_pairs_from_documents(unit.documents.clone(), unit.index, &cfg, random_seed);
+        pairs.summary.files = unit.files;
+        pairs.summary.input_bytes = unit.input_bytes;
+        log_paired(unit.path, &pairs.summary);
+        for (split, rows) in [(Split::Train, &pairs.train), (Split::Eval, &pairs.eval)] {
+            emit_shards(length, split, unit.index, rows, cfg.shard_rows, sink)?;
+        }
+        summaries.push(pairs.summary);
+    }
+    Ok(summaries)
 }
 
 /// Artifact kind of the `pairs` stage's shards of `split`.

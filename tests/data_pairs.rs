@@ -195,20 +195,26 @@ fn same_seed_same_pairs_other_seed_other_pairs() {
 // ---- the streaming driver on real text -------------------------------------------------
 
 /// The pipeline's WordPiece vocabulary (8192, uncased), trained once per test binary on
-/// wiki_00.
+/// wiki_00. Training runs on its own rayon pool: tests that pair files on the global pool
+/// wait for this lock on its workers, so training there would deadlock.
 fn wordpiece() -> &'static WordPiece {
     static WORDPIECE: OnceLock<WordPiece> = OnceLock::new();
     WORDPIECE.get_or_init(|| {
-        let wiki = repo_file("datasets/pretrain/wiki_00.txt");
-        let text = std::fs::read_to_string(&wiki).unwrap();
-        let cfg = VocabConfig {
-            vocab_size: 8192,
-            lowercase: true,
-            min_frequency: 2,
-            limit_alphabet: 1000,
-        };
-        train_wordpiece(&cfg, text.lines().filter(|l| !l.trim().is_empty()), &wiki).unwrap()
+        let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+        pool.install(train_test_wordpiece)
     })
+}
+
+fn train_test_wordpiece() -> WordPiece {
+    let wiki = repo_file("datasets/pretrain/wiki_00.txt");
+    let text = std::fs::read_to_string(&wiki).unwrap();
+    let cfg = VocabConfig {
+        vocab_size: 8192,
+        lowercase: true,
+        min_frequency: 2,
+        limit_alphabet: 1000,
+    };
+    train_wordpiece(&cfg, text.lines().filter(|l| !l.trim().is_empty()), &wiki).unwrap()
 }
 
 fn tokenize(lines: &[&str]) -> bertline::Result<Vec<Vec<u32>>> {
@@ -460,4 +466,129 @@ fn missing_file_and_driver_errors_name_the_file() {
         err.to_string().contains(&bad.display().to_string()),
         "{err}"
     );
+}
+
+// ---- one-document files are pooled -----------------------------------------------------
+
+/// The first `n` documents of a shipped Wikipedia file, each written to its own file (a
+/// book with no blank lines looks the same to the pairs stage).
+fn one_document_files(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let text = std::fs::read_to_string(repo_file("datasets/pretrain/wiki_01.txt")).unwrap();
+    let documents = bertline::corpus::documents(&text);
+    let dir = tempfile::tempdir().unwrap();
+    let paths = (0..n)
+        .map(|i| {
+            let path = dir.path().join(format!("book_{i}.txt"));
+            std::fs::write(&path, documents[i].join("\n") + "\n").unwrap();
+            path
+        })
+        .collect();
+    (dir, paths)
+}
+
+#[test]
+fn one_document_files_are_pooled_into_one_unit() {
+    let (_dir, books) = one_document_files(2);
+    for book in &books {
+        assert!(
+            read_corpus_file(book).is_err(),
+            "{} alone is refused",
+            book.display()
+        );
+    }
+    let alice = repo_file("datasets/pretrain/gutenberg_pg11.txt");
+    let files = vec![books[0].clone(), alice.clone(), books[1].clone()];
+    let cfg = config(128, 2);
+    let (summary, shards) = run_driver(&files, &cfg, 1);
+    assert_eq!(
+        run_driver(&files, &cfg, 2),
+        (summary.clone(), shards.clone())
+    );
+    assert_eq!(summary.files, 3);
+
+    // Alice is paired on its own, exactly as before; the two books as one unit named after
+    // the first of them (index 0), and nothing under the second book's index.
+    let alone = create_pairs_from_file(&alice, 1, &cfg, 12345, &tokenize).unwrap();
+    assert_eq!(shards[&(Split::Train, 1, 0)], alone.train);
+    assert!(shards.keys().all(|k| k.1 != 2), "{:?}", shards.keys());
+    let pooled = &shards[&(Split::Train, 0, 0)];
+    assert_eq!(
+        summary.train_pairs,
+        alone.train.len() + pooled.len(),
+        "{summary:?}"
+    );
+    assert_eq!(summary.documents, alone.summary.documents + 2);
+
+    // Random next sentences in the pool come from the other book.
+    let book_tokens: Vec<Vec<u32>> = books
+        .iter()
+        .map(|b| {
+            let text = std::fs::read_to_string(b).unwrap();
+            tokenize(&text.lines().collect::<Vec<_>>())
+                .unwrap()
+                .concat()
+        })
+        .collect();
+    let from = |tokens: &[u32]| {
+        book_tokens
+            .iter()
+            .position(|book| book.windows(tokens.len()).any(|w| w == tokens))
+            .expect("pair tokens come from a pooled book")
+    };
+    let random = pooled.iter().filter(|p| p.is_random_next).count();
+    assert!(
+        random > 0 && random < pooled.len(),
+        "{random} of {}",
+        pooled.len()
+    );
+    let mut checked = 0;
+    for pair in pooled.iter().filter(|p| p.is_random_next) {
+        let (a, b) = (&pair.tokens_a, &pair.tokens_b);
+        // Truncation may cut either end, so look up a middle piece of each side.
+        let piece = |t: &[u32]| t[t.len() / 4..t.len() / 4 + 8].to_vec();
+        if a.len() >= 16 && b.len() >= 16 {
+            assert_ne!(from(&piece(a)), from(&piece(b)));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn a_lone_one_document_file_among_others_is_rejected() {
+    let (_dir, books) = one_document_files(1);
+    let files = vec![
+        repo_file("datasets/pretrain/gutenberg_pg11.txt"),
+        books[0].clone(),
+    ];
+    let err = create_training_pairs(
+        &files,
+        &config(128, 1),
+        1,
+        &tokenize,
+        &|_| Ok(()),
+        &NoProgress,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Data { .. }), "{err:?}");
+    assert!(msg.contains(&books[0].display().to_string()), "{msg}");
+    assert!(
+        msg.contains("only 1 document(s), and it is the only one-document input file"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+
+    // Alone, the same file gets the plain message.
+    let err = create_training_pairs(
+        &books,
+        &config(128, 1),
+        1,
+        &tokenize,
+        &|_| Ok(()),
+        &NoProgress,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("only 1 document(s): next-sentence"), "{msg}");
 }
