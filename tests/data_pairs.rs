@@ -388,6 +388,19 @@ fn data_error(path: &Path) -> String {
     msg
 }
 
+/// The error the streaming driver stops with on `files` (one dupe pass, shards dropped).
+fn driver_error(files: &[PathBuf]) -> Error {
+    create_training_pairs(
+        files,
+        &config(128, 1),
+        1,
+        &tokenize,
+        &|_| Ok(()),
+        &NoProgress,
+    )
+    .unwrap_err()
+}
+
 #[test]
 fn empty_file_is_rejected() {
     let (_dir, path) = bad_file("empty.txt", b"");
@@ -453,15 +466,7 @@ fn missing_file_and_driver_errors_name_the_file() {
         repo_file("datasets/pretrain/gutenberg_pg11.txt"),
         bad.clone(),
     ];
-    let err = create_training_pairs(
-        &files,
-        &config(128, 1),
-        1,
-        &tokenize,
-        &|_| Ok(()),
-        &NoProgress,
-    )
-    .unwrap_err();
+    let err = driver_error(&files);
     assert!(
         err.to_string().contains(&bad.display().to_string()),
         "{err}"
@@ -561,15 +566,7 @@ fn a_lone_one_document_file_among_others_is_rejected() {
         repo_file("datasets/pretrain/gutenberg_pg11.txt"),
         books[0].clone(),
     ];
-    let err = create_training_pairs(
-        &files,
-        &config(128, 1),
-        1,
-        &tokenize,
-        &|_| Ok(()),
-        &NoProgress,
-    )
-    .unwrap_err();
+    let err = driver_error(&files);
     let msg = err.to_string();
     assert!(matches!(err, Error::Data { .. }), "{err:?}");
     assert!(msg.contains(&books[0].display().to_string()), "{msg}");
@@ -580,15 +577,7 @@ fn a_lone_one_document_file_among_others_is_rejected() {
     assert!(!msg.contains('\n'), "{msg}");
 
     // Alone, the same file gets the plain message.
-    let err = create_training_pairs(
-        &books,
-        &config(128, 1),
-        1,
-        &tokenize,
-        &|_| Ok(()),
-        &NoProgress,
-    )
-    .unwrap_err();
+    let err = driver_error(&books);
     let msg = err.to_string();
     assert!(msg.contains("only 1 document(s): next-sentence"), "{msg}");
 }
