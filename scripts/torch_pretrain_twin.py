@@ -174,7 +174,7 @@ def main():
         if done % args.log_every == 0 or done == args.steps:
             w = np.array(window)
             print(json.dumps({
-                "split": "train", "step": done, "lr": lr, "elapsed_s": time.time() - start,
+                "split": "train", "step": done, "learning_rate": lr, "elapsed_s": time.time() - start,
                 "mlm_loss": w[:, 0].mean(), "nsp_loss": w[:, 1].mean(),
                 "loss": w[:, 0].mean() + w[:, 1].mean(),
                 "mlm_accuracy": w[:, 2].sum() / w[:, 3].sum(),

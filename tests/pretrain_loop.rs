@@ -271,8 +271,15 @@ fn two_phases_resume_bit_for_bit_across_and_inside_the_second_phase() {
     // eval_every_steps = 4, plus the end of each phase, each on its own phase's eval split.
     assert_eq!(evals, vec![(4, 1), (6, 1), (8, 2), (10, 2)]);
 
+    // Tokens seen count each phase's batch x length: 6 x 8 x 16, then 4 x 4 x 24.
+    assert_eq!(train_rows[9]["tokens_seen"], 6 * 8 * 16 + 4 * 4 * 24);
+
     // One learning-rate schedule over all 10 steps: warmup 2, then linear decay to 0 at 10.
-    let lr = |step: u64| train_rows[step as usize - 1]["lr"].as_f64().unwrap();
+    let lr = |step: u64| {
+        train_rows[step as usize - 1]["learning_rate"]
+            .as_f64()
+            .unwrap()
+    };
     let peak = straight.config.learning_rate;
     for step in 3..=10u64 {
         let expected = peak * (10 - (step - 1)) as f64 / 8.0;

@@ -128,5 +128,41 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
         20 / 5
     );
 
+    // The report reads the rows the stage wrote: every pre-training chart has data.
+    let data = bertline::report::ReportData::from_manifest(&ctx.manifest).unwrap();
+    assert!(data.warnings.is_empty(), "{:?}", data.warnings);
+    let curves = data.pretrain.as_ref().expect("pretrain curves");
+    assert_eq!(
+        (curves.train.len(), curves.eval.len(), curves.heldout.len()),
+        (4, 2, 1)
+    );
+    // 20 steps of the profile's batch x sequence length
+    let cfg = ctx.config();
+    assert_eq!(
+        curves.train.last().unwrap().tokens_seen,
+        Some((20 * cfg.pretrain.train_batch_size * cfg.pairs.max_seq_length) as u64)
+    );
+    for chart in bertline::report::pretrain_charts(curves) {
+        assert!(!chart.is_empty(), "chart `{}` has no data", chart.title);
+        assert!(
+            chart.curves.iter().all(|c| !c.points.is_empty()),
+            "{}",
+            chart.title
+        );
+    }
+    let md = bertline::report::render_markdown(&data);
+    assert_eq!(
+        md.matches(": plotted in report.html").count(),
+        7,
+        "a chart is missing:\n{md}"
+    );
+    assert!(
+        bertline::report::render_html(&data)
+            .unwrap()
+            .matches("<svg")
+            .count()
+            >= 7
+    );
+
     assert!(pretrain::run(&ctx, &NoProgress).unwrap().skipped());
 }

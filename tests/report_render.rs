@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use bertline::manifest::{Manifest, StageRecord};
+use bertline::pretrain::{fill_tokens_seen, PretrainLogRow};
 use bertline::report::{
-    render_html, render_markdown, write_report, ReportData, MISSING, PIPELINE_STAGES,
+    pretrain_charts, render_html, render_markdown, write_report, PretrainCurves, ReportData,
+    MISSING, PIPELINE_STAGES,
 };
 
 fn fixture_dir() -> PathBuf {
@@ -62,6 +64,47 @@ fn md_row<'a>(markdown: &'a str, first: &str) -> &'a str {
         .lines()
         .find(|l| l.starts_with(&prefix))
         .unwrap_or_else(|| panic!("no row `{first}` in:\n{markdown}"))
+}
+
+/// The fixture log is in the pretrain stage's own format: every line reads as a
+/// `PretrainLogRow` and writes back to the same object (no key the writer does not know).
+#[test]
+fn fixture_log_is_written_in_the_pretrain_log_row_format() {
+    let text = std::fs::read_to_string(fixture_dir().join("pretrain-metrics.jsonl")).unwrap();
+    for line in text.lines() {
+        let row = PretrainLogRow::parse(line).unwrap_or_else(|| panic!("not a row: {line}"));
+        let original: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(serde_json::to_value(&row).unwrap(), original, "{line}");
+    }
+}
+
+/// The committed GPU checkpoint's log (written before the log row was one type: `lr`, no
+/// `tokens_seen`) draws every chart, tokens seen from its profile's batch size.
+#[test]
+fn committed_wiki_gpu_log_draws_every_chart() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("checkpoints/wiki-gpu/metrics.jsonl")).unwrap();
+    let (mut curves, bad) = PretrainCurves::parse(&text);
+    assert_eq!(bad, 0);
+    assert_eq!((curves.train.len(), curves.eval.len()), (45, 3));
+    let loaded = bertline::config::load_config(&repo.join("pipeline.toml"), "wiki-gpu").unwrap();
+    fill_tokens_seen(&mut curves.train, &loaded.config.pretrain);
+    let last = curves.train.last().unwrap();
+    assert!(
+        last.learning_rate.is_some(),
+        "`lr` is read as learning_rate"
+    );
+    assert_eq!(last.tokens_seen, Some(last.step as u64 * 256 * 128));
+    for chart in pretrain_charts(&curves) {
+        assert!(!chart.is_empty(), "chart `{}` has no data", chart.title);
+    }
+    // The eval shards' MLM accuracy at step 3,750 (checkpoints/wiki-gpu/README.md: 21.8%).
+    assert_eq!(
+        curves
+            .eval_series(|r| Some(r.step as f64), |r| r.mlm_accuracy)
+            .last(),
+        Some(&(3750.0, 0.21793148973289012))
+    );
 }
 
 #[test]

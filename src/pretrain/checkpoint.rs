@@ -33,7 +33,7 @@ pub struct TrainState {
     pub model: BertConfig,
 }
 
-fn first_phase() -> usize {
+pub(super) fn first_phase() -> usize {
     1
 }
 

@@ -7,7 +7,6 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::metrics::mlm_only;
 use super::{
     checkpoint_dir, read_checked_shard, read_eval_batches, train, JobPhase, PretrainJob,
     ShardExpect, StepStats, TrainSummary, METRICS_FILE, OPTIM_FILE, STATE_FILE,
@@ -219,11 +218,11 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
         "resumed_from": s.resumed_from,
         "train": stats(&s.last_train),
         "eval": stats(&s.eval),
-        "heldout": stats(&s.heldout).map(|mut row| {
-            let heldout = s.heldout.as_ref().expect("stats of a present evaluation");
-            mlm_only(&mut row, heldout);
-            row
-        }),
+        // single sentences, not pairs: the MLM numbers alone (as in the log's heldout row)
+        "heldout": s.heldout.map(|h| serde_json::json!({
+            "loss": h.mlm_loss, "mlm_loss": h.mlm_loss, "mlm_accuracy": h.mlm_accuracy(),
+            "mlm_perplexity": h.mlm_loss.exp(),
+        })),
         "heldout_perplexity": s.heldout.as_ref().map(|h| h.mlm_loss.exp()),
         "tokens_per_s": s.tokens_per_s,
         "seconds": seconds,

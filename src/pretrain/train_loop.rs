@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::metrics::{eval_row, train_row, HELDOUT};
 use super::{
-    list_checkpoints, load_checkpoint, save_checkpoint, InstanceStream, MetricsLog, ShardExpect,
-    StatsWindow, StepStats, Trainer, METRICS_FILE, STATE_FILE,
+    list_checkpoints, load_checkpoint, save_checkpoint, tokens_seen, InstanceStream, LogSplit,
+    MetricsLog, PretrainLogRow, ShardExpect, StatsWindow, StepStats, Trainer, METRICS_FILE,
+    STATE_FILE,
 };
 use crate::config::{BertConfig, PhasePlan, PretrainConfig};
 use crate::error::{Error, IoContext, Result};
@@ -112,24 +112,20 @@ pub fn phase_summaries(path: &Path, phases: &[PhasePlan]) -> Result<Vec<PhaseSum
             ..Default::default()
         })
         .collect();
-    for row in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    {
-        let phase = row["phase"].as_u64().unwrap_or(1) as usize;
-        let Some(summary) = out.iter_mut().find(|s| s.phase == phase) else {
+    for row in text.lines().filter_map(PretrainLogRow::parse) {
+        let Some(summary) = out.iter_mut().find(|s| s.phase == row.phase) else {
             continue;
         };
-        match row["split"].as_str() {
-            Some("train") => {
-                summary.train_loss = row["loss"].as_f64();
-                summary.train_mlm_accuracy = row["mlm_accuracy"].as_f64();
+        match row.split {
+            LogSplit::Train => {
+                summary.train_loss = row.loss;
+                summary.train_mlm_accuracy = row.mlm_accuracy;
             }
-            Some("eval") => {
-                summary.eval_loss = row["loss"].as_f64();
-                summary.eval_mlm_accuracy = row["mlm_accuracy"].as_f64();
+            LogSplit::Eval => {
+                summary.eval_loss = row.loss;
+                summary.eval_mlm_accuracy = row.mlm_accuracy;
             }
-            _ => {}
+            LogSplit::Heldout => {}
         }
     }
     Ok(out)
@@ -259,6 +255,7 @@ pub fn train<D: BertDevice>(
     let mut window_started = Instant::now();
     let mut tokens_this_run = 0u64;
     let mut phase_seconds = vec![0.0; job.phases.len()];
+    let plans: Vec<PhasePlan> = job.phases.iter().map(|p| p.plan).collect();
     loop {
         let step = trainer.step;
         let fresh_here = step != resumed_from || step == 0;
@@ -277,7 +274,12 @@ pub fn train<D: BertDevice>(
             && !done.eval_batches.is_empty()
         {
             let eval = trainer.evaluate(&done.eval_batches);
-            metrics.write(&eval_row("eval", step, &done.plan, &eval))?;
+            metrics.write(&PretrainLogRow::eval(
+                LogSplit::Eval,
+                step,
+                &done.plan,
+                &eval,
+            ))?;
             if trainer.best_eval_loss.is_none_or(|b| eval.loss < b) {
                 trainer.best_eval_loss = Some(eval.loss);
             }
@@ -334,11 +336,12 @@ pub fn train<D: BertDevice>(
             let mean = window.mean();
             let seconds = window_started.elapsed().as_secs_f64();
             let tokens_per_s = mean.tokens as f64 / seconds.max(1e-9);
-            metrics.write(&train_row(
+            metrics.write(&PretrainLogRow::train(
                 trainer.step,
                 plan,
                 &mean,
                 lr,
+                tokens_seen(&plans, trainer.step),
                 tokens_per_s,
                 started.elapsed().as_secs_f64(),
             ))?;
@@ -365,12 +368,16 @@ pub fn train<D: BertDevice>(
     let last_phase = &job.phases[job.phases.len() - 1].plan;
     if summary.finished && !job.heldout_batches.is_empty() {
         let heldout = trainer.evaluate(&job.heldout_batches);
-        metrics.write(&eval_row(HELDOUT, trainer.step, last_phase, &heldout))?;
+        metrics.write(&PretrainLogRow::eval(
+            LogSplit::Heldout,
+            trainer.step,
+            last_phase,
+            &heldout,
+        ))?;
         summary.heldout = Some(heldout);
     }
     summary.step = trainer.step;
     summary.tokens_per_s = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let plans: Vec<PhasePlan> = job.phases.iter().map(|p| p.plan).collect();
     summary.phases = phase_summaries(metrics.path(), &plans)?;
     for (s, seconds) in summary.phases.iter_mut().zip(phase_seconds) {
         s.seconds = seconds;

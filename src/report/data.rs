@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::error::{IoContext, Result};
 use crate::manifest::{ArtifactRecord, InputRef, Manifest, StageRecord};
 use crate::metrics::SeedSummary;
+use crate::pretrain::{fill_tokens_seen, LogSplit, PretrainLogRow};
 
 use super::reference::{canonical_task, DATA_REFERENCES, STANDARD_TASKS};
 
@@ -136,58 +137,95 @@ pub struct DataStatRow {
     pub decimals: usize,
 }
 
-/// One line of a JSONL metrics log: its numeric fields by name.
-pub type MetricsRow = BTreeMap<String, f64>;
+/// A field of a log row as a number, `None` where the row lacks it.
+pub type RowValue = fn(&PretrainLogRow) -> Option<f64>;
 
-/// The pre-training log, split into training and evaluation rows.
+/// The pre-training log (`metrics.jsonl`, rows written by [`crate::pretrain::MetricsLog`]),
+/// split by what each row measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PretrainCurves {
     /// Artifact id of the log, when the stage recorded one.
     pub source: Option<String>,
-    /// Rows logged during training (`step`, `loss`, `mlm_accuracy`, ...).
-    pub train: Vec<MetricsRow>,
-    /// Held-out evaluation rows (`split = "eval"`: `eval_loss`, `heldout_perplexity`, ...).
-    pub eval: Vec<MetricsRow>,
+    /// Rows logged during training (`loss`, `mlm_accuracy`, `learning_rate`, ...).
+    pub train: Vec<PretrainLogRow>,
+    /// Evaluations on the mask stage's eval shards.
+    pub eval: Vec<PretrainLogRow>,
+    /// The evaluation on the held-out text (`corpus.heldout`) after the last step.
+    pub heldout: Vec<PretrainLogRow>,
     /// The stage's final metrics, flattened to `key` → printed value.
     pub final_metrics: Vec<(String, String)>,
 }
 
 impl PretrainCurves {
-    /// `(x, y)` points of the training rows that have both keys, finite values only.
-    pub fn train_series(&self, x: &str, y: &str) -> Vec<(f64, f64)> {
+    /// The rows of `text`, one JSON object per line, by split. Returns the count of lines
+    /// that are not log rows.
+    pub fn parse(text: &str) -> (PretrainCurves, usize) {
+        let mut curves = PretrainCurves::default();
+        let mut bad = 0;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let Some(row) = PretrainLogRow::parse(line) else {
+                bad += 1;
+                continue;
+            };
+            match row.split {
+                LogSplit::Train => curves.train.push(row),
+                LogSplit::Eval => curves.eval.push(row),
+                LogSplit::Heldout => curves.heldout.push(row),
+            }
+        }
+        (curves, bad)
+    }
+
+    /// `(x, y)` points of the training rows that have both values, finite values only.
+    pub fn train_series(&self, x: RowValue, y: RowValue) -> Vec<(f64, f64)> {
         series(&self.train, x, y)
     }
 
-    /// `(x, y)` points of the evaluation rows that have both keys.
-    pub fn eval_series(&self, x: &str, y: &str) -> Vec<(f64, f64)> {
+    /// `(x, y)` points of the eval-shard rows that have both values.
+    pub fn eval_series(&self, x: RowValue, y: RowValue) -> Vec<(f64, f64)> {
         series(&self.eval, x, y)
     }
 
-    /// The last finite value of `key`, searching evaluation rows for `eval_*`/`heldout_*`
-    /// keys and training rows otherwise; falls back to the stage's final metrics.
-    pub fn last(&self, key: &str) -> Option<f64> {
-        let rows = if key.starts_with("eval_") || key.starts_with("heldout_") {
-            &self.eval
-        } else {
-            &self.train
-        };
-        rows.iter()
-            .rev()
-            .find_map(|r| r.get(key).copied().filter(|v| v.is_finite()))
-            .or_else(|| {
-                self.final_metrics
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .and_then(|(_, v)| v.parse().ok())
-            })
+    /// `(x, y)` points of the held-out text rows that have both values.
+    pub fn heldout_series(&self, x: RowValue, y: RowValue) -> Vec<(f64, f64)> {
+        series(&self.heldout, x, y)
+    }
+
+    /// The last finite value of a training row.
+    pub fn last_train(&self, value: RowValue) -> Option<f64> {
+        last(&self.train, value)
+    }
+
+    /// The last finite value of an eval-shard row.
+    pub fn last_eval(&self, value: RowValue) -> Option<f64> {
+        last(&self.eval, value)
+    }
+
+    /// The last finite value of a held-out text row.
+    pub fn last_heldout(&self, value: RowValue) -> Option<f64> {
+        last(&self.heldout, value)
+    }
+
+    /// A final metric the stage recorded (`train.loss`, `heldout_perplexity`, ...).
+    pub fn final_metric(&self, key: &str) -> Option<f64> {
+        self.final_metrics
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse().ok())
     }
 }
 
-fn series(rows: &[MetricsRow], x: &str, y: &str) -> Vec<(f64, f64)> {
+fn series(rows: &[PretrainLogRow], x: RowValue, y: RowValue) -> Vec<(f64, f64)> {
     rows.iter()
-        .filter_map(|r| Some((*r.get(x)?, *r.get(y)?)))
+        .filter_map(|r| Some((x(r)?, y(r)?)))
         .filter(|(a, b)| a.is_finite() && b.is_finite())
         .collect()
+}
+
+fn last(rows: &[PretrainLogRow], value: RowValue) -> Option<f64> {
+    rows.iter()
+        .rev()
+        .find_map(|r| value(r).filter(|v| v.is_finite()))
 }
 
 /// One fine-tuning task: pre-trained and from-scratch results over seeds.
@@ -458,42 +496,25 @@ fn read_pretrain(
             path.display()
         ));
     }
-    let (train, eval, bad) = parse_metrics_log(&String::from_utf8_lossy(&bytes));
+    let (parsed, bad) = PretrainCurves::parse(&String::from_utf8_lossy(&bytes));
     if bad > 0 {
         warnings.push(format!(
             "{}: skipped {bad} malformed line(s)",
             path.display()
         ));
     }
-    curves.train = train;
-    curves.eval = eval;
-    Ok(curves)
-}
-
-/// Splits a JSONL log into training rows and evaluation rows (`"split": "eval"`), keeping
-/// the numeric fields. Returns the count of lines that are not JSON objects.
-pub fn parse_metrics_log(text: &str) -> (Vec<MetricsRow>, Vec<MetricsRow>, usize) {
-    let (mut train, mut eval, mut bad) = (Vec::new(), Vec::new(), 0);
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
-            bad += 1;
-            continue;
-        };
-        let row: MetricsRow = obj
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-            .collect();
-        let is_eval = match obj.get("split").and_then(Value::as_str) {
-            Some(split) => split != "train",
-            None => !row.contains_key("loss") && row.keys().any(|k| k.starts_with("eval_")),
-        };
-        if is_eval {
-            eval.push(row);
-        } else {
-            train.push(row);
-        }
+    curves.train = parsed.train;
+    curves.eval = parsed.eval;
+    curves.heldout = parsed.heldout;
+    // Logs written before `tokens_seen` was recorded: from the run's batch sizes.
+    if let Some(config) = record
+        .config
+        .get("pretrain")
+        .and_then(|p| serde_json::from_value(p.clone()).ok())
+    {
+        fill_tokens_seen(&mut curves.train, &config);
     }
-    (train, eval, bad)
+    Ok(curves)
 }
 
 /// Parses the finetune metrics: `{"tasks": {name: {"metric", "pretrained", "scratch"}}}`.
@@ -730,36 +751,75 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn metrics_log_splits_train_and_eval_rows() {
+    fn metrics_log_splits_rows_by_split_and_reads_older_keys() {
+        // `lr` (logs before the typed row) is read as `learning_rate`; a row without
+        // `split` is a training row.
         let text = r#"{"step": 10, "loss": 7.5, "mlm_accuracy": 0.05, "tokens_seen": 1280}
-{"step": 20, "loss": 6.9, "learning_rate": 1e-4}
+{"step": 20, "loss": 6.9, "lr": 1e-4, "split": "train"}
 
-{"step": 20, "split": "eval", "eval_loss": 7.0, "heldout_perplexity": 900.5}
+{"step": 20, "split": "eval", "loss": 7.0, "mlm_perplexity": 900.5}
 not json
-{"step": 30, "eval_loss": 6.5}
+{"step": 30, "split": "eval", "loss": 6.5}
+{"step": 30, "split": "heldout", "loss": 6.0, "mlm_perplexity": 403.4}
 "#;
-        let (train, eval, bad) = parse_metrics_log(text);
-        assert_eq!(train.len(), 2);
-        assert_eq!(eval.len(), 2);
-        assert_eq!(bad, 1);
-        assert_eq!(train[1]["learning_rate"], 1e-4);
-        assert_eq!(eval[0]["heldout_perplexity"], 900.5);
-        let curves = PretrainCurves {
-            train,
-            eval,
-            ..PretrainCurves::default()
-        };
+        let (curves, bad) = PretrainCurves::parse(text);
         assert_eq!(
-            curves.train_series("step", "loss"),
+            (curves.train.len(), curves.eval.len(), curves.heldout.len()),
+            (2, 2, 1)
+        );
+        assert_eq!(bad, 1);
+        assert_eq!(curves.train[1].learning_rate, Some(1e-4));
+        assert_eq!(curves.eval[0].mlm_perplexity, Some(900.5));
+        let step: RowValue = |r| Some(r.step as f64);
+        assert_eq!(
+            curves.train_series(step, |r| r.loss),
             vec![(10.0, 7.5), (20.0, 6.9)]
         );
         assert_eq!(
-            curves.eval_series("step", "eval_loss"),
+            curves.eval_series(step, |r| r.loss),
             vec![(20.0, 7.0), (30.0, 6.5)]
         );
-        assert_eq!(curves.last("loss"), Some(6.9));
-        assert_eq!(curves.last("eval_loss"), Some(6.5));
-        assert_eq!(curves.last("nsp_accuracy"), None);
+        assert_eq!(curves.last_train(|r| r.loss), Some(6.9));
+        assert_eq!(curves.last_eval(|r| r.loss), Some(6.5));
+        assert_eq!(curves.last_heldout(|r| r.mlm_perplexity), Some(403.4));
+        assert_eq!(curves.last_train(|r| r.nsp_accuracy), None);
+    }
+
+    #[test]
+    fn tokens_seen_of_older_logs_comes_from_the_batch_sizes() {
+        let mut rows = vec![
+            PretrainLogRow {
+                step: 100,
+                seq_len: Some(128),
+                ..PretrainLogRow::default()
+            },
+            PretrainLogRow {
+                step: 200,
+                seq_len: Some(128),
+                tokens_seen: Some(7),
+                ..PretrainLogRow::default()
+            },
+        ];
+        let config: crate::config::PretrainConfig = toml::from_str(
+            "train_batch_size = 256\nlearning_rate = 1e-3\nnum_train_steps = 5000\nnum_warmup_steps = 250",
+        )
+        .unwrap();
+        fill_tokens_seen(&mut rows, &config);
+        assert_eq!(rows[0].tokens_seen, Some(100 * 256 * 128));
+        assert_eq!(rows[1].tokens_seen, Some(7), "a recorded count is kept");
+        // Two phases: 450 steps of 16 x 64, then 16 x 128.
+        let phased: crate::config::PretrainConfig = toml::from_str(
+            "train_batch_size = 16\nlearning_rate = 1e-3\nnum_train_steps = 500\nnum_warmup_steps = 50\n\
+             [[phases]]\nmax_seq_length = 64\nnum_train_steps = 450\n\
+             [[phases]]\nmax_seq_length = 128\nnum_train_steps = 50\n",
+        )
+        .unwrap();
+        let mut rows = vec![PretrainLogRow {
+            step: 460,
+            ..PretrainLogRow::default()
+        }];
+        fill_tokens_seen(&mut rows, &phased);
+        assert_eq!(rows[0].tokens_seen, Some(450 * 16 * 64 + 10 * 16 * 128));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! [`ReportData`]. [`super::render`] prints one document as Markdown and as HTML, so both
 //! files always show the same rows. Anything a stage did not produce is [`MISSING`].
 
-use super::data::{flatten_scalars, ArmResult, MetricsRow, ReportData, StageEntry, TaskResult};
+use super::data::{
+    flatten_scalars, ArmResult, PretrainCurves, ReportData, RowValue, StageEntry, TaskResult,
+};
 use super::format::{
     as_percent, fmt_bytes, fmt_duration, fmt_opt, fmt_rate, fmt_rows, fmt_time, short,
 };
@@ -11,6 +13,7 @@ use super::reference::{
     canonical_task, task_display_name, DATA_REFERENCE_SOURCE, PUBLISHED, STANDARD_TASKS,
 };
 use crate::error::Result;
+use crate::pretrain::PretrainLogRow;
 
 /// What a value that no stage produced prints as.
 pub const MISSING: &str = "missing";
@@ -96,17 +99,39 @@ impl Table {
         super::render::markdown_table(self)
     }
 }
+/// The held-out text's MLM perplexity: the log's held-out row, else the stage's metric.
+fn heldout_perplexity(curves: &PretrainCurves) -> Option<f64> {
+    curves
+        .last_heldout(|r| r.mlm_perplexity)
+        .or_else(|| curves.final_metric("heldout_perplexity"))
+}
+
 /// The headline numbers: final pre-training loss and accuracies, held-out perplexity and
 /// each task's pre-trained mean. Missing values print as [`MISSING`].
 pub fn headline(data: &ReportData) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let last = |key: &str| data.pretrain.as_ref().and_then(|p| p.last(key));
-    out.push(("pre-training loss".into(), fmt_opt(last("loss"), 4)));
-    out.push(("MLM accuracy".into(), fmt_opt(last("mlm_accuracy"), 4)));
-    out.push(("NSP accuracy".into(), fmt_opt(last("nsp_accuracy"), 4)));
+    // The log's last training row, else the stage's final metrics.
+    let last = |value: RowValue, key: &str| {
+        let curves = data.pretrain.as_ref()?;
+        curves
+            .last_train(value)
+            .or_else(|| curves.final_metric(key))
+    };
+    out.push((
+        "pre-training loss".into(),
+        fmt_opt(last(|r| r.loss, "train.loss"), 4),
+    ));
+    out.push((
+        "MLM accuracy".into(),
+        fmt_opt(last(|r| r.mlm_accuracy, "train.mlm_accuracy"), 4),
+    ));
+    out.push((
+        "NSP accuracy".into(),
+        fmt_opt(last(|r| r.nsp_accuracy, "train.nsp_accuracy"), 4),
+    ));
     out.push((
         "held-out perplexity".into(),
-        fmt_opt(last("heldout_perplexity"), 2),
+        fmt_opt(data.pretrain.as_ref().and_then(heldout_perplexity), 2),
     ));
     match &data.finetune {
         None => out.push(("fine-tuning".into(), MISSING.into())),
@@ -335,24 +360,30 @@ fn pretrain_section(data: &ReportData, charts: bool) -> Result<Section> {
         "Log: {} ({} training rows, {} evaluation rows).",
         curves.source.as_deref().unwrap_or(MISSING),
         curves.train.len(),
-        curves.eval.len()
+        curves.eval.len() + curves.heldout.len()
     ))];
     let mut finals = Table::new(&["Final value", "Value"]);
-    for (label, key, decimals) in [
-        ("step", "step", 0),
-        ("tokens seen", "tokens_seen", 0),
-        ("loss", "loss", 4),
-        ("MLM loss", "mlm_loss", 4),
-        ("NSP loss", "nsp_loss", 4),
-        ("MLM accuracy", "mlm_accuracy", 4),
-        ("NSP accuracy", "nsp_accuracy", 4),
-        ("held-out loss", "eval_loss", 4),
-        ("held-out MLM accuracy", "eval_mlm_accuracy", 4),
-        ("held-out NSP accuracy", "eval_nsp_accuracy", 4),
-        ("held-out MLM perplexity", "heldout_perplexity", 2),
-        ("tokens per second", "tokens_per_s", 0),
+    let train = |value: RowValue| curves.last_train(value);
+    let eval = |value: RowValue| curves.last_eval(value);
+    for (label, value, decimals) in [
+        ("step", train(|r| Some(r.step as f64)), 0),
+        ("tokens seen", train(|r| r.tokens_seen.map(|t| t as f64)), 0),
+        ("loss", train(|r| r.loss), 4),
+        ("MLM loss", train(|r| r.mlm_loss), 4),
+        ("NSP loss", train(|r| r.nsp_loss), 4),
+        ("MLM accuracy", train(|r| r.mlm_accuracy), 4),
+        ("NSP accuracy", train(|r| r.nsp_accuracy), 4),
+        ("held-out loss", eval(|r| r.loss), 4),
+        ("held-out MLM accuracy", eval(|r| r.mlm_accuracy), 4),
+        ("held-out NSP accuracy", eval(|r| r.nsp_accuracy), 4),
+        (
+            "held-out text MLM perplexity",
+            heldout_perplexity(curves),
+            2,
+        ),
+        ("tokens per second", train(|r| r.tokens_per_s), 0),
     ] {
-        finals.row(vec![label.into(), fmt_opt(curves.last(key), decimals)]);
+        finals.row(vec![label.into(), fmt_opt(value, decimals)]);
     }
     blocks.push(Block::Table(finals));
     let mut rendered = Vec::new();
@@ -392,16 +423,16 @@ fn pretrain_section(data: &ReportData, charts: bool) -> Result<Section> {
 }
 
 /// About ten evenly spaced rows of the training log, always including the last.
-fn curve_samples(rows: &[MetricsRow]) -> Table {
-    // (heading, key, decimals); `None` prints in scientific notation.
-    let cols: [(&str, &str, Option<usize>); 7] = [
-        ("step", "step", Some(0)),
-        ("tokens seen", "tokens_seen", Some(0)),
-        ("loss", "loss", Some(4)),
-        ("MLM acc.", "mlm_accuracy", Some(4)),
-        ("NSP acc.", "nsp_accuracy", Some(4)),
-        ("learning rate", "learning_rate", None),
-        ("grad norm", "grad_norm", Some(3)),
+fn curve_samples(rows: &[PretrainLogRow]) -> Table {
+    // (heading, value, decimals); `None` prints in scientific notation.
+    let cols: [(&str, RowValue, Option<usize>); 7] = [
+        ("step", |r| Some(r.step as f64), Some(0)),
+        ("tokens seen", |r| r.tokens_seen.map(|t| t as f64), Some(0)),
+        ("loss", |r| r.loss, Some(4)),
+        ("MLM acc.", |r| r.mlm_accuracy, Some(4)),
+        ("NSP acc.", |r| r.nsp_accuracy, Some(4)),
+        ("learning rate", |r| r.learning_rate, None),
+        ("grad norm", |r| r.grad_norm, Some(3)),
     ];
     let mut t = Table::new(&cols.map(|c| c.0));
     let stride = rows.len().div_ceil(10).max(1);
@@ -412,8 +443,8 @@ fn curve_samples(rows: &[MetricsRow]) -> Table {
     for i in picked {
         t.row(
             cols.iter()
-                .map(|(_, key, decimals)| {
-                    let v = rows[i].get(*key).copied();
+                .map(|(_, value, decimals)| {
+                    let v = value(&rows[i]);
                     match decimals {
                         Some(d) => fmt_opt(v, *d),
                         None => v.map_or_else(|| MISSING.into(), |v| format!("{v:.2e}")),

@@ -19,12 +19,12 @@
 //! - `mask` metrics: `instances`, `avg_non_pad_tokens`, `random_next_fraction`,
 //!   `avg_masked_positions`, `mask_fraction`, `random_fraction`, `kept_fraction`
 //!   (fractions in 0..1); other scalar keys are listed.
-//! - `pretrain`: the first artifact of kind `metrics` is a JSONL log, one object per line.
-//!   Training rows: `step`, `loss`, `mlm_loss`, `nsp_loss`, `mlm_accuracy`, `nsp_accuracy`,
-//!   `learning_rate`, `grad_norm`, `tokens_per_s`, `tokens_seen`, `elapsed_s`. Evaluation
-//!   rows carry `"split": "eval"` and `step`, `eval_loss`, `eval_mlm_accuracy`,
-//!   `eval_nsp_accuracy`, `heldout_perplexity`. Its stage metrics (final values) are listed
-//!   and stand in for a key the log lacks. The model shape is read from the first object in
+//! - `pretrain`: the first artifact of kind `metrics` is its JSONL log, one
+//!   [`crate::pretrain::PretrainLogRow`] per line, the type the stage writes: training rows
+//!   (`"split": "train"`), evaluations on the eval shards (`"eval"`) and on the held-out
+//!   text (`"heldout"`). Its stage metrics (final values) are listed, and `train.loss`,
+//!   `train.mlm_accuracy`, `train.nsp_accuracy` and `heldout_perplexity` stand in for a log
+//!   that is missing. The model shape is read from the first object in
 //!   its config holding `hidden_size`, `num_hidden_layers` and `num_attention_heads`.
 //! - `finetune` metrics:
 //!   ```json
@@ -53,9 +53,9 @@ mod render;
 use std::path::{Path, PathBuf};
 
 pub use data::{
-    flatten_scalars, parse_cpuinfo, parse_finetune, parse_metrics_log, ArmResult, DataStatRow,
-    DataStats, HistoryEntry, Machine, MetricsRow, PretrainCurves, ReportData, StageEntry,
-    TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
+    flatten_scalars, parse_cpuinfo, parse_finetune, ArmResult, DataStatRow, DataStats,
+    HistoryEntry, Machine, PretrainCurves, ReportData, RowValue, StageEntry, TaskResult,
+    METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
 pub use document::{
     build_document, glue_table, headline, Block, Chart, Document, Section, Table, MISSING,

@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::data::{PretrainCurves, TaskResult};
+use super::data::{PretrainCurves, RowValue, TaskResult};
 use super::reference::task_display_name;
 use crate::error::{Error, Result};
 
@@ -75,50 +75,54 @@ impl LineChart {
 /// The pre-training charts: losses, accuracies, learning rate, loss and accuracy against
 /// tokens seen, held-out perplexity and throughput. Charts without data stay in the list, empty.
 pub fn pretrain_charts(curves: &PretrainCurves) -> Vec<LineChart> {
-    let t = |y: &str| curves.train_series("step", y);
-    let e = |y: &str| curves.eval_series("step", y);
+    let step: RowValue = |r| Some(r.step as f64);
+    let tokens: RowValue = |r| r.tokens_seen.map(|t| t as f64);
+    let t = |y: RowValue| curves.train_series(step, y);
+    let e = |y: RowValue| curves.eval_series(step, y);
     vec![
         LineChart::new("Pre-training loss", "step", "loss")
-            .curve("total (MLM + NSP)", t("loss"), false)
-            .curve("MLM", t("mlm_loss"), false)
-            .curve("NSP", t("nsp_loss"), false)
-            .curve("held-out total", e("eval_loss"), true),
+            .curve("total (MLM + NSP)", t(|r| r.loss), false)
+            .curve("MLM", t(|r| r.mlm_loss), false)
+            .curve("NSP", t(|r| r.nsp_loss), false)
+            .curve("held-out total", e(|r| r.loss), true),
         LineChart::new("Pre-training accuracy", "step", "accuracy")
-            .curve("MLM", t("mlm_accuracy"), false)
-            .curve("NSP", t("nsp_accuracy"), false)
-            .curve("held-out MLM", e("eval_mlm_accuracy"), true)
-            .curve("held-out NSP", e("eval_nsp_accuracy"), true),
+            .curve("MLM", t(|r| r.mlm_accuracy), false)
+            .curve("NSP", t(|r| r.nsp_accuracy), false)
+            .curve("held-out MLM", e(|r| r.mlm_accuracy), true)
+            .curve("held-out NSP", e(|r| r.nsp_accuracy), true),
         LineChart::new("Learning rate", "step", "learning rate").curve(
             "learning rate",
-            t("learning_rate"),
+            t(|r| r.learning_rate),
             false,
         ),
         LineChart::new("Loss against tokens seen", "tokens seen", "loss")
             .curve(
                 "total (MLM + NSP)",
-                curves.train_series("tokens_seen", "loss"),
+                curves.train_series(tokens, |r| r.loss),
                 false,
             )
-            .curve("MLM", curves.train_series("tokens_seen", "mlm_loss"), false),
+            .curve("MLM", curves.train_series(tokens, |r| r.mlm_loss), false),
         LineChart::new("Accuracy against tokens seen", "tokens seen", "accuracy")
             .curve(
                 "MLM",
-                curves.train_series("tokens_seen", "mlm_accuracy"),
+                curves.train_series(tokens, |r| r.mlm_accuracy),
                 false,
             )
             .curve(
                 "NSP",
-                curves.train_series("tokens_seen", "nsp_accuracy"),
+                curves.train_series(tokens, |r| r.nsp_accuracy),
                 false,
             ),
-        LineChart::new("Held-out MLM perplexity", "step", "perplexity").curve(
-            "held-out perplexity",
-            e("heldout_perplexity"),
-            true,
-        ),
+        LineChart::new("Held-out MLM perplexity", "step", "perplexity")
+            .curve("held-out documents", e(|r| r.mlm_perplexity), true)
+            .curve(
+                "held-out text",
+                curves.heldout_series(step, |r| r.mlm_perplexity),
+                true,
+            ),
         LineChart::new("Throughput", "step", "tokens / s").curve(
             "tokens per second",
-            t("tokens_per_s"),
+            t(|r| r.tokens_per_s),
             false,
         ),
     ]
