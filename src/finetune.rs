@@ -61,9 +61,10 @@ const EVAL_BATCH_SIZE: usize = 64;
 // ---------------------------------------------------------------------------------------
 // The recipe.
 
-/// A task's hyper-parameters after its `[finetune.overrides.TASK]` table.
+/// How a model is trained, for every task kind: `[finetune]`'s learning rates, batch size,
+/// epochs, warmup and seeds with the task's `[finetune.overrides.TASK]` table applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recipe {
+pub struct TrainingRecipe {
     /// The peak learning rate of a run (one value of `learning_rates` at a time).
     pub learning_rate: f64,
     /// The sweep: every value is tried per arm, the best mean dev score is reported.
@@ -71,15 +72,12 @@ pub struct Recipe {
     pub train_batch_size: usize,
     pub num_train_epochs: f64,
     pub warmup_proportion: f64,
-    pub max_seq_length: usize,
-    pub max_train_examples: usize,
-    pub max_eval_examples: usize,
     pub seeds: Vec<u64>,
 }
 
-impl Recipe {
+impl TrainingRecipe {
     /// The `[finetune]` values with the task's overrides applied.
-    pub fn for_task(cfg: &FinetuneConfig, task: &str) -> Recipe {
+    pub fn for_task(cfg: &FinetuneConfig, task: &str) -> TrainingRecipe {
         let o = cfg.overrides.get(task).cloned().unwrap_or_default();
         let learning_rate = o.learning_rate.unwrap_or(cfg.learning_rate);
         let mut learning_rates = o
@@ -88,15 +86,12 @@ impl Recipe {
         if learning_rates.is_empty() {
             learning_rates.push(learning_rate);
         }
-        Recipe {
+        TrainingRecipe {
             learning_rate: learning_rates[0],
             learning_rates,
             train_batch_size: o.train_batch_size.unwrap_or(cfg.train_batch_size).max(1),
             num_train_epochs: o.num_train_epochs.unwrap_or(cfg.num_train_epochs),
             warmup_proportion: o.warmup_proportion.unwrap_or(cfg.warmup_proportion),
-            max_seq_length: o.max_seq_length.unwrap_or(cfg.max_seq_length),
-            max_train_examples: o.max_train_examples.unwrap_or(cfg.max_train_examples),
-            max_eval_examples: o.max_eval_examples.unwrap_or(cfg.max_eval_examples),
             seeds: o.seeds.unwrap_or_else(|| cfg.seeds.clone()),
         }
     }
@@ -110,6 +105,79 @@ impl Recipe {
     /// `int(num_train_steps * warmup_proportion)`.
     pub fn num_warmup_steps(&self, num_train_steps: usize) -> usize {
         (num_train_steps as f64 * self.warmup_proportion) as usize
+    }
+}
+
+/// The recipe of a sentence (pair) classification or regression task (GLUE and
+/// `[finetune.custom.NAME]`): training, plus `[finetune]`'s sequence length and caps with
+/// the task's overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    #[serde(flatten)]
+    pub training: TrainingRecipe,
+    pub max_seq_length: usize,
+    pub max_train_examples: usize,
+    pub max_eval_examples: usize,
+}
+
+impl Recipe {
+    /// The `[finetune]` values with the task's overrides applied.
+    pub fn for_task(cfg: &FinetuneConfig, task: &str) -> Recipe {
+        let o = cfg.overrides.get(task).cloned().unwrap_or_default();
+        Recipe {
+            training: TrainingRecipe::for_task(cfg, task),
+            max_seq_length: o.max_seq_length.unwrap_or(cfg.max_seq_length),
+            max_train_examples: o.max_train_examples.unwrap_or(cfg.max_train_examples),
+            max_eval_examples: o.max_eval_examples.unwrap_or(cfg.max_eval_examples),
+        }
+    }
+}
+
+/// SQuAD's recipe as it runs: training from `[finetune]` (and `[finetune.overrides.squad]`),
+/// windows, answer search and question caps from `[finetune.squad]` (BERT §4.2: 384 tokens,
+/// stride 128), not `[finetune]`'s sequence length and example caps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SquadRecipe {
+    #[serde(flatten)]
+    pub training: TrainingRecipe,
+    pub max_seq_length: usize,
+    pub doc_stride: usize,
+    pub max_query_length: usize,
+    pub max_answer_length: usize,
+    pub n_best_size: usize,
+    /// Training questions at most (0 = all); each yields one or more windows (features).
+    pub max_train_questions: usize,
+    /// Evaluated questions at most (0 = all).
+    pub max_eval_questions: usize,
+}
+
+impl SquadRecipe {
+    /// The recipe of `[finetune]` and its `[finetune.squad]` table.
+    pub fn for_finetune(cfg: &FinetuneConfig) -> SquadRecipe {
+        SquadRecipe::new(TrainingRecipe::for_task(cfg, "squad"), &cfg.squad)
+    }
+
+    /// `training` with the sizes and caps of `squad`.
+    pub fn new(training: TrainingRecipe, squad: &crate::config::SquadConfig) -> SquadRecipe {
+        SquadRecipe {
+            training,
+            max_seq_length: squad.max_seq_length,
+            doc_stride: squad.doc_stride,
+            max_query_length: squad.max_query_length,
+            max_answer_length: squad.max_answer_length,
+            n_best_size: squad.n_best_size,
+            max_train_questions: squad.max_train_examples,
+            max_eval_questions: squad.max_eval_examples,
+        }
+    }
+
+    /// The window sizes of the features.
+    pub fn sizes(&self) -> FeatureSizes {
+        FeatureSizes {
+            max_seq_length: self.max_seq_length,
+            doc_stride: self.doc_stride,
+            max_query_length: self.max_query_length,
+        }
     }
 }
 
@@ -301,7 +369,11 @@ pub struct TrainStats {
 
 /// Batches of row indices over `num_train_steps` steps: each epoch a fresh shuffle, the last
 /// batch of an epoch possibly short (as a TF input pipeline without `drop_remainder`).
-fn training_batches(n: usize, recipe: &Recipe, rng: &mut ChaCha8Rng) -> Vec<(usize, Vec<usize>)> {
+fn training_batches(
+    n: usize,
+    recipe: &TrainingRecipe,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, Vec<usize>)> {
     let total = recipe.num_train_steps(n);
     let mut batches = Vec::with_capacity(total);
     let mut epoch = 0;
@@ -368,7 +440,7 @@ pub struct TrainLog<'a> {
 pub fn train_sequence_classifier<D: BertDevice>(
     model: &mut BertForSequenceClassification<D>,
     features: &[InputFeatures],
-    recipe: &Recipe,
+    recipe: &TrainingRecipe,
     seed: u64,
     device: &D,
     progress: &dyn Progress,
@@ -718,7 +790,7 @@ pub fn run_seed<D: BertDevice>(
     let train = train_sequence_classifier(
         &mut model,
         &data.train,
-        &data.recipe,
+        &data.recipe.training,
         seed,
         device,
         progress,
@@ -759,7 +831,7 @@ pub fn run_seed<D: BertDevice>(
             task: data.spec.name.clone(),
             arm: init_from.arm().to_string(),
             seed,
-            learning_rate: data.recipe.learning_rate,
+            learning_rate: data.recipe.training.learning_rate,
             train_examples: data.train.len(),
             train,
             dev,
@@ -775,6 +847,8 @@ pub fn run_seed<D: BertDevice>(
 
 /// The loaded SQuAD data: training features and the evaluation set.
 pub struct SquadData {
+    /// Training questions (before they are cut into windows).
+    pub train_questions: usize,
     pub train_features: Vec<SquadFeature>,
     pub eval_dataset: squad::SquadDataset,
     pub eval_examples: Vec<squad::SquadExample>,
@@ -782,30 +856,28 @@ pub struct SquadData {
     pub sizes: FeatureSizes,
 }
 
-/// Reads SQuAD: the train file when given, else the first half of the dev articles (and the
-/// second half evaluates); caps both by `max_*_examples`.
+/// Reads SQuAD: `files`' train file when given, else the first half of the dev articles
+/// (and the second half evaluates); caps both and cuts windows as `recipe` says.
 pub fn load_squad_data(
-    cfg: &crate::config::SquadConfig,
+    files: &crate::config::SquadConfig,
+    recipe: &SquadRecipe,
     resolve: impl Fn(&Path) -> PathBuf,
     tokenizer: &dyn Wordpiece,
 ) -> Result<SquadData> {
-    let dev = squad::load_squad(&resolve(&cfg.dev_file))?;
-    let (mut train, mut eval) = match &cfg.train_file {
+    let dev = squad::load_squad(&resolve(&files.dev_file))?;
+    let (mut train, mut eval) = match &files.train_file {
         Some(path) => (squad::load_squad(&resolve(path))?, dev),
         None => dev.split_by_article(),
     };
-    train.truncate_questions(cfg.max_train_examples);
-    eval.truncate_questions(cfg.max_eval_examples);
-    let sizes = FeatureSizes {
-        max_seq_length: cfg.max_seq_length,
-        doc_stride: cfg.doc_stride,
-        max_query_length: cfg.max_query_length,
-    };
+    train.truncate_questions(recipe.max_train_questions);
+    eval.truncate_questions(recipe.max_eval_questions);
+    let sizes = recipe.sizes();
     let train_examples = squad::read_squad_examples(&train, true);
     let train_features = squad::convert_examples_to_features(&train_examples, tokenizer, sizes)?;
     let eval_examples = squad::read_squad_examples(&eval, false);
     let eval_features = squad::convert_examples_to_features(&eval_examples, tokenizer, sizes)?;
     Ok(SquadData {
+        train_questions: train_examples.len(),
         train_features,
         eval_dataset: eval,
         eval_examples,
@@ -827,7 +899,7 @@ fn squad_batch(features: &[&SquadFeature]) -> HostBatch {
 pub fn train_question_answering<D: BertDevice>(
     model: &mut BertForQuestionAnswering<D>,
     features: &[SquadFeature],
-    recipe: &Recipe,
+    recipe: &TrainingRecipe,
     seed: u64,
     device: &D,
     progress: &dyn Progress,
@@ -907,7 +979,7 @@ pub fn predict_question_answering<D: BertDevice>(
 pub fn squad_predictions(
     data: &SquadData,
     logits: &[SpanLogits],
-    cfg: &crate::config::SquadConfig,
+    recipe: &SquadRecipe,
 ) -> BTreeMap<String, String> {
     let mut by_example: Vec<Vec<usize>> = vec![Vec::new(); data.eval_examples.len()];
     for (i, f) in data.eval_features.iter().enumerate() {
@@ -924,8 +996,8 @@ pub fn squad_predictions(
                 example,
                 &features,
                 &span_logits,
-                cfg.n_best_size,
-                cfg.max_answer_length,
+                recipe.n_best_size,
+                recipe.max_answer_length,
             );
             (example.qas_id.clone(), nbest[0].text.clone())
         })
@@ -933,11 +1005,9 @@ pub fn squad_predictions(
 }
 
 /// Trains and evaluates one SQuAD seed; metrics are fractions (`exact_match`, `f1`).
-#[allow(clippy::too_many_arguments)]
 pub fn run_squad_seed<D: BertDevice>(
     data: &SquadData,
-    cfg: &crate::config::SquadConfig,
-    recipe: &Recipe,
+    recipe: &SquadRecipe,
     init_from: &Init,
     config: &BertConfig,
     seed: u64,
@@ -957,7 +1027,7 @@ pub fn run_squad_seed<D: BertDevice>(
     let train = train_question_answering(
         &mut model,
         &data.train_features,
-        recipe,
+        &recipe.training,
         seed,
         device,
         progress,
@@ -965,7 +1035,7 @@ pub fn run_squad_seed<D: BertDevice>(
     )?;
     let started = Instant::now();
     let logits = predict_question_answering(&model, &data.eval_features, device);
-    let predictions = squad_predictions(data, &logits, cfg);
+    let predictions = squad_predictions(data, &logits, recipe);
     let eval_seconds = started.elapsed().as_secs_f64();
     let as_map: std::collections::HashMap<String, String> =
         predictions.clone().into_iter().collect();
@@ -978,7 +1048,7 @@ pub fn run_squad_seed<D: BertDevice>(
         task: "squad".into(),
         arm: init_from.arm().into(),
         seed,
-        learning_rate: recipe.learning_rate,
+        learning_rate: recipe.training.learning_rate,
         train_examples: data.train_features.len(),
         train,
         dev: vec![SplitScores {
@@ -1271,15 +1341,15 @@ fn run_glue_task(
             task_json["majority_class_accuracy"] = json!(majority_class_accuracy(&gold));
         }
     }
-    let sweep = recipe.learning_rates.clone();
+    let sweep = recipe.training.learning_rates.clone();
     for init_from in env.inits {
         let arm = init_from.arm();
         let mut tried: Vec<(f64, Value, Option<SeedOutput>)> = Vec::new();
         for &lr in &sweep {
-            data.recipe.learning_rate = lr;
+            data.recipe.training.learning_rate = lr;
             let mut runs = Vec::new();
             let mut best: Option<(f64, SeedOutput)> = None;
-            for &seed in &recipe.seeds {
+            for &seed in &recipe.training.seeds {
                 let output = run_seed(
                     &data,
                     init_from,
@@ -1419,28 +1489,31 @@ fn run_squad_task(
     run: &mut crate::stage::StageRun,
     totals: &mut Totals,
 ) -> Result<Value> {
-    let recipe = Recipe::for_task(env.cfg, "squad");
-    let data = load_squad_data(&env.cfg.squad, |p| env.ctx.loaded.resolve(p), env.tokenizer)?;
+    let recipe = SquadRecipe::for_finetune(env.cfg);
+    let data = load_squad_data(
+        &env.cfg.squad,
+        &recipe,
+        |p| env.ctx.loaded.resolve(p),
+        env.tokenizer,
+    )?;
     let mut task_json = json!({
         "metric": "f1",
         "train_examples": data.train_features.len(),
+        "train_questions": data.train_questions,
         "eval_questions": data.eval_examples.len(),
         "recipe": recipe,
     });
-    let sweep = recipe.learning_rates.clone();
+    let sweep = recipe.training.learning_rates.clone();
     for init_from in env.inits {
         let arm = init_from.arm();
         let mut tried: Vec<(f64, Value, ())> = Vec::new();
         for &lr in &sweep {
-            let recipe = Recipe {
-                learning_rate: lr,
-                ..recipe.clone()
-            };
+            let mut recipe = recipe.clone();
+            recipe.training.learning_rate = lr;
             let mut runs = Vec::new();
-            for &seed in &recipe.seeds {
+            for &seed in &recipe.training.seeds {
                 let (seed_run, predictions) = run_squad_seed(
                     &data,
-                    &env.cfg.squad,
                     &recipe,
                     init_from,
                     env.config,

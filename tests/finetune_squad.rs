@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bertline::config::{BertConfig, SquadConfig, VocabConfig};
-use bertline::finetune::{load_squad_data, run_squad_seed, squad_predictions, Init, Recipe};
+use bertline::finetune::{
+    load_squad_data, run_squad_seed, squad_predictions, Init, SquadRecipe, TrainingRecipe,
+};
 use bertline::progress::NoProgress;
 use bertline::squad::{evaluate, load_squad, SpanLogits};
 use bertline::tokenize::{train_wordpiece, WordPiece};
@@ -23,6 +25,18 @@ fn squad_config(max_train: usize, max_eval: usize) -> SquadConfig {
         n_best_size: 20,
         max_train_examples: max_train,
         max_eval_examples: max_eval,
+    }
+}
+
+/// Batch 16, one epoch, lr 1e-3, seed 1.
+fn training() -> TrainingRecipe {
+    TrainingRecipe {
+        learning_rate: 1e-3,
+        learning_rates: vec![1e-3],
+        train_batch_size: 16,
+        num_train_epochs: 1.0,
+        warmup_proportion: 0.1,
+        seeds: vec![1],
     }
 }
 
@@ -47,7 +61,8 @@ fn tokenizer(cfg: &SquadConfig) -> WordPiece {
 fn gold_position_logits_recover_the_gold_answers() {
     let cfg = squad_config(10, 300);
     let wp = tokenizer(&cfg);
-    let data = load_squad_data(&cfg, Path::to_path_buf, &wp).unwrap();
+    let recipe = SquadRecipe::new(training(), &cfg);
+    let data = load_squad_data(&cfg, &recipe, Path::to_path_buf, &wp).unwrap();
     assert_eq!(data.eval_examples.len(), 300);
     // 128-token windows over longer paragraphs: more windows than questions.
     assert!(data.eval_features.len() > data.eval_examples.len());
@@ -65,7 +80,7 @@ fn gold_position_logits_recover_the_gold_answers() {
             }
         })
         .collect();
-    let predictions = squad_predictions(&data, &logits, &cfg);
+    let predictions = squad_predictions(&data, &logits, &recipe);
     assert_eq!(predictions.len(), 300);
     let map: HashMap<String, String> = predictions.into_iter().collect();
     let scores = evaluate(&data.eval_dataset, &map);
@@ -82,7 +97,8 @@ fn gold_position_logits_recover_the_gold_answers() {
 fn tiny_model_trains_on_squad_and_answers_with_context_spans() {
     let cfg = squad_config(200, 50);
     let wp = tokenizer(&cfg);
-    let data = load_squad_data(&cfg, Path::to_path_buf, &wp).unwrap();
+    let recipe = SquadRecipe::new(training(), &cfg);
+    let data = load_squad_data(&cfg, &recipe, Path::to_path_buf, &wp).unwrap();
     let config = BertConfig {
         vocab_size: 4000,
         hidden_size: 32,
@@ -92,21 +108,9 @@ fn tiny_model_trains_on_squad_and_answers_with_context_spans() {
         max_position_embeddings: 128,
         ..BertConfig::default()
     };
-    let recipe = Recipe {
-        learning_rate: 1e-3,
-        learning_rates: vec![1e-3],
-        train_batch_size: 16,
-        num_train_epochs: 1.0,
-        warmup_proportion: 0.1,
-        max_seq_length: 128,
-        max_train_examples: 0,
-        max_eval_examples: 0,
-        seeds: vec![1],
-    };
     let device = Cpu::seed_from_u64(1);
     let (run, predictions) = run_squad_seed(
         &data,
-        &cfg,
         &recipe,
         &Init::Scratch,
         &config,

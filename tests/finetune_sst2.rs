@@ -6,8 +6,8 @@ use std::path::Path;
 use bertline::config::{BertConfig, VocabConfig};
 use bertline::finetune::{
     convert_examples_to_features, majority_class_accuracy, predict_sequence_classifier,
-    prediction_targets, predictions_from_logits, subsample, train_sequence_classifier, Recipe,
-    TrainLog,
+    prediction_targets, predictions_from_logits, subsample, train_sequence_classifier, TrainLog,
+    TrainingRecipe,
 };
 use bertline::metrics::{accuracy, Targets};
 use bertline::model::{init, BertForSequenceClassification};
@@ -50,15 +50,12 @@ fn tiny_model_beats_the_majority_class_on_sst2() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut model =
         BertForSequenceClassification::new(&config, 2, &mut init(&config, &device, &mut rng));
-    let recipe = Recipe {
+    let recipe = TrainingRecipe {
         learning_rate: 2e-3,
         learning_rates: vec![2e-3],
         train_batch_size: 32,
         num_train_epochs: 3.0,
         warmup_proportion: 0.1,
-        max_seq_length: 64,
-        max_train_examples: 0,
-        max_eval_examples: 0,
         seeds: vec![1],
     };
     let log = TrainLog {

@@ -238,3 +238,60 @@ fn hf_directory_init_runs_pretrained_and_scratch_arms() {
     );
     assert!(!fresh.run_dir().join("vocab").exists());
 }
+
+/// SQuAD runs with `[finetune.squad]`'s windows and question caps, and `results.json`
+/// records that recipe (not `[finetune]`'s 64 tokens and 200 examples).
+#[test]
+fn squad_results_record_the_recipe_squad_ran_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), r#"["squad"]"#);
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            r#"
+[finetune.squad]
+dev_file = "{dev}"
+max_seq_length = 48
+doc_stride = 24
+max_query_length = 16
+max_train_examples = 16
+max_eval_examples = 8
+[finetune.overrides.squad]
+seeds = [1]
+"#,
+            dev = repo("datasets/squad/dev-v1.1.json")
+        );
+    std::fs::write(&config, text).unwrap();
+    let ctx = open(&config);
+    run_vocab(&ctx, &NoProgress).unwrap();
+    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    let results: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ctx.run_dir().join("finetune/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results, outcome.record().metrics);
+    let squad = &results["tasks"]["squad"];
+    let recipe = &squad["recipe"];
+    assert_eq!(recipe["max_seq_length"], 48);
+    assert_eq!(recipe["doc_stride"], 24);
+    assert_eq!(recipe["max_query_length"], 16);
+    assert_eq!(
+        (
+            &recipe["max_train_questions"],
+            &recipe["max_eval_questions"]
+        ),
+        (&serde_json::json!(16), &serde_json::json!(8))
+    );
+    assert!(recipe.get("max_train_examples").is_none(), "{recipe}");
+    assert_eq!(recipe["seeds"], serde_json::json!([1]));
+    assert_eq!(
+        (&squad["train_questions"], &squad["eval_questions"]),
+        (&serde_json::json!(16), &serde_json::json!(8))
+    );
+    // 48-token windows: more windows than questions.
+    assert!(squad["train_examples"].as_u64().unwrap() > 16, "{squad}");
+    let seed1: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ctx.run_dir().join("finetune/squad/scratch-seed1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seed1["recipe"], *recipe);
+}

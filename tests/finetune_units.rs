@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use bertline::config::FinetuneConfig;
 use bertline::finetune::{
     majority_class_accuracy, pick_learning_rate, seed_artifact_name, subsample, summarize_arm,
-    truncate_seq_pair, HostBatch, Recipe, SeedRun, SplitScores, TrainStats,
+    truncate_seq_pair, HostBatch, Recipe, SeedRun, SplitScores, SquadRecipe, TrainStats,
+    TrainingRecipe,
 };
 use serde_json::json;
 
@@ -50,9 +51,9 @@ fn recipe_applies_overrides_and_counts_steps() {
         "#,
     )
     .unwrap();
-    let sst2 = Recipe::for_task(&cfg, "sst2");
+    let sst2 = TrainingRecipe::for_task(&cfg, "sst2");
     assert_eq!((sst2.learning_rate, sst2.seeds.clone()), (1e-4, vec![1, 2]));
-    let cola = Recipe::for_task(&cfg, "cola");
+    let cola = TrainingRecipe::for_task(&cfg, "cola");
     assert_eq!(
         (
             cola.learning_rate,
@@ -183,17 +184,17 @@ fn learning_rate_sweep_comes_from_config_and_overrides() {
         "#,
     )
     .unwrap();
-    let sst2 = Recipe::for_task(&cfg, "sst2");
+    let sst2 = TrainingRecipe::for_task(&cfg, "sst2");
     assert_eq!(sst2.learning_rates, vec![1e-4, 3e-4]);
     assert_eq!((sst2.learning_rate, sst2.warmup_proportion), (1e-4, 0.1));
-    let cola = Recipe::for_task(&cfg, "cola");
+    let cola = TrainingRecipe::for_task(&cfg, "cola");
     assert_eq!(
         (cola.learning_rates.clone(), cola.learning_rate),
         (vec![2e-5], 2e-5)
     );
     assert_eq!(cola.warmup_proportion, 0.2);
     // An empty sweep falls back to the single learning rate.
-    let mrpc = Recipe::for_task(&cfg, "mrpc");
+    let mrpc = TrainingRecipe::for_task(&cfg, "mrpc");
     assert_eq!(
         (mrpc.learning_rates.clone(), mrpc.learning_rate),
         (vec![5e-5], 5e-5)
@@ -228,4 +229,53 @@ fn sweep_runs_get_their_own_artifact_names() {
         seed_artifact_name(&run, true),
         "mrpc/scratch-lr3e-5-seed2.json"
     );
+}
+
+/// SQuAD runs with `[finetune.squad]`'s window and question caps, never `[finetune]`'s
+/// sequence length and example caps, and its recipe says so; the training part (learning
+/// rate, batch, epochs, seeds) is `[finetune]`'s with `[finetune.overrides.squad]`.
+#[test]
+fn squad_recipe_is_the_one_squad_runs_with() {
+    let cfg: FinetuneConfig = toml::from_str(
+        r#"
+        learning_rate = 1e-4
+        max_seq_length = 128
+        max_train_examples = 1000
+        max_eval_examples = 500
+        [squad]
+        max_seq_length = 384
+        doc_stride = 128
+        max_train_examples = 300
+        [overrides.squad]
+        num_train_epochs = 2.0
+        "#,
+    )
+    .unwrap();
+    let squad = SquadRecipe::for_finetune(&cfg);
+    assert_eq!(
+        (
+            squad.max_seq_length,
+            squad.doc_stride,
+            squad.max_train_questions,
+            squad.max_eval_questions
+        ),
+        (384, 128, 300, 0)
+    );
+    assert_eq!(
+        (
+            squad.training.learning_rate,
+            squad.training.num_train_epochs
+        ),
+        (1e-4, 2.0)
+    );
+    let recorded = serde_json::to_value(&squad).unwrap();
+    assert_eq!(recorded["max_seq_length"], 384);
+    assert_eq!(recorded["max_train_questions"], 300);
+    assert_eq!(recorded["learning_rate"], 1e-4);
+    assert!(recorded.get("max_train_examples").is_none());
+    let back: SquadRecipe = serde_json::from_value(recorded).unwrap();
+    assert_eq!(back, squad);
+    // The classification recipe keeps [finetune]'s values.
+    let sst2 = Recipe::for_task(&cfg, "sst2");
+    assert_eq!((sst2.max_seq_length, sst2.max_train_examples), (128, 1000));
 }
