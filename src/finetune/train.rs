@@ -1,0 +1,256 @@
+//! Training and inference: the fine-tuning loop (AdamW, warmup then linear decay, clipping)
+//! and batched predictions.
+
+use std::time::Instant;
+
+use dfdx::tensor::NoneTape;
+use dfdx::tensor_ops::Backward;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::features::{classification_batch, label_value};
+use super::{InputFeatures, TrainingRecipe};
+use crate::error::{Error, Result};
+use crate::metrics::{MetricsWriter, Targets};
+use crate::model::{BertDevice, BertForSequenceClassification, Mode, TrainTape};
+use crate::optim::{clip_grad_norm, schedule, AdamW, AdamWConfig, ParamGrads};
+use crate::progress::Progress;
+use crate::tasks::{Prediction, TaskKind};
+
+/// AdamW as Google's `run_classifier.py` builds it (`optimization.create_optimizer`):
+/// β = (0.9, 0.999), ε = 1e-6, weight decay 0.01; gradients clipped to norm 1.0.
+pub(super) const ADAMW: AdamWConfig = AdamWConfig {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-6,
+    weight_decay: 0.01,
+};
+pub(super) const MAX_GRAD_NORM: f64 = 1.0;
+/// Rows per inference batch.
+pub(super) const EVAL_BATCH_SIZE: usize = 64;
+
+/// What one training run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainStats {
+    /// Optimizer steps taken.
+    pub steps: usize,
+    pub warmup_steps: usize,
+    /// Training examples seen (with repeats over epochs).
+    pub examples: usize,
+    pub seconds: f64,
+    pub examples_per_s: f64,
+    /// Mean training loss of each (possibly partial) epoch.
+    pub epoch_losses: Vec<f64>,
+}
+
+/// Batches of row indices over `num_train_steps` steps: each epoch a fresh shuffle, the last
+/// batch of an epoch possibly short (as a TF input pipeline without `drop_remainder`).
+pub(super) fn training_batches(
+    n: usize,
+    recipe: &TrainingRecipe,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, Vec<usize>)> {
+    let total = recipe.num_train_steps(n);
+    let mut batches = Vec::with_capacity(total);
+    let mut epoch = 0;
+    while batches.len() < total {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        for chunk in order.chunks(recipe.train_batch_size) {
+            if batches.len() == total {
+                break;
+            }
+            batches.push((epoch, chunk.to_vec()));
+        }
+        epoch += 1;
+    }
+    batches
+}
+
+/// One optimizer step on a batch: forward, loss, backward, clip, AdamW. Returns the loss.
+pub(super) fn optimizer_step<D: BertDevice, M: crate::model::HfParams<D>>(
+    model: &mut M,
+    optimizer: &mut AdamW,
+    loss: crate::model::Scalar<D, TrainTape<D>>,
+    lr: f64,
+) -> Result<f64> {
+    let value = loss.as_vec()[0] as f64;
+    if !value.is_finite() {
+        return Err(Error::Model(format!(
+            "fine-tuning loss is {value}: lower finetune.learning_rate"
+        )));
+    }
+    let mut grads = loss.backward();
+    let mut host = ParamGrads::from_gradients(model, &mut grads);
+    clip_grad_norm(&mut host, MAX_GRAD_NORM);
+    optimizer.update(model, &host, lr);
+    Ok(value)
+}
+
+/// A per-step record of the training log (`train-log.jsonl`).
+#[derive(Debug, Clone, Serialize)]
+struct StepRecord<'a> {
+    task: &'a str,
+    arm: &'a str,
+    seed: u64,
+    /// The run's peak learning rate (tells the runs of a sweep apart).
+    peak_lr: f64,
+    epoch: usize,
+    step: usize,
+    lr: f64,
+    loss: f64,
+}
+
+/// Where and under which name a training loop logs.
+pub struct TrainLog<'a> {
+    pub task: &'a str,
+    pub arm: &'a str,
+    pub seed: u64,
+    /// Optional JSONL log, one record per step.
+    pub writer: Option<&'a mut MetricsWriter>,
+}
+
+/// Fine-tunes a classifier (or regressor) on `features` with `recipe`: `seed` drives the
+/// shuffling and the dropout masks. Reports each step to `progress`, each epoch's mean loss
+/// as its message.
+pub fn train_sequence_classifier<D: BertDevice>(
+    model: &mut BertForSequenceClassification<D>,
+    features: &[InputFeatures],
+    recipe: &TrainingRecipe,
+    seed: u64,
+    device: &D,
+    progress: &dyn Progress,
+    mut log: TrainLog<'_>,
+) -> Result<TrainStats> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let batches = training_batches(features.len(), recipe, &mut rng);
+    let total = batches.len();
+    let warmup = recipe.num_warmup_steps(total);
+    let mut optimizer = AdamW::new(ADAMW);
+    let mut mode = Mode::train(seed ^ 0x5eed_d20f);
+    let mut stats = TrainStats {
+        steps: total,
+        warmup_steps: warmup,
+        ..TrainStats::default()
+    };
+    let started = Instant::now();
+    progress.start(
+        &format!("{} {} seed {}", log.task, log.arm, log.seed),
+        total as u64,
+    );
+    let (mut epoch_sum, mut epoch_rows) = (0.0, 0usize);
+    for (step, (epoch, rows)) in batches.iter().enumerate() {
+        let batch_features: Vec<&InputFeatures> = rows.iter().map(|&i| &features[i]).collect();
+        let labels = batch_features
+            .iter()
+            .map(|f| label_value(f.label))
+            .collect::<Result<Vec<f32>>>()?;
+        let inputs = classification_batch(&batch_features).inputs(device);
+        let lr = schedule(step, recipe.learning_rate, warmup, total);
+        let logits = model.forward::<TrainTape<D>>(&inputs, &mut mode);
+        let loss = model.loss(logits, &labels);
+        let value = optimizer_step(model, &mut optimizer, loss, lr)?;
+        epoch_sum += value;
+        epoch_rows += 1;
+        stats.examples += rows.len();
+        if let Some(w) = log.writer.as_deref_mut() {
+            w.write(&StepRecord {
+                task: log.task,
+                arm: log.arm,
+                seed: log.seed,
+                peak_lr: recipe.learning_rate,
+                epoch: *epoch,
+                step: step + 1,
+                lr,
+                loss: value,
+            })?;
+        }
+        progress.advance(1);
+        let epoch_ends = batches.get(step + 1).is_none_or(|(e, _)| e != epoch);
+        if epoch_ends {
+            let mean = epoch_sum / epoch_rows as f64;
+            stats.epoch_losses.push(mean);
+            progress.message(&format!("epoch {} loss {mean:.4}", epoch + 1));
+            tracing::debug!(
+                task = log.task,
+                arm = log.arm,
+                seed = log.seed,
+                epoch,
+                loss = mean,
+                "epoch done"
+            );
+            (epoch_sum, epoch_rows) = (0.0, 0);
+        }
+    }
+    progress.finish();
+    stats.seconds = started.elapsed().as_secs_f64();
+    stats.examples_per_s = stats.examples as f64 / stats.seconds.max(1e-9);
+    Ok(stats)
+}
+
+/// Indices sorted by length, so inference batches carry little padding.
+pub(super) fn by_length(lengths: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut order: Vec<(usize, usize)> = lengths.enumerate().collect();
+    order.sort_by_key(|&(i, len)| (len, i));
+    order.into_iter().map(|(i, _)| i).collect()
+}
+
+/// Logits of every example (`[num_labels]` each), in the order of `features`; dropout off.
+pub fn predict_sequence_classifier<D: BertDevice>(
+    model: &BertForSequenceClassification<D>,
+    features: &[InputFeatures],
+    device: &D,
+) -> Vec<Vec<f32>> {
+    let order = by_length(features.iter().map(|f| f.input_ids.len()));
+    let mut logits = vec![Vec::new(); features.len()];
+    for chunk in order.chunks(EVAL_BATCH_SIZE) {
+        let rows: Vec<&InputFeatures> = chunk.iter().map(|&i| &features[i]).collect();
+        let inputs = classification_batch(&rows).inputs(device);
+        let out = model.forward::<NoneTape>(&inputs, &mut Mode::Eval).as_vec();
+        for (row, &i) in out.chunks(model.num_labels).zip(chunk) {
+            logits[i] = row.to_vec();
+        }
+    }
+    logits
+}
+
+/// Class ids (argmax, first on ties) or scores from logits.
+pub fn predictions_from_logits(kind: &TaskKind, logits: &[Vec<f32>]) -> Vec<Prediction> {
+    logits
+        .iter()
+        .map(|row| match kind {
+            TaskKind::Regression => Prediction::Score(row[0] as f64),
+            TaskKind::Classification { .. } => Prediction::Class(crate::model::heads::argmax(row)),
+        })
+        .collect()
+}
+
+/// Predictions as metric targets.
+pub fn prediction_targets(predictions: &[Prediction]) -> Targets {
+    if predictions
+        .iter()
+        .all(|p| matches!(p, Prediction::Class(_)))
+    {
+        Targets::Classes(
+            predictions
+                .iter()
+                .map(|p| match p {
+                    Prediction::Class(c) => *c,
+                    Prediction::Score(_) => unreachable!("all classes"),
+                })
+                .collect(),
+        )
+    } else {
+        Targets::Scores(
+            predictions
+                .iter()
+                .map(|p| match p {
+                    Prediction::Class(c) => *c as f64,
+                    Prediction::Score(s) => *s,
+                })
+                .collect(),
+        )
+    }
+}
