@@ -9,13 +9,15 @@ use dfdx::tensor::NoneTape;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::train::{by_length, optimizer_step, training_batches, ADAMW, EVAL_BATCH_SIZE};
-use super::{HostBatch, Init, SeedRun, SplitScores, SquadRecipe, TrainStats, TrainingRecipe};
+use super::train::{by_length, EVAL_BATCH_SIZE};
+use super::{
+    fine_tune, HostBatch, Init, SeedRun, SplitScores, SquadRecipe, TrainLog, TrainStats,
+    TrainingRecipe,
+};
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::model::export::load_question_answering;
 use crate::model::{init, BertDevice, BertForQuestionAnswering, Mode, TrainTape};
-use crate::optim::{schedule, AdamW};
 use crate::progress::Progress;
 use crate::squad::{self, FeatureSizes, SpanLogits, SquadFeature, Wordpiece};
 
@@ -68,8 +70,8 @@ fn squad_batch(features: &[&SquadFeature]) -> HostBatch {
     )
 }
 
-/// Fine-tunes a span extractor on SQuAD features (loss: mean of start and end
-/// cross-entropy).
+/// Fine-tunes a span extractor on SQuAD features ([`fine_tune`] with the mean of the start
+/// and end cross-entropy).
 pub fn train_question_answering<D: BertDevice>(
     model: &mut BertForQuestionAnswering<D>,
     features: &[SquadFeature],
@@ -77,45 +79,24 @@ pub fn train_question_answering<D: BertDevice>(
     seed: u64,
     device: &D,
     progress: &dyn Progress,
-    label: &str,
+    log: TrainLog<'_>,
 ) -> Result<TrainStats> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let batches = training_batches(features.len(), recipe, &mut rng);
-    let total = batches.len();
-    let warmup = recipe.num_warmup_steps(total);
-    let mut optimizer = AdamW::new(ADAMW);
-    let mut mode = Mode::train(seed ^ 0x5eed_d20f);
-    let mut stats = TrainStats {
-        steps: total,
-        warmup_steps: warmup,
-        ..TrainStats::default()
-    };
-    let started = Instant::now();
-    progress.start(label, total as u64);
-    let (mut epoch_sum, mut epoch_rows) = (0.0, 0usize);
-    for (step, (epoch, rows)) in batches.iter().enumerate() {
-        let batch: Vec<&SquadFeature> = rows.iter().map(|&i| &features[i]).collect();
-        let starts: Vec<usize> = batch.iter().map(|f| f.start_position).collect();
-        let ends: Vec<usize> = batch.iter().map(|f| f.end_position).collect();
-        let inputs = squad_batch(&batch).inputs(device);
-        let lr = schedule(step, recipe.learning_rate, warmup, total);
-        let output = model.forward::<TrainTape<D>>(&inputs, &mut mode);
-        let loss = model.loss(output, &starts, &ends);
-        epoch_sum += optimizer_step(model, &mut optimizer, loss, lr)?;
-        epoch_rows += 1;
-        stats.examples += rows.len();
-        progress.advance(1);
-        if batches.get(step + 1).is_none_or(|(e, _)| e != epoch) {
-            let mean = epoch_sum / epoch_rows as f64;
-            stats.epoch_losses.push(mean);
-            progress.message(&format!("epoch {} loss {mean:.4}", epoch + 1));
-            (epoch_sum, epoch_rows) = (0.0, 0);
-        }
-    }
-    progress.finish();
-    stats.seconds = started.elapsed().as_secs_f64();
-    stats.examples_per_s = stats.examples as f64 / stats.seconds.max(1e-9);
-    Ok(stats)
+    fine_tune(
+        model,
+        features.len(),
+        recipe,
+        seed,
+        progress,
+        log,
+        |model, rows, mode| {
+            let batch: Vec<&SquadFeature> = rows.iter().map(|&i| &features[i]).collect();
+            let starts: Vec<usize> = batch.iter().map(|f| f.start_position).collect();
+            let ends: Vec<usize> = batch.iter().map(|f| f.end_position).collect();
+            let inputs = squad_batch(&batch).inputs(device);
+            let output = model.forward::<TrainTape<D>>(&inputs, mode);
+            Ok(model.loss(output, &starts, &ends))
+        },
+    )
 }
 
 /// Start and end logits of every feature, in order; dropout off.
@@ -197,7 +178,12 @@ pub fn run_squad_seed<D: BertDevice>(
             BertForQuestionAnswering::new(config, &mut init(config, device, &mut rng))
         }
     };
-    let label = format!("squad {} seed {seed}", init_from.arm());
+    let log = TrainLog {
+        task: "squad",
+        arm: init_from.arm(),
+        seed,
+        writer: None,
+    };
     let train = train_question_answering(
         &mut model,
         &data.train_features,
@@ -205,7 +191,7 @@ pub fn run_squad_seed<D: BertDevice>(
         seed,
         device,
         progress,
-        &label,
+        log,
     )?;
     let started = Instant::now();
     let logits = predict_question_answering(&model, &data.eval_features, device);

@@ -14,7 +14,7 @@ use super::features::{classification_batch, label_value};
 use super::{InputFeatures, TrainingRecipe};
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsWriter, Targets};
-use crate::model::{BertDevice, BertForSequenceClassification, Mode, TrainTape};
+use crate::model::{BertDevice, BertForSequenceClassification, HfParams, Mode, Scalar, TrainTape};
 use crate::optim::{clip_grad_norm, schedule, AdamW, AdamWConfig, ParamGrads};
 use crate::progress::Progress;
 use crate::tasks::{Prediction, TaskKind};
@@ -47,7 +47,7 @@ pub struct TrainStats {
 
 /// Batches of row indices over `num_train_steps` steps: each epoch a fresh shuffle, the last
 /// batch of an epoch possibly short (as a TF input pipeline without `drop_remainder`).
-pub(super) fn training_batches(
+fn training_batches(
     n: usize,
     recipe: &TrainingRecipe,
     rng: &mut ChaCha8Rng,
@@ -70,10 +70,10 @@ pub(super) fn training_batches(
 }
 
 /// One optimizer step on a batch: forward, loss, backward, clip, AdamW. Returns the loss.
-pub(super) fn optimizer_step<D: BertDevice, M: crate::model::HfParams<D>>(
+fn optimizer_step<D: BertDevice, M: HfParams<D>>(
     model: &mut M,
     optimizer: &mut AdamW,
-    loss: crate::model::Scalar<D, TrainTape<D>>,
+    loss: Scalar<D, TrainTape<D>>,
     lr: f64,
 ) -> Result<f64> {
     let value = loss.as_vec()[0] as f64;
@@ -112,20 +112,22 @@ pub struct TrainLog<'a> {
     pub writer: Option<&'a mut MetricsWriter>,
 }
 
-/// Fine-tunes a classifier (or regressor) on `features` with `recipe`: `seed` drives the
-/// shuffling and the dropout masks. Reports each step to `progress`, each epoch's mean loss
-/// as its message.
-pub fn train_sequence_classifier<D: BertDevice>(
-    model: &mut BertForSequenceClassification<D>,
-    features: &[InputFeatures],
+/// The fine-tuning loop of every task kind: `recipe.num_train_steps(num_rows)` steps over
+/// seeded shuffles of the rows, each step's loss from `loss(model, rows, mode)`, 10% (the
+/// recipe's) linear warmup then linear decay, clipping, AdamW. `seed` drives the shuffling
+/// and the dropout masks. Reports each step to `progress` (labelled `task arm seed k`),
+/// each epoch's mean loss as its message, and each step to `log`'s writer when it has one.
+pub fn fine_tune<D: BertDevice, M: HfParams<D>>(
+    model: &mut M,
+    num_rows: usize,
     recipe: &TrainingRecipe,
     seed: u64,
-    device: &D,
     progress: &dyn Progress,
     mut log: TrainLog<'_>,
+    loss: impl Fn(&M, &[usize], &mut Mode) -> Result<Scalar<D, TrainTape<D>>>,
 ) -> Result<TrainStats> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let batches = training_batches(features.len(), recipe, &mut rng);
+    let batches = training_batches(num_rows, recipe, &mut rng);
     let total = batches.len();
     let warmup = recipe.num_warmup_steps(total);
     let mut optimizer = AdamW::new(ADAMW);
@@ -142,16 +144,9 @@ pub fn train_sequence_classifier<D: BertDevice>(
     );
     let (mut epoch_sum, mut epoch_rows) = (0.0, 0usize);
     for (step, (epoch, rows)) in batches.iter().enumerate() {
-        let batch_features: Vec<&InputFeatures> = rows.iter().map(|&i| &features[i]).collect();
-        let labels = batch_features
-            .iter()
-            .map(|f| label_value(f.label))
-            .collect::<Result<Vec<f32>>>()?;
-        let inputs = classification_batch(&batch_features).inputs(device);
+        let step_loss = loss(model, rows, &mut mode)?;
         let lr = schedule(step, recipe.learning_rate, warmup, total);
-        let logits = model.forward::<TrainTape<D>>(&inputs, &mut mode);
-        let loss = model.loss(logits, &labels);
-        let value = optimizer_step(model, &mut optimizer, loss, lr)?;
+        let value = optimizer_step(model, &mut optimizer, step_loss, lr)?;
         epoch_sum += value;
         epoch_rows += 1;
         stats.examples += rows.len();
@@ -188,6 +183,37 @@ pub fn train_sequence_classifier<D: BertDevice>(
     stats.seconds = started.elapsed().as_secs_f64();
     stats.examples_per_s = stats.examples as f64 / stats.seconds.max(1e-9);
     Ok(stats)
+}
+
+/// Fine-tunes a classifier (or regressor) on `features` with `recipe` ([`fine_tune`] with
+/// cross-entropy, or MSE for one label).
+pub fn train_sequence_classifier<D: BertDevice>(
+    model: &mut BertForSequenceClassification<D>,
+    features: &[InputFeatures],
+    recipe: &TrainingRecipe,
+    seed: u64,
+    device: &D,
+    progress: &dyn Progress,
+    log: TrainLog<'_>,
+) -> Result<TrainStats> {
+    fine_tune(
+        model,
+        features.len(),
+        recipe,
+        seed,
+        progress,
+        log,
+        |model, rows, mode| {
+            let batch: Vec<&InputFeatures> = rows.iter().map(|&i| &features[i]).collect();
+            let labels = batch
+                .iter()
+                .map(|f| label_value(f.label))
+                .collect::<Result<Vec<f32>>>()?;
+            let inputs = classification_batch(&batch).inputs(device);
+            let logits = model.forward::<TrainTape<D>>(&inputs, mode);
+            Ok(model.loss(logits, &labels))
+        },
+    )
 }
 
 /// Indices sorted by length, so inference batches carry little padding.
