@@ -174,81 +174,112 @@ pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
         .collect())
 }
 
-/// Writes instances as fixed-length rows (`[PAD]` = 0 fills up to `max_seq_length`,
-/// predictions padded to `max_predictions` with weight 0), atomically.
+/// `instances` as fixed-length rows, the mask stage's row format: `[PAD]` (0) fills each
+/// row up to `max_seq_length` (attention mask 0 there), predictions are padded to
+/// `max_predictions` with position, id and weight 0. The error names the first instance
+/// that does not fit.
+pub fn pad_instances(
+    instances: &[TrainingInstance],
+    max_seq_length: usize,
+    max_predictions: usize,
+) -> std::result::Result<InstanceShard, String> {
+    let n = instances.len();
+    let mut shard = InstanceShard {
+        batch: n,
+        seq_len: max_seq_length,
+        max_predictions,
+        input_ids: Vec::with_capacity(n * max_seq_length),
+        token_type_ids: Vec::with_capacity(n * max_seq_length),
+        attention_mask: Vec::with_capacity(n * max_seq_length),
+        masked_lm_positions: Vec::with_capacity(n * max_predictions),
+        masked_lm_ids: Vec::with_capacity(n * max_predictions),
+        masked_lm_weights: Vec::with_capacity(n * max_predictions),
+        next_sentence_label: Vec::with_capacity(n),
+    };
+    for (i, inst) in instances.iter().enumerate() {
+        let len = inst.tokens.len();
+        let npred = inst.masked_lm_positions.len();
+        if len > max_seq_length || npred > max_predictions || inst.segment_ids.len() != len {
+            return Err(format!(
+                "instance {i} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"
+            ));
+        }
+        let pad = max_seq_length - len;
+        shard.input_ids.extend(&inst.tokens);
+        shard.input_ids.extend(std::iter::repeat_n(0, pad));
+        shard
+            .token_type_ids
+            .extend(inst.segment_ids.iter().map(|&s| s as u32));
+        shard.token_type_ids.extend(std::iter::repeat_n(0, pad));
+        shard.attention_mask.extend(std::iter::repeat_n(1, len));
+        shard.attention_mask.extend(std::iter::repeat_n(0, pad));
+        let pad = max_predictions - npred;
+        shard.masked_lm_positions.extend(&inst.masked_lm_positions);
+        shard
+            .masked_lm_positions
+            .extend(std::iter::repeat_n(0, pad));
+        shard.masked_lm_ids.extend(&inst.masked_lm_labels);
+        shard.masked_lm_ids.extend(std::iter::repeat_n(0, pad));
+        shard
+            .masked_lm_weights
+            .extend(std::iter::repeat_n(1.0, npred));
+        shard
+            .masked_lm_weights
+            .extend(std::iter::repeat_n(0.0, pad));
+        shard.next_sentence_label.push(inst.is_random_next as u32);
+    }
+    Ok(shard)
+}
+
+/// Writes instances as fixed-length rows ([`pad_instances`]), atomically.
 pub fn write_instances(
     path: &Path,
     instances: &[TrainingInstance],
     max_seq_length: usize,
     max_predictions: usize,
 ) -> Result<ShardInfo> {
-    let n = instances.len();
-    let seq_col = |name: &str| {
-        ListPrimitiveChunkedBuilder::<Int32Type>::new(
+    let rows = pad_instances(instances, max_seq_length, max_predictions)
+        .map_err(|e| Error::shard(path, e))?;
+    let n = rows.batch;
+    let list = |name: &str, values: &[u32], width: usize| {
+        let mut column = ListPrimitiveChunkedBuilder::<Int32Type>::new(
             name.into(),
             n,
-            n * max_seq_length,
+            n * width,
             DataType::Int32,
-        )
+        );
+        let mut row = vec![0i32; width];
+        for i in 0..n {
+            for (d, &s) in row.iter_mut().zip(&values[i * width..(i + 1) * width]) {
+                *d = s as i32;
+            }
+            column.append_slice(&row);
+        }
+        column.finish().into_series().into_column()
     };
-    let pred_col = |name: &str| {
-        ListPrimitiveChunkedBuilder::<Int32Type>::new(
-            name.into(),
-            n,
-            n * max_predictions,
-            DataType::Int32,
-        )
-    };
-    let mut input_ids = seq_col("input_ids");
-    let mut token_type_ids = seq_col("token_type_ids");
-    let mut attention_mask = seq_col("attention_mask");
-    let mut positions = pred_col("masked_lm_positions");
-    let mut ids = pred_col("masked_lm_ids");
     let mut weights = ListPrimitiveChunkedBuilder::<Float32Type>::new(
         "masked_lm_weights".into(),
         n,
         n * max_predictions,
         DataType::Float32,
     );
-    let mut labels = Vec::with_capacity(n);
-    let mut row = vec![0i32; max_seq_length.max(max_predictions)];
-    let mut wrow = vec![0f32; max_predictions];
-    for (i, inst) in instances.iter().enumerate() {
-        let len = inst.tokens.len();
-        let npred = inst.masked_lm_positions.len();
-        if len > max_seq_length || npred > max_predictions || inst.segment_ids.len() != len {
-            return Err(Error::shard(
-                path,
-                format!(
-                    "instance {i} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"
-                ),
-            ));
-        }
-        let seq = &mut row[..max_seq_length];
-        fill(seq, inst.tokens.iter().map(|&t| t as i32));
-        input_ids.append_slice(seq);
-        fill(seq, inst.segment_ids.iter().map(|&t| t as i32));
-        token_type_ids.append_slice(seq);
-        fill(seq, std::iter::repeat_n(1, len));
-        attention_mask.append_slice(seq);
-        let pred = &mut row[..max_predictions];
-        fill(pred, inst.masked_lm_positions.iter().map(|&t| t as i32));
-        positions.append_slice(pred);
-        fill(pred, inst.masked_lm_labels.iter().map(|&t| t as i32));
-        ids.append_slice(pred);
-        wrow.fill(0.0);
-        wrow[..npred].fill(1.0);
-        weights.append_slice(&wrow);
-        labels.push(inst.is_random_next as i32);
+    for i in 0..n {
+        weights
+            .append_slice(&rows.masked_lm_weights[i * max_predictions..(i + 1) * max_predictions]);
     }
+    let labels: Vec<i32> = rows.next_sentence_label.iter().map(|&l| l as i32).collect();
     let df = DataFrame::new(
         n,
         vec![
-            input_ids.finish().into_series().into_column(),
-            token_type_ids.finish().into_series().into_column(),
-            attention_mask.finish().into_series().into_column(),
-            positions.finish().into_series().into_column(),
-            ids.finish().into_series().into_column(),
+            list("input_ids", &rows.input_ids, max_seq_length),
+            list("token_type_ids", &rows.token_type_ids, max_seq_length),
+            list("attention_mask", &rows.attention_mask, max_seq_length),
+            list(
+                "masked_lm_positions",
+                &rows.masked_lm_positions,
+                max_predictions,
+            ),
+            list("masked_lm_ids", &rows.masked_lm_ids, max_predictions),
             weights.finish().into_series().into_column(),
             Series::new("next_sentence_label".into(), labels).into_column(),
         ],
@@ -313,15 +344,6 @@ fn input_ids_len_mismatch(df: &DataFrame, seq_len: usize) -> bool {
             .any(|arr| arr.offsets().lengths().any(|l| l != seq_len)),
         Err(_) => true,
     }
-}
-
-fn fill(dst: &mut [i32], src: impl Iterator<Item = i32>) {
-    let mut n = 0;
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = s;
-        n += 1;
-    }
-    dst[n..].fill(0);
 }
 
 /// Writes a frame as Parquet (snappy: the fastest codec every reader has) atomically and returns its size and hash.

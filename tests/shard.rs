@@ -1,7 +1,7 @@
 //! Parquet shards: exact round trips, fixed-length padding, and one-line errors for
 //! truncated or foreign files.
 
-use bertline::shard::{read_instances, read_pairs, write_instances, write_pairs};
+use bertline::shard::{pad_instances, read_instances, read_pairs, write_instances, write_pairs};
 use bertline::{SentencePair, TrainingInstance};
 
 fn pairs() -> Vec<SentencePair> {
@@ -54,6 +54,8 @@ fn instances_are_padded_to_fixed_length() {
     assert_eq!(s.masked_lm_ids, vec![41, 0, 0]);
     assert_eq!(s.masked_lm_weights, vec![1.0, 0.0, 0.0]);
     assert_eq!(s.next_sentence_label, vec![1]);
+    // The rows in memory (the held-out batches) are the rows on disk.
+    assert_eq!(pad_instances(std::slice::from_ref(&inst), 8, 3).unwrap(), s);
 }
 
 #[test]

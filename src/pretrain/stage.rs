@@ -18,7 +18,6 @@ use crate::model::export::{CONFIG_FILE, MODEL_FILE};
 use crate::model::{BertDevice, MaskedLmBatch};
 use crate::optim::total_train_steps;
 use crate::progress::Progress;
-use crate::shard::InstanceShard;
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 
 /// The mask stage's shards, split into (train, eval) by artifact kind or path: a shard
@@ -287,65 +286,13 @@ pub fn heldout_batches(
             is_random_next: false,
         });
     }
-    let shard = heldout_shard(&rows, seq_len, max_predictions);
+    // The mask stage's own row format.
+    let shard = crate::shard::pad_instances(&rows, seq_len, max_predictions)
+        .map_err(|e| Error::data(path, e))?;
     let batches = (0..shard.batch)
         .collect::<Vec<_>>()
         .chunks(batch_size)
         .map(|chunk| MaskedLmBatch::from_rows(chunk.iter().map(|&r| (&shard, r))))
         .collect();
     Ok(batches)
-}
-
-/// Fixed-length rows of `instances`, as the mask stage writes them.
-pub fn heldout_shard(
-    instances: &[crate::shard::TrainingInstance],
-    seq_len: usize,
-    max_predictions: usize,
-) -> InstanceShard {
-    let mut shard = InstanceShard {
-        batch: instances.len(),
-        seq_len,
-        max_predictions,
-        ..Default::default()
-    };
-    for inst in instances {
-        let n = inst.tokens.len();
-        shard.input_ids.extend(
-            inst.tokens
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(0))
-                .take(seq_len),
-        );
-        shard.token_type_ids.extend(
-            inst.segment_ids
-                .iter()
-                .map(|&s| s as u32)
-                .chain(std::iter::repeat(0))
-                .take(seq_len),
-        );
-        shard
-            .attention_mask
-            .extend((0..seq_len).map(|i| (i < n) as u32));
-        let k = inst.masked_lm_positions.len();
-        shard.masked_lm_positions.extend(
-            inst.masked_lm_positions
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(0))
-                .take(max_predictions),
-        );
-        shard.masked_lm_ids.extend(
-            inst.masked_lm_labels
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(0))
-                .take(max_predictions),
-        );
-        shard
-            .masked_lm_weights
-            .extend((0..max_predictions).map(|i| if i < k { 1.0 } else { 0.0 }));
-        shard.next_sentence_label.push(inst.is_random_next as u32);
-    }
-    shard
 }
