@@ -406,3 +406,28 @@ pub fn instance_shards(ctx: &StageCtx, split: Split) -> Result<Vec<PathBuf>> {
         .map(|a| ctx.path_of(a))
         .collect())
 }
+
+/// Stats over the `mask` stage's written shards of `split`, read one at a time.
+pub fn stage_stats(ctx: &StageCtx, split: Split) -> Result<InstanceStats> {
+    let mut stats = InstanceStats::default();
+    for by_length in stage_stats_by_length(ctx, split)?.values() {
+        stats.merge(by_length);
+    }
+    Ok(stats)
+}
+
+/// [`stage_stats`] per sequence length (one entry, or one per pre-training phase length).
+pub fn stage_stats_by_length(
+    ctx: &StageCtx,
+    split: Split,
+) -> Result<std::collections::BTreeMap<usize, InstanceStats>> {
+    let mut by_length = std::collections::BTreeMap::<usize, InstanceStats>::new();
+    for path in instance_shards(ctx, split)? {
+        let shard = crate::shard::read_instances(&path)?;
+        by_length
+            .entry(shard.seq_len)
+            .or_default()
+            .add_shard(&shard, crate::tokenize::SPECIAL.mask);
+    }
+    Ok(by_length)
+}

@@ -6,12 +6,7 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::error::Result;
-use crate::mask::instance_shards;
-use crate::pairs::Split;
-use crate::shard::{read_instances, InstanceShard, TrainingInstance};
-use crate::stage::StageCtx;
-use crate::tokenize::SPECIAL;
+use crate::shard::{InstanceShard, TrainingInstance};
 
 /// Counts over instances; the averages are derived from them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,29 +214,4 @@ impl fmt::Display for InstanceStats {
         }
         Ok(())
     }
-}
-
-/// Stats over the `mask` stage's written shards of `split`, read one at a time.
-pub fn stage_stats(ctx: &StageCtx, split: Split) -> Result<InstanceStats> {
-    let mut stats = InstanceStats::default();
-    for by_length in stage_stats_by_length(ctx, split)?.values() {
-        stats.merge(by_length);
-    }
-    Ok(stats)
-}
-
-/// [`stage_stats`] per sequence length (one entry, or one per pre-training phase length).
-pub fn stage_stats_by_length(
-    ctx: &StageCtx,
-    split: Split,
-) -> Result<std::collections::BTreeMap<usize, InstanceStats>> {
-    let mut by_length = std::collections::BTreeMap::<usize, InstanceStats>::new();
-    for path in instance_shards(ctx, split)? {
-        let shard = read_instances(&path)?;
-        by_length
-            .entry(shard.seq_len)
-            .or_default()
-            .add_shard(&shard, SPECIAL.mask);
-    }
-    Ok(by_length)
 }

@@ -219,11 +219,11 @@ fn wiki_00_matches_googles_create_pretraining_data() {
 /// artifacts recorded, rows agree, a rerun is skipped, a forced rerun writes the same bytes.
 #[test]
 fn pairs_and_mask_stages_run_skip_and_reproduce() {
+    use bertline::mask::stage_stats;
     use bertline::mask::{instance_shards, run_mask};
     use bertline::pairs::{run_pairs, Split};
     use bertline::progress::NoProgress;
     use bertline::stage::{StageCtx, StageOptions};
-    use bertline::stats::stage_stats;
 
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();

@@ -141,9 +141,9 @@ fn two_phases_from_pairs_to_pretrain() {
         }
     }
     // `bertline-mask stats` reports each length apart; together they are the whole split.
-    let by_length = bertline::stats::stage_stats_by_length(&ctx, Split::Train).unwrap();
+    let by_length = bertline::mask::stage_stats_by_length(&ctx, Split::Train).unwrap();
     assert_eq!(by_length.keys().copied().collect::<Vec<_>>(), vec![32, 64]);
-    let total = bertline::stats::stage_stats(&ctx, Split::Train).unwrap();
+    let total = bertline::mask::stage_stats(&ctx, Split::Train).unwrap();
     assert_eq!(
         by_length.values().map(|s| s.instances).sum::<u64>(),
         total.instances

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             }
             Some(Command::Stats { json, eval }) => {
                 let split = if eval { Split::Eval } else { Split::Train };
-                let by_length = bertline::stats::stage_stats_by_length(&ctx, split)?;
+                let by_length = bertline::mask::stage_stats_by_length(&ctx, split)?;
                 let several = by_length.len() > 1;
                 if json && several {
                     // Pre-training phases: one object per sequence length.
