@@ -6,7 +6,8 @@ use super::data::{
     flatten_scalars, ArmResult, PretrainCurves, ReportData, RowValue, StageEntry, TaskResult,
 };
 use super::format::{
-    as_percent, fmt_bytes, fmt_duration, fmt_opt, fmt_rate, fmt_rows, fmt_time, short,
+    as_percent, fmt_bytes, fmt_duration, fmt_opt, fmt_rate, fmt_rows, fmt_time, short, MISSING,
+    NOT_APPLICABLE, NOT_RUN,
 };
 use super::plots::{pretrain_charts, render_finetune_chart, render_line_chart};
 use super::reference::{
@@ -14,16 +15,6 @@ use super::reference::{
 };
 use crate::error::Result;
 use crate::pretrain::PretrainLogRow;
-
-/// What a value that no stage produced prints as.
-pub const MISSING: &str = "missing";
-
-/// What a cell prints as where the quantity does not apply (rows of a checkpoint, a score
-/// a source did not publish).
-pub const NOT_APPLICABLE: &str = "–";
-
-/// What a task that the finetune stage did not run prints as.
-pub const NOT_RUN: &str = "not run";
 
 /// Rows of an artifact table shown before HTML folds it.
 const OPEN_ARTIFACT_ROWS: usize = 12;
@@ -93,12 +84,8 @@ impl Table {
     fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
-
-    /// The table as a Markdown pipe table.
-    pub fn to_markdown(&self) -> String {
-        super::render::markdown_table(self)
-    }
 }
+
 /// The held-out text's MLM perplexity: the log's held-out row, else the stage's metric.
 fn heldout_perplexity(curves: &PretrainCurves) -> Option<f64> {
     curves

@@ -1,6 +1,15 @@
-//! How numbers, sizes, durations and times print in the report.
+//! How numbers, sizes, durations and times print in the report, and what an absent value
+//! prints as. Imports nothing from the rest of the report.
 
-use super::document::{MISSING, NOT_APPLICABLE};
+/// What a value that no stage produced prints as.
+pub const MISSING: &str = "missing";
+
+/// What a cell prints as where the quantity does not apply (rows of a checkpoint, a score
+/// a source did not publish).
+pub const NOT_APPLICABLE: &str = "–";
+
+/// What a task that the finetune stage did not run prints as.
+pub const NOT_RUN: &str = "not run";
 
 /// Characters of a blake3 hash shown in tables.
 pub const SHORT_HASH: usize = 12;

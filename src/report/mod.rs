@@ -57,17 +57,14 @@ pub use data::{
     HistoryEntry, Machine, PretrainCurves, ReportData, RowValue, StageEntry, TaskResult,
     METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
-pub use document::{
-    build_document, glue_table, headline, Block, Chart, Document, Section, Table, MISSING,
-    NOT_APPLICABLE, NOT_RUN,
-};
-pub use format::{as_percent, fmt_bytes, fmt_duration, fmt_time};
+pub use document::{build_document, glue_table, headline, Block, Chart, Document, Section, Table};
+pub use format::{as_percent, fmt_bytes, fmt_duration, fmt_time, MISSING, NOT_APPLICABLE, NOT_RUN};
 pub use plots::{pretrain_charts, render_line_chart, Curve, LineChart};
 pub use reference::{
     canonical_task, task_display_name, DataReference, PublishedColumn, Split, BERT_BASE_DEV,
     BERT_BASE_TEST, BERT_MINI, BERT_TINY, DATA_REFERENCES, PUBLISHED, STANDARD_TASKS,
 };
-pub use render::{escape, render_html, render_markdown};
+pub use render::{escape, markdown_table, render_html, render_markdown};
 
 use serde_json::{json, Value};
 

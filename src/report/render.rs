@@ -3,8 +3,8 @@
 //! long tables fold into `<details>`).
 
 use super::data::ReportData;
-use super::document::{build_document, Block, Document, Table, MISSING, NOT_RUN};
-use super::format::SHORT_HASH;
+use super::document::{build_document, Block, Document, Table};
+use super::format::{MISSING, NOT_RUN, SHORT_HASH};
 use crate::error::Result;
 
 /// Renders the report as Markdown.

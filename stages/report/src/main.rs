@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bertline::report::{glue_table, headline, run_report};
+use bertline::report::{glue_table, headline, markdown_table, run_report};
 use clap::Parser;
 
 #[global_allocator]
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         if args.summary {
             print!(
                 "{}",
-                glue_table(report.data.finetune.as_deref()).to_markdown()
+                markdown_table(&glue_table(report.data.finetune.as_deref()))
             );
         }
         Ok(())
