@@ -2,7 +2,7 @@
 //!
 //! A corpus file holds one sentence per line and a blank line between documents.
 //! [`create_instances_from_document`] cuts a document into `A`/`B` segment pairs (half of
-//! them with `B` taken from another document), and [`truncate_seq_pair`] fits each pair into
+//! them with `B` taken from another document), and [`truncate_pair_random_ends`] fits each pair into
 //! `max_seq_length`. Masking is left to [`crate::mask`].
 //!
 //! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
@@ -214,7 +214,7 @@ pub fn tokenize_documents(
 ///
 /// The longer one loses a token each step, from the front or the back at random, "to add
 /// more randomness and avoid biases".
-pub fn truncate_seq_pair(
+pub fn truncate_pair_random_ends(
     tokens_a: &mut Vec<u32>,
     tokens_b: &mut Vec<u32>,
     max_num_tokens: usize,
@@ -299,7 +299,7 @@ pub fn create_instances_from_document(
             } else {
                 tokens_b = current_chunk[a_end..].concat();
             }
-            truncate_seq_pair(&mut tokens_a, &mut tokens_b, max_num_tokens, rng);
+            truncate_pair_random_ends(&mut tokens_a, &mut tokens_b, max_num_tokens, rng);
             assert!(!tokens_a.is_empty());
             assert!(!tokens_b.is_empty());
             instances.push(SentencePair {
@@ -789,7 +789,7 @@ mod tests {
     fn truncate_keeps_the_shorter_side_until_equal() {
         let (mut a, mut b) = pair(&[1, 2, 3, 4, 5, 6, 7, 8], &[9, 10]);
         let mut rng = seeded_rng(1, "test", &[]);
-        truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+        truncate_pair_random_ends(&mut a, &mut b, 6, &mut rng);
         assert_eq!((a.len(), b.len()), (4, 2));
         assert_eq!(b, vec![9, 10]);
         // What is left of A is a contiguous window of the original.

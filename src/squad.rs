@@ -29,6 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tokenize::OffsetTokenizer;
 
 // ---------------------------------------------------------------------------------------
 // The JSON file.
@@ -267,38 +268,6 @@ fn locate_answer(context: &SquadContext, answer: &AnswerSpan) -> Option<(usize, 
 // ---------------------------------------------------------------------------------------
 // Features: WordPiece windows.
 
-/// The tokenizer interface the SQuAD features need: WordPiece ids with byte offsets.
-pub trait Wordpiece {
-    /// WordPiece tokens of `text` (BERT basic tokenization, then WordPiece), without special
-    /// tokens: `(id, byte range in text)` per token.
-    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>>;
-    /// The id of a special token (`[CLS]`, `[SEP]`, `[PAD]`).
-    fn special_id(&self, token: &str) -> Result<u32>;
-}
-
-impl Wordpiece for tokenizers::Tokenizer {
-    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
-        let encoding = self
-            .encode(text, false)
-            .map_err(|e| Error::Model(format!("tokenizing a SQuAD text failed: {e}")))?;
-        Ok(encoding
-            .get_ids()
-            .iter()
-            .copied()
-            .zip(encoding.get_offsets().iter().copied())
-            .collect())
-    }
-
-    fn special_id(&self, token: &str) -> Result<u32> {
-        self.token_to_id(token).ok_or_else(|| {
-            Error::Model(format!(
-                "the tokenizer has no `{token}` token: rebuild the vocabulary with BERT's \
-                 special tokens"
-            ))
-        })
-    }
-}
-
 /// The WordPiece tokens of one context (`all_doc_tokens` with its maps).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedContext {
@@ -315,7 +284,7 @@ pub struct TokenizedContext {
 /// Tokenizes a whole context once and maps every piece to its whitespace word.
 pub fn tokenize_context(
     context: &SquadContext,
-    tokenizer: &dyn Wordpiece,
+    tokenizer: &dyn OffsetTokenizer,
 ) -> Result<TokenizedContext> {
     let pieces = tokenizer.tokenize_with_offsets(&context.text)?;
     let mut tok_to_orig_index = Vec::with_capacity(pieces.len());
@@ -481,7 +450,7 @@ pub fn improve_answer_span(
 /// `max_seq_length - len(query) - 3` tokens (`[CLS]`, `[SEP]`, `[SEP]`).
 pub fn convert_examples_to_features(
     examples: &[SquadExample],
-    tokenizer: &dyn Wordpiece,
+    tokenizer: &dyn OffsetTokenizer,
     sizes: FeatureSizes,
 ) -> Result<Vec<SquadFeature>> {
     let cls = tokenizer.special_id("[CLS]")?;
@@ -563,7 +532,7 @@ pub fn convert_examples_to_features(
 fn answer_token_span(
     example: &SquadExample,
     tokens: &TokenizedContext,
-    tokenizer: &dyn Wordpiece,
+    tokenizer: &dyn OffsetTokenizer,
 ) -> Result<Option<(usize, usize)>> {
     let Some(answer_text) = &example.orig_answer_text else {
         return Ok(None);
@@ -848,15 +817,5 @@ pub fn evaluate(dataset: &SquadDataset, predictions: &HashMap<String, String>) -
         f1: 100.0 * f1 / total as f64,
         total,
         answered,
-    }
-}
-
-impl Wordpiece for crate::tokenize::WordPiece {
-    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
-        self.tokenizer().tokenize_with_offsets(text)
-    }
-
-    fn special_id(&self, token: &str) -> Result<u32> {
-        self.tokenizer().special_id(token)
     }
 }

@@ -316,3 +316,46 @@ pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, std:
     check_vocab_size(&wp, ctx.config().model.vocab_size, &path)?;
     Ok((wp, path))
 }
+
+/// What fine-tuning needs of a tokenizer (classification features and SQuAD windows):
+/// WordPiece ids with the byte offsets of their text, and the special tokens' ids.
+pub trait OffsetTokenizer {
+    /// WordPiece tokens of `text` (BERT basic tokenization, then WordPiece), without special
+    /// tokens: `(id, byte range in text)` per token.
+    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>>;
+    /// The id of a special token (`[CLS]`, `[SEP]`, `[PAD]`).
+    fn special_id(&self, token: &str) -> Result<u32>;
+}
+
+impl OffsetTokenizer for tokenizers::Tokenizer {
+    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+        let encoding = self
+            .encode(text, false)
+            .map_err(|e| Error::Model(format!("tokenizing a SQuAD text failed: {e}")))?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .copied()
+            .zip(encoding.get_offsets().iter().copied())
+            .collect())
+    }
+
+    fn special_id(&self, token: &str) -> Result<u32> {
+        self.token_to_id(token).ok_or_else(|| {
+            Error::Model(format!(
+                "the tokenizer has no `{token}` token: rebuild the vocabulary with BERT's \
+                 special tokens"
+            ))
+        })
+    }
+}
+
+impl OffsetTokenizer for WordPiece {
+    fn tokenize_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+        self.tokenizer().tokenize_with_offsets(text)
+    }
+
+    fn special_id(&self, token: &str) -> Result<u32> {
+        self.tokenizer().special_id(token)
+    }
+}

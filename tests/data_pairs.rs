@@ -8,7 +8,8 @@ use std::sync::{Mutex, OnceLock};
 use bertline::config::{PairsConfig, VocabConfig};
 use bertline::pairs::{
     create_instances_from_document, create_pairs_from_file, create_training_pairs,
-    read_corpus_file, seeded_rng, truncate_seq_pair, AsciiWordPiece, Document, PairsSummary, Split,
+    read_corpus_file, seeded_rng, truncate_pair_random_ends, AsciiWordPiece, Document,
+    PairsSummary, Split,
 };
 use bertline::progress::NoProgress;
 use bertline::tokenize::{train_wordpiece, WordPiece};
@@ -45,7 +46,7 @@ fn truncate_seq_pair_trims_the_longer_side_first() {
     let mut rng = seeded_rng(3, "test", &[]);
     // 8 + 2 > 6: A alone loses 4 tokens.
     let (mut a, mut b) = ((1..=8).collect::<Vec<u32>>(), vec![20, 21]);
-    truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+    truncate_pair_random_ends(&mut a, &mut b, 6, &mut rng);
     assert_eq!((a.len(), b.len()), (4, 2));
     assert_eq!(b, vec![20, 21]);
     // 5 + 5 > 6: ties trim B, so B 4, A 4, B 3, A 3.
@@ -53,7 +54,7 @@ fn truncate_seq_pair_trims_the_longer_side_first() {
         (1..=5).collect::<Vec<u32>>(),
         (11..=15).collect::<Vec<u32>>(),
     );
-    truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+    truncate_pair_random_ends(&mut a, &mut b, 6, &mut rng);
     assert_eq!((a.len(), b.len()), (3, 3));
     for side in [&a, &b] {
         assert!(
@@ -63,7 +64,7 @@ fn truncate_seq_pair_trims_the_longer_side_first() {
     }
     // Already short enough: untouched.
     let (mut a, mut b) = (vec![1, 2], vec![3]);
-    truncate_seq_pair(&mut a, &mut b, 6, &mut rng);
+    truncate_pair_random_ends(&mut a, &mut b, 6, &mut rng);
     assert_eq!((a, b), (vec![1, 2], vec![3]));
 }
 
@@ -73,7 +74,7 @@ fn truncate_seq_pair_cuts_both_ends() {
     let (mut front, mut back) = (false, false);
     for seed in 0..50 {
         let (mut a, mut b) = ((1..=10).collect::<Vec<u32>>(), vec![99]);
-        truncate_seq_pair(&mut a, &mut b, 6, &mut seeded_rng(seed, "test", &[]));
+        truncate_pair_random_ends(&mut a, &mut b, 6, &mut seeded_rng(seed, "test", &[]));
         front |= a[0] != 1;
         back |= *a.last().unwrap() != 10;
     }

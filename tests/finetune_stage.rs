@@ -141,7 +141,7 @@ fn hf_directory_init_runs_pretrained_and_scratch_arms() {
     use bertline::finetune::{new_classifier, tokenizer_for_hf_dir, Init};
     use bertline::model::export::save_pretraining;
     use bertline::model::{init, BertForPreTraining, HfParams};
-    use bertline::squad::Wordpiece;
+    use bertline::tokenize::OffsetTokenizer;
     use dfdx::tensor::Cpu;
     use rand::SeedableRng;
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bertline::config::FinetuneConfig;
 use bertline::finetune::{
     majority_class_accuracy, pick_learning_rate, seed_artifact_name, subsample, summarize_arm,
-    truncate_seq_pair, HostBatch, Recipe, SeedRun, SplitScores, SquadRecipe, TrainStats,
+    truncate_pair_tails, HostBatch, Recipe, SeedRun, SplitScores, SquadRecipe, TrainStats,
     TrainingRecipe,
 };
 use serde_json::json;
@@ -14,14 +14,14 @@ use serde_json::json;
 #[test]
 fn truncate_seq_pair_pops_the_longer_side() {
     let (mut a, mut b) = (vec![1, 2, 3, 4, 5], vec![6, 7]);
-    truncate_seq_pair(&mut a, &mut b, 5);
+    truncate_pair_tails(&mut a, &mut b, 5);
     assert_eq!((a, b), (vec![1, 2, 3], vec![6, 7]));
     let (mut a, mut b) = (vec![1, 2, 3], vec![4, 5, 6, 7]);
-    truncate_seq_pair(&mut a, &mut b, 4);
+    truncate_pair_tails(&mut a, &mut b, 4);
     // b (4) > a (3): pop b; then equal lengths 3/3: pop b; then a (3) > b (2): pop a.
     assert_eq!((a, b), (vec![1, 2], vec![4, 5]));
     let (mut a, mut b) = (vec![1], vec![2]);
-    truncate_seq_pair(&mut a, &mut b, 10);
+    truncate_pair_tails(&mut a, &mut b, 10);
     assert_eq!((a, b), (vec![1], vec![2]));
 }
 

@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::{BertDevice, BertInputs};
-use crate::squad::Wordpiece;
 use crate::tasks::{Example, Label};
+use crate::tokenize::OffsetTokenizer;
 
 /// `[CLS] A [SEP] B [SEP]` of one example (`InputFeatures` in run_classifier.py), unpadded.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,7 +17,7 @@ pub struct InputFeatures {
 
 /// `_truncate_seq_pair`: drops one token at a time from the end of the longer sequence
 /// until the pair fits in `max_length` (a short text keeps all of its tokens).
-pub fn truncate_seq_pair(tokens_a: &mut Vec<u32>, tokens_b: &mut Vec<u32>, max_length: usize) {
+pub fn truncate_pair_tails(tokens_a: &mut Vec<u32>, tokens_b: &mut Vec<u32>, max_length: usize) {
     while tokens_a.len() + tokens_b.len() > max_length {
         if tokens_a.len() > tokens_b.len() {
             tokens_a.pop();
@@ -27,7 +27,7 @@ pub fn truncate_seq_pair(tokens_a: &mut Vec<u32>, tokens_b: &mut Vec<u32>, max_l
     }
 }
 
-fn token_ids(tokenizer: &dyn Wordpiece, text: &str) -> Result<Vec<u32>> {
+fn token_ids(tokenizer: &dyn OffsetTokenizer, text: &str) -> Result<Vec<u32>> {
     Ok(tokenizer
         .tokenize_with_offsets(text)?
         .into_iter()
@@ -39,7 +39,7 @@ fn token_ids(tokenizer: &dyn Wordpiece, text: &str) -> Result<Vec<u32>> {
 /// `max_seq_length` (3 places for `[CLS] [SEP] [SEP]`, 2 for a single text).
 pub fn convert_examples_to_features(
     examples: &[Example],
-    tokenizer: &dyn Wordpiece,
+    tokenizer: &dyn OffsetTokenizer,
     max_seq_length: usize,
 ) -> Result<Vec<InputFeatures>> {
     let cls = tokenizer.special_id("[CLS]")?;
@@ -54,7 +54,7 @@ pub fn convert_examples_to_features(
             };
             match &mut tokens_b {
                 // Account for [CLS], [SEP], [SEP] with "- 3".
-                Some(b) => truncate_seq_pair(&mut tokens_a, b, max_seq_length.saturating_sub(3)),
+                Some(b) => truncate_pair_tails(&mut tokens_a, b, max_seq_length.saturating_sub(3)),
                 // Account for [CLS] and [SEP] with "- 2".
                 None => tokens_a.truncate(max_seq_length.saturating_sub(2)),
             }

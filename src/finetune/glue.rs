@@ -19,8 +19,8 @@ use crate::metrics::MetricsWriter;
 use crate::model::export::load_sequence_classification;
 use crate::model::{init, BertDevice, BertForSequenceClassification};
 use crate::progress::Progress;
-use crate::squad::Wordpiece;
 use crate::tasks::{Example, Prediction, TaskSpec};
+use crate::tokenize::OffsetTokenizer;
 
 /// The loaded data of one classification task, shared by its arms and seeds.
 pub struct TaskData {
@@ -40,7 +40,7 @@ pub struct TaskData {
 pub fn load_task_data(
     spec: TaskSpec,
     recipe: Recipe,
-    tokenizer: &dyn Wordpiece,
+    tokenizer: &dyn OffsetTokenizer,
     subsample_seed: u64,
 ) -> Result<TaskData> {
     spec.check_files()?;

@@ -4,7 +4,7 @@
 //! BERT directory, or random weights (`compare_scratch` runs both).
 //!
 //! The steps follow Google's `run_classifier.py`: [`convert_examples_to_features`]
-//! (`[CLS] A [SEP] B [SEP]`, [`truncate_seq_pair`]) → [`train_sequence_classifier`] →
+//! (`[CLS] A [SEP] B [SEP]`, [`truncate_pair_tails`]) → [`train_sequence_classifier`] →
 //! [`predict_sequence_classifier`] → the official metrics of [`crate::metrics`]. SQuAD uses
 //! [`crate::squad`] for features, span selection and the official EM / F1.
 //!

@@ -19,7 +19,8 @@ use crate::error::Result;
 use crate::model::export::load_question_answering;
 use crate::model::{init, BertDevice, BertForQuestionAnswering, Mode, TrainTape};
 use crate::progress::Progress;
-use crate::squad::{self, FeatureSizes, SpanLogits, SquadFeature, Wordpiece};
+use crate::squad::{self, FeatureSizes, SpanLogits, SquadFeature};
+use crate::tokenize::OffsetTokenizer;
 
 /// The loaded SQuAD data: training features and the evaluation set.
 pub struct SquadData {
@@ -38,7 +39,7 @@ pub fn load_squad_data(
     files: &crate::config::SquadConfig,
     recipe: &SquadRecipe,
     resolve: impl Fn(&Path) -> PathBuf,
-    tokenizer: &dyn Wordpiece,
+    tokenizer: &dyn OffsetTokenizer,
 ) -> Result<SquadData> {
     let dev = squad::load_squad(&resolve(&files.dev_file))?;
     let (mut train, mut eval) = match &files.train_file {
