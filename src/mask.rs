@@ -292,7 +292,7 @@ pub fn shape_of_pairs_shard(cfg: &PipelineConfig, path: &str) -> Result<Instance
 /// `max_seq_length`. Shard `i` of the pairs record is masked with seeds from
 /// `(random_seed, "mask", i, block)`. With `[[pretrain.phases]]` the names keep the pairs
 /// shards' `seq{L}-` prefix and each length has its own `max_predictions_per_seq`.
-pub fn run_mask(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
+pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let mut run = match ctx.begin(Stage::Mask)? {
         Begin::Skip(record) => return Ok(Outcome::Skipped(record)),

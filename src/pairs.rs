@@ -699,7 +699,7 @@ pub fn pairs_kind(split: Split) -> &'static str {
 /// The `pairs` stage: corpus text + vocabulary -> `<run>/pairs/{train,eval}-FFFFF-SSSS.parquet`,
 /// or `<run>/pairs/seq{L}-{train,eval}-FFFFF-SSSS.parquet` for every phase length `L` when
 /// `[[pretrain.phases]]` is set.
-pub fn run_pairs(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
+pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let files = corpus_files(&ctx.loaded)?;
     let mut run = match ctx.begin(Stage::Pairs)? {

@@ -220,8 +220,8 @@ fn wiki_00_matches_googles_create_pretraining_data() {
 #[test]
 fn pairs_and_mask_stages_run_skip_and_reproduce() {
     use bertline::mask::stage_stats;
-    use bertline::mask::{instance_shards, run_mask};
-    use bertline::pairs::{run_pairs, Split};
+    use bertline::mask::{self, instance_shards};
+    use bertline::pairs::{self, Split};
     use bertline::progress::NoProgress;
     use bertline::stage::{StageCtx, StageOptions};
 
@@ -255,7 +255,7 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
 
     let ctx = open(false);
     bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
-    let pairs = run_pairs(&ctx, &NoProgress).unwrap();
+    let pairs = pairs::run(&ctx, &NoProgress).unwrap();
     assert!(!pairs.skipped());
     let record = pairs.record();
     let metrics = &record.metrics;
@@ -270,7 +270,7 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
         "{train_rows} / {eval_rows}"
     );
 
-    let mask = run_mask(&ctx, &NoProgress).unwrap();
+    let mask = mask::run(&ctx, &NoProgress).unwrap();
     assert!(!mask.skipped());
     let instance_rows: u64 = mask.record().artifacts.iter().map(|a| a.rows).sum();
     assert_eq!(instance_rows, train_rows + eval_rows);
@@ -285,8 +285,8 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
         let shard = read_instances(&path).unwrap();
         assert_eq!((shard.seq_len, shard.max_predictions), (64, 10));
     }
-    assert!(run_pairs(&ctx, &NoProgress).unwrap().skipped());
-    assert!(run_mask(&ctx, &NoProgress).unwrap().skipped());
+    assert!(pairs::run(&ctx, &NoProgress).unwrap().skipped());
+    assert!(mask::run(&ctx, &NoProgress).unwrap().skipped());
     drop(ctx);
 
     // Forced reruns reproduce every shard byte for byte.
@@ -298,11 +298,11 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        hashes(run_pairs(&ctx, &NoProgress).unwrap().record()),
+        hashes(pairs::run(&ctx, &NoProgress).unwrap().record()),
         hashes(record)
     );
     assert_eq!(
-        hashes(run_mask(&ctx, &NoProgress).unwrap().record()),
+        hashes(mask::run(&ctx, &NoProgress).unwrap().record()),
         hashes(mask.record())
     );
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bertline::finetune::run_finetune;
+use bertline::finetune;
 use bertline::progress::NoProgress;
 use bertline::stage::{StageCtx, StageOptions};
 use bertline::tokenize::run_vocab;
@@ -79,7 +79,7 @@ fn wnli_from_scratch_writes_scores_predictions_and_submission() {
     let config = write_config(dir.path(), r#"["wnli"]"#);
     let ctx = open(&config);
     run_vocab(&ctx, &NoProgress).unwrap();
-    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    let outcome = finetune::run(&ctx, &NoProgress).unwrap();
     assert!(!outcome.skipped());
     let record = outcome.record().clone();
     let wnli = &record.metrics["tasks"]["wnli"];
@@ -121,7 +121,7 @@ fn wnli_from_scratch_writes_scores_predictions_and_submission() {
     assert_eq!(log.lines().count(), 12);
 
     // Unchanged config and inputs: the stage is fresh and skipped.
-    assert!(run_finetune(&ctx, &NoProgress).unwrap().skipped());
+    assert!(finetune::run(&ctx, &NoProgress).unwrap().skipped());
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn missing_task_data_fails_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), r#"["wnli", "mnli"]"#);
     let ctx = open(&config);
-    let err = run_finetune(&ctx, &NoProgress).unwrap_err().to_string();
+    let err = finetune::run(&ctx, &NoProgress).unwrap_err().to_string();
     assert!(
         err.contains("MNLI/train.tsv") && err.contains("not found"),
         "{err}"
@@ -201,7 +201,7 @@ fn hf_directory_init_runs_pretrained_and_scratch_arms() {
         assert_eq!(find(&saved, name), find(&loaded, name), "{name}");
     }
 
-    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    let outcome = finetune::run(&ctx, &NoProgress).unwrap();
     let metrics = &outcome.record().metrics;
     assert_eq!(
         metrics["arms"],
@@ -231,7 +231,7 @@ fn hf_directory_init_runs_pretrained_and_scratch_arms() {
     assert!(bertline::stage::Stage::Finetune
         .upstream(fresh.config())
         .is_empty());
-    let outcome = run_finetune(&fresh, &NoProgress).unwrap();
+    let outcome = finetune::run(&fresh, &NoProgress).unwrap();
     assert_eq!(
         outcome.record().metrics["arms"],
         serde_json::json!(["pretrained", "scratch"])
@@ -263,7 +263,7 @@ seeds = [1]
     std::fs::write(&config, text).unwrap();
     let ctx = open(&config);
     run_vocab(&ctx, &NoProgress).unwrap();
-    let outcome = run_finetune(&ctx, &NoProgress).unwrap();
+    let outcome = finetune::run(&ctx, &NoProgress).unwrap();
     let results: serde_json::Value = serde_json::from_slice(
         &std::fs::read(ctx.run_dir().join("finetune/results.json")).unwrap(),
     )

@@ -241,7 +241,7 @@ fn stalling_pairs_child() {
     if let Ok(config) = std::env::var("BERTLINE_STALL_CONFIG") {
         let ctx = open(Path::new(&config), false);
         bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
-        bertline::pairs::run_pairs(&ctx, &StallingProgress).unwrap();
+        bertline::pairs::run(&ctx, &StallingProgress).unwrap();
     }
 }
 
@@ -282,7 +282,7 @@ fn kill_9_mid_stage_records_nothing_and_the_rerun_finishes() {
         "no half-written pairs directory in place"
     );
     // The rerun finishes, clears the dead run's staging directory and records the shards.
-    let out = bertline::pairs::run_pairs(&ctx, &NoProgress).unwrap();
+    let out = bertline::pairs::run(&ctx, &NoProgress).unwrap();
     assert!(!out.skipped());
     for a in &out.record().artifacts {
         let (hash, _) = bertline::durable::hash_file(&ctx.path_of(a)).unwrap();

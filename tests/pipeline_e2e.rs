@@ -36,16 +36,10 @@ fn run_all(ctx: &StageCtx) -> Vec<bool> {
         bertline::tokenize::run_vocab(ctx, &NoProgress)
             .unwrap()
             .skipped(),
-        bertline::pairs::run_pairs(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
-        bertline::mask::run_mask(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
+        bertline::pairs::run(ctx, &NoProgress).unwrap().skipped(),
+        bertline::mask::run(ctx, &NoProgress).unwrap().skipped(),
         bertline::pretrain::run(ctx, &NoProgress).unwrap().skipped(),
-        bertline::finetune::run_finetune(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
+        bertline::finetune::run(ctx, &NoProgress).unwrap().skipped(),
     ]
 }
 
@@ -55,7 +49,7 @@ fn tiny_pipeline_end_to_end() {
     let config = project(tmp.path(), |t| t);
     let ctx = open(&config);
     assert_eq!(run_all(&ctx), vec![false; 5]);
-    let report = bertline::report::run_report(&ctx).unwrap();
+    let report = bertline::report::run(&ctx).unwrap();
     let _ = report;
 
     // Every stage fresh, lineage complete: each artifact's inputs exist upstream.

@@ -78,12 +78,8 @@ fn run_through_pretrain(ctx: &StageCtx) -> Vec<bool> {
         bertline::tokenize::run_vocab(ctx, &NoProgress)
             .unwrap()
             .skipped(),
-        bertline::pairs::run_pairs(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
-        bertline::mask::run_mask(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
+        bertline::pairs::run(ctx, &NoProgress).unwrap().skipped(),
+        bertline::mask::run(ctx, &NoProgress).unwrap().skipped(),
         pretrain::run(ctx, &NoProgress).unwrap().skipped(),
     ]
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use bertline::manifest::{Manifest, StageRecord};
-use bertline::report::{run_report, REPORT_KIND};
+use bertline::report::{self, REPORT_KIND};
 use bertline::stage::{StageCtx, StageOptions};
 
 const PIPELINE_TOML: &str = r#"
@@ -85,7 +85,7 @@ fn setup() -> (tempfile::TempDir, StageCtx) {
 #[test]
 fn report_stage_records_its_files_with_the_artifacts_it_describes() {
     let (dir, ctx) = setup();
-    let run = run_report(&ctx).unwrap();
+    let run = report::run(&ctx).unwrap();
     assert!(!run.outcome.skipped());
     assert_eq!(run.files.html, dir.path().join("run/report/report.html"));
     let html = std::fs::read_to_string(&run.files.html).unwrap();
@@ -121,8 +121,8 @@ fn report_stage_records_its_files_with_the_artifacts_it_describes() {
 #[test]
 fn report_stage_skips_until_an_upstream_artifact_changes() {
     let (_dir, mut ctx) = setup();
-    assert!(!run_report(&ctx).unwrap().outcome.skipped());
-    assert!(run_report(&ctx).unwrap().outcome.skipped());
+    assert!(!report::run(&ctx).unwrap().outcome.skipped());
+    assert!(report::run(&ctx).unwrap().outcome.skipped());
     let first = ctx.manifest.stage("report").unwrap().unwrap();
     let mut pretrain = fixture_records()
         .into_iter()
@@ -134,7 +134,7 @@ fn report_stage_skips_until_an_upstream_artifact_changes() {
         pretrain,
         b"{\"step\": 3000, \"loss\": 3.125, \"mlm_accuracy\": 0.33}\n",
     );
-    let run = run_report(&ctx).unwrap();
+    let run = report::run(&ctx).unwrap();
     assert!(!run.outcome.skipped());
     let second = run.outcome.record();
     assert_ne!(first.fingerprint, second.fingerprint);
@@ -156,8 +156,8 @@ fn report_stage_skips_until_an_upstream_artifact_changes() {
             .map(|i| i.blake3.clone())
     };
     assert_ne!(log_hash(&reports[0]), log_hash(&reports[1]));
-    assert!(run_report(&ctx).unwrap().outcome.skipped());
+    assert!(report::run(&ctx).unwrap().outcome.skipped());
     // --force reruns even when nothing changed.
     ctx.options.force = true;
-    assert!(!run_report(&ctx).unwrap().outcome.skipped());
+    assert!(!report::run(&ctx).unwrap().outcome.skipped());
 }

@@ -8,7 +8,7 @@
 //! [`predict_sequence_classifier`] → the official metrics of [`crate::metrics`]. SQuAD uses
 //! [`crate::squad`] for features, span selection and the official EM / F1.
 //!
-//! [`run_finetune`] is the `finetune` stage: every task × initialisation × seed, dev
+//! [`run`] is the `finetune` stage: every task × initialisation × seed, dev
 //! metrics with mean / median / std over seeds, per-seed dev predictions (JSON), GLUE test
 //! predictions in submission format, and a summary in the manifest record.
 //!

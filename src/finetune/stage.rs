@@ -189,11 +189,11 @@ impl Totals {
 /// the best dev score), and `results.json` (kind `results`, the same summary as the
 /// manifest record's metrics:
 /// `{"tasks": {task: {"metric", "pretrained": {scores, mean, median, std, all}, "scratch"}}}`).
-pub fn run_finetune(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
+pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     crate::model::kernels::on_pool_thread(|| finetune_stage(ctx, progress))
 }
 
-/// [`run_finetune`]'s body, on a pool thread.
+/// [`run`]'s body, on a pool thread.
 fn finetune_stage(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config().finetune.clone();
     let (specs, with_squad) = resolve_tasks(ctx, &cfg)?;

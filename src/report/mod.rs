@@ -115,7 +115,7 @@ pub struct ReportRun {
 /// The `report` stage: reads the manifest and the artifacts it names, writes `report.md`
 /// and `report.html`, and records them with every artifact they describe as inputs. Skips
 /// when no artifact changed since the last report (`--force` reruns).
-pub fn run_report(ctx: &StageCtx) -> Result<ReportRun> {
+pub fn run(ctx: &StageCtx) -> Result<ReportRun> {
     let mut data = ReportData::from_manifest(&ctx.manifest)?;
     if let Some(title) = &ctx.config().report.title {
         data.title = title.clone();

@@ -19,5 +19,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    bertline_cli::stage_main("finetune", &args.common, bertline::finetune::run_finetune)
+    bertline_cli::stage_main("finetune", &args.common, bertline::finetune::run)
 }

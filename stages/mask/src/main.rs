@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         let ctx = args.common.open()?;
         match args.command {
             None => {
-                let outcome = bertline::mask::run_mask(&ctx, &args.common.progress())?;
+                let outcome = bertline::mask::run(&ctx, &args.common.progress())?;
                 bertline_cli::report_outcome(&ctx, "mask", &outcome);
             }
             Some(Command::Stats { json, eval }) => {

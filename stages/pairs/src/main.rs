@@ -18,5 +18,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    bertline_cli::stage_main("pairs", &args.common, bertline::pairs::run_pairs)
+    bertline_cli::stage_main("pairs", &args.common, bertline::pairs::run)
 }

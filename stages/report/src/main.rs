@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bertline::report::{glue_table, headline, markdown_table, run_report};
+use bertline::report::{glue_table, headline, markdown_table};
 use clap::Parser;
 
 #[global_allocator]
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     bertline_cli::main(args.common.verbose, || {
         let ctx = args.common.open()?;
-        let report = run_report(&ctx)?;
+        let report = bertline::report::run(&ctx)?;
         let record = report.outcome.record();
         if report.outcome.skipped() {
             tracing::info!(
