@@ -54,6 +54,10 @@ pub struct ArtifactRecord {
     pub started_at: f64,
     /// Unix seconds.
     pub finished_at: f64,
+    /// Which shard it is, for the Parquet shards of `pairs` and `mask` (what later stages
+    /// read instead of the file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::ShardId>,
 }
 
 /// An input of a stage run: an upstream artifact or a raw file, with its hash at run time.

@@ -13,7 +13,7 @@
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py#L342>
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -24,9 +24,11 @@ use serde_json::json;
 use crate::config::{InstanceShape, MaskConfig, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::pairs::{pairs_kind, seeded_rng, sequence_length_of, sequence_prefix, Split};
+use crate::pairs::{pairs_kind, seeded_rng};
 use crate::progress::Progress;
-use crate::shard::{read_pairs, write_instances, SentencePair, TrainingInstance};
+use crate::shard::{
+    length_key, read_pairs, write_instances, SentencePair, ShardId, Split, TrainingInstance,
+};
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 use crate::stats::InstanceStats;
 use crate::tokenize::{load_stage_vocab, WordPiece};
@@ -268,23 +270,34 @@ pub fn instances_kind(split: Split) -> &'static str {
 }
 
 /// The shape a pairs shard's instances get: the one shape of a run without phases, else the
-/// shape of the length its name starts with (`seq128-...`).
-pub fn shape_of_pairs_shard(cfg: &PipelineConfig, path: &str) -> Result<InstanceShape> {
+/// shape of the length the shard was cut for.
+pub fn shape_of_pairs_shard(cfg: &PipelineConfig, id: &ShardId) -> Result<InstanceShape> {
     if !cfg.has_phases() {
         return Ok(InstanceShape {
             max_seq_length: cfg.pairs.max_seq_length,
             max_predictions_per_seq: cfg.mask.max_predictions_per_seq,
         });
     }
-    let length = sequence_length_of(path);
     cfg.instance_shapes()
         .into_iter()
-        .find(|s| Some(s.max_seq_length) == length)
+        .find(|s| Some(s.max_seq_length) == id.seq_len)
         .ok_or_else(|| {
             Error::Stage(format!(
-                "pairs shard {path} is not for any [[pretrain.phases]] max_seq_length; rerun `just stage pairs`"
+                "pairs shard {} is not for any [[pretrain.phases]] max_seq_length; rerun `just stage pairs`",
+                id.file_name()
             ))
         })
+}
+
+/// The shard identity `artifact` was recorded with; records written before shards had one
+/// are refused with the stage to rerun.
+pub fn recorded_shard_id(artifact: &ArtifactRecord) -> Result<ShardId> {
+    artifact.shard.ok_or_else(|| {
+        Error::Stage(format!(
+            "{} was recorded without its shard identity (an older bertline); rerun `just stage {}`",
+            artifact.id, artifact.stage
+        ))
+    })
 }
 
 /// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS-PP.parquet`: each
@@ -302,27 +315,19 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let vocab = MaskVocab::from_wordpiece(&wordpiece);
     let pairs_record = ctx.upstream(Stage::Pairs)?;
     let started = Instant::now();
-    let shards: Vec<(usize, &ArtifactRecord, Split, InstanceShape)> = [Split::Train, Split::Eval]
+    let shards: Vec<(usize, &ArtifactRecord, ShardId, InstanceShape)> = [Split::Train, Split::Eval]
         .into_iter()
-        .flat_map(|split| {
-            pairs_record
-                .artifacts_of(pairs_kind(split))
-                .map(move |a| (a, split))
-        })
+        .flat_map(|split| pairs_record.artifacts_of(pairs_kind(split)))
         .enumerate()
-        .map(|(index, (artifact, split))| {
-            Ok((
-                index,
-                artifact,
-                split,
-                shape_of_pairs_shard(cfg, &artifact.path)?,
-            ))
+        .map(|(index, artifact)| {
+            let id = recorded_shard_id(artifact)?;
+            Ok((index, artifact, id, shape_of_pairs_shard(cfg, &id)?))
         })
         .collect::<Result<_>>()?;
     progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
     let per_shard = shards
         .par_iter()
-        .map(|&(index, artifact, split, shape)| {
+        .map(|&(index, artifact, id, shape)| {
             let pairs = read_pairs(&ctx.path_of(artifact))?;
             let mask_cfg = MaskConfig {
                 max_predictions_per_seq: shape.max_predictions_per_seq,
@@ -335,22 +340,17 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                     tracing::debug!("instance:\n{instance}");
                 }
             }
-            let stem = Path::new(&artifact.path)
-                .file_stem()
-                .expect("artifact path names a file")
-                .to_string_lossy()
-                .into_owned();
             // Parquet writing holds several copies of a part, so parts stay small.
             let mut parts = Vec::new();
             for (part, rows) in instances.chunks(INSTANCE_SHARD_ROWS).enumerate() {
-                let name = format!("{stem}-{part:02}.parquet");
+                let part_id = id.with_part(part);
                 write_instances(
-                    &run.dir().join(&name),
+                    &run.dir().join(part_id.file_name()),
                     rows,
                     shape.max_seq_length,
                     shape.max_predictions_per_seq,
                 )?;
-                parts.push((name, split, rows.len() as u64));
+                parts.push((part_id, rows.len() as u64));
             }
             let mut stats = InstanceStats::default();
             for instance in &instances {
@@ -365,8 +365,8 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();
     let mut written = 0;
     for (parts, stats, shape) in &per_shard {
-        for (name, split, rows) in parts {
-            run.add(name, instances_kind(*split), *rows)?;
+        for (id, rows) in parts {
+            run.add_shard(&id.file_name(), instances_kind(id.split), id, *rows)?;
             written += 1;
         }
         totals.merge(stats);
@@ -386,12 +386,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             let stats = by_length.remove(&shape.max_seq_length).unwrap_or_default();
             let mut value = serde_json::to_value(&stats).expect("stats serialise");
             value["max_predictions_per_seq"] = json!(shape.max_predictions_per_seq);
-            lengths.insert(
-                sequence_prefix(shape.max_seq_length)
-                    .trim_end_matches('-')
-                    .to_string(),
-                value,
-            );
+            lengths.insert(length_key(shape.max_seq_length), value);
         }
         metrics["by_length"] = lengths.into();
     }

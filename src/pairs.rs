@@ -15,12 +15,11 @@
 //!
 //! With `[[pretrain.phases]]` the stage pairs every file once per phase sequence length
 //! ([`create_training_pairs_at_lengths`]), as Google runs `create_pretraining_data.py` once
-//! per `max_seq_length`; the shards' names start with `seq{length}-` ([`sequence_prefix`]).
+//! per `max_seq_length`; the shards' names start with `seq{length}-` ([`ShardId`]).
 //! Every length uses the same seeds, so the held-out documents are the same at every length.
 //!
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py>
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -39,7 +38,7 @@ use crate::config::PairsConfig;
 use crate::corpus;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use crate::shard::{write_pairs, SentencePair};
+use crate::shard::{length_key, write_pairs, SentencePair, ShardId, Split};
 use crate::stage::{corpus_files, derive_seed, Begin, Outcome, Stage, StageCtx};
 use crate::tokenize::load_stage_vocab;
 
@@ -59,73 +58,14 @@ pub fn seeded_rng(random_seed: u64, stage: &str, indices: &[u64]) -> ChaCha8Rng 
     ChaCha8Rng::seed_from_u64(derive_seed(random_seed, stage, indices))
 }
 
-/// Which split a pair belongs to: documents held out of each file form `Eval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    /// Pre-training pairs.
-    Train,
-    /// Pairs from held-out documents, for evaluating the masked LM.
-    Eval,
-}
-
-impl Split {
-    /// `train` or `eval`: the name used in shard file names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Eval => "eval",
-        }
-    }
-}
-
-impl fmt::Display for Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// One output shard handed to the sink: at most `shard_rows` pairs of one split of one file.
 #[derive(Debug, Clone, Copy)]
 pub struct PairShard<'a> {
-    /// The sequence length the pairs were cut for, when the run has several
-    /// ([`create_training_pairs_at_lengths`]); `None` for the single `pairs.max_seq_length`.
-    pub max_seq_length: Option<usize>,
-    /// Train or eval.
-    pub split: Split,
-    /// Index of the input file in the list given to [`create_training_pairs`].
-    pub file_index: usize,
-    /// Index of this shard among the file's shards of this split.
-    pub shard_index: usize,
+    /// Which shard: split, length (when the run pairs at several, see
+    /// [`create_training_pairs_at_lengths`]), input file and shard of that file.
+    pub id: ShardId,
     /// The pairs, already shuffled.
     pub pairs: &'a [SentencePair],
-}
-
-impl PairShard<'_> {
-    /// A file stem unique within a run, e.g. `train-00003-0001`, or `seq128-train-00003-0001`
-    /// when the run pairs at several lengths.
-    pub fn stem(&self) -> String {
-        let prefix = self.max_seq_length.map(sequence_prefix).unwrap_or_default();
-        format!(
-            "{prefix}{}-{:05}-{:04}",
-            self.split, self.file_index, self.shard_index
-        )
-    }
-}
-
-/// The file-name prefix of shards cut for `max_seq_length` in a run with pretraining
-/// phases: `seq128-`.
-pub fn sequence_prefix(max_seq_length: usize) -> String {
-    format!("seq{max_seq_length}-")
-}
-
-/// The sequence length a shard path's file name starts with (`.../seq128-train-...` gives
-/// 128); `None` for a name without the prefix.
-pub fn sequence_length_of(path: &str) -> Option<usize> {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    let rest = name.strip_prefix("seq")?;
-    let (digits, _) = rest.split_once('-')?;
-    digits.parse().ok()
 }
 
 /// Counts for one input file, or (summed) for the whole corpus.
@@ -451,10 +391,13 @@ fn emit_shards(
 ) -> Result<()> {
     for (shard_index, chunk) in pairs.chunks(shard_rows.max(1)).enumerate() {
         sink(PairShard {
-            max_seq_length,
-            split,
-            file_index,
-            shard_index,
+            id: ShardId {
+                split,
+                seq_len: max_seq_length,
+                file: file_index,
+                shard: shard_index,
+                part: None,
+            },
             pairs: chunk,
         })?;
     }
@@ -712,10 +655,10 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let written = Mutex::new(Vec::new());
     let tokenize = |lines: &[&str]| tokenizer.encode_lines(lines);
     let sink = |shard: PairShard<'_>| {
-        let rel = format!("{}.parquet", shard.stem());
+        let rel = shard.id.file_name();
         let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
         let mut written = written.lock().expect("shard list lock");
-        written.push((rel, pairs_kind(shard.split), info.rows));
+        written.push((rel, shard.id, info.rows));
         Ok(())
     };
     let (summary, by_length) = if cfg.has_phases() {
@@ -751,8 +694,8 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     };
     let mut written = written.into_inner().expect("shard list lock");
     written.sort();
-    for (rel, kind, rows) in &written {
-        run.add(rel, kind, *rows)?;
+    for (rel, id, rows) in &written {
+        run.add_shard(rel, pairs_kind(id.split), id, *rows)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if cfg.pairs.eval_fraction > 0.0 && summary.eval_documents == 0 {
@@ -767,7 +710,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             .iter()
             .map(|(length, s)| {
                 (
-                    format!("seq{length}"),
+                    length_key(*length),
                     json!({ "train_pairs": s.train_pairs, "eval_pairs": s.eval_pairs }),
                 )
             })
@@ -802,21 +745,6 @@ mod tests {
         assert_eq!(eval_document_count(10, 0.02), 0);
         assert_eq!(eval_document_count(3, 0.5), 0);
         assert_eq!(eval_document_count(400, 0.0), 0);
-    }
-
-    #[test]
-    fn sequence_prefix_round_trips_through_paths() {
-        assert_eq!(sequence_prefix(128), "seq128-");
-        assert_eq!(
-            sequence_length_of("pairs/seq512-train-00000-0000.parquet"),
-            Some(512)
-        );
-        assert_eq!(
-            sequence_length_of("seq64-eval-00001-0000-00.parquet"),
-            Some(64)
-        );
-        assert_eq!(sequence_length_of("pairs/train-00000-0000.parquet"), None);
-        assert_eq!(sequence_length_of("mask/sequence-00000.parquet"), None);
     }
 
     #[test]

@@ -5,8 +5,88 @@
 //! `masked_lm_positions`, `masked_lm_ids`, `masked_lm_weights`, `next_sentence_label`), so
 //! polars, pandas and pyarrow open them directly. Every write is atomic: temp file, fsync,
 //! rename. Reading checks the schema and names the file on any failure.
+//!
+//! A shard's identity is a [`ShardId`] (split, sequence length, input file, shard, part): it
+//! names the file, is stored in the shard's manifest record, and is what later stages read
+//! back. No code parses a shard's file name.
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Which split a shard belongs to: documents held out of each file form `Eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Pre-training pairs.
+    Train,
+    /// Pairs from held-out documents, for evaluating the masked LM.
+    Eval,
+}
+
+impl Split {
+    /// `train` or `eval`: the name used in shard file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Eval => "eval",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which rows a shard holds: `pairs` writes shard `shard` of input file `file`'s `split`,
+/// cut for `seq_len`; `mask` writes that shard's instances in parts. The file name is made
+/// from it ([`ShardId::file_name`]) and it is stored in the manifest record, where later
+/// stages read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardId {
+    pub split: Split,
+    /// The sequence length the rows were cut for, in a run that cuts several
+    /// (`[[pretrain.phases]]`; names start `seq{L}-`); `None` in a run with one length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
+    /// Index of the input file (the first of a pooled unit).
+    pub file: usize,
+    /// Index of the shard among the file's shards of this split.
+    pub shard: usize,
+    /// The part of a pairs shard's instances a mask shard holds; `None` for a pairs shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<usize>,
+}
+
+impl ShardId {
+    /// The file name: `[seq{L}-]{split}-FFFFF-SSSS[-PP].parquet`.
+    pub fn file_name(&self) -> String {
+        let prefix = self
+            .seq_len
+            .map(|l| format!("{}-", length_key(l)))
+            .unwrap_or_default();
+        let part = self.part.map(|p| format!("-{p:02}")).unwrap_or_default();
+        format!(
+            "{prefix}{}-{:05}-{:04}{part}.parquet",
+            self.split, self.file, self.shard
+        )
+    }
+
+    /// Part `part` of this shard's instances.
+    pub fn with_part(self, part: usize) -> ShardId {
+        ShardId {
+            part: Some(part),
+            ..self
+        }
+    }
+}
+
+/// How a sequence length is named in shard file names and per-length metrics: `seq128`.
+pub fn length_key(seq_len: usize) -> String {
+    format!("seq{seq_len}")
+}
 
 /// A sentence pair for next-sentence prediction, as token ids (no special tokens yet).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -660,6 +660,27 @@ impl StageRun {
 
     /// Records `rel` (a file already written under [`StageRun::dir`]) as an artifact.
     pub fn add(&mut self, rel: &str, kind: &str, rows: u64) -> Result<()> {
+        self.add_artifact(rel, kind, rows, None)
+    }
+
+    /// [`StageRun::add`] for a Parquet shard, recording its identity with it.
+    pub fn add_shard(
+        &mut self,
+        rel: &str,
+        kind: &str,
+        id: &crate::shard::ShardId,
+        rows: u64,
+    ) -> Result<()> {
+        self.add_artifact(rel, kind, rows, Some(*id))
+    }
+
+    fn add_artifact(
+        &mut self,
+        rel: &str,
+        kind: &str,
+        rows: u64,
+        shard: Option<crate::shard::ShardId>,
+    ) -> Result<()> {
         let path = self.staging.join(rel);
         let (blake3, bytes) = durable::hash_file(&path)?;
         let id = format!("{}/{rel}", self.stage.name());
@@ -678,6 +699,7 @@ impl StageRun {
             code_version: code_version(),
             started_at: self.started_at,
             finished_at: 0.0,
+            shard,
         });
         Ok(())
     }

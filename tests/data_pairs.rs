@@ -9,9 +9,10 @@ use bertline::config::{PairsConfig, VocabConfig};
 use bertline::pairs::{
     create_instances_from_document, create_pairs_from_file, create_training_pairs,
     read_corpus_file, seeded_rng, truncate_pair_random_ends, AsciiWordPiece, Document,
-    PairsSummary, Split,
+    PairsSummary,
 };
 use bertline::progress::NoProgress;
+use bertline::shard::Split;
 use bertline::tokenize::{train_wordpiece, WordPiece};
 use bertline::{Error, SentencePair};
 
@@ -289,9 +290,13 @@ fn run_driver(files: &[PathBuf], cfg: &PairsConfig, threads: usize) -> (PairsSum
                 12345,
                 &tokenize,
                 &|shard| {
-                    let key = (shard.split, shard.file_index, shard.shard_index);
+                    let key = (shard.id.split, shard.id.file, shard.id.shard);
                     let old = shards.lock().unwrap().insert(key, shard.pairs.to_vec());
-                    assert!(old.is_none(), "shard {} written twice", shard.stem());
+                    assert!(
+                        old.is_none(),
+                        "shard {} written twice",
+                        shard.id.file_name()
+                    );
                     Ok(())
                 },
                 &NoProgress,

@@ -221,8 +221,9 @@ fn wiki_00_matches_googles_create_pretraining_data() {
 fn pairs_and_mask_stages_run_skip_and_reproduce() {
     use bertline::mask::stage_stats;
     use bertline::mask::{self, instance_shards};
-    use bertline::pairs::{self, Split};
+    use bertline::pairs;
     use bertline::progress::NoProgress;
+    use bertline::shard::Split;
     use bertline::stage::{StageCtx, StageOptions};
 
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use bertline::pairs::Split;
 use bertline::pretrain::{self, METRICS_FILE, STATE_FILE};
 use bertline::progress::NoProgress;
 use bertline::shard::read_instances;
+use bertline::shard::Split;
 use bertline::stage::{Freshness, Stage, StageCtx, StageOptions};
 
 /// A two-phase profile on the `tiny` sizes: 16 steps at 32 tokens (5 predictions, scaled

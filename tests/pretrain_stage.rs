@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use bertline::mask::instances_kind;
 use bertline::pretrain;
 use bertline::progress::NoProgress;
-use bertline::shard::{write_instances, TrainingInstance};
+use bertline::shard::{write_instances, ShardId, Split, TrainingInstance};
 use bertline::stage::{Begin, Outcome, Stage, StageCtx, StageOptions};
 use rand::{Rng, SeedableRng};
 
@@ -77,13 +78,22 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
         panic!("mask fresh")
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    for (name, kind, rows) in [
-        ("shard-00000.parquet", "instances", 40),
-        ("shard-00001.parquet", "instances", 40),
-        ("eval-00000.parquet", "eval_instances", 16),
+    for (split, shard, rows) in [
+        (Split::Train, 0, 40),
+        (Split::Train, 1, 40),
+        (Split::Eval, 0, 16),
     ] {
-        write_instances(&mask.dir().join(name), &instances(rows, &mut rng), 64, 10).unwrap();
-        mask.add(name, kind, rows as u64).unwrap();
+        let id = ShardId {
+            split,
+            seq_len: None,
+            file: 0,
+            shard,
+            part: Some(0),
+        };
+        let name = id.file_name();
+        write_instances(&mask.dir().join(&name), &instances(rows, &mut rng), 64, 10).unwrap();
+        mask.add_shard(&name, instances_kind(split), &id, rows as u64)
+            .unwrap();
     }
     mask.finish(&ctx, serde_json::json!({})).unwrap();
 

@@ -105,3 +105,38 @@ fn no_temp_files_left_behind() {
         .collect();
     assert_eq!(names, vec!["p.parquet".to_string()]);
 }
+
+/// A shard's identity names its file exactly as the stages always have, and survives the
+/// manifest's JSON.
+#[test]
+fn shard_ids_name_files_and_round_trip_through_json() {
+    use bertline::shard::{ShardId, Split};
+    let pairs = ShardId {
+        split: Split::Train,
+        seq_len: None,
+        file: 3,
+        shard: 1,
+        part: None,
+    };
+    assert_eq!(pairs.file_name(), "train-00003-0001.parquet");
+    assert_eq!(
+        pairs.with_part(2).file_name(),
+        "train-00003-0001-02.parquet"
+    );
+    let phased = ShardId {
+        split: Split::Eval,
+        seq_len: Some(128),
+        file: 0,
+        shard: 0,
+        part: Some(0),
+    };
+    assert_eq!(phased.file_name(), "seq128-eval-00000-0000-00.parquet");
+    for id in [pairs, phased] {
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<ShardId>(&json).unwrap(), id);
+    }
+    assert_eq!(
+        serde_json::to_value(pairs).unwrap(),
+        serde_json::json!({"split": "train", "file": 3, "shard": 1})
+    );
+}

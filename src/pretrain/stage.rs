@@ -14,40 +14,34 @@ use super::{
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::StageRecord;
+use crate::mask::{instances_kind, recorded_shard_id};
 use crate::model::export::{CONFIG_FILE, MODEL_FILE};
 use crate::model::{BertDevice, MaskedLmBatch};
 use crate::optim::total_train_steps;
 use crate::progress::Progress;
+use crate::shard::{ShardId, Split};
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 
-/// The mask stage's shards, split into (train, eval) by artifact kind or path: a shard
-/// whose kind or path mentions `eval` is evaluation data. Every sequence length is included;
-/// [`phase_shards`] picks one phase's.
-pub fn mask_shards(ctx: &StageCtx, record: &StageRecord) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let mut train = Vec::new();
-    let mut eval = Vec::new();
-    for a in &record.artifacts {
-        if !a.path.ends_with(".parquet") {
-            continue;
-        }
-        let path = ctx.path_of(a);
-        if a.kind.contains("eval") || a.path.contains("eval") {
-            eval.push(path);
-        } else {
-            train.push(path);
-        }
-    }
-    train.sort();
-    eval.sort();
-    (train, eval)
+/// A mask shard's identity and path.
+pub type MaskShard = (ShardId, PathBuf);
+
+/// The mask stage's shards of `split` with the identities they were recorded with, every
+/// sequence length, in file-name order; [`phase_shards`] picks one phase's.
+pub fn mask_shards(ctx: &StageCtx, record: &StageRecord, split: Split) -> Result<Vec<MaskShard>> {
+    let mut shards = record
+        .artifacts_of(instances_kind(split))
+        .map(|a| Ok((recorded_shard_id(a)?, ctx.path_of(a))))
+        .collect::<Result<Vec<MaskShard>>>()?;
+    shards.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(shards)
 }
 
-/// The shards of `shards` cut for `max_seq_length` (file names starting `seq{length}-`).
-pub fn phase_shards(shards: &[PathBuf], max_seq_length: usize) -> Vec<PathBuf> {
+/// The paths of `shards` cut for `max_seq_length` (all of them in a run with one length).
+pub fn phase_shards(shards: &[MaskShard], max_seq_length: Option<usize>) -> Vec<PathBuf> {
     shards
         .iter()
-        .filter(|p| crate::pairs::sequence_length_of(&p.to_string_lossy()) == Some(max_seq_length))
-        .cloned()
+        .filter(|(id, _)| max_seq_length.is_none() || id.seq_len == max_seq_length)
+        .map(|(_, path)| path.clone())
         .collect()
 }
 
@@ -98,17 +92,15 @@ pub fn run_on<D: BertDevice>(
         .map(|a| ctx.path_of(a))
         .collect();
     let mask_record = ctx.upstream(Stage::Mask)?;
-    let (train_shards, eval_shards) = mask_shards(ctx, &mask_record);
+    let train_shards = mask_shards(ctx, &mask_record, Split::Train)?;
+    let eval_shards = mask_shards(ctx, &mask_record, Split::Eval)?;
     let mut phases = Vec::new();
     for plan in cfg.pretrain_phases() {
-        let (train, eval) = if cfg.has_phases() {
-            (
-                phase_shards(&train_shards, plan.max_seq_length),
-                phase_shards(&eval_shards, plan.max_seq_length),
-            )
-        } else {
-            (train_shards.clone(), eval_shards.clone())
-        };
+        let length = cfg.has_phases().then_some(plan.max_seq_length);
+        let (train, eval) = (
+            phase_shards(&train_shards, length),
+            phase_shards(&eval_shards, length),
+        );
         if cfg.has_phases() && train.is_empty() {
             return Err(Error::Stage(format!(
                 "no mask shards for phase {} (max_seq_length = {}); rerun `just stage mask`",

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bertline::pairs::Split;
+use bertline::shard::Split;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
