@@ -120,6 +120,21 @@ fn wnli_from_scratch_writes_scores_predictions_and_submission() {
     let log = std::fs::read_to_string(stage_dir.join("train-log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 12);
 
+    // results.json is the stage's FinetuneSummary, and the report reads that type back.
+    let summary: bertline::finetune::FinetuneSummary =
+        serde_json::from_value(record.metrics.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&summary).unwrap(), record.metrics);
+    let tasks = bertline::report::parse_finetune(&record.metrics);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].metric.as_deref(), Some("accuracy"));
+    let scratch = tasks[0].scratch.as_ref().unwrap();
+    assert_eq!(
+        serde_json::json!(scratch.scores),
+        wnli["scratch"]["scores"].clone()
+    );
+    assert_eq!(scratch.learning_rate, Some(1e-3));
+    assert!(tasks[0].pretrained.is_none());
+
     // Unchanged config and inputs: the stage is fresh and skipped.
     assert!(finetune::run(&ctx, &NoProgress).unwrap().skipped());
 }

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use bertline::config::FinetuneConfig;
 use bertline::finetune::{
     majority_class_accuracy, pick_learning_rate, seed_artifact_name, subsample, summarize_arm,
-    truncate_pair_tails, HostBatch, Recipe, SeedRun, SplitScores, SquadRecipe, TrainStats,
-    TrainingRecipe,
+    truncate_pair_tails, ArmSummary, HostBatch, Recipe, SeedRun, SplitScores, SquadRecipe,
+    TrainStats, TrainingRecipe,
 };
-use serde_json::json;
 
 #[test]
 fn truncate_seq_pair_pops_the_longer_side() {
@@ -107,7 +106,7 @@ fn arm_summary_has_the_report_shape() {
         seed_run(3, 0.7, 0.9),
     ];
     let refs: Vec<&SeedRun> = runs.iter().collect();
-    let s = summarize_arm(&refs, "f1");
+    let s = serde_json::to_value(summarize_arm(&refs, "f1")).unwrap();
     assert_eq!(s["scores"], serde_json::json!([0.8, 0.6, 0.7]));
     assert!((s["mean"].as_f64().unwrap() - 0.7).abs() < 1e-12);
     assert_eq!(s["median"].as_f64().unwrap(), 0.7);
@@ -203,11 +202,17 @@ fn learning_rate_sweep_comes_from_config_and_overrides() {
 
 #[test]
 fn the_sweep_picks_the_best_mean_and_never_a_missing_one() {
-    let tried = |means: &[Option<f64>]| -> Vec<(f64, serde_json::Value, ())> {
+    let tried = |means: &[Option<f64>]| -> Vec<(f64, ArmSummary, ())> {
         means
             .iter()
             .enumerate()
-            .map(|(i, m)| (i as f64, json!({ "mean": m }), ()))
+            .map(|(i, m)| {
+                let arm = ArmSummary {
+                    mean: *m,
+                    ..ArmSummary::default()
+                };
+                (i as f64, arm, ())
+            })
             .collect()
     };
     assert_eq!(
@@ -219,6 +224,7 @@ fn the_sweep_picks_the_best_mean_and_never_a_missing_one() {
     // A run without a score (null mean) loses to any scored one.
     assert_eq!(pick_learning_rate(&tried(&[None, Some(0.1)])), 1);
     assert_eq!(pick_learning_rate(&tried(&[Some(0.1), None])), 0);
+    assert_eq!(pick_learning_rate(&tried(&[Some(f64::NAN), Some(0.1)])), 1);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The `finetune` stage: every task x initialisation x seed, the learning-rate sweep, the
 //! artifacts and the summary in the manifest record.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dfdx::tensor::AutoDevice;
@@ -8,7 +9,8 @@ use serde_json::{json, Value};
 
 use super::{
     load_squad_data, load_task_data, majority_class_accuracy, run_seed, run_squad_seed,
-    summarize_arm, Init, Recipe, SeedOutput, SeedRun, SquadRecipe, TaskData, TrainStats,
+    summarize_arm, ArmSummary, FinetuneSummary, Init, Recipe, SeedOutput, SeedRun, SquadRecipe,
+    TaskData, TaskSummary, TrainStats,
 };
 use crate::config::{BertConfig, FinetuneConfig};
 use crate::error::{Error, IoContext, Result};
@@ -214,34 +216,35 @@ fn finetune_stage(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     };
     let mut log = MetricsWriter::create(run.dir().join("train-log.jsonl"))?;
     let mut totals = Totals::default();
-    let mut tasks_json = serde_json::Map::new();
+    let mut tasks = BTreeMap::new();
     for spec in specs {
         let name = spec.name.clone();
-        let task_json = run_glue_task(&env, &mut run, spec, &mut log, &mut totals)?;
-        tasks_json.insert(name, task_json);
+        let task = run_glue_task(&env, &mut run, spec, &mut log, &mut totals)?;
+        tasks.insert(name, task);
     }
     if with_squad {
-        let task_json = run_squad_task(&env, &mut run, &mut totals)?;
-        tasks_json.insert("squad".into(), task_json);
+        let task = run_squad_task(&env, &mut run, &mut totals)?;
+        tasks.insert("squad".into(), task);
     }
     drop(log);
     run.add("train-log.jsonl", "metrics", totals.log_rows)?;
-    let summary = json!({
-        "tasks": tasks_json,
-        "init": cfg.init,
-        "arms": inits.iter().map(Init::arm).collect::<Vec<_>>(),
-        "examples_per_s": totals.train_examples as f64 / totals.train_seconds.max(1e-9),
-        "train_examples": totals.train_examples,
-        "train_seconds": totals.train_seconds,
-    });
+    let summary = FinetuneSummary {
+        init: cfg.init.clone(),
+        arms: inits.iter().map(|i| i.arm().to_string()).collect(),
+        examples_per_s: totals.train_examples as f64 / totals.train_seconds.max(1e-9),
+        train_examples: totals.train_examples,
+        train_seconds: totals.train_seconds,
+        tasks,
+    };
+    let summary_json = serde_json::to_value(&summary).expect("the summary serialises");
     write_artifact(
         &mut run,
         "results.json",
         "results",
-        tasks_json_len(&summary),
-        &summary,
+        summary.tasks.len() as u64,
+        &summary_json,
     )?;
-    Ok(Outcome::Ran(run.finish(ctx, summary)?))
+    Ok(Outcome::Ran(run.finish(ctx, summary_json)?))
 }
 
 /// Resolves every task of `finetune.tasks` and checks its files before anything trains;
@@ -279,27 +282,28 @@ fn run_glue_task(
     spec: TaskSpec,
     log: &mut MetricsWriter,
     totals: &mut Totals,
-) -> Result<Value> {
+) -> Result<TaskSummary> {
     let name = spec.name.clone();
     let recipe = Recipe::for_task(env.cfg, &name);
     let headline = spec.metrics[0].name().to_string();
     let subsample_seed = env.ctx.seed(Stage::Finetune, &[task_key(&name)]);
     let mut data = load_task_data(spec, recipe.clone(), env.tokenizer, subsample_seed)?;
-    let mut task_json = json!({
-        "metric": headline,
-        "train_examples": data.train.len(),
-        "train_rows": data.train_rows,
-        "recipe": recipe,
-    });
+    let mut task = TaskSummary {
+        metric: Some(headline.clone()),
+        train_examples: Some(data.train.len()),
+        train_rows: Some(data.train_rows),
+        recipe: serde_json::to_value(&recipe).expect("the recipe serialises"),
+        ..TaskSummary::default()
+    };
     if let Some((_, path, examples, _)) = data.dev.first() {
         if let Ok(Targets::Classes(gold)) = data.spec.gold(examples, path) {
-            task_json["majority_class_accuracy"] = json!(majority_class_accuracy(&gold));
+            task.majority_class_accuracy = Some(majority_class_accuracy(&gold));
         }
     }
     let sweep = recipe.training.learning_rates.clone();
     for init_from in env.inits {
         let arm = init_from.arm();
-        let mut tried: Vec<(f64, Value, Option<SeedOutput>)> = Vec::new();
+        let mut tried: Vec<(f64, ArmSummary, Option<SeedOutput>)> = Vec::new();
         for &lr in &sweep {
             data.recipe.training.learning_rate = lr;
             let mut runs = Vec::new();
@@ -331,45 +335,23 @@ fn run_glue_task(
         if let Some(best) = best {
             write_submissions(run, &data, arm, &best)?;
         }
-        task_json[arm] = with_sweep(summary, lr, &tried);
+        *task.arm_mut(arm) = Some(summary.with_sweep(lr, &tried));
     }
-    Ok(task_json)
+    Ok(task)
 }
 
 /// The index of the sweep value with the best mean dev score (the first on a tie; a value
 /// whose mean is missing or NaN never wins over one that has it).
-pub fn pick_learning_rate<T>(tried: &[(f64, Value, T)]) -> usize {
-    let mean = |v: &Value| v["mean"].as_f64().filter(|m| m.is_finite());
+pub fn pick_learning_rate<T>(tried: &[(f64, ArmSummary, T)]) -> usize {
     let mut best = 0;
     for (i, (_, summary, _)) in tried.iter().enumerate() {
-        if let Some(m) = mean(summary) {
-            if mean(&tried[best].1).is_none_or(|b| m > b) {
+        if let Some(m) = summary.finite_mean() {
+            if tried[best].1.finite_mean().is_none_or(|b| m > b) {
                 best = i;
             }
         }
     }
     best
-}
-
-/// An arm's summary at its chosen learning rate, plus the other values tried.
-fn with_sweep<T>(mut summary: Value, lr: f64, others: &[(f64, Value, T)]) -> Value {
-    summary["learning_rate"] = json!(lr);
-    if !others.is_empty() {
-        let mut rows = vec![
-            json!({"learning_rate": lr, "mean": summary["mean"], "std": summary["std"], "chosen": true}),
-        ];
-        rows.extend(others.iter().map(|(lr, s, _)| {
-            json!({"learning_rate": lr, "mean": s["mean"], "std": s["std"], "chosen": false})
-        }));
-        rows.sort_by(|a, b| {
-            a["learning_rate"]
-                .as_f64()
-                .partial_cmp(&b["learning_rate"].as_f64())
-                .expect("finite learning rates")
-        });
-        summary["sweep"] = json!(rows);
-    }
-    summary
 }
 
 /// `<task>/<arm>-seed<k>.json` (`<arm>-lr<lr>-seed<k>.json` in a sweep): the run, its
@@ -443,7 +425,7 @@ fn run_squad_task(
     env: &StageEnv<'_>,
     run: &mut crate::stage::StageRun,
     totals: &mut Totals,
-) -> Result<Value> {
+) -> Result<TaskSummary> {
     let recipe = SquadRecipe::for_finetune(env.cfg);
     let data = load_squad_data(
         &env.cfg.squad,
@@ -451,17 +433,18 @@ fn run_squad_task(
         |p| env.ctx.loaded.resolve(p),
         env.tokenizer,
     )?;
-    let mut task_json = json!({
-        "metric": "f1",
-        "train_examples": data.train_features.len(),
-        "train_questions": data.train_questions,
-        "eval_questions": data.eval_examples.len(),
-        "recipe": recipe,
-    });
+    let mut task = TaskSummary {
+        metric: Some("f1".into()),
+        train_examples: Some(data.train_features.len()),
+        train_questions: Some(data.train_questions),
+        eval_questions: Some(data.eval_examples.len()),
+        recipe: serde_json::to_value(&recipe).expect("the recipe serialises"),
+        ..TaskSummary::default()
+    };
     let sweep = recipe.training.learning_rates.clone();
     for init_from in env.inits {
         let arm = init_from.arm();
-        let mut tried: Vec<(f64, Value, ())> = Vec::new();
+        let mut tried: Vec<(f64, ArmSummary, ())> = Vec::new();
         for &lr in &sweep {
             let mut recipe = recipe.clone();
             recipe.training.learning_rate = lr;
@@ -491,13 +474,9 @@ fn run_squad_task(
             tried.push((lr, summarize_arm(&refs, "f1"), ()));
         }
         let (lr, summary, ()) = tried.swap_remove(pick_learning_rate(&tried));
-        task_json[arm] = with_sweep(summary, lr, &tried);
+        *task.arm_mut(arm) = Some(summary.with_sweep(lr, &tried));
     }
-    Ok(task_json)
-}
-
-fn tasks_json_len(summary: &Value) -> u64 {
-    summary["tasks"].as_object().map_or(0, |t| t.len() as u64)
+    Ok(task)
 }
 
 /// A stable number for a task name (seed derivation).

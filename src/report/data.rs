@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{IoContext, Result};
+use crate::finetune::{ArmSummary, FinetuneSummary};
 use crate::manifest::{ArtifactRecord, InputRef, Manifest, StageRecord};
 use crate::metrics::SeedSummary;
 use crate::pretrain::{fill_tokens_seen, LogSplit, PretrainLogRow};
@@ -521,6 +522,28 @@ fn read_pretrain(
 /// Without a `tasks` object, every top-level object holding `pretrained` or `scratch` is
 /// taken as a task.
 pub fn parse_finetune(metrics: &Value) -> Vec<TaskResult> {
+    // The stage's own record: the type it writes.
+    if let Ok(summary) = serde_json::from_value::<FinetuneSummary>(metrics.clone()) {
+        let mut results: Vec<TaskResult> = summary
+            .tasks
+            .into_iter()
+            .map(|(name, task)| {
+                let metric = task
+                    .metric
+                    .or_else(|| (canonical_task(&name) == "squad").then(|| "f1".to_string()));
+                let arm = |a: Option<ArmSummary>| a.map(|a| arm_result(a, metric.as_deref()));
+                TaskResult {
+                    pretrained: arm(task.pretrained),
+                    scratch: arm(task.scratch),
+                    task: name,
+                    metric,
+                }
+            })
+            .collect();
+        results.sort_by_key(|t| task_order(&t.task));
+        return results;
+    }
+    // Other shapes (hand-written summaries): read leniently.
     let tasks = match metrics.get("tasks").and_then(Value::as_object) {
         Some(t) => t.clone(),
         None => metrics
@@ -552,6 +575,30 @@ pub fn parse_finetune(metrics: &Value) -> Vec<TaskResult> {
         .collect();
     results.sort_by_key(|t| task_order(&t.task));
     results
+}
+
+/// An arm as the stage recorded it; summaries it lacks are computed from the scores.
+fn arm_result(arm: ArmSummary, metric: Option<&str>) -> ArmResult {
+    let mut scores = arm.scores;
+    if scores.is_empty() {
+        if let Some(v) = metric.and_then(|m| arm.all.get(m)) {
+            scores.push(*v);
+        }
+    }
+    let summary = (!scores.is_empty()).then(|| SeedSummary::of(&scores));
+    ArmResult {
+        mean: arm.mean.or(summary.map(|s| s.mean)),
+        median: arm.median.or(summary.map(|s| s.median)),
+        std: arm.std.or(summary.filter(|s| s.n > 1).map(|s| s.std)),
+        scores,
+        all: arm.all,
+        learning_rate: arm.learning_rate,
+        sweep: arm
+            .sweep
+            .iter()
+            .map(|p| (p.learning_rate, p.mean))
+            .collect(),
+    }
 }
 
 /// Sort key: the paper's task order first, then other tasks by name.
