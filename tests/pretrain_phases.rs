@@ -195,12 +195,11 @@ fn two_phases_from_pairs_to_pretrain() {
     );
     let heldout = rows.iter().find(|r| r["split"] == "heldout").unwrap();
     assert_eq!(heldout["seq_len"], 64);
-    let state: serde_json::Value =
+    // state.json is the checkpoint's TrainState, the type the resume reads.
+    let state: pretrain::TrainState =
         serde_json::from_str(&std::fs::read_to_string(out.join(STATE_FILE)).unwrap()).unwrap();
-    assert_eq!(
-        (state["step"].as_u64(), state["phase"].as_u64()),
-        (Some(20), Some(1 + 1))
-    );
+    assert_eq!((state.step, state.phase), (20, 2));
+    assert_eq!(state.config, ctx.config().pretrain);
     drop(ctx);
 
     // A second run skips every stage.
