@@ -436,7 +436,7 @@ pub fn create_training_pairs(
 
 /// [`create_training_pairs`] once per sequence length in `max_seq_lengths` (pretraining
 /// phases), each file read and tokenized once. Shards carry their length
-/// ([`PairShard::max_seq_length`]); every length uses the same seeds, so the held-out
+/// ([`ShardId::seq_len`]); every length uses the same seeds, so the held-out
 /// documents are the same at every length. Returns each length's counts.
 pub fn create_training_pairs_at_lengths(
     input_files: &[PathBuf],

@@ -9,7 +9,7 @@ use dfdx::tensor::NoneTape;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::train::{by_length, EVAL_BATCH_SIZE};
+use super::train::predict_by_length;
 use super::{
     fine_tune, HostBatch, Init, SeedRun, SplitScores, SquadRecipe, TrainLog, TrainStats,
     TrainingRecipe,
@@ -106,29 +106,25 @@ pub fn predict_question_answering<D: BertDevice>(
     features: &[SquadFeature],
     device: &D,
 ) -> Vec<SpanLogits> {
-    let order = by_length(features.iter().map(|f| f.input_ids.len()));
-    let mut out = vec![
-        SpanLogits {
-            start_logits: Vec::new(),
-            end_logits: Vec::new()
-        };
-        features.len()
-    ];
-    for chunk in order.chunks(EVAL_BATCH_SIZE) {
-        let rows: Vec<&SquadFeature> = chunk.iter().map(|&i| &features[i]).collect();
-        let batch = squad_batch(&rows);
-        let result = model.forward::<NoneTape>(&batch.inputs(device), &mut Mode::Eval);
-        let starts = result.start_logits.as_vec();
-        let ends = result.end_logits.as_vec();
-        for (r, &i) in chunk.iter().enumerate() {
-            let row = r * batch.seq_len..(r + 1) * batch.seq_len;
-            out[i] = SpanLogits {
-                start_logits: starts[row.clone()].to_vec(),
-                end_logits: ends[row].to_vec(),
-            };
-        }
-    }
-    out
+    predict_by_length(
+        features,
+        |f| f.input_ids.len(),
+        |rows| {
+            let batch = squad_batch(rows);
+            let result = model.forward::<NoneTape>(&batch.inputs(device), &mut Mode::Eval);
+            let starts = result.start_logits.as_vec();
+            let ends = result.end_logits.as_vec();
+            (0..rows.len())
+                .map(|r| {
+                    let row = r * batch.seq_len..(r + 1) * batch.seq_len;
+                    SpanLogits {
+                        start_logits: starts[row.clone()].to_vec(),
+                        end_logits: ends[row].to_vec(),
+                    }
+                })
+                .collect()
+        },
+    )
 }
 
 /// The best answer text of every evaluation question (`qas_id → text`).

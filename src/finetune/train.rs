@@ -29,7 +29,7 @@ pub(super) const ADAMW: AdamWConfig = AdamWConfig {
 };
 pub(super) const MAX_GRAD_NORM: f64 = 1.0;
 /// Rows per inference batch.
-pub(super) const EVAL_BATCH_SIZE: usize = 64;
+const EVAL_BATCH_SIZE: usize = 64;
 
 /// What one training run did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -217,10 +217,30 @@ pub fn train_sequence_classifier<D: BertDevice>(
 }
 
 /// Indices sorted by length, so inference batches carry little padding.
-pub(super) fn by_length(lengths: impl Iterator<Item = usize>) -> Vec<usize> {
+fn by_length(lengths: impl Iterator<Item = usize>) -> Vec<usize> {
     let mut order: Vec<(usize, usize)> = lengths.enumerate().collect();
     order.sort_by_key(|&(i, len)| (len, i));
     order.into_iter().map(|(i, _)| i).collect()
+}
+
+/// One output per row of `rows`, in their order, computed [`EVAL_BATCH_SIZE`] rows at a
+/// time in order of `len` (so batches carry little padding): `predict` returns the outputs
+/// of the rows it is given, in that order.
+pub(super) fn predict_by_length<R, T>(
+    rows: &[R],
+    len: impl Fn(&R) -> usize,
+    mut predict: impl FnMut(&[&R]) -> Vec<T>,
+) -> Vec<T> {
+    let mut out: Vec<Option<T>> = rows.iter().map(|_| None).collect();
+    for chunk in by_length(rows.iter().map(len)).chunks(EVAL_BATCH_SIZE) {
+        let batch: Vec<&R> = chunk.iter().map(|&i| &rows[i]).collect();
+        for (value, &i) in predict(&batch).into_iter().zip(chunk) {
+            out[i] = Some(value);
+        }
+    }
+    out.into_iter()
+        .map(|v| v.expect("every row predicted"))
+        .collect()
 }
 
 /// Logits of every example (`[num_labels]` each), in the order of `features`; dropout off.
@@ -229,17 +249,15 @@ pub fn predict_sequence_classifier<D: BertDevice>(
     features: &[InputFeatures],
     device: &D,
 ) -> Vec<Vec<f32>> {
-    let order = by_length(features.iter().map(|f| f.input_ids.len()));
-    let mut logits = vec![Vec::new(); features.len()];
-    for chunk in order.chunks(EVAL_BATCH_SIZE) {
-        let rows: Vec<&InputFeatures> = chunk.iter().map(|&i| &features[i]).collect();
-        let inputs = classification_batch(&rows).inputs(device);
-        let out = model.forward::<NoneTape>(&inputs, &mut Mode::Eval).as_vec();
-        for (row, &i) in out.chunks(model.num_labels).zip(chunk) {
-            logits[i] = row.to_vec();
-        }
-    }
-    logits
+    predict_by_length(
+        features,
+        |f| f.input_ids.len(),
+        |rows| {
+            let inputs = classification_batch(rows).inputs(device);
+            let out = model.forward::<NoneTape>(&inputs, &mut Mode::Eval).as_vec();
+            out.chunks(model.num_labels).map(<[f32]>::to_vec).collect()
+        },
+    )
 }
 
 /// Class ids (argmax, first on ties) or scores from logits.

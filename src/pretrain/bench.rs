@@ -130,31 +130,18 @@ pub fn bench_default_device(
     seq_len: usize,
     steps: usize,
 ) -> Result<BenchReport> {
+    let batch = pretrain.train_batch_size;
     #[cfg(feature = "cuda")]
     {
         let device = dfdx::tensor::Cuda::try_build(0, 0)
             .map_err(|e| Error::Model(format!("cannot open CUDA device 0: {e:?}")))?;
         dfdx::tensor::Cache::enable_cache(&device);
-        bench(
-            model,
-            pretrain,
-            pretrain.train_batch_size,
-            seq_len,
-            steps,
-            &device,
-        )
+        bench(model, pretrain, batch, seq_len, steps, &device)
     }
     #[cfg(not(feature = "cuda"))]
     crate::model::kernels::on_pool_thread(|| {
         let device = dfdx::tensor::Cpu::default();
         dfdx::tensor::Cache::enable_cache(&device);
-        bench(
-            model,
-            pretrain,
-            pretrain.train_batch_size,
-            seq_len,
-            steps,
-            &device,
-        )
+        bench(model, pretrain, batch, seq_len, steps, &device)
     })
 }
