@@ -170,3 +170,51 @@ pub fn fill_tokens_seen(rows: &mut [PretrainLogRow], config: &PretrainConfig) {
         };
     }
 }
+
+/// The JSONL metrics file, appended to as training goes.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending, first dropping rows after `step` (left by a run that was
+    /// killed after its last checkpoint), so a resumed run continues the file cleanly.
+    pub fn open(path: &Path, step: usize) -> Result<Self> {
+        let mut kept = Vec::new();
+        if let Ok(file) = std::fs::File::open(path) {
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line.at(path)?;
+                if PretrainLogRow::parse(&line).is_some_and(|row| row.step <= step) {
+                    kept.push(line);
+                }
+            }
+        }
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        durable::write_bytes(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .at(path)?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends one row.
+    pub fn write(&mut self, row: &PretrainLogRow) -> Result<()> {
+        let line = serde_json::to_string(row).expect("a log row serialises");
+        writeln!(self.file, "{line}").at(&self.path)?;
+        self.file.flush().at(&self.path)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
