@@ -1,9 +1,9 @@
-//! The fused CPU kernels (linear layers included) against their dfdx compositions (`model::kernels::composed`): the same
+//! The fused CPU kernels (linear layers included) against their dfdx compositions (`model::device::reference`): the same
 //! values and the same gradients for every input and parameter, on odd shapes (5 tokens,
 //! head size 3) with padding and dropout, so a stride or a missing term shows up.
 
-use bertline::model::kernels::composed;
-use bertline::model::{BertDevice, Matrix, Vector};
+use bertline::model::device::reference;
+use bertline::model::{BertDevice, Dropout, Matrix, Vector};
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,7 +60,7 @@ fn linear_matches_the_composition() {
         let out = if fused {
             <Cpu as BertDevice>::linear(xt, &weight, &b)
         } else {
-            composed::linear(xt, &weight, &b)
+            reference::linear(xt, &weight, &b)
         };
         let values = out.as_vec();
         let g = project(out, &w);
@@ -99,7 +99,7 @@ fn add_bias_matches_the_composition() {
         let out = if fused {
             <Cpu as BertDevice>::add_bias(xt, &b)
         } else {
-            composed::add_bias(xt, &b)
+            reference::add_bias(xt, &b)
         };
         let values = out.as_vec();
         let g = project(out, &w);
@@ -125,7 +125,7 @@ fn layer_norm_matches_the_composition() {
         let out = if fused {
             <Cpu as BertDevice>::layer_norm(xt, &gamma, &beta, 1e-12)
         } else {
-            composed::layer_norm(xt, &gamma, &beta, 1e-12)
+            reference::layer_norm(xt, &gamma, &beta, 1e-12)
         };
         let values = out.as_vec();
         let g = project(out, &w);
@@ -147,23 +147,21 @@ fn layer_norm_matches_the_composition() {
 fn residual_layer_norm_matches_the_composition() {
     let dev = Cpu::default();
     let mut rng = ChaCha8Rng::seed_from_u64(12);
-    // More rows than one parallel block; a dropout mask with zeros and 1/(1-p) entries.
+    // More rows than one parallel block (a block of 64 rows of 11 starts mid-way through a
+    // Philox counter block); dropout 0.1.
     let (rows, cols) = (131, 11);
     let x = matrix(&dev, random(&mut rng, rows * cols, 3.0), (rows, cols));
     let r = matrix(&dev, random(&mut rng, rows * cols, 2.0), (rows, cols));
     let gamma = vector(&dev, random(&mut rng, cols, 1.0));
     let beta = vector(&dev, random(&mut rng, cols, 1.0));
-    let keep: Vec<f32> = (0..rows * cols)
-        .map(|_| if rng.gen_bool(0.1) { 0.0 } else { 1.0 / 0.9 })
-        .collect();
     let w = random(&mut rng, rows * cols, 1.0);
-    for mask in [Some(keep), None] {
+    for mask in [Some(Dropout::new(11, 3, 2, 0.1)), None] {
         let run = |fused: bool| {
             let (xt, rt) = (x.leaky_trace(), r.leaky_trace());
             let out = if fused {
-                <Cpu as BertDevice>::residual_layer_norm(xt, rt, mask.clone(), &gamma, &beta, 1e-12)
+                <Cpu as BertDevice>::residual_layer_norm(xt, rt, mask, &gamma, &beta, 1e-12)
             } else {
-                composed::residual_layer_norm(xt, rt, mask.clone(), &gamma, &beta, 1e-12)
+                reference::residual_layer_norm(xt, rt, mask, &gamma, &beta, 1e-12)
             };
             let values = out.as_vec();
             let g = project(out, &w);
@@ -220,17 +218,15 @@ fn gelu_and_dropout_match_the_composition() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let shape = (40, 13);
     let x = matrix(&dev, random(&mut rng, 520, 4.0), shape);
-    let keep: Vec<f32> = (0..520)
-        .map(|_| if rng.gen_bool(0.1) { 0.0 } else { 1.0 / 0.9 })
-        .collect();
+    let keep = Dropout::new(3, 1, 4, 0.1);
     let w = random(&mut rng, 520, 1.0);
     let run = |fused: bool| {
         let xt = x.leaky_trace();
         let out = if fused {
             let y = <Cpu as BertDevice>::gelu(xt);
-            <Cpu as BertDevice>::dropout(y, keep.clone())
+            <Cpu as BertDevice>::dropout(y, keep)
         } else {
-            composed::dropout(composed::gelu(xt), keep.clone())
+            reference::dropout(reference::gelu(xt), keep)
         };
         let values = out.as_vec();
         let g = project(out, &w);
@@ -265,17 +261,15 @@ fn attention_matches_the_composition_with_padding_and_dropout() {
         .collect();
     let bias = matrix(&dev, bias, (batch, seq));
     let w = random(&mut rng, rows * hidden, 1.0);
-    let keep: Vec<f32> = (0..batch * heads * seq * seq)
-        .map(|_| if rng.gen_bool(0.2) { 0.0 } else { 1.25 })
-        .collect();
+    let keep = Dropout::new(4, 9, 1, 0.2);
     for dropout in [None, Some(keep)] {
         let run = |fused: bool| {
             // Three tapes, merged by the kernel, as in the model.
             let (qt, kt, vt) = (q.leaky_trace(), k.leaky_trace(), v.leaky_trace());
             let out = if fused {
-                <Cpu as BertDevice>::attention(qt, kt, vt, &bias, heads, dropout.clone())
+                <Cpu as BertDevice>::attention(qt, kt, vt, &bias, heads, dropout)
             } else {
-                composed::attention(qt, kt, vt, &bias, heads, dropout.clone())
+                reference::attention(qt, kt, vt, &bias, heads, dropout)
             };
             let values = out.as_vec();
             let g = project(out, &w);
@@ -329,18 +323,16 @@ fn fused_self_attention_matches_the_composition() {
         .collect();
     let bias = matrix(&dev, bias, (batch, seq));
     let w = random(&mut rng, rows * hidden, 1.0);
-    let keep: Vec<f32> = (0..batch * heads * seq * seq)
-        .map(|_| if rng.gen_bool(0.2) { 0.0 } else { 1.25 })
-        .collect();
+    let keep = Dropout::new(4, 9, 1, 0.2);
     for dropout in [None, Some(keep)] {
         let run = |fused: bool| {
             let xt = x.leaky_trace();
             let ws = [&weights[0], &weights[1], &weights[2]];
             let bs = [&biases[0], &biases[1], &biases[2]];
             let out = if fused {
-                <Cpu as BertDevice>::self_attention(xt, ws, bs, &bias, heads, dropout.clone())
+                <Cpu as BertDevice>::self_attention(xt, ws, bs, &bias, heads, dropout)
             } else {
-                composed::self_attention(xt, ws, bs, &bias, heads, dropout.clone())
+                reference::self_attention(xt, ws, bs, &bias, heads, dropout)
             };
             let values = out.as_vec();
             let g = project(out, &w);
@@ -380,7 +372,7 @@ fn label_log_probs_match_the_composition() {
         let (out, is_max) = if fused {
             <Cpu as BertDevice>::label_log_probs(xt, &labels)
         } else {
-            composed::label_log_probs(xt, &labels)
+            reference::label_log_probs(xt, &labels)
         };
         let values = out.as_vec();
         let weights = dev.tensor_from_vec(w.clone(), (rows,));
@@ -399,9 +391,9 @@ fn label_log_probs_match_the_composition() {
 }
 
 #[test]
-fn dropout_masks_drop_at_the_rate_and_repeat_per_seed() {
+fn dropout_sites_follow_the_mode_and_repeat_per_seed() {
     use bertline::model::Mode;
-    let n = 200_000; // several parallel chunks
+    let n = 200_000;
     let (mut a, mut b) = (Mode::train(5), Mode::train(5));
     let first = a.dropout_mask(n, 0.1).unwrap();
     assert_eq!(
@@ -411,21 +403,80 @@ fn dropout_masks_drop_at_the_rate_and_repeat_per_seed() {
     );
     let second = a.dropout_mask(n, 0.1).unwrap();
     assert_ne!(first, second, "each call draws a new mask");
+    // The sites, in order, of (seed 5, step 0); another step, other masks.
+    assert_eq!(a.next_dropout(0.1), Some(Dropout::new(5, 0, 2, 0.1)));
+    assert_eq!(
+        Mode::train_step(5, 3).next_dropout(0.2),
+        Some(Dropout::new(5, 3, 0, 0.2))
+    );
     let dropped = first.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
     // Binomial(200000, 0.1): sd 0.00067; 6 sd.
     assert!((dropped - 0.1).abs() < 0.004, "dropped fraction {dropped}");
     assert!(first
         .iter()
         .all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
-    // Parallel chunks draw different words: the first two 32768-element chunks differ.
-    assert_ne!(first[..32768], first[32768..65536]);
     assert!(Mode::Eval.dropout_mask(n, 0.1).is_none());
-    assert!(Mode::train(5).dropout_mask(n, 0.0).is_none());
+    // Probability 0 takes no site: the next mask is still site 0's.
+    let mut c = Mode::train(5);
+    assert!(c.dropout_mask(n, 0.0).is_none());
+    assert_eq!(c.dropout_mask(n, 0.1).unwrap(), first);
+}
+
+/// Runs `f` on a rayon pool of `threads` threads.
+fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+        .install(f)
+}
+
+#[test]
+fn dropout_kernels_apply_the_described_mask_whatever_the_thread_count() {
+    let dev = Cpu::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    // More elements than one parallel chunk (16384), not a multiple of 4.
+    let (rows, cols) = (331, 61);
+    let n = rows * cols;
+    let x = matrix(&dev, random(&mut rng, n, 1.0), (rows, cols));
+    let r = matrix(&dev, random(&mut rng, n, 1.0), (rows, cols));
+    let gamma = vector(&dev, random(&mut rng, cols, 1.0));
+    let beta = vector(&dev, random(&mut rng, cols, 1.0));
+    let w = random(&mut rng, n, 1.0);
+    let d = Dropout::new(0xdead_beef_0123, 17, 5, 0.25);
+    // The dropout kernel is exactly x ⊙ mask, and its gradient exactly w ⊙ mask.
+    let mask = d.mask(n);
+    let out = <Cpu as BertDevice>::dropout(x.leaky_trace(), d);
+    let want: Vec<f32> = x.as_vec().iter().zip(&mask).map(|(x, m)| x * m).collect();
+    assert_eq!(out.as_vec(), want);
+    let g = project(out, &w);
+    let want: Vec<f32> = w.iter().zip(&mask).map(|(w, m)| w * m).collect();
+    assert_eq!(g.get(&x).as_vec(), want);
+    // Bit for bit the same values and gradients on 1, 2 and 3 threads.
+    let run = || {
+        let out = <Cpu as BertDevice>::residual_layer_norm(
+            x.leaky_trace(),
+            r.leaky_trace(),
+            Some(d),
+            &gamma,
+            &beta,
+            1e-12,
+        );
+        let values = out.as_vec();
+        let g = project(out, &w);
+        (values, g.get(&x).as_vec(), g.get(&r).as_vec())
+    };
+    let one = with_threads(1, run);
+    assert_eq!(with_threads(2, run), one);
+    assert_eq!(with_threads(3, run), one);
+    // Dropped elements of x get no gradient: exactly the mask's zeros.
+    let zeros = one.1.iter().filter(|g| **g == 0.0).count();
+    assert_eq!(zeros, mask.iter().filter(|m| **m == 0.0).count());
 }
 
 #[test]
 fn fast_erf_is_within_5e7_of_libm_everywhere() {
-    use bertline::model::kernels::erf;
+    use bertline::model::device::erf;
     let mut worst = 0.0f64;
     for i in -600_000..=600_000 {
         let x = i as f32 * 1e-5; // -6..6 in steps of 1e-5

@@ -47,9 +47,8 @@ impl<D: BertDevice> BertSelfAttention<D> {
         mode: &mut Mode,
     ) -> Matrix<D, T> {
         let _span = tracing::span!(tracing::Level::TRACE, "self-attn").entered();
-        let (b, s) = (inputs.batch, inputs.seq_len);
         let heads = self.num_attention_heads;
-        let dropout = mode.dropout_mask(b * heads * s * s, self.dropout_prob);
+        let dropout = mode.next_dropout(self.dropout_prob);
         let (q, k, v) = (&self.query, &self.key, &self.value);
         D::self_attention(
             hidden_states,

@@ -15,24 +15,27 @@
 //! Notes on dfdx 0.13 that shape this code:
 //! - Every parameter is `.retaped::<T>()` before use, so its gradient reaches the tape.
 //! - `accurate_gelu`'s value is exact but its gradient is wrong; [`gelu`] corrects it.
-//! - Dropout masks are drawn from our own seeded ChaCha rng ([`Mode::Train`]), not the device
-//!   rng, so a resumed run draws the same masks.
+//! - Dropout masks are not drawn from the device rng: each is a [`Dropout`] description, a
+//!   counter-based Philox function of (seed, step, site, element) that the kernels evaluate
+//!   where they use it ([`device::philox`]), so a resumed run draws the same masks, on any
+//!   device and thread count.
 
+pub mod device;
 pub mod embeddings;
 pub mod encoder;
 pub mod export;
 pub mod heads;
-pub mod kernels;
 
 use dfdx::shapes::{Axis, HasShape, Shape};
 use dfdx::tensor::{Gradients, NoneTape, PutTape, SplitTape, Tape, Tensor, WithEmptyTape};
 use dfdx::tensor_ops::MeanTo;
-use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use rayon::prelude::*;
 
 pub use crate::config::BertConfig;
+/// The device module's former name, kept for callers.
+pub use device as kernels;
+pub use device::{BertDevice, Dropout};
 pub use embeddings::{BertEmbeddings, BertInputs};
 pub use encoder::{
     BertAttention, BertEncoder, BertIntermediate, BertLayer, BertModel, BertOutput, BertPooler,
@@ -43,7 +46,6 @@ pub use heads::{
     BertLMPredictionHead, BertPreTrainingHeads, BertPredictionHeadTransform, MaskedLmBatch,
     PretrainingLoss, QuestionAnsweringOutput, SequenceClassifierOutput,
 };
-pub use kernels::BertDevice;
 
 /// A run-time shaped matrix: weights `[out, in]` and activations `[rows, hidden]`.
 pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
@@ -56,24 +58,36 @@ pub type IdMatrix<D> = Tensor<(usize, usize), usize, D>;
 /// The tape of a training forward pass.
 pub type TrainTape<D> = dfdx::tensor::OwnedTape<f32, D>;
 
-/// Elements per independently drawn part of a dropout mask.
-const DROPOUT_CHUNK: usize = 1 << 15;
-
-/// Whether dropout is active. Training draws masks from its own ChaCha rng, so the masks are
-/// a pure function of the seed: a resumed run reproduces them exactly.
-#[derive(Debug, Clone)]
+/// Whether dropout is active. In training, each dropout in forward order is the next *site*
+/// of the mode's (seed, step), and its mask is the [`Dropout`] of that site: a pure function
+/// of the seed, the step and the order of the calls, so a resumed run reproduces it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Dropout off (evaluation, inference).
     Eval,
-    /// Dropout on, masks drawn from `rng`.
-    Train { rng: Box<ChaCha8Rng> },
+    /// Dropout on.
+    Train {
+        /// The Philox key of every mask.
+        seed: u64,
+        /// The step (one counter word of every mask).
+        step: u32,
+        /// The site the next dropout takes.
+        next_site: u32,
+    },
 }
 
 impl Mode {
-    /// Training mode with masks seeded from `seed`.
+    /// Training mode with masks keyed by `seed`, step 0.
     pub fn train(seed: u64) -> Self {
+        Self::train_step(seed, 0)
+    }
+
+    /// Training mode for `step` of a run keyed by `seed`.
+    pub fn train_step(seed: u64, step: u32) -> Self {
         Mode::Train {
-            rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
+            seed,
+            step,
+            next_site: 0,
         }
     }
 
@@ -82,36 +96,32 @@ impl Mode {
         matches!(self, Mode::Train { .. })
     }
 
-    /// The inverted-dropout mask for `n` values: each is 0 with probability `prob` and
-    /// `1 / (1 - prob)` otherwise; `None` in evaluation mode or when `prob` is 0.
-    pub fn dropout_mask(&mut self, n: usize, prob: f64) -> Option<Vec<f32>> {
-        let Mode::Train { rng, .. } = self else {
+    /// The mask of the next dropout site, which it takes: `None` in evaluation mode or when
+    /// `prob` is 0 (no site is taken then).
+    pub fn next_dropout(&mut self, prob: f64) -> Option<Dropout> {
+        let Mode::Train {
+            seed,
+            step,
+            next_site,
+        } = self
+        else {
             return None;
         };
         if prob <= 0.0 {
             return None;
         }
-        let keep_scale = (1.0 / (1.0 - prob)) as f32;
-        // Compare a uniform u32 against prob * 2^32: one rng word per element. One word of the
-        // mode's rng seeds the mask; each fixed-size chunk draws from its own ChaCha stream of
-        // that seed, in parallel, so the mask does not depend on the number of threads.
-        let threshold = (prob * 4294967296.0) as u64;
-        let seed = rng.next_u64();
-        let mut mask = vec![0.0f32; n];
-        mask.par_chunks_mut(DROPOUT_CHUNK)
-            .enumerate()
-            .for_each(|(stream, chunk)| {
-                let mut words = ChaCha8Rng::seed_from_u64(seed);
-                words.set_stream(stream as u64);
-                for v in chunk {
-                    *v = if (words.next_u32() as u64) < threshold {
-                        0.0
-                    } else {
-                        keep_scale
-                    };
-                }
-            });
-        Some(mask)
+        let site = *next_site;
+        *next_site = next_site
+            .checked_add(1)
+            .expect("more than 2^32 dropout sites in one step");
+        Some(Dropout::new(*seed, *step, site, prob))
+    }
+
+    /// The inverted-dropout mask for `n` values of the next site, materialised: each is 0 with
+    /// probability `prob` and `1 / (1 - prob)` otherwise; `None` in evaluation mode or when
+    /// `prob` is 0. The kernels take the [`Dropout`] description instead.
+    pub fn dropout_mask(&mut self, n: usize, prob: f64) -> Option<Vec<f32>> {
+        self.next_dropout(prob).map(|d| d.mask(n))
     }
 
     /// Inverted dropout on a matrix: zeroes each element with probability `prob` and scales
@@ -121,8 +131,8 @@ impl Mode {
         x: Matrix<D, T>,
         prob: f64,
     ) -> Matrix<D, T> {
-        match self.dropout_mask(x.shape().num_elements(), prob) {
-            Some(mask) => D::dropout(x, mask),
+        match self.next_dropout(prob) {
+            Some(d) => D::dropout(x, d),
             None => x,
         }
     }
@@ -206,8 +216,8 @@ impl<D: BertDevice> LayerNorm<D> {
         dropout_prob: f64,
         mode: &mut Mode,
     ) -> Matrix<D, T> {
-        let keep = mode.dropout_mask(x.shape().num_elements(), dropout_prob);
-        D::residual_layer_norm(x, residual, keep, &self.weight, &self.bias, self.eps)
+        let dropout = mode.next_dropout(dropout_prob);
+        D::residual_layer_norm(x, residual, dropout, &self.weight, &self.bias, self.eps)
     }
 }
 

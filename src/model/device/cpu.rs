@@ -1,270 +1,14 @@
-//! Fused kernels for the hot spots of a BERT training step.
-//!
-//! dfdx 0.13 runs element-wise ops, broadcasts and reductions on one core, one op at a time:
-//! on two cores they took three quarters of a BERT-mini training step. Each method of
-//! [`BertDevice`] is one such hot spot: the linear layers (matrix product and bias in one op),
-//! bias add, LayerNorm, GELU, dropout and the attention core (`softmax(Q Kᵀ / sqrt(d) + mask)
-//! V`). The trait's default bodies build them from dfdx ops and serve every device (CUDA
-//! included). [`Cpu`] overrides them with rayon-parallel loops that make one pass over memory
-//! and record their own backward pass on the tape; `tests/model_kernels.rs` checks each
-//! against the default body, values and gradients.
-//!
-//! The CPU kernels are deterministic (fixed work split, partial sums added in order), so a
-//! resumed run still reproduces an uninterrupted one bit for bit.
+//! The fused CPU kernels: [`BertDevice`] for dfdx's [`Cpu`], rayon-parallel loops that make
+//! one pass over memory and record their own backward pass on the tape. Deterministic: fixed
+//! work split, partial sums added in order, so a resumed run reproduces an uninterrupted one
+//! bit for bit.
 
-use dfdx::shapes::{Axes2, Axes4, Axis, HasShape, Shape};
-use dfdx::tensor::{
-    Cache, Cpu, NoneTape, PutTape, SplitTape, Tape, Tensor, TensorFromVec, WithEmptyTape,
-};
-use dfdx::tensor_ops::{BroadcastTo, Device, MaxTo, PermuteTo, ReshapeTo, SelectTo, TryMatMul};
+use dfdx::shapes::{HasShape, Shape};
+use dfdx::tensor::{Cache, Cpu, PutTape, SplitTape, Tape, Tensor, TensorFromVec};
 use rayon::prelude::*;
 
-use super::{Matrix, Vector};
-
-/// Runs `f` on one of rayon's worker threads and waits for it. The CPU kernels fork and join
-/// hundreds of times per training step; started from a worker, each fork begins on the
-/// calling thread while the other workers steal, instead of waking the pool from outside and
-/// sleeping until it is done: 8% of a BERT-mini training step on two cores
-/// (docs/benchmarks.md). Stages call it around their training loops; nested calls run inline.
-pub fn on_pool_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
-}
-
-/// A dfdx device with BERT's fused kernels. Inputs are contiguous `[rows, cols]` matrices
-/// (every call site passes the fresh output of a matmul, an add or another kernel).
-pub trait BertDevice: Device<f32> {
-    /// `x Wᵀ + b` for `x: [rows, in]`, `weight: [out, in]` (`torch.nn.Linear`; also the MLM
-    /// decoder, whose weight is the word embeddings).
-    fn linear<T: Tape<f32, Self>>(
-        x: Matrix<Self, T>,
-        weight: &Matrix<Self>,
-        bias: &Vector<Self>,
-    ) -> Matrix<Self, T> {
-        composed::linear(x, weight, bias)
-    }
-
-    /// `x + bias` on every row (`torch.nn.Linear`'s bias).
-    fn add_bias<T: Tape<f32, Self>>(x: Matrix<Self, T>, bias: &Vector<Self>) -> Matrix<Self, T> {
-        composed::add_bias(x, bias)
-    }
-
-    /// `(x − mean) / sqrt(var + eps) · weight + bias` along each row.
-    fn layer_norm<T: Tape<f32, Self>>(
-        x: Matrix<Self, T>,
-        weight: &Vector<Self>,
-        bias: &Vector<Self>,
-        eps: f64,
-    ) -> Matrix<Self, T> {
-        composed::layer_norm(x, weight, bias, eps)
-    }
-
-    /// `LayerNorm(x ⊙ keep_scale + residual)`: the end of every BERT sub-layer (dropout,
-    /// residual add, LayerNorm) in one op; `keep_scale` is a dropout mask, `None` for none.
-    fn residual_layer_norm<T: Tape<f32, Self>>(
-        x: Matrix<Self, T>,
-        residual: Matrix<Self, T>,
-        keep_scale: Option<Vec<f32>>,
-        weight: &Vector<Self>,
-        bias: &Vector<Self>,
-        eps: f64,
-    ) -> Matrix<Self, T> {
-        composed::residual_layer_norm(x, residual, keep_scale, weight, bias, eps)
-    }
-
-    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
-    fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {
-        composed::gelu(x)
-    }
-
-    /// `x ⊙ keep_scale` (inverted dropout with a mask drawn by [`super::Mode`]).
-    fn dropout<T: Tape<f32, Self>>(x: Matrix<Self, T>, keep_scale: Vec<f32>) -> Matrix<Self, T> {
-        composed::dropout(x, keep_scale)
-    }
-
-    /// Multi-head scaled dot-product attention on `[batch * seq, hidden]` projections:
-    /// `softmax(Q Kᵀ / sqrt(d) + bias) V` per head, heads concatenated. `attention_bias` is
-    /// `(batch, seq)`, added to every query's scores for that key; `dropout` is a keep-scale
-    /// mask over the `(batch, heads, seq, seq)` probabilities.
-    fn attention<T: Tape<f32, Self>>(
-        q: Matrix<Self, T>,
-        k: Matrix<Self, T>,
-        v: Matrix<Self, T>,
-        attention_bias: &Matrix<Self>,
-        heads: usize,
-        dropout: Option<Vec<f32>>,
-    ) -> Matrix<Self, T> {
-        composed::attention(q, k, v, attention_bias, heads, dropout)
-    }
-
-    /// BERT's self-attention from the layer input `x`: `Q, K, V = x Wᵀ + b` for the query,
-    /// key and value weights and biases (in that order), then [`attention`](Self::attention).
-    fn self_attention<T: Tape<f32, Self>>(
-        x: Matrix<Self, T>,
-        weights: [&Matrix<Self>; 3],
-        biases: [&Vector<Self>; 3],
-        attention_bias: &Matrix<Self>,
-        heads: usize,
-        dropout: Option<Vec<f32>>,
-    ) -> Matrix<Self, T> {
-        let [wq, wk, wv] = weights;
-        let [bq, bk, bv] = biases;
-        let q = Self::linear(x.with_empty_tape(), wq, bq);
-        let k = Self::linear(x.with_empty_tape(), wk, bk);
-        let v = Self::linear(x, wv, bv);
-        Self::attention(q, k, v, attention_bias, heads, dropout)
-    }
-
-    /// `log_softmax(logits)[i, labels[i]]` for every row (the MLM loss terms), and for every
-    /// row whether the label's logit is the row's maximum (a tie counts as right).
-    fn label_log_probs<T: Tape<f32, Self>>(
-        logits: Matrix<Self, T>,
-        labels: &[usize],
-    ) -> (Vector<Self, T>, Vec<bool>) {
-        composed::label_log_probs(logits, labels)
-    }
-}
-
-pub mod composed {
-    //! The kernels as compositions of dfdx ops: the defaults of [`BertDevice`](super::BertDevice)
-    //! and the reference the CPU kernels are tested against.
-    use super::*;
-
-    /// `x Wᵀ + b` for `x: [rows, in]`, `weight: [out, in]`.
-    pub fn linear<D: Device<f32>, T: Tape<f32, D>>(
-        x: Matrix<D, T>,
-        weight: &Matrix<D>,
-        bias: &Vector<D>,
-    ) -> Matrix<D, T> {
-        let weight_t = weight.retaped::<T>().permute::<_, Axes2<1, 0>>();
-        add_bias(x.matmul(weight_t), bias)
-    }
-
-    /// `x + bias` on every row (`torch.nn.Linear`'s bias).
-    pub fn add_bias<D: Device<f32>, T: Tape<f32, D>>(
-        x: Matrix<D, T>,
-        bias: &Vector<D>,
-    ) -> Matrix<D, T> {
-        let shape = *x.shape();
-        x + bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape)
-    }
-
-    /// `(x − mean) / sqrt(var + eps) · weight + bias` along each row.
-    pub fn layer_norm<D: Device<f32>, T: Tape<f32, D>>(
-        x: Matrix<D, T>,
-        weight: &Vector<D>,
-        bias: &Vector<D>,
-        eps: f64,
-    ) -> Matrix<D, T> {
-        let shape = *x.shape();
-        let x = x.normalize::<Axis<1>>(eps);
-        let gamma = weight.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
-        let beta = bias.retaped::<T>().broadcast_like::<_, Axis<0>>(&shape);
-        x * gamma + beta
-    }
-
-    /// `LayerNorm(x ⊙ keep_scale + residual)` (dropout, residual add, LayerNorm).
-    pub fn residual_layer_norm<D: Device<f32>, T: Tape<f32, D>>(
-        x: Matrix<D, T>,
-        residual: Matrix<D, T>,
-        keep_scale: Option<Vec<f32>>,
-        weight: &Vector<D>,
-        bias: &Vector<D>,
-        eps: f64,
-    ) -> Matrix<D, T> {
-        let x = match keep_scale {
-            Some(keep) => dropout(x, keep),
-            None => x,
-        };
-        layer_norm(x + residual, weight, bias, eps)
-    }
-
-    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
-    pub fn gelu<D: Device<f32>, T: Tape<f32, D>>(x: Matrix<D, T>) -> Matrix<D, T> {
-        crate::model::gelu(x)
-    }
-
-    /// `x ⊙ keep_scale` (inverted dropout with a mask drawn by [`crate::model::Mode`]).
-    pub fn dropout<D: Device<f32>, T: Tape<f32, D>>(
-        x: Matrix<D, T>,
-        keep_scale: Vec<f32>,
-    ) -> Matrix<D, T> {
-        let mask = x.device().tensor_from_vec(keep_scale, *x.shape());
-        x * mask
-    }
-
-    /// Multi-head scaled dot-product attention on `[batch * seq, hidden]` projections:
-    /// `softmax(Q Kᵀ / sqrt(d) + bias) V` per head, heads concatenated. `attention_bias` is
-    /// `(batch, seq)`, added to every query's scores for that key; `dropout` is a keep-scale
-    /// mask over the `(batch, heads, seq, seq)` probabilities.
-    pub fn attention<D: Device<f32>, T: Tape<f32, D>>(
-        q: Matrix<D, T>,
-        k: Matrix<D, T>,
-        v: Matrix<D, T>,
-        attention_bias: &Matrix<D>,
-        heads: usize,
-        dropout: Option<Vec<f32>>,
-    ) -> Matrix<D, T> {
-        let (b, s) = *attention_bias.shape();
-        let hidden = q.shape().1;
-        let head_size = hidden / heads;
-        let split_heads = (b, s, heads, head_size);
-        // [b*s, hidden] -> [b, heads, s, head] (keys: [b, heads, head, s]).
-        let q = q
-            .reshape_like(&split_heads)
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let k = k
-            .reshape_like(&split_heads)
-            .permute::<_, Axes4<0, 2, 3, 1>>();
-        let v = v
-            .reshape_like(&split_heads)
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let scores = q.matmul(k) * (1.0 / (head_size as f32).sqrt());
-        let mask = attention_bias
-            .clone()
-            .broadcast_like::<_, Axes2<1, 2>>(&(b, heads, s, s));
-        let mut probs = (scores + mask).softmax::<Axis<3>>();
-        if let Some(keep) = dropout {
-            let keep = probs.device().tensor_from_vec(keep, (b, heads, s, s));
-            probs = probs * keep;
-        }
-        probs
-            .matmul(v)
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .reshape_like(&(b * s, hidden))
-    }
-
-    /// Self-attention from the layer input: Q, K, V projections, then [`attention`].
-    pub fn self_attention<D: Device<f32>, T: Tape<f32, D>>(
-        x: Matrix<D, T>,
-        [wq, wk, wv]: [&Matrix<D>; 3],
-        [bq, bk, bv]: [&Vector<D>; 3],
-        attention_bias: &Matrix<D>,
-        heads: usize,
-        dropout: Option<Vec<f32>>,
-    ) -> Matrix<D, T> {
-        let q = linear(x.with_empty_tape(), wq, bq);
-        let k = linear(x.with_empty_tape(), wk, bk);
-        let v = linear(x, wv, bv);
-        attention(q, k, v, attention_bias, heads, dropout)
-    }
-
-    /// `log_softmax(logits)[i, labels[i]]` per row, and whether each label is the row's max.
-    pub fn label_log_probs<D: Device<f32>, T: Tape<f32, D>>(
-        logits: Matrix<D, T>,
-        labels: &[usize],
-    ) -> (Vector<D, T>, Vec<bool>) {
-        let device = logits.device().clone();
-        let labels = device.tensor_from_vec(labels.to_vec(), (labels.len(),));
-        let plain = logits.retaped::<NoneTape>();
-        let best = plain.clone().max::<(usize,), Axis<1>>().as_vec();
-        let at_label = plain.select(labels.clone()).as_vec();
-        let is_max = at_label.iter().zip(&best).map(|(l, b)| l >= b).collect();
-        (logits.log_softmax::<Axis<1>>().select(labels), is_max)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl BertDevice for dfdx::tensor::Cuda {}
+use super::{BertDevice, Dropout};
+use crate::model::{Matrix, Vector};
 
 /// Rows per rayon task: enough work to amortise the task, fixed so sums are deterministic.
 const ROW_BLOCK: usize = 64;
@@ -462,19 +206,62 @@ fn elementwise<T: Tape<f32, Cpu>>(
     out.put_tape(tape)
 }
 
-/// Attention probabilities after dropout: `p ⊙ keep` written into `scratch`, or `p` itself
-/// without dropout.
-fn dropped_probs<'a>(p: &'a [f32], keep: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
-    match keep {
-        Some(keep) => {
-            scratch
-                .iter_mut()
-                .zip(p.iter().zip(keep))
-                .for_each(|(o, (p, k))| *o = p * k);
+/// Attention probabilities after dropout: `p ⊙ mask` written into `scratch`, or `p` itself
+/// without dropout. `p` is elements `start..` of the mask `dropout` describes.
+fn dropped_probs<'a>(
+    p: &'a [f32],
+    dropout: Option<Dropout>,
+    start: usize,
+    scratch: &'a mut [f32],
+) -> &'a [f32] {
+    match dropout {
+        Some(d) => {
+            d.fill(start as u64, scratch);
+            scratch.iter_mut().zip(p).for_each(|(o, p)| *o *= p);
             scratch
         }
         None => p,
     }
+}
+
+/// Inverted dropout on the CPU: each task computes its chunk's part of the mask into a
+/// chunk-sized scratch buffer and applies it; the backward pass computes it again.
+fn cpu_dropout<T: Tape<f32, Cpu>>(x: Matrix<Cpu, T>, dropout: Dropout) -> Matrix<Cpu, T> {
+    let (x, mut tape) = x.split_tape();
+    let shape = *x.shape();
+    let mut y = host(&x);
+    y.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; ELEMENTWISE_CHUNK],
+            |scale, (c, ys)| {
+                let scale = &mut scale[..ys.len()];
+                dropout.fill((c * ELEMENTWISE_CHUNK) as u64, scale);
+                ys.iter_mut().zip(scale.iter()).for_each(|(y, s)| *y *= s);
+            },
+        );
+    let out = x.device().tensor_from_vec(y, shape);
+    if T::OWNS_TAPE {
+        let (xg, og) = (x.ghost(), out.ghost());
+        tape.add_backward_op(move |grads| {
+            let (gx, go) = grad_slices!(grads; xg, og);
+            gx.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(go.par_chunks(ELEMENTWISE_CHUNK))
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; ELEMENTWISE_CHUNK],
+                    |scale, (c, (gxs, gos))| {
+                        let scale = &mut scale[..gxs.len()];
+                        dropout.fill((c * ELEMENTWISE_CHUNK) as u64, scale);
+                        for ((gx, go), s) in gxs.iter_mut().zip(gos).zip(scale.iter()) {
+                            *gx += go * s;
+                        }
+                    },
+                );
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
 }
 
 /// `Φ(x) = 0.5 (1 + erf(x / sqrt 2))`.
@@ -526,12 +313,13 @@ fn normal_pdf(x: f32) -> f32 {
     (-0.5 * x * x).exp() * INV_SQRT_2PI
 }
 
-/// LayerNorm on the CPU, optionally of `x ⊙ keep_scale + residual` (one pass: no separate
-/// dropout, sum or their gradients), with its backward pass on the merged tape.
+/// LayerNorm on the CPU, optionally of `dropout(x) + residual` (one pass: no separate
+/// dropout, sum or their gradients; each task computes its rows' part of the mask), with its
+/// backward pass on the merged tape.
 fn cpu_layer_norm<T: Tape<f32, Cpu>>(
     x: Matrix<Cpu, T>,
     residual: Option<Matrix<Cpu, T>>,
-    keep_scale: Option<Vec<f32>>,
+    dropout: Option<Dropout>,
     weight: &Vector<Cpu>,
     bias: &Vector<Cpu>,
     eps: f64,
@@ -546,10 +334,9 @@ fn cpu_layer_norm<T: Tape<f32, Cpu>>(
     };
     let (rows, cols) = *x.shape();
     let (gamma, beta) = (host(weight), host(bias));
-    // `xhat` holds x ⊙ keep + residual until it is normalised in place.
+    // `xhat` holds dropout(x) + residual until it is normalised in place.
     let mut xhat = host(&x);
     let rs = residual.as_ref().map(host);
-    let keep = keep_scale.map(std::sync::Arc::new);
     let mut rstd = vec![0.0f32; rows];
     let mut y = vec![0.0f32; rows * cols];
     let n = cols as f32;
@@ -558,12 +345,12 @@ fn cpu_layer_norm<T: Tape<f32, Cpu>>(
         .zip(y.par_chunks_mut(block))
         .zip(rstd.par_chunks_mut(ROW_BLOCK))
         .enumerate()
-        .for_each(|(bi, ((xb, yb), rb))| {
+        .for_each_init(Vec::new, |scale: &mut Vec<f32>, (bi, ((xb, yb), rb))| {
             let at = bi * block..bi * block + xb.len();
-            if let Some(keep) = &keep {
-                xb.iter_mut()
-                    .zip(&keep[at.clone()])
-                    .for_each(|(v, k)| *v *= k);
+            if let Some(d) = dropout {
+                scale.resize(xb.len(), 0.0);
+                d.fill(at.start as u64, scale);
+                xb.iter_mut().zip(scale.iter()).for_each(|(v, k)| *v *= k);
             }
             if let Some(rs) = &rs {
                 xb.iter_mut().zip(&rs[at]).for_each(|(v, r)| *v += r);
@@ -594,33 +381,41 @@ fn cpu_layer_norm<T: Tape<f32, Cpu>>(
                 .zip(xhat.par_chunks(block))
                 .zip(rstd.par_chunks(ROW_BLOCK))
                 .enumerate()
-                .for_each(|(bi, (((gxb, gob), xb), rb))| {
-                    let base = bi * block;
-                    let rows = gxb.chunks_mut(cols).zip(gob.chunks(cols));
-                    for (ri, ((gxr, gor), (xr, r))) in rows.zip(xb.chunks(cols).zip(rb)).enumerate()
-                    {
-                        let (mut a, mut c) = (0.0f32, 0.0f32);
-                        for i in 0..cols {
-                            let d = gor[i] * gamma[i];
-                            a += d;
-                            c += d * xr[i];
+                .for_each_init(
+                    Vec::new,
+                    |scale: &mut Vec<f32>, (bi, (((gxb, gob), xb), rb))| {
+                        let base = bi * block;
+                        if let Some(d) = dropout {
+                            scale.resize(gxb.len(), 0.0);
+                            d.fill(base as u64, scale);
                         }
-                        let (a, c) = (a / n, c / n);
-                        let row = base + ri * cols;
-                        for i in 0..cols {
-                            // d loss / d (x ⊙ keep + residual)
-                            let dz = r * (gor[i] * gamma[i] - a - xr[i] * c);
-                            if let Some(gr) = &gr {
-                                // SAFETY: each task writes only its own rows of gr.
-                                unsafe { *gr.at(row + i) += dz };
+                        let rows = gxb.chunks_mut(cols).zip(gob.chunks(cols));
+                        for (ri, ((gxr, gor), (xr, r))) in
+                            rows.zip(xb.chunks(cols).zip(rb)).enumerate()
+                        {
+                            let (mut a, mut c) = (0.0f32, 0.0f32);
+                            for i in 0..cols {
+                                let d = gor[i] * gamma[i];
+                                a += d;
+                                c += d * xr[i];
                             }
-                            gxr[i] += match &keep {
-                                Some(keep) => dz * keep[row + i],
-                                None => dz,
-                            };
+                            let (a, c) = (a / n, c / n);
+                            let row = base + ri * cols;
+                            for i in 0..cols {
+                                // d loss / d (dropout(x) + residual)
+                                let dz = r * (gor[i] * gamma[i] - a - xr[i] * c);
+                                if let Some(gr) = &gr {
+                                    // SAFETY: each task writes only its own rows of gr.
+                                    unsafe { *gr.at(row + i) += dz };
+                                }
+                                gxr[i] += match dropout {
+                                    Some(_) => dz * scale[row - base + i],
+                                    None => dz,
+                                };
+                            }
                         }
-                    }
-                });
+                    },
+                );
             let dw = column_sums(rows, cols, |r, c| go[r * cols + c] * xhat[r * cols + c]);
             let db = column_sums(rows, cols, |r, c| go[r * cols + c]);
             gw.iter_mut().zip(dw).for_each(|(g, s)| *g += s);
@@ -667,14 +462,14 @@ impl AttentionShape {
     }
 
     /// `(probabilities [b, heads, s, s], context [b * s, hidden])`. `qkv` are Q, K and V, each
-    /// starting at its first element with row stride `ld`; `bias` is `(b, s)`; `keep` a
-    /// keep-scale mask over the probabilities. One task per (sequence, head): scores,
+    /// starting at its first element with row stride `ld`; `bias` is `(b, s)`; `dropout` a
+    /// mask over the probabilities (row-major `[b, heads, s, s]`). One task per (sequence, head): scores,
     /// softmax, dropout, probabilities × values.
     fn forward(
         &self,
         [qs, ks, vs]: [&[f32]; 3],
         bias: &[f32],
-        keep: Option<&[f32]>,
+        dropout: Option<Dropout>,
     ) -> (Vec<f32>, Vec<f32>) {
         let AttentionShape {
             b,
@@ -723,8 +518,7 @@ impl AttentionShape {
                     let inv = 1.0 / sum;
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
-                let keep = keep.map(|k| &k[task * s * s..(task + 1) * s * s]);
-                let used = dropped_probs(p, keep, dropped);
+                let used = dropped_probs(p, dropout, task * s * s, dropped);
                 unsafe {
                     gemm_strided(
                         (s, d, s),
@@ -753,7 +547,7 @@ impl AttentionShape {
         &self,
         [qs, ks, vs]: [&[f32]; 3],
         probs: &[f32],
-        keep: Option<&[f32]>,
+        dropout: Option<Dropout>,
         go: &[f32],
         [gq, gk, gv]: [SharedMut; 3],
     ) {
@@ -767,12 +561,24 @@ impl AttentionShape {
         } = *self;
         let scale = 1.0 / (d as f32).sqrt();
         (0..b * heads).into_par_iter().for_each_init(
-            || (vec![0.0f32; s * s], vec![0.0f32; s * s]),
-            |(dropped, dp), task| {
+            || {
+                let n = s * s;
+                (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n])
+            },
+            |(dropped, dp, mask), task| {
                 let (block, out_block) = self.blocks(task);
                 let p = &probs[task * s * s..(task + 1) * s * s];
-                let keep = keep.map(|k| &k[task * s * s..(task + 1) * s * s]);
-                let used = dropped_probs(p, keep, dropped);
+                // This block's part of the mask, computed again (the forward pass kept none).
+                let used: &[f32] = match dropout {
+                    Some(d) => {
+                        d.fill((task * s * s) as u64, mask);
+                        for (o, (p, k)) in dropped.iter_mut().zip(p.iter().zip(mask.iter())) {
+                            *o = p * k;
+                        }
+                        dropped
+                    }
+                    None => p,
+                };
                 // SAFETY: each task reads shared inputs and writes only its own
                 // (sequence, head) blocks of gq, gk, gv.
                 unsafe {
@@ -801,8 +607,8 @@ impl AttentionShape {
                         1.0,
                     );
                 }
-                if let Some(keep) = keep {
-                    dp.iter_mut().zip(keep).for_each(|(g, k)| *g *= k);
+                if dropout.is_some() {
+                    dp.iter_mut().zip(mask.iter()).for_each(|(g, k)| *g *= k);
                 }
                 // Softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)).
                 for (g, p) in dp.chunks_mut(s).zip(p.chunks(s)) {
@@ -942,12 +748,12 @@ impl BertDevice for Cpu {
     fn residual_layer_norm<T: Tape<f32, Self>>(
         x: Matrix<Self, T>,
         residual: Matrix<Self, T>,
-        keep_scale: Option<Vec<f32>>,
+        dropout: Option<Dropout>,
         weight: &Vector<Self>,
         bias: &Vector<Self>,
         eps: f64,
     ) -> Matrix<Self, T> {
-        cpu_layer_norm(x, Some(residual), keep_scale, weight, bias, eps)
+        cpu_layer_norm(x, Some(residual), dropout, weight, bias, eps)
     }
 
     fn gelu<T: Tape<f32, Self>>(x: Matrix<Self, T>) -> Matrix<Self, T> {
@@ -958,10 +764,8 @@ impl BertDevice for Cpu {
         )
     }
 
-    fn dropout<T: Tape<f32, Self>>(x: Matrix<Self, T>, keep_scale: Vec<f32>) -> Matrix<Self, T> {
-        let keep = std::sync::Arc::new(keep_scale);
-        let keep_grad = keep.clone();
-        elementwise(x, move |i, x| x * keep[i], move |i, _| keep_grad[i])
+    fn dropout<T: Tape<f32, Self>>(x: Matrix<Self, T>, dropout: Dropout) -> Matrix<Self, T> {
+        cpu_dropout(x, dropout)
     }
 
     fn attention<T: Tape<f32, Self>>(
@@ -970,7 +774,7 @@ impl BertDevice for Cpu {
         v: Matrix<Self, T>,
         attention_bias: &Matrix<Self>,
         heads: usize,
-        dropout: Option<Vec<f32>>,
+        dropout: Option<Dropout>,
     ) -> Matrix<Self, T> {
         let (q, tq) = q.split_tape();
         let (k, tk) = k.split_tape();
@@ -981,7 +785,7 @@ impl BertDevice for Cpu {
         let shape = AttentionShape::new(b, s, heads, hidden, hidden);
         let (qs, ks, vs, bias) = (host(&q), host(&k), host(&v), host(attention_bias));
         let qkv = [qs.as_slice(), ks.as_slice(), vs.as_slice()];
-        let (probs, context) = shape.forward(qkv, &bias, dropout.as_deref());
+        let (probs, context) = shape.forward(qkv, &bias, dropout);
         let out = q.device().tensor_from_vec(context, (b * s, hidden));
         if T::OWNS_TAPE {
             let (qg, kg, vg, og) = (q.ghost(), k.ghost(), v.ghost(), out.ghost());
@@ -990,7 +794,7 @@ impl BertDevice for Cpu {
                 let qkv = [qs.as_slice(), ks.as_slice(), vs.as_slice()];
                 let grads = [gq, gk, gv].map(|g| SharedMut(g.as_mut_ptr()));
                 // SAFETY: gq, gk, gv have q's `[b * s, hidden]` shape, the layout of `shape`.
-                unsafe { shape.backward(qkv, &probs, dropout.as_deref(), go, grads) };
+                unsafe { shape.backward(qkv, &probs, dropout, go, grads) };
                 Ok(())
             });
         }
@@ -1003,7 +807,7 @@ impl BertDevice for Cpu {
         biases: [&Vector<Self>; 3],
         attention_bias: &Matrix<Self>,
         heads: usize,
-        dropout: Option<Vec<f32>>,
+        dropout: Option<Dropout>,
     ) -> Matrix<Self, T> {
         let (x, mut tape) = x.split_tape();
         let (rows, hidden) = *x.shape();
@@ -1034,7 +838,7 @@ impl BertDevice for Cpu {
             )
         };
         let split = [&qkv[..], &qkv[hidden..], &qkv[2 * hidden..]];
-        let (probs, context) = shape.forward(split, &bias, dropout.as_deref());
+        let (probs, context) = shape.forward(split, &bias, dropout);
         let out = x.device().tensor_from_vec(context, (rows, hidden));
         if T::OWNS_TAPE {
             let (xg, og) = (x.ghost(), out.ghost());
@@ -1051,7 +855,7 @@ impl BertDevice for Cpu {
                 // 0, hidden and 2 hidden with row stride 3 hidden, the layout of `shape`.
                 unsafe {
                     let targets = [0, hidden, 2 * hidden].map(|c| SharedMut(base.add(c)));
-                    shape.backward(split, &probs, dropout.as_deref(), go, targets);
+                    shape.backward(split, &probs, dropout, go, targets);
                 }
                 let mut dw = vec![0.0f32; ld * hidden];
                 // SAFETY: buffer sizes as in the forward pass; dw is [3 hidden, hidden].
