@@ -2,12 +2,16 @@
 //! decoupled weight decay except on LayerNorm and bias parameters, global gradient-norm
 //! clipping, and the warmup-then-linear-decay learning rate ([`lr_at`]).
 //!
-//! Gradients are copied to the host per parameter ([`ParamGrads`]); the update follows
+//! Parameters, gradients and moments share one flat layout ([`FlatLayout`]: every parameter at
+//! an offset of one buffer, in [`HfParams::named_parameters`] order), and the update is one
+//! fused pass over it ([`adamw_fused`], with the step's scalars in [`AdamWStep`]): the form a
+//! device kernel takes. Global gradient-norm clipping is a reduction ([`ParamGrads::global_norm`])
+//! whose coefficient the fused pass applies as it reads each gradient. The update follows
 //! `torch.optim.AdamW` step for step, so its state (`exp_avg`, `exp_avg_sq`, `step`) saves to
 //! and loads from `optim.safetensors` by HF parameter name, bit for bit.
 
 use crate::model::BertDevice;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use dfdx::tensor::Gradients;
@@ -18,30 +22,92 @@ use crate::error::{Error, Result};
 use crate::model::export::{read_safetensors, write_safetensors, TensorMap};
 use crate::model::HfParams;
 
-/// Gradients on the host, one per parameter, in [`HfParams::named_parameters`] order.
+/// Where each parameter of a model lives in one flat buffer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlatLayout {
+    /// HF parameter names, in [`HfParams::named_parameters`] order.
+    pub names: Vec<String>,
+    /// Parameter `i` is `offsets[i]..offsets[i + 1]`; the last entry is the total length.
+    pub offsets: Vec<usize>,
+    /// Whether each parameter gets weight decay ([`decays`]).
+    pub decays: Vec<bool>,
+}
+
+impl FlatLayout {
+    /// The layout of `model`'s parameters.
+    pub fn of<D: BertDevice, M: HfParams<D>>(model: &M) -> Self {
+        let params = model.named_parameters();
+        let mut offsets = vec![0];
+        for (_, p) in &params {
+            offsets.push(offsets.last().expect("starts at 0") + p.len());
+        }
+        let names: Vec<String> = params.into_iter().map(|(n, _)| n).collect();
+        let decays = names.iter().map(|n| decays(n)).collect();
+        FlatLayout {
+            names,
+            offsets,
+            decays,
+        }
+    }
+
+    /// Total number of values.
+    pub fn len(&self) -> usize {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// True with no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements of parameter `i`.
+    pub fn range(&self, i: usize) -> std::ops::Range<usize> {
+        self.offsets[i]..self.offsets[i + 1]
+    }
+
+    /// The index of parameter `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+/// Gradients on the host, one flat buffer in the model's [`FlatLayout`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParamGrads {
-    /// HF parameter names.
-    pub names: Vec<String>,
-    /// Row-major gradient of each parameter.
-    pub values: Vec<Vec<f32>>,
+    /// Where each parameter's gradient is in `flat`.
+    pub layout: FlatLayout,
+    /// Every gradient, row-major, parameter after parameter.
+    pub flat: Vec<f32>,
 }
 
 impl ParamGrads {
+    /// Gradients from `(name, values)` pairs, in that order.
+    pub fn from_named(named: Vec<(String, Vec<f32>)>) -> Self {
+        let mut layout = FlatLayout {
+            offsets: vec![0],
+            ..FlatLayout::default()
+        };
+        let mut flat = Vec::new();
+        for (name, values) in named {
+            flat.extend_from_slice(&values);
+            layout.offsets.push(flat.len());
+            layout.decays.push(decays(&name));
+            layout.names.push(name);
+        }
+        ParamGrads { layout, flat }
+    }
+
     /// Copies every parameter's gradient out of `grads` (zeros where the tape never reached).
     pub fn from_gradients<D: BertDevice, M: HfParams<D>>(
         model: &M,
         grads: &mut Gradients<f32, D>,
     ) -> Self {
-        let (names, values) = model
-            .named_parameters()
-            .into_iter()
-            .map(|(name, p)| {
-                let g = p.grad(grads);
-                (name, g)
-            })
-            .unzip();
-        ParamGrads { names, values }
+        let layout = FlatLayout::of(model);
+        let mut flat = vec![0.0f32; layout.len()];
+        for (i, (_, p)) in model.named_parameters().iter().enumerate() {
+            p.grad_into(grads, &mut flat[layout.range(i)]);
+        }
+        ParamGrads { layout, flat }
     }
 
     /// Adds every parameter's gradient in `grads` to these (gradient accumulation),
@@ -53,15 +119,16 @@ impl ParamGrads {
         scratch: &mut Vec<f32>,
     ) {
         let params = model.named_parameters();
-        if self.names.len() != params.len() {
-            self.names = params.iter().map(|(n, _)| n.clone()).collect();
-            self.values = params.iter().map(|(_, p)| vec![0.0; p.len()]).collect();
+        if self.layout.names.len() != params.len() {
+            self.layout = FlatLayout::of(model);
+            self.flat = vec![0.0; self.layout.len()];
         }
-        for ((name, p), acc) in params.iter().zip(&mut self.values) {
-            debug_assert!(self.names.contains(name));
+        for (i, (name, p)) in params.iter().enumerate() {
+            debug_assert_eq!(&self.layout.names[i], name);
             scratch.resize(p.len(), 0.0);
             p.grad_into(grads, scratch);
-            acc.par_iter_mut()
+            self.flat[self.layout.range(i)]
+                .par_iter_mut()
                 .zip(scratch.par_iter())
                 .for_each(|(a, g)| *a += g);
         }
@@ -69,48 +136,58 @@ impl ParamGrads {
 
     /// Sets every gradient to zero, keeping the buffers.
     pub fn zero(&mut self) {
-        for g in &mut self.values {
-            g.fill(0.0);
-        }
+        self.flat.fill(0.0);
     }
 
     /// Adds `other` elementwise. An empty `self` takes `other`.
     pub fn accumulate(&mut self, other: ParamGrads) {
-        if self.names.is_empty() {
+        if self.layout.names.is_empty() {
             *self = other;
             return;
         }
         assert_eq!(
-            self.names, other.names,
+            self.layout, other.layout,
             "accumulating gradients of another model"
         );
-        for (acc, g) in self.values.iter_mut().zip(other.values) {
-            acc.par_iter_mut()
-                .zip(g.par_iter())
-                .for_each(|(a, b)| *a += b);
-        }
+        self.flat
+            .par_iter_mut()
+            .zip(other.flat.par_iter())
+            .for_each(|(a, b)| *a += b);
     }
 
     /// Multiplies every gradient by `factor`.
     pub fn scale(&mut self, factor: f32) {
-        for g in &mut self.values {
-            g.par_iter_mut().for_each(|x| *x *= factor);
-        }
+        self.flat.par_iter_mut().for_each(|x| *x *= factor);
     }
 
-    /// `sqrt(Σ g²)` over all parameters, accumulated in f64.
+    /// `sqrt(Σ g²)` over all parameters, accumulated in f64: one sum per parameter, in order,
+    /// then their sum (the order is part of bit-exact resume).
     pub fn global_norm(&self) -> f64 {
-        self.values
-            .iter()
-            .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        (0..self.layout.names.len())
+            .map(|i| {
+                self.flat[self.layout.range(i)]
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+            })
             .sum::<f64>()
             .sqrt()
     }
 
     /// The gradient of the parameter `name`.
     pub fn get(&self, name: &str) -> Option<&[f32]> {
-        let i = self.names.iter().position(|n| n == name)?;
-        Some(&self.values[i])
+        let i = self.layout.position(name)?;
+        Some(&self.flat[self.layout.range(i)])
+    }
+
+    /// `(name, gradient)` for every parameter, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        (0..self.layout.names.len()).map(|i| {
+            (
+                self.layout.names[i].as_str(),
+                &self.flat[self.layout.range(i)],
+            )
+        })
     }
 }
 
@@ -119,13 +196,17 @@ impl ParamGrads {
 /// the norm before clipping. `max_norm <= 0` disables clipping.
 pub fn clip_grad_norm(grads: &mut ParamGrads, max_norm: f64) -> f64 {
     let norm = grads.global_norm();
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            grads.scale(coef as f32);
-        }
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
+        grads.scale(coef);
     }
     norm
+}
+
+/// The factor [`clip_grad_norm`] scales gradients of global norm `norm` by: `None` when they
+/// are left as they are.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f32> {
+    let coef = max_norm / (norm + 1e-6);
+    (max_norm > 0.0 && coef < 1.0).then_some(coef as f32)
 }
 
 /// Total optimizer steps of the run: the phases' sum when phases are given.
@@ -187,22 +268,129 @@ impl AdamWConfig {
     }
 }
 
-/// First and second moments of one parameter.
-#[derive(Debug, Clone, PartialEq)]
-struct Moments {
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+/// The scalars of one fused AdamW step: everything [`adamw_fused`] (and the device kernel)
+/// needs besides the buffers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// `lr / (1 − β1ᵗ)`.
+    pub step_size: f32,
+    /// `1 − β1`, computed in f64 (`1.0 − 0.9f32` is not `0.1f32`).
+    pub one_minus_beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// `1 − β2`, computed in f64.
+    pub one_minus_beta2: f32,
+    /// `sqrt(1 − β2ᵗ)`.
+    pub bias_correction2_sqrt: f32,
+    /// ε.
+    pub eps: f32,
+    /// `1 − lr·wd`: decayed parameters are multiplied by it first.
+    pub decay: f32,
+    /// The gradient-clipping factor, applied to each gradient as it is read (`None`: none).
+    pub grad_scale: Option<f32>,
 }
 
-/// AdamW with its state by parameter name.
+impl AdamWStep {
+    /// The scalars of step `t` (1-based) at learning rate `lr`.
+    pub fn new(config: &AdamWConfig, t: u64, lr: f64, grad_scale: Option<f32>) -> Self {
+        let t = t as i32;
+        AdamWStep {
+            step_size: (lr / (1.0 - config.beta1.powi(t))) as f32,
+            one_minus_beta1: (1.0 - config.beta1) as f32,
+            beta2: config.beta2 as f32,
+            one_minus_beta2: (1.0 - config.beta2) as f32,
+            bias_correction2_sqrt: (1.0 - config.beta2.powi(t)).sqrt() as f32,
+            eps: config.eps as f32,
+            decay: (1.0 - lr * config.weight_decay) as f32,
+            grad_scale,
+        }
+    }
+
+    /// One element: parameter `p`, gradient `g`, moments `m`, `v`:
+    ///
+    /// ```text
+    /// g ← g·clip;  p ← p·(1 − lr·wd)          (decayed parameters only)
+    /// m ← m + (1 − β1)(g − m);  v ← β2 v + (1 − β2) g²
+    /// p ← p − lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε)
+    /// ```
+    #[inline(always)]
+    pub fn apply(&self, decays: bool, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
+        let g = match self.grad_scale {
+            Some(c) => g * c,
+            None => g,
+        };
+        if decays {
+            *p *= self.decay;
+        }
+        *m += self.one_minus_beta1 * (g - *m);
+        *v = self.beta2 * *v + self.one_minus_beta2 * g * g;
+        let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
+        *p -= self.step_size * *m / denom;
+    }
+}
+
+/// Elements per parallel task of [`adamw_fused`].
+const ADAMW_CHUNK: usize = 1 << 14;
+
+/// One AdamW step over flat buffers in `layout` (parameters, gradients, first and second
+/// moments, each `layout.len()` long): one parallel pass, each element updated by
+/// [`AdamWStep::apply`] with its parameter's weight-decay flag.
+pub fn adamw_fused(
+    layout: &FlatLayout,
+    step: &AdamWStep,
+    params: &mut [f32],
+    grads: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+) {
+    let n = layout.len();
+    assert!(
+        params.len() == n && grads.len() == n && exp_avg.len() == n && exp_avg_sq.len() == n,
+        "adamw_fused: buffers of {n} values"
+    );
+    params
+        .par_chunks_mut(ADAMW_CHUNK)
+        .zip(grads.par_chunks(ADAMW_CHUNK))
+        .zip(exp_avg.par_chunks_mut(ADAMW_CHUNK))
+        .zip(exp_avg_sq.par_chunks_mut(ADAMW_CHUNK))
+        .enumerate()
+        .for_each(|(c, (((ps, gs), ms), vs))| {
+            let start = c * ADAMW_CHUNK;
+            let end = start + ps.len();
+            // The parameters this chunk overlaps, each with its own decay flag.
+            let first = layout.offsets.partition_point(|&o| o <= start) - 1;
+            let mut i = first;
+            let mut at = start;
+            while at < end {
+                let seg_end = layout.offsets[i + 1].min(end);
+                let decays = layout.decays[i];
+                let r = at - start..seg_end - start;
+                for (((p, g), m), v) in ps[r.clone()]
+                    .iter_mut()
+                    .zip(&gs[r.clone()])
+                    .zip(&mut ms[r.clone()])
+                    .zip(&mut vs[r])
+                {
+                    step.apply(decays, p, *g, m, v);
+                }
+                at = seg_end;
+                i += 1;
+            }
+        });
+}
+
+/// AdamW with its state: the moments in the model's [`FlatLayout`].
 #[derive(Debug, Clone)]
 pub struct AdamW {
     pub config: AdamWConfig,
     /// Steps taken (bias correction uses `step` after incrementing).
     pub step: u64,
-    moments: BTreeMap<String, Moments>,
-    /// Host copy of one parameter during the update (reused).
-    scratch: Vec<f32>,
+    /// The layout of the moments (empty before the first step).
+    layout: FlatLayout,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    /// Host copy of every parameter during the update (reused).
+    params: Vec<f32>,
 }
 
 impl AdamW {
@@ -211,65 +399,74 @@ impl AdamW {
         AdamW {
             config,
             step: 0,
-            moments: BTreeMap::new(),
-            scratch: Vec::new(),
+            layout: FlatLayout::default(),
+            exp_avg: Vec::new(),
+            exp_avg_sq: Vec::new(),
+            params: Vec::new(),
         }
     }
 
-    /// One update of every parameter of `model` with `grads` at learning rate `lr`:
-    ///
-    /// ```text
-    /// p ← p·(1 − lr·wd)                      (decayed parameters only)
-    /// m ← m + (1 − β1)(g − m);  v ← β2 v + (1 − β2) g²
-    /// p ← p − lr/(1 − β1ᵗ) · m / (sqrt(v)/sqrt(1 − β2ᵗ) + ε)
-    /// ```
+    /// One update of every parameter of `model` with `grads` at learning rate `lr`
+    /// ([`AdamWStep::apply`] on every element).
     pub fn update<D: BertDevice, M: HfParams<D>>(
         &mut self,
         model: &mut M,
         grads: &ParamGrads,
         lr: f64,
     ) {
+        self.update_clipped(model, grads, lr, None)
+    }
+
+    /// Global-norm clipping and the update in one pass: as [`clip_grad_norm`] then
+    /// [`AdamW::update`], bit for bit, without writing the scaled gradients. Returns the norm
+    /// before clipping.
+    pub fn clip_and_update<D: BertDevice, M: HfParams<D>>(
+        &mut self,
+        model: &mut M,
+        grads: &ParamGrads,
+        max_norm: f64,
+        lr: f64,
+    ) -> f64 {
+        let norm = grads.global_norm();
+        self.update_clipped(model, grads, lr, clip_coefficient(norm, max_norm));
+        norm
+    }
+
+    fn update_clipped<D: BertDevice, M: HfParams<D>>(
+        &mut self,
+        model: &mut M,
+        grads: &ParamGrads,
+        lr: f64,
+        grad_scale: Option<f32>,
+    ) {
+        if self.layout.names.is_empty() {
+            self.layout = FlatLayout::of(model);
+            self.exp_avg = vec![0.0; self.layout.len()];
+            self.exp_avg_sq = vec![0.0; self.layout.len()];
+        }
+        assert_eq!(
+            self.layout.names, grads.layout.names,
+            "gradients and parameters out of order"
+        );
         self.step += 1;
-        let c = self.config;
-        let t = self.step as i32;
-        let bias_correction1 = 1.0 - c.beta1.powi(t);
-        let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = (lr / bias_correction1) as f32;
-        // 1 − β in f64 first: `1.0 − 0.999f32` is 1.3e-5 off in relative terms.
-        let (beta2, eps) = (c.beta2 as f32, c.eps as f32);
-        let (one_minus_beta1, one_minus_beta2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let bc2_sqrt = bias_correction2_sqrt as f32;
-        for ((name, mut param), (grad_name, grad)) in model
-            .named_parameters_mut()
-            .into_iter()
-            .zip(grads.names.iter().zip(&grads.values))
-        {
-            assert_eq!(&name, grad_name, "gradients and parameters out of order");
-            let values = &mut self.scratch;
-            values.resize(param.as_ref().len(), 0.0);
-            param.as_ref().copy_into(values);
-            let moments = self.moments.entry(name.clone()).or_insert_with(|| Moments {
-                exp_avg: vec![0.0; values.len()],
-                exp_avg_sq: vec![0.0; values.len()],
-            });
-            let decay = if decays(&name) {
-                (1.0 - lr * c.weight_decay) as f32
-            } else {
-                1.0
-            };
-            values
-                .par_iter_mut()
-                .zip(moments.exp_avg.par_iter_mut())
-                .zip(moments.exp_avg_sq.par_iter_mut())
-                .zip(grad.par_iter())
-                .for_each(|(((p, m), v), &g)| {
-                    *p *= decay;
-                    *m += one_minus_beta1 * (g - *m);
-                    *v = beta2 * *v + one_minus_beta2 * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p -= step_size * *m / denom;
-                });
-            param.copy_from(values);
+        let step = AdamWStep::new(&self.config, self.step, lr, grad_scale);
+        let layout = &self.layout;
+        self.params.resize(layout.len(), 0.0);
+        let mut params = model.named_parameters_mut();
+        for (i, (name, p)) in params.iter().enumerate() {
+            assert_eq!(name, &layout.names[i], "parameters out of order");
+            p.as_ref().copy_into(&mut self.params[layout.range(i)]);
+        }
+        adamw_fused(
+            layout,
+            &step,
+            &mut self.params,
+            &grads.flat,
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+        );
+        for (i, (_, p)) in params.iter_mut().enumerate() {
+            p.copy_from(&self.params[layout.range(i)]);
         }
     }
 
@@ -277,12 +474,15 @@ impl AdamW {
     /// safetensors file, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = TensorMap::new();
-        for (name, m) in &self.moments {
-            let n = m.exp_avg.len();
-            tensors.insert(format!("{name}.exp_avg"), (vec![n], m.exp_avg.clone()));
+        for (i, name) in self.layout.names.iter().enumerate() {
+            let r = self.layout.range(i);
+            tensors.insert(
+                format!("{name}.exp_avg"),
+                (vec![r.len()], self.exp_avg[r.clone()].to_vec()),
+            );
             tensors.insert(
                 format!("{name}.exp_avg_sq"),
-                (vec![n], m.exp_avg_sq.clone()),
+                (vec![r.len()], self.exp_avg_sq[r].to_vec()),
             );
         }
         let c = self.config;
@@ -311,8 +511,11 @@ impl AdamW {
             .ok_or_else(|| {
                 Error::checkpoint(path, "no `step` in the metadata: not an optimizer state")
             })?;
-        let mut moments = BTreeMap::new();
+        let (mut layout, mut exp_avg, mut exp_avg_sq) = Default::default();
         if step > 0 {
+            layout = FlatLayout::of(model);
+            exp_avg = Vec::with_capacity(layout.len());
+            exp_avg_sq = Vec::with_capacity(layout.len());
             for (name, p) in model.named_parameters() {
                 let mut take = |suffix: &str| -> Result<Vec<f32>> {
                     let key = format!("{name}.{suffix}");
@@ -327,22 +530,17 @@ impl AdamW {
                     }
                     Ok(values)
                 };
-                let exp_avg = take("exp_avg")?;
-                let exp_avg_sq = take("exp_avg_sq")?;
-                moments.insert(
-                    name,
-                    Moments {
-                        exp_avg,
-                        exp_avg_sq,
-                    },
-                );
+                exp_avg.extend(take("exp_avg")?);
+                exp_avg_sq.extend(take("exp_avg_sq")?);
             }
         }
         Ok(AdamW {
             config,
             step,
-            moments,
-            scratch: Vec::new(),
+            layout,
+            exp_avg,
+            exp_avg_sq,
+            params: Vec::new(),
         })
     }
 }
@@ -368,10 +566,10 @@ mod tests {
     }
 
     fn toy_grads() -> ParamGrads {
-        ParamGrads {
-            names: vec!["weight".into(), "bias".into()],
-            values: vec![vec![0.5, -1.0], vec![0.2]],
-        }
+        ParamGrads::from_named(vec![
+            ("weight".into(), vec![0.5, -1.0]),
+            ("bias".into(), vec![0.2]),
+        ])
     }
 
     const ADAM: AdamWConfig = AdamWConfig {
@@ -451,6 +649,118 @@ mod tests {
         );
     }
 
+    /// Three parameters whose boundaries fall inside the fused pass's parallel chunks.
+    struct Wide<D: BertDevice> {
+        a: Vector<D>,
+        b: Vector<D>,
+        c: Vector<D>,
+    }
+    crate::model::hf_params!(Wide { "dense.weight" => a, "dense.bias" => b, "LayerNorm.weight" => c });
+
+    fn wide(dev: &Cpu, seed: u64) -> (Wide<Cpu>, ParamGrads) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        let sizes = [ADAMW_CHUNK + 5, 3, ADAMW_CHUNK * 2 - 1];
+        let model = Wide {
+            a: dev.tensor_from_vec(values(sizes[0]), (sizes[0],)),
+            b: dev.tensor_from_vec(values(sizes[1]), (sizes[1],)),
+            c: dev.tensor_from_vec(values(sizes[2]), (sizes[2],)),
+        };
+        let grads = ParamGrads::from_named(vec![
+            ("dense.weight".into(), values(sizes[0])),
+            ("dense.bias".into(), values(sizes[1])),
+            ("LayerNorm.weight".into(), values(sizes[2])),
+        ]);
+        (model, grads)
+    }
+
+    /// The update one parameter at a time, as `torch.optim.AdamW` writes it (the per-parameter
+    /// loop this module had before the flat layout): the fused pass must match it bit for bit.
+    fn per_parameter_reference(
+        params: &mut [Vec<f32>],
+        grads: &[Vec<f32>],
+        moments: &mut [(Vec<f32>, Vec<f32>)],
+        names: &[&str],
+        c: AdamWConfig,
+        t: i32,
+        lr: f64,
+    ) {
+        let step_size = (lr / (1.0 - c.beta1.powi(t))) as f32;
+        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt() as f32;
+        let (beta2, eps) = (c.beta2 as f32, c.eps as f32);
+        let (omb1, omb2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+        for (((p, g), (m, v)), name) in params.iter_mut().zip(grads).zip(moments).zip(names) {
+            let decay = if decays(name) {
+                (1.0 - lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
+            for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *p *= decay;
+                *m += omb1 * (g - *m);
+                *v = beta2 * *v + omb2 * g * g;
+                *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_update_matches_the_per_parameter_update_bit_for_bit() {
+        let dev = Cpu::default();
+        let (mut model, grads) = wide(&dev, 3);
+        let names = ["dense.weight", "dense.bias", "LayerNorm.weight"];
+        let mut params: Vec<Vec<f32>> = vec![model.a.as_vec(), model.b.as_vec(), model.c.as_vec()];
+        let g: Vec<Vec<f32>> = grads.iter().map(|(_, g)| g.to_vec()).collect();
+        let mut moments: Vec<(Vec<f32>, Vec<f32>)> = g
+            .iter()
+            .map(|g| (vec![0.0; g.len()], vec![0.0; g.len()]))
+            .collect();
+        let mut opt = AdamW::new(ADAM);
+        for (t, lr) in [(1, 1e-2), (2, 5e-3), (3, 1e-3)] {
+            opt.update(&mut model, &grads, lr);
+            per_parameter_reference(&mut params, &g, &mut moments, &names, ADAM, t, lr);
+        }
+        assert_eq!(model.a.as_vec(), params[0]);
+        assert_eq!(model.b.as_vec(), params[1]);
+        assert_eq!(model.c.as_vec(), params[2]);
+        // Only dense.weight decays: with zero gradients and zero moments, it alone shrinks.
+        let layout = FlatLayout::of(&model);
+        assert_eq!(layout.decays, vec![true, false, false]);
+        assert_eq!(
+            layout.offsets,
+            vec![0, ADAMW_CHUNK + 5, ADAMW_CHUNK + 8, 3 * ADAMW_CHUNK + 7]
+        );
+        let step = AdamWStep::new(&ADAM, 1, 0.5, None);
+        let n = layout.len();
+        let mut p = vec![1.0f32; n];
+        let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+        adamw_fused(&layout, &step, &mut p, &vec![0.0; n], &mut m, &mut v);
+        let shrunk = (1.0 - 0.5 * ADAM.weight_decay) as f32;
+        assert!(p[..ADAMW_CHUNK + 5].iter().all(|&x| x == shrunk));
+        assert!(p[ADAMW_CHUNK + 5..].iter().all(|&x| x == 1.0));
+    }
+
+    #[test]
+    fn clipping_inside_the_update_is_clip_then_update_bit_for_bit() {
+        let dev = Cpu::default();
+        let (mut a, grads) = wide(&dev, 4);
+        let (mut b, _) = wide(&dev, 4);
+        let (mut opt_a, mut opt_b) = (AdamW::new(ADAM), AdamW::new(ADAM));
+        for max_norm in [1.0, 1e6, 0.0] {
+            let mut clipped = grads.clone();
+            let norm_a = clip_grad_norm(&mut clipped, max_norm);
+            opt_a.update(&mut a, &clipped, 1e-2);
+            let norm_b = opt_b.clip_and_update(&mut b, &grads, max_norm, 1e-2);
+            assert_eq!(norm_a, norm_b);
+            assert_eq!(a.a.as_vec(), b.a.as_vec(), "max_norm {max_norm}");
+            assert_eq!(a.c.as_vec(), b.c.as_vec(), "max_norm {max_norm}");
+        }
+        // The gradients here have norm ~ 150: max_norm 1 really clipped.
+        assert!(grads.global_norm() > 100.0);
+    }
+
     fn cfg(warmup: usize, total: usize) -> PretrainConfig {
         let mut c: PretrainConfig = toml::from_str(
             "train_batch_size = 8\nlearning_rate = 1e-4\nnum_train_steps = 100\nnum_warmup_steps = 10",
@@ -486,18 +796,14 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm_and_returns_the_old_norm() {
-        let mut g = ParamGrads {
-            names: vec!["a".into(), "b".into()],
-            values: vec![vec![3.0], vec![4.0]],
-        };
+        let mut g = ParamGrads::from_named(vec![("a".into(), vec![3.0]), ("b".into(), vec![4.0])]);
         let norm = clip_grad_norm(&mut g, 1.0);
         assert_eq!(norm, 5.0);
-        assert!((g.values[0][0] - 0.6).abs() < 1e-6 && (g.values[1][0] - 0.8).abs() < 1e-6);
-        let mut small = ParamGrads {
-            names: vec!["a".into()],
-            values: vec![vec![0.3]],
-        };
+        assert!((g.flat[0] - 0.6).abs() < 1e-6 && (g.flat[1] - 0.8).abs() < 1e-6);
+        let mut small = ParamGrads::from_named(vec![("a".into(), vec![0.3])]);
         assert!((clip_grad_norm(&mut small, 1.0) - 0.3).abs() < 1e-7);
-        assert_eq!(small.values[0][0], 0.3);
+        assert_eq!(small.flat[0], 0.3);
+        assert_eq!(clip_coefficient(0.3, 1.0), None);
+        assert_eq!(clip_coefficient(5.0, 0.0), None, "max_norm 0: no clipping");
     }
 }

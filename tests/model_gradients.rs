@@ -15,8 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 fn assert_all_nonzero_finite(grads: &ParamGrads, skip: &[&str]) {
-    assert!(!grads.names.is_empty());
-    for (name, g) in grads.names.iter().zip(&grads.values) {
+    assert!(!grads.layout.names.is_empty());
+    for (name, g) in grads.iter() {
         assert!(
             g.iter().all(|x| x.is_finite()),
             "{name}: non-finite gradient"
@@ -38,7 +38,10 @@ fn every_pretraining_parameter_gets_a_nonzero_finite_gradient() {
     let g = ParamGrads::from_gradients(&model, &mut grads);
     // HF BertForPreTraining: 5 embedding + 16 per layer + 2 pooler + 7 head parameters
     // (the decoder weight and bias are tied, not separate).
-    assert_eq!(g.names.len(), 5 + 16 * config.num_hidden_layers + 2 + 7);
+    assert_eq!(
+        g.layout.names.len(),
+        5 + 16 * config.num_hidden_layers + 2 + 7
+    );
     assert_all_nonzero_finite(&g, &[]);
 }
 
@@ -60,7 +63,7 @@ fn every_classifier_and_qa_parameter_gets_a_gradient() {
     let loss = classifier.loss(logits, &[2.0, 0.0]);
     let mut grads = loss.backward();
     let g = ParamGrads::from_gradients(&classifier, &mut grads);
-    assert!(g.names.contains(&"classifier.weight".to_string()));
+    assert!(g.layout.names.contains(&"classifier.weight".to_string()));
     assert_all_nonzero_finite(&g, &[]);
 
     let regressor = BertForSequenceClassification::new(
@@ -80,7 +83,7 @@ fn every_classifier_and_qa_parameter_gets_a_gradient() {
     let loss = qa.loss(out, &[2, 3], &[3, 4]);
     let mut grads = loss.backward();
     let g = ParamGrads::from_gradients(&qa, &mut grads);
-    assert!(g.names.contains(&"qa_outputs.weight".to_string()));
+    assert!(g.layout.names.contains(&"qa_outputs.weight".to_string()));
     // HF's QA model has no pooler; ours keeps an unused one.
     assert_all_nonzero_finite(&g, &["bert.pooler."]);
 }
@@ -170,9 +173,9 @@ fn model_gradient_matches_central_differences_along_random_directions() {
     let normal = Normal::new(0.0f64, 1.0).unwrap();
     let mut failures = Vec::new();
     for name in checked {
-        let index = analytic.names.iter().position(|n| n == name).unwrap();
+        let index = analytic.layout.position(name).unwrap();
         let original = model.named_parameters()[index].1.to_vec();
-        let grad = &analytic.values[index];
+        let grad = &analytic.flat[analytic.layout.range(index)];
         // Direction: half along the gradient, half random, unit norm. A gradient that is
         // wrong by a factor shows along the first half; a missing component along the second.
         let g_norm = grad.iter().map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
