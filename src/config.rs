@@ -376,6 +376,33 @@ pub struct PretrainConfig {
     /// at `pairs.max_seq_length`.
     #[serde(default)]
     pub phases: Vec<PretrainPhase>,
+    /// Arithmetic of the training step: `"f32"` (the default) or `"bf16"` (mixed precision,
+    /// GPU only: see [`Precision`]).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// `pretrain.precision` and `finetune.precision`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// bf16 matrix products with f32 accumulation, f32 master weights, gradients, optimizer
+    /// state and LayerNorm/softmax statistics. Needs a CUDA build (docs/gpu.md); a CPU build
+    /// rejects it when the config is loaded.
+    Bf16,
+}
+
+impl Precision {
+    /// The value as written in pipeline.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 impl PretrainConfig {
@@ -472,6 +499,9 @@ pub struct FinetuneConfig {
     /// Per-task overrides of the recipe (keys as above).
     #[serde(default)]
     pub overrides: BTreeMap<String, TaskOverride>,
+    /// Arithmetic of the fine-tuning step, as `pretrain.precision`.
+    #[serde(default)]
+    pub precision: Precision,
     /// Tasks defined in pipeline.toml alone.
     #[serde(default)]
     pub custom: BTreeMap<String, CustomTask>,
@@ -699,6 +729,7 @@ pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineCo
         toml::from_str(&strip_profiles(text)).map_err(|e| one_line_toml_error(&e, text))?;
     if profile == "default" {
         validate(&base)?;
+        check_precision(&base, text, None)?;
         return Ok(base);
     }
     let Some(overlay) = profiles.get(profile) else {
@@ -720,7 +751,64 @@ pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineCo
         }
     })?;
     validate(&config)?;
+    check_precision(&config, text, Some(profile))?;
     Ok(config)
+}
+
+/// `pretrain.precision` and `finetune.precision` against what this build can run: `bf16`
+/// needs the GPU's mixed-precision step, which a CPU build does not have (and the CUDA build
+/// does not have yet either: docs/gpu.md lists what is owed). The error names the key and its
+/// line.
+fn check_precision(
+    c: &PipelineConfig,
+    text: &str,
+    profile: Option<&str>,
+) -> std::result::Result<(), String> {
+    for (table, precision) in [
+        ("pretrain", c.pretrain.precision),
+        ("finetune", c.finetune.precision),
+    ] {
+        if precision == Precision::F32 {
+            continue;
+        }
+        let why = if cfg!(feature = "cuda") {
+            "the bf16 training step is not built yet (docs/gpu.md)"
+        } else {
+            "this is a CPU build, and bf16 training needs the GPU (cargo build --features cuda)"
+        };
+        let msg = format!(
+            "{table}.precision = \"{}\": {why}; set precision = \"f32\"",
+            precision.as_str()
+        );
+        let line = profile
+            .and_then(|p| find_table_key_line(text, &format!("profiles.{p}.{table}"), "precision"))
+            .or_else(|| find_table_key_line(text, table, "precision"));
+        return Err(match line {
+            Some(l) => format!("line {l}: {msg}"),
+            None => msg,
+        });
+    }
+    Ok(())
+}
+
+/// The line (1-based) of `key = ...` in the table `[table]`, the last one if repeated.
+fn find_table_key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut found = None;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = t.split_once('=') else {
+            continue;
+        };
+        if current == table && k.trim() == key {
+            found = Some(i + 1);
+        }
+    }
+    found
 }
 
 /// Removes everything from the first `[profiles...]` header on, keeping line numbers of the
