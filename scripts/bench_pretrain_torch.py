@@ -34,6 +34,7 @@ SEQ = 128
 MAX_PREDICTIONS = 20
 # (layers, hidden, heads, intermediate, vocab)
 SIZES = {
+    "tiny": (2, 128, 2, 512, 8192),  # Turc et al. 2019 BERT-Tiny, bertline's default profile
     "mini": (4, 256, 4, 1024, 8192),  # Turc et al. 2019 BERT-mini, bertline's default vocab
     "base": (12, 768, 12, 3072, 30522),  # BERT-Base, bert-base-uncased's vocab
 }
@@ -220,6 +221,7 @@ def main() -> None:
 
     result["train_step"] = summary(time_calls(train_step, args.warmup, args.steps, sync))
     result["train_step"]["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    result["train_step"]["flops_per_step"] = training_flops(config, BATCH)
     if cuda:
         achieved = training_flops(config, BATCH) / result["train_step"]["median_s"] / 1e12
         result["train_step"]["model_tflops_per_s"] = round(achieved, 2)

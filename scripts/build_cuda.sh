@@ -15,6 +15,7 @@
 #      scripts/gpu_check.sh runs on the GPU machine.
 #
 # Usage: scripts/build_cuda.sh [extra cargo args, e.g. --example NAME]
+#        scripts/build_cuda.sh --ptx-only   (step 1, then nvcc --ptx on src/model/device/cuda/*.cu)
 # Env:   CUDA_COMPUTE_CAP=90 (major*10+minor), CARGO_BUILD_JOBS, BERTLINE_CUDA_NICE=10,
 #        BERTLINE_CUDA_WORK (default target/: holds cuda-venv, cuda-toolkit and the cuda target dir),
 #        BERTLINE_CUDA_BUNDLE (default target/cuda-bundle)
@@ -83,14 +84,38 @@ cuda_cargo() {
         cargo "$@" --release --features cuda --target-dir "$target_dir"
 }
 
-# The stage binary, and the HF parity test binary whose ignored cuda_* tests gpu_check.sh runs.
+# The executable of integration test $1 built with the cuda feature.
+cuda_test_binary() {
+    log "cargo test --no-run -p bertline --test $1 --features cuda"
+    local exe
+    exe=$(cuda_cargo test -p bertline --test "$1" --no-run --message-format=json |
+        grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+    [ -x "$exe" ] || { log "no $1 test executable"; exit 1; }
+    echo "$exe"
+}
+
+# The stage binary, and the test binaries whose ignored tests gpu_check.sh runs: hf_parity
+# (cuda_*), cuda_kernels (bertline's CUDA kernels vs their CPU references) and gpu_step (one
+# step GPU vs CPU with dropout, throughput).
 build() {
     log "cargo build -p bertline-pretrain --features cuda (sm_$compute_cap) into $target_dir"
     cuda_cargo build -p bertline-pretrain "$@"
-    log "cargo test --no-run -p bertline --test hf_parity --features cuda"
-    parity_test=$(cuda_cargo test -p bertline --test hf_parity --no-run --message-format=json |
-        grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
-    [ -x "$parity_test" ] || { log "no hf_parity test executable"; exit 1; }
+    parity_test=$(cuda_test_binary hf_parity)
+    kernels_test=$(cuda_test_binary cuda_kernels)
+    step_test=$(cuda_test_binary gpu_step)
+}
+
+# nvcc --ptx on every kernel of src/model/device/cuda (proves they compile; the run time uses
+# NVRTC on the same sources). PTX lands in target/cuda-ptx.
+compile_kernels() {
+    local out=$work/cuda-ptx
+    mkdir -p "$out"
+    for cu in "$repo"/src/model/device/cuda/*.cu; do
+        log "nvcc --ptx $(basename "$cu") (sm_$compute_cap)"
+        "$cu13/bin/nvcc" --ptx -arch="sm_$compute_cap" --fmad=false -I "$repo/src/model/device/cuda" \
+            -o "$out/$(basename "${cu%.cu}").ptx" "$cu"
+    done
+    log "PTX of $(ls "$out" | wc -l) kernel files in $out"
 }
 
 # LD_PRELOAD shim for a driver older than NVRTC: dfdx compiles some kernels at run time with
@@ -138,6 +163,8 @@ write_bundle() {
     rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/include" "$bundle/dfdx-out"
     cp "$target_dir/release/bertline-pretrain" "$bundle/bin/"
     cp "$parity_test" "$bundle/bin/hf_parity"
+    cp "$kernels_test" "$bundle/bin/cuda_kernels"
+    cp "$step_test" "$bundle/bin/gpu_step"
     strip "$bundle"/bin/* # the carry to a GPU machine is limited (64 MiB)
     cp "$toolkit/lib/libptx_isa_compat.so" "$bundle/lib/"
     cp "$out_dir"/*.cuh "$bundle/dfdx-out/"
@@ -157,7 +184,12 @@ PATHS
 }
 
 install_toolchain
+if [ "${1:-}" = "--ptx-only" ]; then
+    compile_kernels
+    exit 0
+fi
 assemble_toolkit
 write_ptx_isa_shim
+compile_kernels
 build "$@"
 write_bundle
