@@ -3,10 +3,12 @@
 //! manifest lineage, the freshness rules across stages, and that the report names every
 //! artifact.
 
+mod stages_common;
+
 use std::path::{Path, PathBuf};
 
-use bertline::progress::NoProgress;
-use bertline::stage::{Freshness, Stage, StageCtx, StageOptions};
+use bertline::stage::{Freshness, Stage, StageCtx};
+use stages_common::{run_stages, STAGES};
 
 fn project(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -22,25 +24,11 @@ fn project(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
 }
 
 fn open(config: &Path) -> StageCtx {
-    StageCtx::open(StageOptions {
-        config: config.to_path_buf(),
-        profile: "tiny".into(),
-        force: false,
-        verify: true,
-    })
-    .unwrap()
+    stages_common::open(config, "tiny", true)
 }
 
 fn run_all(ctx: &StageCtx) -> Vec<bool> {
-    vec![
-        bertline::tokenize::run_vocab(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
-        bertline::pairs::run(ctx, &NoProgress).unwrap().skipped(),
-        bertline::mask::run(ctx, &NoProgress).unwrap().skipped(),
-        bertline::pretrain::run(ctx, &NoProgress).unwrap().skipped(),
-        bertline::finetune::run(ctx, &NoProgress).unwrap().skipped(),
-    ]
+    run_stages(ctx, &STAGES)
 }
 
 #[test]
@@ -96,10 +84,7 @@ fn tiny_pipeline_end_to_end() {
     }
     drop(ctx);
 
-    // A second run skips everything.
-    let ctx = open(&config);
-    assert_eq!(run_all(&ctx), vec![true; 5]);
-    drop(ctx);
+    stages_common::assert_rerun_skips(&config, "tiny", true, &STAGES);
 
     // Editing masked_lm_prob makes mask and everything downstream stale, nothing upstream.
     project(tmp.path(), |t| {

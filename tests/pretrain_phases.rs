@@ -3,13 +3,15 @@
 //! the library calls the stage binaries make. Checks the per-length shards and their shapes,
 //! both phases in the metrics and the manifest, and which edits make which stages stale.
 
+mod stages_common;
+
 use std::path::{Path, PathBuf};
 
 use bertline::pretrain::{self, METRICS_FILE, STATE_FILE};
-use bertline::progress::NoProgress;
 use bertline::shard::read_instances;
 use bertline::shard::Split;
-use bertline::stage::{Freshness, Stage, StageCtx, StageOptions};
+use bertline::stage::{Freshness, Stage, StageCtx};
+use stages_common::{run_stages, STAGES};
 
 /// A two-phase profile on the `tiny` sizes: 16 steps at 32 tokens (5 predictions, scaled
 /// from 10 at 64), then 4 steps at 64 tokens (10 predictions) with batch 4.
@@ -64,24 +66,11 @@ fn project(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
 }
 
 fn open(config: &Path) -> StageCtx {
-    StageCtx::open(StageOptions {
-        config: config.to_path_buf(),
-        profile: "twophase".into(),
-        force: false,
-        verify: false,
-    })
-    .unwrap()
+    stages_common::open(config, "twophase", false)
 }
 
 fn run_through_pretrain(ctx: &StageCtx) -> Vec<bool> {
-    vec![
-        bertline::tokenize::run_vocab(ctx, &NoProgress)
-            .unwrap()
-            .skipped(),
-        bertline::pairs::run(ctx, &NoProgress).unwrap().skipped(),
-        bertline::mask::run(ctx, &NoProgress).unwrap().skipped(),
-        pretrain::run(ctx, &NoProgress).unwrap().skipped(),
-    ]
+    run_stages(ctx, &STAGES[..4])
 }
 
 fn fresh(ctx: &StageCtx) -> Vec<(Stage, bool)> {
@@ -202,10 +191,7 @@ fn two_phases_from_pairs_to_pretrain() {
     assert_eq!(state.config, ctx.config().pretrain);
     drop(ctx);
 
-    // A second run skips every stage.
-    let ctx = open(&config);
-    assert_eq!(run_through_pretrain(&ctx), vec![true; 4]);
-    drop(ctx);
+    stages_common::assert_rerun_skips(&config, "twophase", false, &STAGES[..4]);
 
     // Changing only a phase's steps retrains, but keeps the pairs and mask shards.
     project(tmp.path(), |t| {
