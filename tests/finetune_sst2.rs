@@ -37,27 +37,23 @@ fn tiny_model_beats_the_majority_class_on_sst2() {
     let train_features = convert_examples_to_features(&train, tokenizer, 64).unwrap();
     let dev_features = convert_examples_to_features(&dev, tokenizer, 64).unwrap();
 
-    let config = BertConfig {
-        vocab_size: 1000,
-        hidden_size: 32,
-        num_hidden_layers: 1,
-        num_attention_heads: 2,
-        intermediate_size: 64,
-        max_position_embeddings: 64,
-        ..BertConfig::default()
-    };
+    // A [model] table as pipeline.toml writes it.
+    let config: BertConfig = toml::from_str(
+        "vocab_size = 1000\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n\
+         intermediate_size = 64\nmax_position_embeddings = 64",
+    )
+    .unwrap();
     let device = Cpu::seed_from_u64(1);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut model =
         BertForSequenceClassification::new(&config, 2, &mut init(&config, &device, &mut rng));
-    let recipe = TrainingRecipe {
-        learning_rate: 2e-3,
-        learning_rates: vec![2e-3],
-        train_batch_size: 32,
-        num_train_epochs: 3.0,
-        warmup_proportion: 0.1,
-        seeds: vec![1],
-    };
+    // [finetune] learning_rate = 2e-3, batch 32, 3 epochs, 10% warmup, seed 1.
+    let finetune: bertline::config::FinetuneConfig = toml::from_str(
+        "learning_rate = 2e-3\ntrain_batch_size = 32\nnum_train_epochs = 3.0\nseeds = [1]",
+    )
+    .unwrap();
+    let recipe = TrainingRecipe::for_task(&finetune, "sst2");
+    assert_eq!(recipe.warmup_proportion, 0.1);
     let log = TrainLog {
         task: "sst2",
         arm: "scratch",

@@ -34,12 +34,12 @@ dupe_factor = 1
 masked_lm_prob = 0.15
 max_predictions_per_seq = 10
 [model]
+max_position_embeddings = 64
 vocab_size = 1024
 hidden_size = 32
 num_hidden_layers = 1
 num_attention_heads = 2
 intermediate_size = 64
-max_position_embeddings = 64
 [pretrain]
 train_batch_size = 8
 learning_rate = 1e-3

@@ -116,22 +116,12 @@ fn arm_summary_has_the_report_shape() {
     assert_eq!(s["seeds"], serde_json::json!([1, 2, 3]));
 }
 
-/// A BERT WordPiece tokenizer over a fixed vocabulary (ids in list order).
+/// A BERT WordPiece tokenizer over a fixed vocabulary (ids in list order): an HF directory
+/// holding only `vocab.txt`, read as `finetune` reads one.
 fn tokenizer(vocab: &[&str]) -> tokenizers::Tokenizer {
-    use tokenizers::models::wordpiece::WordPiece;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("vocab.txt");
-    std::fs::write(&path, vocab.join("\n")).unwrap();
-    let model = WordPiece::from_file(path.to_str().unwrap())
-        .unk_token("[UNK]".into())
-        .build()
-        .unwrap();
-    let mut t = tokenizers::Tokenizer::new(model);
-    t.with_normalizer(Some(tokenizers::normalizers::BertNormalizer::new(
-        true, true, None, true,
-    )));
-    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
-    t
+    std::fs::write(dir.path().join("vocab.txt"), vocab.join("\n")).unwrap();
+    bertline::finetune::tokenizer_for_hf_dir(dir.path()).unwrap()
 }
 
 #[test]

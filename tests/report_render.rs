@@ -107,6 +107,11 @@ fn committed_wiki_gpu_log_draws_every_chart() {
     );
 }
 
+/// Asserts the Markdown row whose first cell is `first` reads `| first | rest |`.
+fn assert_row(markdown: &str, first: &str, rest: &str) {
+    assert_eq!(md_row(markdown, first), format!("| {first} | {rest} |"));
+}
+
 #[test]
 fn html_is_self_contained_and_names_every_artifact() {
     let (_dir, data) = full_report();
@@ -156,18 +161,9 @@ fn markdown_lineage_and_data_tables_have_the_recorded_values() {
     let vocab = md_row(&md, "vocab");
     // vocab has no `_per_s` metric: rows written per second of wall time.
     assert!(vocab.contains("| 196 rows/s |"), "{vocab}");
-    assert_eq!(
-        md_row(&md, "non-pad tokens per instance"),
-        "| non-pad tokens per instance | 109.8 | 111.0 |"
-    );
-    assert_eq!(
-        md_row(&md, "random-next fraction"),
-        "| random-next fraction | 0.560 | 0.560 |"
-    );
-    assert_eq!(
-        md_row(&md, "masked positions replaced by [MASK]"),
-        "| masked positions replaced by [MASK] | 0.800 | 0.800 |"
-    );
+    assert_row(&md, "non-pad tokens per instance", "109.8 | 111.0");
+    assert_row(&md, "random-next fraction", "0.560 | 0.560");
+    assert_row(&md, "masked positions replaced by [MASK]", "0.800 | 0.800");
     assert!(md.contains("| pretrain/metrics.jsonl | metrics |"));
     assert!(md.contains("| learning_rate | 0.0001 |"));
     assert!(md.contains("| model.hidden_size | 128 |"));
@@ -205,14 +201,8 @@ fn markdown_glue_table_sets_seeds_beside_published_scores() {
     assert!(md.contains("BERT-Tiny (test): google-research/bert README"));
     assert!(md.contains("BERT-Base (test): Devlin et al. 2018, Table 1 (GLUE test server)"));
     // Headline numbers come from the log's last rows.
-    assert_eq!(
-        md_row(&md, "pre-training loss"),
-        "| pre-training loss | 3.9730 |"
-    );
-    assert_eq!(
-        md_row(&md, "held-out perplexity"),
-        "| held-out perplexity | 33.43 |"
-    );
+    assert_row(&md, "pre-training loss", "3.9730");
+    assert_row(&md, "held-out perplexity", "33.43");
 }
 
 #[test]
@@ -296,10 +286,7 @@ fn a_changed_or_lost_log_is_reported_not_trusted() {
     let md = render_markdown(&data);
     assert!(md.contains("- Plot: Pre-training loss: missing"));
     // The stage's final metrics still stand in for the log's last values.
-    assert_eq!(
-        md_row(&md, "pre-training loss"),
-        "| pre-training loss | 3.9730 |"
-    );
+    assert_row(&md, "pre-training loss", "3.9730");
 }
 
 #[test]
