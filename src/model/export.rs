@@ -49,9 +49,48 @@ pub fn write_safetensors(
                 .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let buffer = safetensors::serialize(views, &Some(metadata))
+    let mut buffer = safetensors::serialize(views, &Some(metadata))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
+    canonical_header(&mut buffer);
     durable::write_bytes(path, &buffer)
+}
+
+/// Rewrites a serialized safetensors file's JSON header with its keys sorted, in place:
+/// safetensors writes the `__metadata__` map in `HashMap` order, so the same tensors would
+/// give other bytes on every run. Same keys and values, so the same length.
+fn canonical_header(buffer: &mut [u8]) {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                serde_json::Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&map[k])))
+                        .collect(),
+                )
+            }
+            other => other.clone(),
+        }
+    }
+    let Some(len) = buffer
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return;
+    };
+    let Some(header) = buffer.get(8..8 + len) else {
+        return;
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return;
+    };
+    let text = serde_json::to_string(&sorted(&json)).expect("JSON serialises");
+    if text.len() <= len {
+        let slot = &mut buffer[8..8 + len];
+        slot[..text.len()].copy_from_slice(text.as_bytes());
+        slot[text.len()..].fill(b' ');
+    }
 }
 
 /// Reads every floating-point tensor of a safetensors file as `f32` (F32, F16 and BF16 are
@@ -245,6 +284,14 @@ pub fn read_config_json(path: &Path) -> Result<BertConfig> {
     let object = json
         .as_object()
         .ok_or_else(|| Error::checkpoint(path, "expected a JSON object"))?;
+    if let Some(kind) = object.get("model_type").and_then(|v| v.as_str()) {
+        if kind != "bert" {
+            return Err(Error::checkpoint(
+                path,
+                format!("model_type = {kind:?}: only \"bert\" models are supported"),
+            ));
+        }
+    }
     if let Some(kind) = object
         .get("position_embedding_type")
         .and_then(|v| v.as_str())
