@@ -1,6 +1,9 @@
 //! Durable writes: every file a stage records goes through a temp file, fsync, rename,
 //! then an fsync of the directory, so a killed process never leaves a half-written file
 //! under a final name.
+//!
+//! It also holds the fault-injection points of the crash campaign (`scripts/chaos.sh`):
+//! [`crash_point`] and [`crash_timer`].
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -76,4 +79,34 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     hasher.update_reader(file).at(path)?;
     let bytes = fs::metadata(path).at(path)?.len();
     Ok((hasher.finalize().to_hex().to_string(), bytes))
+}
+
+/// Fault injection: when `BERTLINE_CRASH_AT` equals `point`, the process aborts here as a
+/// SIGKILL would stop it (no unwinding, no destructors, no flush). Points: `publish` (a
+/// stage's outputs marked as publishing, not moved), `commit` (moved, not recorded).
+pub fn crash_point(point: &str) {
+    if std::env::var("BERTLINE_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("BERTLINE_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
+/// Fault injection inside a call we do not control (sled's open): when `BERTLINE_CRASH_AT`
+/// is `point:MICROS`, a thread aborts the process MICROS microseconds from now, whatever the
+/// calling thread is doing by then.
+pub fn crash_timer(point: &str) {
+    let Ok(spec) = std::env::var("BERTLINE_CRASH_AT") else {
+        return;
+    };
+    let Some(micros) = spec
+        .strip_prefix(point)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|m| m.parse::<u64>().ok())
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_micros(micros));
+        std::process::abort();
+    });
 }

@@ -2,14 +2,21 @@
 //! artifact it wrote (content hash, bytes, rows, the config that made it, its inputs).
 //! The main type is [`Manifest`].
 //!
-//! sled holds an exclusive lock on the database, so a second process on the same run gets a
-//! one-line "in use" error instead of corrupting it. Records are JSON values in three trees:
-//! `stages` (stage name -> latest complete [`StageRecord`]), `artifacts` (artifact id ->
-//! [`ArtifactRecord`]) and `history` (`<finished_at>/<stage>` -> [`StageRecord`]).
+//! One process at a time: [`RunLock`] (an exclusive lock on `<run>/manifest.lock`) is taken
+//! before sled opens, so a second process on the same run gets a one-line "in use" error.
+//! Holding it also means any temp file in the run belongs to a dead process, which is what
+//! lets an open clear what a killed open left behind (see [`Manifest::open`]).
+//!
+//! Records are JSON values in four trees: `stages` (stage name -> latest complete
+//! [`StageRecord`]), `artifacts` (artifact id -> [`ArtifactRecord`]), `history`
+//! (`<finished_at>/<stage>` -> [`StageRecord`]) and `publishing` (stage name -> fingerprint of
+//! a run that started moving its outputs into place and has not recorded them yet).
+//! [`Manifest::commit`] writes all four in one sled transaction.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 
 use crate::error::{Error, Result};
 
@@ -40,6 +47,10 @@ pub struct ArtifactRecord {
     pub blake3: String,
     /// Size in bytes.
     pub bytes: u64,
+    /// Modification time (nanoseconds since the Unix epoch) when recorded; a different
+    /// mtime on disk makes the freshness check hash the file. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u128>,
     /// Rows (shards, metrics lines) or 0 where rows mean nothing.
     pub rows: u64,
     /// [`SCHEMA_VERSION`] at write time.
@@ -110,10 +121,49 @@ impl StageRecord {
     }
 }
 
+/// The exclusive lock on a run directory (`<run>/manifest.lock`, an OS file lock, released
+/// when the holder exits however it exits). Every process that opens the manifest or
+/// deletes the run holds it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock, waiting up to 2 s for a process that is finishing; then fails with a
+    /// one-line "in use" error.
+    pub fn acquire(run_dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let path = run_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        for attempt in 0.. {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if attempt < 20 => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(run_dir)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// Name of the lock file in the run directory.
+pub const LOCK_FILE: &str = "manifest.lock";
+
 /// The sled database of one run directory.
 pub struct Manifest {
+    // Field order is drop order: sled closes before the run lock is released.
     db: sled::Db,
     run_dir: PathBuf,
+    _lock: RunLock,
 }
 
 impl std::fmt::Debug for Manifest {
@@ -125,11 +175,22 @@ impl std::fmt::Debug for Manifest {
 }
 
 impl Manifest {
-    /// Opens (creating) `<run_dir>/manifest.sled`. Fails with a one-line "in use" error when
-    /// another process has it open.
+    /// Opens (creating) `<run_dir>/manifest.sled` under the [`RunLock`]. Fails with a
+    /// one-line "in use" error when another process has it open.
+    ///
+    /// A process killed while sled opens can leave `manifest.sled/snap.<lsn>.generating`:
+    /// sled writes its snapshot there, fsyncs, then renames it to `snap.<lsn>`, and only
+    /// after the rename removes older snapshots. On the next open sled reads the
+    /// lexicographically last `snap.*` file, which is the half-written `.generating` one, and
+    /// fails with "Read corrupted data". A `.generating` file is never a finished snapshot
+    /// (the previous `snap.*`, or none and the log, still describe the database), and sled
+    /// 0.34 writes snapshots only while opening, so with the run lock held no process can
+    /// be writing one: they are removed before sled opens.
     pub fn open(run_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let lock = RunLock::acquire(run_dir)?;
         let path = run_dir.join("manifest.sled");
+        remove_unfinished_snapshots(&path)?;
+        crate::durable::crash_timer("open");
         // sled's background flusher lets go of the file lock a moment after the last handle
         // is dropped: retry briefly so a stage started right after another one succeeds.
         let mut attempt = 0;
@@ -150,6 +211,7 @@ impl Manifest {
         Ok(Manifest {
             db,
             run_dir: run_dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -178,30 +240,64 @@ impl Manifest {
         self.get("artifacts", id)
     }
 
+    /// Notes that `stage` is about to move new outputs into place: until [`Manifest::commit`]
+    /// records them, the stage is stale ([`Manifest::publishing`]), whatever its old record
+    /// says. Flushed to disk before it returns.
+    pub fn begin_publish(&self, stage: &str, fingerprint: &str) -> Result<()> {
+        self.tree(PUBLISHING)?
+            .insert(stage.as_bytes(), fingerprint.as_bytes())
+            .map_err(|e| self.db_error(e))?;
+        self.db.flush().map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    /// The fingerprint of a run of `stage` that began moving its outputs into place and was
+    /// never recorded (killed in between), if any.
+    pub fn publishing(&self, stage: &str) -> Result<Option<String>> {
+        Ok(self
+            .tree(PUBLISHING)?
+            .get(stage.as_bytes())
+            .map_err(|e| self.db_error(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// Records a complete stage run and its artifacts, replacing the stage's previous record
-    /// (whose artifacts are dropped), then flushes to disk.
+    /// (whose artifacts are dropped) and clearing its publishing mark, in one transaction;
+    /// then flushes to disk.
     pub fn commit(&self, record: &StageRecord) -> Result<()> {
-        let artifacts = self.tree("artifacts")?;
-        if let Some(old) = self.stage(&record.stage)? {
-            for a in &old.artifacts {
-                artifacts
-                    .remove(a.id.as_bytes())
-                    .map_err(|e| self.db_error(e))?;
-            }
-        }
-        for a in &record.artifacts {
-            artifacts
-                .insert(a.id.as_bytes(), to_json(a)?)
-                .map_err(|e| self.db_error(e))?;
-        }
+        let old = self.stage(&record.stage)?;
         let json = to_json(record)?;
-        self.tree("stages")?
-            .insert(record.stage.as_bytes(), json.clone())
-            .map_err(|e| self.db_error(e))?;
+        let artifact_json = record
+            .artifacts
+            .iter()
+            .map(|a| Ok((a.id.clone(), to_json(a)?)))
+            .collect::<Result<Vec<_>>>()?;
         let key = format!("{:020.6}/{}", record.finished_at, record.stage);
-        self.tree("history")?
-            .insert(key.as_bytes(), json)
-            .map_err(|e| self.db_error(e))?;
+        let trees = (
+            &self.tree("artifacts")?,
+            &self.tree("stages")?,
+            &self.tree("history")?,
+            &self.tree(PUBLISHING)?,
+        );
+        trees
+            .transaction(|(artifacts, stages, history, publishing)| {
+                for a in old.iter().flat_map(|o| &o.artifacts) {
+                    artifacts.remove(a.id.as_bytes())?;
+                }
+                for (id, a) in &artifact_json {
+                    artifacts.insert(id.as_bytes(), a.clone())?;
+                }
+                stages.insert(record.stage.as_bytes(), json.clone())?;
+                history.insert(key.as_bytes(), json.clone())?;
+                publishing.remove(record.stage.as_bytes())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => self.db_error(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    Error::Manifest("manifest transaction aborted".into())
+                }
+            })?;
         self.db.flush().map_err(|e| self.db_error(e))?;
         Ok(())
     }
@@ -267,6 +363,34 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Manifest(format!("cannot encode record: {e}")))
 }
 
+const PUBLISHING: &str = "publishing";
+
+/// Removes `snap.*.generating` files a killed open left in `db_dir` (see [`Manifest::open`]).
+/// Call only with the [`RunLock`] held.
+fn remove_unfinished_snapshots(db_dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(db_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(
+                file = %e.path().display(),
+                "removing a snapshot a killed process left half-written"
+            );
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+fn in_use(run_dir: &Path) -> Error {
+    Error::Manifest(format!(
+        "{}: in use by another bertline process; wait for it to finish (or stop it) and run again",
+        run_dir.join("manifest.sled").display()
+    ))
+}
+
 fn is_lock_error(e: &sled::Error) -> bool {
     let text = e.to_string();
     text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable")
@@ -275,10 +399,7 @@ fn is_lock_error(e: &sled::Error) -> bool {
 fn open_error(path: &Path, e: sled::Error) -> Error {
     let text = e.to_string();
     if is_lock_error(&e) {
-        Error::Manifest(format!(
-            "{}: in use by another bertline process; wait for it to finish (or stop it) and run again",
-            path.display()
-        ))
+        in_use(path.parent().unwrap_or(Path::new(".")))
     } else {
         Error::Manifest(format!(
             "{}: cannot open the manifest ({text}); if it is corrupt, `just clean` starts the run over",

@@ -7,6 +7,14 @@
 //! changed one makes everything downstream stale, because downstream fingerprints include
 //! the upstream artifacts' hashes. Outputs are written into a staging directory and moved
 //! into place only when the stage succeeds; only then is the manifest record written.
+//!
+//! Publishing is one step as far as freshness goes: before the outputs move, the manifest
+//! marks the stage as publishing (flushed), and the commit that records the new outputs
+//! clears the mark in the same transaction. A run killed in between leaves the mark, and
+//! the stage is stale until it reruns. Artifacts changed on disk after they were recorded
+//! are caught without `--verify` as well: a different size, or a different mtime whose
+//! content hash differs, makes the stage stale; artifacts up to [`SMALL_ARTIFACT_BYTES`]
+//! (vocab.txt, tokenizer.json, config.json, metrics) are always hashed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -143,7 +151,7 @@ impl Stage {
         match self {
             Stage::Vocab | Stage::Pairs => {
                 for f in corpus_files(loaded)? {
-                    files.push((format!("file:{}", f.display()), f));
+                    files.push((input_id(loaded, &f), f));
                 }
             }
             Stage::Pretrain => {
@@ -153,13 +161,21 @@ impl Stage {
             }
             Stage::Finetune => {
                 for f in finetune_files(loaded) {
-                    files.push((format!("file:{}", f.display()), f));
+                    files.push((input_id(loaded, &f), f));
                 }
             }
             Stage::Mask | Stage::Report => {}
         }
         Ok(files)
     }
+}
+
+/// The id of a raw input file: `file:` and its path relative to the directory of
+/// pipeline.toml when it lies there, so the same config named by a relative or an absolute
+/// `--config` path gives the same fingerprints.
+fn input_id(loaded: &LoadedConfig, file: &Path) -> String {
+    let rel = file.strip_prefix(&loaded.root).unwrap_or(file);
+    format!("file:{}", rel.display())
 }
 
 impl fmt::Display for Stage {
@@ -337,6 +353,8 @@ impl StageCtx {
             .stack_size(8 << 20)
             .build_global();
         let manifest = Manifest::open(&loaded.run_dir())?;
+        // The manifest's run lock is held: no other process can be using these.
+        remove_dead_leftovers(manifest.run_dir());
         Ok(StageCtx {
             loaded,
             manifest,
@@ -425,6 +443,11 @@ impl StageCtx {
         if record.fingerprint != expected.fingerprint {
             return Ok(Freshness::Stale(explain_change(&record, &expected)));
         }
+        if self.manifest.publishing(stage.name())?.is_some() {
+            return Ok(Freshness::Stale(
+                "a run was killed while moving its outputs into place".into(),
+            ));
+        }
         for a in &record.artifacts {
             let path = self.path_of(a);
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -436,7 +459,10 @@ impl StageCtx {
                     a.path
                 )));
             }
-            if self.options.verify {
+            let hash = self.options.verify
+                || a.bytes <= SMALL_ARTIFACT_BYTES
+                || a.mtime_ns.is_some_and(|t| mtime_ns(&meta) != Some(t));
+            if hash {
                 let (hash, _) = durable::hash_file(&path)?;
                 if hash != a.blake3 {
                     return Ok(Freshness::Stale(format!(
@@ -604,6 +630,56 @@ fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
     }
 }
 
+/// Artifacts up to this size are hashed on every freshness check (not only with `--verify`).
+pub const SMALL_ARTIFACT_BYTES: u64 = 4 << 20;
+
+/// A file's modification time in nanoseconds since the Unix epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> Option<u128> {
+    meta.modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos())
+}
+
+/// Removes what killed processes left in a run directory: staging and trash directories
+/// under `.staging/`, and temp files and checkpoint directories (`.tmp-*`, `.*.tmp`) in the
+/// stages' work directories under `.work/`. Call only with the run lock held (then no
+/// process that wrote them is alive). Best effort: a leftover that cannot be removed is
+/// logged and left.
+pub fn remove_dead_leftovers(run_dir: &Path) {
+    let mut dead = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(run_dir.join(".staging")) {
+        dead.extend(rd.flatten().map(|e| e.path()));
+    }
+    if let Ok(rd) = std::fs::read_dir(run_dir.join(".work")) {
+        for work in rd.flatten().filter(|e| e.path().is_dir()) {
+            if let Ok(inner) = std::fs::read_dir(work.path()) {
+                dead.extend(inner.flatten().map(|e| e.path()).filter(|p| {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    name.starts_with(".tmp-") || (name.starts_with('.') && name.ends_with(".tmp"))
+                }));
+            }
+        }
+    }
+    for path in dead {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a killed run's leftover"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove a killed run's leftover: {e}")
+            }
+        }
+    }
+}
+
 fn clear_stale_staging(dir: &Path, stage: &str) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.filter_map(|e| e.ok()) {
@@ -683,6 +759,7 @@ impl StageRun {
     ) -> Result<()> {
         let path = self.staging.join(rel);
         let (blake3, bytes) = durable::hash_file(&path)?;
+        let mtime_ns = std::fs::metadata(&path).ok().and_then(|m| mtime_ns(&m));
         let id = format!("{}/{rel}", self.stage.name());
         self.artifacts.retain(|a| a.id != id);
         self.artifacts.push(ArtifactRecord {
@@ -692,6 +769,7 @@ impl StageRun {
             path: id,
             blake3,
             bytes,
+            mtime_ns,
             rows,
             schema_version: SCHEMA_VERSION,
             config_hash: self.config_hash.clone(),
@@ -712,6 +790,10 @@ impl StageRun {
             a.finished_at = finished_at;
         }
         let final_dir = ctx.run_dir().join(self.stage.name());
+        // From here until the commit, a kill leaves the stage stale (not fresh on new files).
+        ctx.manifest
+            .begin_publish(self.stage.name(), &self.fingerprint)?;
+        durable::crash_point("publish");
         if final_dir.exists() {
             let trash = ctx.run_dir().join(".staging").join(format!(
                 "trash-{}-{}",
@@ -723,6 +805,7 @@ impl StageRun {
         }
         std::fs::rename(&self.staging, &final_dir).at(&final_dir)?;
         durable::sync_dir(ctx.run_dir());
+        durable::crash_point("commit");
         let record = StageRecord {
             stage: self.stage.name().into(),
             profile: self.profile,

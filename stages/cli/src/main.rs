@@ -101,9 +101,11 @@ fn clean(common: &bertline_cli::CommonArgs, yes: bool) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    // Opening the manifest first makes sure no stage is running on it.
-    drop(bertline::manifest::Manifest::open(&dir)?);
+    // The run lock makes sure no stage is running on it; it is held while the files go.
+    // (Not the manifest itself: a manifest a killed process left unreadable is deleted too.)
+    let lock = bertline::manifest::RunLock::acquire(&dir)?;
     std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
+    drop(lock);
     println!("deleted {}", dir.display());
     Ok(())
 }
