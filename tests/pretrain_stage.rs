@@ -175,4 +175,48 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
     );
 
     assert!(pretrain::run(&ctx, &NoProgress).unwrap().skipped());
+    drop(ctx);
+
+    // Forced on the finished run: it resumes from the last checkpoint (step 20) and must not
+    // append a second held-out row.
+    let ctx = StageCtx::open(StageOptions {
+        config: dir.path().join("pipeline.toml"),
+        profile: "tiny".into(),
+        force: true,
+        verify: false,
+    })
+    .unwrap();
+    assert!(!pretrain::run(&ctx, &NoProgress).unwrap().skipped());
+    let rows = std::fs::read_to_string(out.join(pretrain::METRICS_FILE)).unwrap();
+    let heldout_rows = rows
+        .lines()
+        .filter(|l| l.contains("\"split\":\"heldout\""))
+        .count();
+    assert_eq!(heldout_rows, 1, "{rows}");
+}
+
+#[test]
+fn resumed_metrics_drop_rows_after_the_checkpoint_and_the_heldout_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(pretrain::METRICS_FILE);
+    let rows = [
+        r#"{"split":"train","step":10}"#,
+        r#"{"split":"eval","step":10}"#,
+        r#"{"split":"train","step":20}"#,
+        r#"{"split":"eval","step":20}"#,
+        r#"{"split":"heldout","step":20}"#,
+    ];
+    std::fs::write(&path, rows.join("\n") + "\n").unwrap();
+    // Killed after the last checkpoint (step 20), after the held-out row.
+    drop(pretrain::MetricsLog::open(&path, 20).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        rows[..4].join("\n") + "\n"
+    );
+    // Resumed from step 10.
+    drop(pretrain::MetricsLog::open(&path, 10).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        rows[..2].join("\n") + "\n"
+    );
 }

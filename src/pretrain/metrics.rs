@@ -180,13 +180,18 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     /// Opens `path` for appending, first dropping rows after `step` (left by a run that was
-    /// killed after its last checkpoint), so a resumed run continues the file cleanly.
+    /// killed after its last checkpoint) and the held-out row (written at the end of every
+    /// finished run), so a resumed run continues the file cleanly.
     pub fn open(path: &Path, step: usize) -> Result<Self> {
         let mut kept = Vec::new();
         if let Ok(file) = std::fs::File::open(path) {
             for line in std::io::BufReader::new(file).lines() {
                 let line = line.at(path)?;
-                if PretrainLogRow::parse(&line).is_some_and(|row| row.step <= step) {
+                // The held-out row is written after the last checkpoint and again by every
+                // run that finishes: a resumed (or forced) run writes it anew.
+                if PretrainLogRow::parse(&line)
+                    .is_some_and(|row| row.step <= step && row.split != LogSplit::Heldout)
+                {
                     kept.push(line);
                 }
             }
