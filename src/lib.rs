@@ -5,7 +5,8 @@
 //! - [`config`]: pipeline.toml with profiles ([`PipelineConfig`]).
 //! - [`manifest`], [`stage`]: the sled manifest of artifacts and the freshness rules.
 //! - [`shard`]: Parquet shards, [`SentencePair`] and [`TrainingInstance`].
-//! - [`tokenize`]: the WordPiece vocabulary (`vocab` stage).
+//! - [`tokenize`], [`vocab`]: the WordPiece vocabulary and its deterministic trainer
+//!   (`vocab` stage).
 //! - [`pairs`]: next-sentence pair sampling (`pairs` stage).
 //! - [`mask`]: masked-LM instances (`mask` stage); [`stats`] summarises them.
 //! - [`model`], [`optim`], [`pretrain`]: BERT in dfdx, AdamW, the pre-training loop.
@@ -33,6 +34,7 @@ pub mod stage;
 pub mod stats;
 pub mod tasks;
 pub mod tokenize;
+pub mod vocab;
 
 pub use config::{BertConfig, PipelineConfig};
 pub use error::{Error, Result};

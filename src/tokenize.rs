@@ -1,5 +1,5 @@
-//! The WordPiece vocabulary: training it with the `tokenizers` crate (the `vocab` stage) and
-//! the [`WordPiece`] wrapper every later stage encodes text with.
+//! The WordPiece vocabulary: training it (the `vocab` stage, with the deterministic trainer
+//! of [`crate::vocab`]) and the [`WordPiece`] wrapper every later stage encodes text with.
 //!
 //! The tokenizer is BERT's: BertNormalizer (clean text, CJK spacing, lowercase + strip
 //! accents when uncased), BertPreTokenizer, WordPiece with `##` continuations, and the
@@ -167,9 +167,9 @@ impl WordPiece {
     }
 }
 
-/// A BERT tokenizer around an untrained WordPiece model.
-fn bert_tokenizer(lowercase: bool) -> Tokenizer {
-    let mut tokenizer = Tokenizer::new(WordPieceModel::default());
+/// A BERT tokenizer around a WordPiece model.
+fn bert_tokenizer(model: WordPieceModel, lowercase: bool) -> Tokenizer {
+    let mut tokenizer = Tokenizer::new(model);
     tokenizer
         .with_normalizer(Some(BertNormalizer::new(
             true,
@@ -186,14 +186,46 @@ fn bert_tokenizer(lowercase: bool) -> Tokenizer {
     tokenizer
 }
 
-/// Trains a WordPiece vocabulary of exactly `cfg.vocab_size` tokens on `lines`. When the
-/// text yields fewer pieces, the vocabulary is filled up with `[unusedN]` tokens as in
-/// Google's released vocabularies (and a warning says so).
+/// Trains a WordPiece vocabulary of exactly `cfg.vocab_size` tokens on `lines` with
+/// [`crate::vocab::train`]: the same lines give the same vocabulary, byte for byte, at any
+/// thread count. When the text yields fewer pieces, the vocabulary is filled up with
+/// `[unusedN]` tokens as in Google's released vocabularies (and a warning says so).
 pub fn train_wordpiece<'a, I>(cfg: &VocabConfig, lines: I, source: &Path) -> Result<WordPiece>
 where
     I: Iterator<Item = &'a str> + Send,
 {
-    let mut tokenizer = bert_tokenizer(cfg.lowercase);
+    let lines: Vec<&str> = lines.collect();
+    let words = crate::vocab::count_words(&lines, cfg.lowercase)?;
+    let trainer = crate::vocab::TrainerConfig {
+        vocab_size: cfg.vocab_size,
+        min_frequency: cfg.min_frequency,
+        limit_alphabet: cfg.limit_alphabet,
+        lowercase: cfg.lowercase,
+        special_tokens: SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(),
+    };
+    let tokens = crate::vocab::train(&trainer, &words);
+    let vocab: ahash::AHashMap<String, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), id as u32))
+        .collect();
+    let model = WordPieceModel::builder()
+        .vocab(vocab)
+        .unk_token(SPECIAL_TOKENS[SPECIAL.unk as usize].into())
+        .continuing_subword_prefix(crate::vocab::CONTINUATION.into())
+        .build()
+        .map_err(|e| Error::Model(format!("cannot build the WordPiece model: {e}")))?;
+    let tokenizer = bert_tokenizer(model, cfg.lowercase);
+    finish_vocabulary(tokenizer, cfg, source)
+}
+
+/// HF's `WordPieceTrainer` on the same settings: the reference [`train_wordpiece`] is
+/// compared against (its token order, and so every id, changes from run to run).
+pub fn train_wordpiece_hf<'a, I>(cfg: &VocabConfig, lines: I, source: &Path) -> Result<WordPiece>
+where
+    I: Iterator<Item = &'a str> + Send,
+{
+    let mut tokenizer = bert_tokenizer(WordPieceModel::default(), cfg.lowercase);
     let specials = SPECIAL_TOKENS
         .iter()
         .map(|t| AddedToken::from(*t, true))
@@ -210,6 +242,21 @@ where
     tokenizer
         .train(&mut trainer, lines)
         .map_err(|e| Error::data(source, format!("WordPiece training failed: {e}")))?;
+    finish_vocabulary(tokenizer, cfg, source)
+}
+
+/// The special tokens as added tokens (as HF's training leaves them), then `[unusedN]` up
+/// to `vocab_size`.
+fn finish_vocabulary(
+    mut tokenizer: Tokenizer,
+    cfg: &VocabConfig,
+    source: &Path,
+) -> Result<WordPiece> {
+    let specials = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect::<Vec<_>>();
+    tokenizer.add_special_tokens(&specials);
     let got = tokenizer.get_vocab_size(true);
     if got > cfg.vocab_size {
         return Err(Error::Model(format!(
