@@ -716,7 +716,7 @@ pub fn load_config(path: &Path, profile: &str) -> Result<LoadedConfig> {
 }
 
 /// Parses the text of pipeline.toml and applies the profile overlay. The error is one line
-/// naming the key and its line number.
+/// naming the key and its line number (the profile's line when the profile sets the key).
 pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineConfig, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))?;
     let profiles = match doc.remove("profiles") {
@@ -728,7 +728,7 @@ pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineCo
     let base: PipelineConfig =
         toml::from_str(&strip_profiles(text)).map_err(|e| one_line_toml_error(&e, text))?;
     if profile == "default" {
-        validate(&base)?;
+        validate(&base).map_err(|msg| locate(text, profile, msg))?;
         check_precision(&base, text, None)?;
         return Ok(base);
     }
@@ -742,15 +742,25 @@ pub fn parse_config(text: &str, profile: &str) -> std::result::Result<PipelineCo
     };
     let mut merged = toml::Value::Table(doc);
     merge(&mut merged, overlay.clone());
-    let config: PipelineConfig = merged.try_into().map_err(|e: toml::de::Error| {
-        let msg = e.message().to_string();
-        let line = unknown_key(&msg).and_then(|k| find_key_line(text, &k));
-        match line {
-            Some(l) => format!("line {l}: in [profiles.{profile}]: {msg}"),
-            None => format!("in [profiles.{profile}]: {msg}"),
+    let config: PipelineConfig = merged.clone().try_into().map_err(|e: toml::de::Error| {
+        let msg = e.message().replace('\n', " ");
+        // Where is the offending value? Re-read the merged tables as text to get a span,
+        // then find the key's line in pipeline.toml (the profile's, else the base table's).
+        let key = unknown_key(&msg).or_else(|| {
+            let flat = toml::to_string(&merged).ok()?;
+            let err = toml::from_str::<PipelineConfig>(&flat).err()?;
+            dotted_key_at(&flat, err.span()?.start)
+        });
+        let line = key.as_deref().and_then(|k| {
+            key_line(text, profile, k).or_else(|| find_key_line(text, k.rsplit('.').next()?))
+        });
+        match (key, line) {
+            (Some(k), Some(l)) => format!("line {l}: in [profiles.{profile}]: {k}: {msg}"),
+            (Some(k), None) => format!("in [profiles.{profile}]: {k}: {msg}"),
+            _ => format!("in [profiles.{profile}]: {msg}"),
         }
     })?;
-    validate(&config)?;
+    validate(&config).map_err(|msg| locate(text, profile, msg))?;
     check_precision(&config, text, Some(profile))?;
     Ok(config)
 }
@@ -811,6 +821,96 @@ fn find_table_key_line(text: &str, table: &str, key: &str) -> Option<usize> {
     found
 }
 
+/// Prefixes a validation message, which starts with the dotted key it is about
+/// (`pretrain.learning_rate = ...`), with the line that sets the key.
+fn locate(text: &str, profile: &str, msg: String) -> String {
+    let key = msg
+        .split([' ', ':'])
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(',');
+    match key_line(text, profile, key) {
+        Some(line) => format!("line {line}: {msg}"),
+        None => msg,
+    }
+}
+
+/// The line (1-based) that sets the dotted `key` (`pretrain.phases[1].num_train_steps`,
+/// `finetune.squad.doc_stride`) for `profile`: the profile's overlay first, then the base
+/// tables. None when the key is not written (its default is in use).
+pub fn key_line(text: &str, profile: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = key.rsplit_once('.')?;
+    let (table, index) = match table.strip_suffix(']').and_then(|t| t.rsplit_once('[')) {
+        Some((t, i)) => (t, i.parse::<usize>().ok()),
+        None => (table, None),
+    };
+    let overlay = format!("profiles.{profile}.{table}");
+    let tables: Vec<&str> = if profile == "default" {
+        vec![table]
+    } else {
+        vec![overlay.as_str(), table]
+    };
+    tables
+        .into_iter()
+        .find_map(|t| line_in_table(text, t, index, leaf))
+}
+
+fn line_in_table(text: &str, table: &str, index: Option<usize>, leaf: &str) -> Option<usize> {
+    let mut inside = false;
+    let mut seen = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            inside = name.trim() == table;
+            if inside {
+                seen += 1;
+                inside = index.is_none_or(|want| want + 1 == seen);
+            }
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            inside = name.trim() == table && index.is_none();
+            continue;
+        }
+        if inside && t.split('=').next().map(str::trim) == Some(leaf) && t.contains('=') {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The dotted key of the `key = value` line holding byte `offset` of `text` (a TOML
+/// document with `[table]` and `[[array]]` headers).
+fn dotted_key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = &text[line_start..line_end];
+    let leaf = line.split('=').next()?.trim().trim_matches('"');
+    if !line.contains('=') || leaf.is_empty() {
+        return None;
+    }
+    let mut table = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for l in text[..line_start].lines() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let n = counts.entry(name.to_string()).or_default();
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.to_string();
+        }
+    }
+    Some(if table.is_empty() {
+        leaf.to_string()
+    } else {
+        format!("{table}.{leaf}")
+    })
+}
+
 /// Removes everything from the first `[profiles...]` header on, keeping line numbers of the
 /// base tables unchanged.
 fn strip_profiles(text: &str) -> String {
@@ -865,72 +965,308 @@ fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+            // Name the key when the span is a value (`dupe_factor = -1`).
+            match dotted_key_at(text, span.start).filter(|_| !msg.contains("unknown field")) {
+                Some(key) => format!("line {line}: {key}: {msg}"),
+                None => format!("line {line}: {msg}"),
+            }
         }
         None => msg,
     }
 }
 
-/// Cross-table checks that serde cannot express.
+/// Checks serde cannot express: ranges, cross-table agreement. Every message starts with
+/// the dotted key it is about (the caller adds the key's line) and says what to set.
 fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
+    if c.corpus.input.is_empty() {
+        return Err("corpus.input = []: list at least one text file or glob".into());
+    }
+    validate_vocab(c)?;
+    validate_data(c)?;
+    validate_model(&c.model)?;
+    validate_phases(c)?;
+    validate_pretrain(c)?;
+    validate_finetune(c)
+}
+
+fn at_least(key: &str, value: usize, min: usize) -> std::result::Result<(), String> {
+    if value < min {
+        return Err(format!("{key} = {value} must be at least {min}"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: f64) -> std::result::Result<(), String> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{key} = {value} must be a positive number"));
+    }
+    Ok(())
+}
+
+/// `value` within `[0, 1)`: probabilities of dropping, Adam's betas.
+fn fraction_below_one(key: &str, value: f64) -> std::result::Result<(), String> {
+    if !(0.0..1.0).contains(&value) {
+        return Err(format!(
+            "{key} = {value} must be within 0..1 (exclusive of 1)"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_vocab(c: &PipelineConfig) -> std::result::Result<(), String> {
     if c.vocab.vocab_size != c.model.vocab_size {
         return Err(format!(
             "vocab.vocab_size = {} but model.vocab_size = {}: set both to the same value",
             c.vocab.vocab_size, c.model.vocab_size
         ));
     }
-    if c.model.num_attention_heads == 0
-        || !c
-            .model
-            .hidden_size
-            .is_multiple_of(c.model.num_attention_heads)
-    {
-        return Err(format!(
-            "model.hidden_size = {} is not a multiple of model.num_attention_heads = {}",
-            c.model.hidden_size, c.model.num_attention_heads
-        ));
-    }
-    if c.pairs.max_seq_length > c.model.max_position_embeddings {
+    // The five special tokens and at least one piece of text.
+    at_least("vocab.vocab_size", c.vocab.vocab_size, 6)?;
+    at_least("vocab.limit_alphabet", c.vocab.limit_alphabet, 1)
+}
+
+fn validate_data(c: &PipelineConfig) -> std::result::Result<(), String> {
+    let p = &c.pairs;
+    if p.max_seq_length > c.model.max_position_embeddings {
         return Err(format!(
             "pairs.max_seq_length = {} exceeds model.max_position_embeddings = {}",
-            c.pairs.max_seq_length, c.model.max_position_embeddings
+            p.max_seq_length, c.model.max_position_embeddings
         ));
     }
-    if c.pairs.max_seq_length < 8 {
-        return Err("pairs.max_seq_length must be at least 8".into());
+    at_least("pairs.max_seq_length", p.max_seq_length, 8)?;
+    if !(0.0..=1.0).contains(&p.short_seq_prob) {
+        return Err(format!(
+            "pairs.short_seq_prob = {} must be within 0..1",
+            p.short_seq_prob
+        ));
     }
-    if !(0.0..=1.0).contains(&c.pairs.short_seq_prob) {
-        return Err("pairs.short_seq_prob must be within 0..1".into());
+    fraction_below_one("pairs.eval_fraction", p.eval_fraction)?;
+    at_least("pairs.dupe_factor", p.dupe_factor, 1)?;
+    at_least("pairs.shard_rows", p.shard_rows, 1)?;
+    let m = &c.mask;
+    if !(m.masked_lm_prob > 0.0 && m.masked_lm_prob < 1.0) {
+        return Err(format!(
+            "mask.masked_lm_prob = {} must be within (0, 1)",
+            m.masked_lm_prob
+        ));
     }
-    if !(0.0..1.0).contains(&c.pairs.eval_fraction) {
-        return Err("pairs.eval_fraction must be within 0..1 (exclusive of 1)".into());
-    }
-    if !(c.mask.masked_lm_prob > 0.0 && c.mask.masked_lm_prob < 1.0) {
-        return Err("mask.masked_lm_prob must be within (0, 1)".into());
-    }
-    if c.pairs.dupe_factor == 0 {
-        return Err("pairs.dupe_factor must be at least 1".into());
-    }
-    if c.pretrain.train_batch_size == 0
-        || c.pretrain.gradient_accumulation_steps == 0
-        || !c
-            .pretrain
-            .train_batch_size
-            .is_multiple_of(c.pretrain.gradient_accumulation_steps)
+    // Without phases the shards are `pairs.max_seq_length` long; with phases every phase's
+    // cap is checked against its own length (validate_phases).
+    if !c.has_phases()
+        && (m.max_predictions_per_seq == 0 || m.max_predictions_per_seq > p.max_seq_length - 3)
     {
+        return Err(format!(
+            "mask.max_predictions_per_seq = {} must be within 1..={} (pairs.max_seq_length - 3)",
+            m.max_predictions_per_seq,
+            p.max_seq_length - 3
+        ));
+    }
+    at_least("mask.max_predictions_per_seq", m.max_predictions_per_seq, 1)
+}
+
+fn validate_model(m: &BertConfig) -> std::result::Result<(), String> {
+    at_least("model.hidden_size", m.hidden_size, 1)?;
+    at_least("model.num_hidden_layers", m.num_hidden_layers, 1)?;
+    if m.num_attention_heads == 0 || !m.hidden_size.is_multiple_of(m.num_attention_heads) {
+        return Err(format!(
+            "model.num_attention_heads = {} does not divide model.hidden_size = {}: pick a divisor of it",
+            m.num_attention_heads, m.hidden_size
+        ));
+    }
+    at_least("model.intermediate_size", m.intermediate_size, 1)?;
+    if m.hidden_act != "gelu" {
+        return Err(format!(
+            "model.hidden_act = {:?}: only \"gelu\" (exact erf GELU, BERT's) is supported",
+            m.hidden_act
+        ));
+    }
+    fraction_below_one("model.hidden_dropout_prob", m.hidden_dropout_prob)?;
+    fraction_below_one(
+        "model.attention_probs_dropout_prob",
+        m.attention_probs_dropout_prob,
+    )?;
+    at_least(
+        "model.max_position_embeddings",
+        m.max_position_embeddings,
+        8,
+    )?;
+    at_least("model.type_vocab_size", m.type_vocab_size, 2)?;
+    positive("model.initializer_range", m.initializer_range)?;
+    positive("model.layer_norm_eps", m.layer_norm_eps)?;
+    if m.pad_token_id >= m.vocab_size {
+        return Err(format!(
+            "model.pad_token_id = {} must be below model.vocab_size = {}",
+            m.pad_token_id, m.vocab_size
+        ));
+    }
+    Ok(())
+}
+
+fn validate_pretrain(c: &PipelineConfig) -> std::result::Result<(), String> {
+    let p = &c.pretrain;
+    at_least("pretrain.train_batch_size", p.train_batch_size, 1)?;
+    at_least(
+        "pretrain.gradient_accumulation_steps",
+        p.gradient_accumulation_steps,
+        1,
+    )?;
+    if !p
+        .train_batch_size
+        .is_multiple_of(p.gradient_accumulation_steps)
+    {
+        return Err(format!(
+            "pretrain.gradient_accumulation_steps = {} does not divide pretrain.train_batch_size = {}",
+            p.gradient_accumulation_steps, p.train_batch_size
+        ));
+    }
+    positive("pretrain.learning_rate", p.learning_rate)?;
+    if !c.has_phases() && p.num_train_steps == 0 {
+        return Err("pretrain.num_train_steps = 0: train at least 1 step".into());
+    }
+    let total: usize = p.phase_steps().iter().sum();
+    if p.num_warmup_steps > total {
+        return Err(format!(
+            "pretrain.num_warmup_steps = {} exceeds the {total} training steps: warm up for at most pretrain.num_train_steps",
+            p.num_warmup_steps
+        ));
+    }
+    if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+        return Err(format!(
+            "pretrain.weight_decay = {} must be 0 or positive",
+            p.weight_decay
+        ));
+    }
+    fraction_below_one("pretrain.adam_beta1", p.adam_beta1)?;
+    fraction_below_one("pretrain.adam_beta2", p.adam_beta2)?;
+    positive("pretrain.adam_epsilon", p.adam_epsilon)?;
+    if !(p.max_grad_norm.is_finite() && p.max_grad_norm >= 0.0) {
+        return Err(format!(
+            "pretrain.max_grad_norm = {} must be 0 (no clipping) or positive",
+            p.max_grad_norm
+        ));
+    }
+    at_least("pretrain.log_every_steps", p.log_every_steps, 1)?;
+    at_least("pretrain.eval_batches", p.eval_batches, 1)?;
+    at_least("pretrain.keep_checkpoints", p.keep_checkpoints, 1)?;
+    at_least("pretrain.shuffle_buffer", p.shuffle_buffer, 1)
+}
+
+/// The recipe keys shared by `[finetune]` and `[finetune.overrides.TASK]`.
+struct Recipe<'a> {
+    learning_rate: Option<f64>,
+    learning_rates: Option<&'a [f64]>,
+    warmup_proportion: Option<f64>,
+    train_batch_size: Option<usize>,
+    num_train_epochs: Option<f64>,
+    max_seq_length: Option<usize>,
+    seeds: Option<&'a [u64]>,
+}
+
+fn validate_recipe(at: &str, r: &Recipe<'_>) -> std::result::Result<(), String> {
+    if let Some(lr) = r.learning_rate {
+        positive(&format!("{at}.learning_rate"), lr)?;
+    }
+    for lr in r.learning_rates.unwrap_or_default() {
+        positive(&format!("{at}.learning_rates"), *lr)?;
+    }
+    if let Some(w) = r.warmup_proportion {
+        if !(0.0..=1.0).contains(&w) {
+            return Err(format!("{at}.warmup_proportion = {w} must be within 0..1"));
+        }
+    }
+    if let Some(b) = r.train_batch_size {
+        at_least(&format!("{at}.train_batch_size"), b, 1)?;
+    }
+    if let Some(e) = r.num_train_epochs {
+        positive(&format!("{at}.num_train_epochs"), e)?;
+    }
+    // Not checked against model.max_position_embeddings: the model fine-tuned may be an HF
+    // directory's, and a profile that never fine-tunes need not set it.
+    if let Some(len) = r.max_seq_length {
+        at_least(&format!("{at}.max_seq_length"), len, 8)?;
+    }
+    if r.seeds.is_some_and(|s| s.is_empty()) {
+        return Err(format!("{at}.seeds = []: give at least one seed, e.g. [1]"));
+    }
+    Ok(())
+}
+
+/// Fine-tuning metrics a custom task may name.
+pub const TASK_METRICS: [&str; 5] = ["accuracy", "f1", "mcc", "pearson", "spearman"];
+
+fn validate_finetune(c: &PipelineConfig) -> std::result::Result<(), String> {
+    let f = &c.finetune;
+    validate_recipe(
+        "finetune",
+        &Recipe {
+            learning_rate: Some(f.learning_rate),
+            learning_rates: Some(&f.learning_rates),
+            warmup_proportion: Some(f.warmup_proportion),
+            train_batch_size: Some(f.train_batch_size),
+            num_train_epochs: Some(f.num_train_epochs),
+            max_seq_length: Some(f.max_seq_length),
+            seeds: Some(&f.seeds),
+        },
+    )?;
+    if let Some(p) = f.dropout {
+        fraction_below_one("finetune.dropout", p)?;
+    }
+    if f.init.trim().is_empty() {
         return Err(
-            "pretrain.train_batch_size must be a positive multiple of gradient_accumulation_steps"
-                .into(),
+            "finetune.init = \"\": use \"pretrained\", \"scratch\" or an HF model directory".into(),
         );
     }
-    if let Some(p) = c.finetune.dropout {
-        if !(0.0..1.0).contains(&p) {
+    for (task, o) in &f.overrides {
+        validate_recipe(
+            &format!("finetune.overrides.{task}"),
+            &Recipe {
+                learning_rate: o.learning_rate,
+                learning_rates: o.learning_rates.as_deref(),
+                warmup_proportion: o.warmup_proportion,
+                train_batch_size: o.train_batch_size,
+                num_train_epochs: o.num_train_epochs,
+                max_seq_length: o.max_seq_length,
+                seeds: o.seeds.as_deref(),
+            },
+        )?;
+    }
+    for (name, t) in &f.custom {
+        let at = format!("finetune.custom.{name}");
+        if t.delimiter != "\t" && t.delimiter != "," {
             return Err(format!(
-                "finetune.dropout = {p} must be within 0..1 (exclusive of 1)"
+                "{at}.delimiter = {:?}: use \"\\t\" or \",\"",
+                t.delimiter
+            ));
+        }
+        if t.metrics.is_empty() {
+            return Err(format!(
+                "{at}.metrics = []: name at least one of {}",
+                TASK_METRICS.join(", ")
+            ));
+        }
+        if let Some(m) = t
+            .metrics
+            .iter()
+            .find(|m| !TASK_METRICS.contains(&m.as_str()))
+        {
+            return Err(format!(
+                "{at}.metrics: unknown metric `{m}`; metrics are {}",
+                TASK_METRICS.join(", ")
             ));
         }
     }
-    validate_phases(c)
+    let s = &f.squad;
+    at_least("finetune.squad.max_seq_length", s.max_seq_length, 8)?;
+    at_least("finetune.squad.doc_stride", s.doc_stride, 1)?;
+    at_least("finetune.squad.max_query_length", s.max_query_length, 1)?;
+    if s.max_query_length + 3 >= s.max_seq_length {
+        return Err(format!(
+            "finetune.squad.max_query_length = {} leaves no room for the passage in finetune.squad.max_seq_length = {}",
+            s.max_query_length, s.max_seq_length
+        ));
+    }
+    at_least("finetune.squad.max_answer_length", s.max_answer_length, 1)?;
+    at_least("finetune.squad.n_best_size", s.n_best_size, 1)
 }
 
 /// Checks `[[pretrain.phases]]`: each phase fits the model, has steps, a batch the

@@ -72,3 +72,82 @@ fn status_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+#[test]
+fn same_config_by_relative_and_absolute_path_gives_the_same_fingerprints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = new_project(tmp.path());
+    // vocab by the absolute path (as a script would call it)...
+    let ctx = bertline::stage::StageCtx::open(bertline::stage::StageOptions {
+        config: config.clone(),
+        profile: "tiny".into(),
+        force: false,
+        verify: false,
+    })
+    .unwrap();
+    bertline::tokenize::run_vocab(&ctx, &bertline::progress::NoProgress).unwrap();
+    drop(ctx);
+    // ...then `status` by the relative path from the project directory: still fresh.
+    let out = Command::new(env!("CARGO_BIN_EXE_bertline"))
+        .args(["status", "--config", "pipeline.toml", "--profile", "tiny"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vocab = stdout.lines().find(|l| l.starts_with("vocab")).unwrap();
+    assert!(vocab.contains("fresh"), "{stdout}");
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    // The run directory would have to be created inside a file.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = new_project(tmp.path());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("dir = \"runs/tiny\"", "dir = \"pipeline.toml/run\"");
+    std::fs::write(&config, text).unwrap();
+    let (ok, _, stderr) = status(&[
+        "status",
+        "--config",
+        config.to_str().unwrap(),
+        "--profile",
+        "tiny",
+    ]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("pipeline.toml/run"), "{stderr}");
+    assert_eq!(stderr.matches("os error 20").count(), 1, "{stderr}");
+}
+
+#[test]
+fn status_and_clean_work_after_a_killed_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = new_project(tmp.path());
+    let config = config.to_str().unwrap();
+    let args = ["status", "--config", config, "--profile", "tiny"];
+    assert!(status(&args).0);
+    assert!(status(&args).0); // the second open writes a snapshot
+    let db = tmp.path().join("runs/tiny/manifest.sled");
+    let snap = std::fs::read_dir(&db)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap."))
+        .max()
+        .expect("a snapshot");
+    // What sled leaves when the open is killed while it writes the next snapshot.
+    std::fs::write(db.join(format!("{snap}.generating")), [0u8; 7]).unwrap();
+    let (ok, stdout, stderr) = status(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("missing"), "{stdout}");
+    std::fs::write(db.join(format!("{snap}.generating")), [0u8; 7]).unwrap();
+    let (ok, stdout, stderr) = status(&["clean", "--yes", "--config", config, "--profile", "tiny"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("deleted"), "{stdout}");
+    assert!(!tmp.path().join("runs/tiny").exists());
+}
