@@ -248,3 +248,55 @@ fn tiny_profile_twice_records_the_same_hashes() {
     );
     assert!(first.len() >= 10, "{first:?}");
 }
+
+/// Tokens per word and [UNK] share of `wp` on `lines`.
+fn tokenization_stats(wp: &bertline::tokenize::WordPiece, lines: &[&str]) -> (f64, f64) {
+    let words: usize = bertline::vocab::count_words(lines, true)
+        .unwrap()
+        .iter()
+        .map(|(_, n)| *n as usize)
+        .sum();
+    let ids = wp.encode_lines(lines).unwrap();
+    let tokens: usize = ids.iter().map(Vec::len).sum();
+    let unk = ids.iter().flatten().filter(|&&id| id == 1).count();
+    (tokens as f64 / words as f64, unk as f64 / tokens as f64)
+}
+
+/// The library's trainer against HF's `WordPieceTrainer` on the shipped corpus at the
+/// default profile's settings: the same tokens per word within 1% and no more [UNK]s.
+#[test]
+fn vocab_tokenizes_the_shipped_corpus_like_hfs_trainer() {
+    let cfg = parse_config(include_str!("../pipeline.toml"), "default").unwrap();
+    let texts = shipped_corpus();
+    let lines: Vec<&str> = texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let ours =
+        bertline::tokenize::train_wordpiece(&cfg.vocab, lines.iter().copied(), Path::new("corpus"))
+            .unwrap();
+    let hf = bertline::tokenize::train_wordpiece_hf(
+        &cfg.vocab,
+        lines.iter().copied(),
+        Path::new("corpus"),
+    )
+    .unwrap();
+    let (ours_tpw, ours_unk) = tokenization_stats(&ours, &lines);
+    let (hf_tpw, hf_unk) = tokenization_stats(&hf, &lines);
+    let shared = (0..ours.vocab_size() as u32)
+        .filter(|&id| hf.id(ours.token(id)).is_some())
+        .count();
+    eprintln!(
+        "tokens/word: ours {ours_tpw:.4}, HF {hf_tpw:.4}; [UNK] share: ours {ours_unk:.6}, HF {hf_unk:.6}; {shared} of {} tokens in both",
+        ours.vocab_size()
+    );
+    assert!(
+        (ours_tpw / hf_tpw - 1.0).abs() < 0.01,
+        "tokens/word ours {ours_tpw} vs HF {hf_tpw}"
+    );
+    assert!(
+        ours_unk <= hf_unk + 1e-6,
+        "[UNK] ours {ours_unk} vs HF {hf_unk}"
+    );
+}
