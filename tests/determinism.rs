@@ -155,10 +155,10 @@ fn tiny_artifacts(dir: &Path) -> BTreeMap<String, (String, PathBuf)> {
     })
     .unwrap();
     bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
-    bertline::pairs::run_pairs(&ctx, &NoProgress).unwrap();
-    bertline::mask::run_mask(&ctx, &NoProgress).unwrap();
+    bertline::pairs::run(&ctx, &NoProgress).unwrap();
+    bertline::mask::run(&ctx, &NoProgress).unwrap();
     bertline::pretrain::run(&ctx, &NoProgress).unwrap();
-    bertline::finetune::run_finetune(&ctx, &NoProgress).unwrap();
+    bertline::finetune::run(&ctx, &NoProgress).unwrap();
     ctx.manifest
         .stages()
         .unwrap()

@@ -336,6 +336,7 @@ fn record(stage: &str, finished_at: f64) -> bertline::manifest::StageRecord {
             code_version: "test".into(),
             started_at: 0.0,
             finished_at,
+            shard: None,
         }],
         metrics: serde_json::json!({}),
         code_version: "test".into(),
