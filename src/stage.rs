@@ -210,7 +210,32 @@ pub fn corpus_files(loaded: &LoadedConfig) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     files.dedup();
+    refuse_evaluation_text(loaded, &files)?;
     Ok(files)
+}
+
+/// Fails on the first corpus file that is a fine-tuning task's dev or test file (GLUE or
+/// custom tasks of `finetune.tasks`, or the SQuAD dev file): evaluation text must never be
+/// pre-training text. GLUE files are also recognised by their folder in
+/// [`crate::corpus::read_corpus`], wherever they live.
+fn refuse_evaluation_text(loaded: &LoadedConfig, files: &[PathBuf]) -> Result<()> {
+    let ft = &loaded.config.finetune;
+    let glue_dir = loaded.resolve(&ft.glue_dir);
+    let specs: Vec<_> = ft
+        .tasks
+        .iter()
+        .filter_map(|t| crate::tasks::resolve_task(t, ft, &glue_dir, &loaded.root).ok())
+        .collect();
+    let squad_dev = std::fs::canonicalize(loaded.resolve(&ft.squad.dev_file)).ok();
+    for f in files {
+        if let Some((spec, split)) = crate::corpus::find_evaluation_file(f, &specs) {
+            return Err(crate::corpus::evaluation_text_error(f, &spec.name, split));
+        }
+        if squad_dev.is_some() && std::fs::canonicalize(f).ok() == squad_dev {
+            return Err(crate::corpus::evaluation_text_error(f, "squad", "dev"));
+        }
+    }
+    Ok(())
 }
 
 /// GLUE folder names of the task presets.

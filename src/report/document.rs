@@ -120,6 +120,15 @@ pub fn headline(data: &ReportData) -> Vec<(String, String)> {
         "held-out perplexity".into(),
         fmt_opt(data.pretrain.as_ref().and_then(heldout_perplexity), 2),
     ));
+    if let Some(tasks) = &data.finetune {
+        let comparisons: Vec<_> = tasks.iter().filter_map(super::claim::compare).collect();
+        if !comparisons.is_empty() {
+            out.push((
+                "paper's claim".into(),
+                super::claim::verdict_line(&comparisons),
+            ));
+        }
+    }
     match &data.finetune {
         None => out.push(("fine-tuning".into(), MISSING.into())),
         Some(tasks) => {
@@ -159,6 +168,7 @@ pub fn build_document(data: &ReportData, charts: bool) -> Result<Document> {
             lineage_section(data),
             data_section(data),
             pretrain_section(data, charts)?,
+            super::claim::claim_section(data.finetune.as_deref()),
             finetune_section(data, charts)?,
             machine_section(data),
             history_section(data),

@@ -43,6 +43,7 @@
 //!   already (SQuAD's official script). Without a `tasks` object, top-level objects with
 //!   `pretrained` or `scratch` are the tasks.
 
+pub mod claim;
 mod data;
 mod document;
 mod format;
