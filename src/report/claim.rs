@@ -11,7 +11,7 @@
 
 use super::data::TaskResult;
 use super::document::{Block, Section, Table};
-use super::format::{as_percent, fmt_opt};
+use super::format::{as_percent, NOT_APPLICABLE};
 use super::reference::{canonical_task, task_display_name};
 
 /// Points (percent, or 100 x MCC / Spearman) by which pre-trained must lead.
@@ -209,7 +209,8 @@ pub fn claim_section(tasks: Option<&[TaskResult]>) -> Section {
             format!(
                 "{:+.1} ± {}",
                 c.difference(),
-                fmt_opt(c.difference_std(), 1)
+                c.difference_std()
+                    .map_or_else(|| NOT_APPLICABLE.to_string(), |s| format!("{s:.1}"))
             ),
             c.differences
                 .iter()
