@@ -42,7 +42,8 @@ pub fn evaluation_text_error(path: &Path, task: &str, split: &str) -> Error {
     Error::data(
         path,
         format!(
-            "task `{task}`'s {split} split cannot be pre-training text (it would leak evaluation              text into the model); remove it from corpus.input (only a task's train file may be listed)"
+            "task `{task}`'s {split} split cannot be pre-training text (it would leak evaluation \
+             text into the model); remove it from corpus.input (only a task's train file may be listed)"
         ),
     )
 }
