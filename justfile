@@ -89,6 +89,13 @@ test *args:
 test-ignored:
     cargo test --release --workspace -- --ignored
 
+# crash campaign: every stage killed KILLS times at seeded points (inside the manifest open,
+# between publish and commit, random SIGKILLs), each rerun and checked with --verify, outputs
+# compared with an uninterrupted run
+[group('check')]
+chaos kills="20" seed="16" profile="tiny": build
+    bash scripts/chaos.sh --kills {{kills}} --seed {{seed}} --profile {{profile}}
+
 # formatting, lints and tests, as CI would want them
 [group('check')]
 ci:

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The crash campaign behind `just chaos`: every stage of a profile (default `tiny`) killed N
+# times (default 20) at seeded points, each kill followed by a plain rerun and a
+# `bertline status --verify`; at the end the outputs are compared with an uninterrupted run.
+#
+# Kill points, drawn per kill from the seed:
+#   open:US   abort US microseconds into the manifest open (sled writes its snapshot there)
+#   publish   abort after the stage marked its outputs as publishing, before moving them
+#   commit    abort after the outputs moved into place, before the manifest records them
+#   sigkill   SIGKILL after a random delay within the stage's uninterrupted duration
+# Killed runs use --force (a finished stage being redone, the worst case for publishing);
+# the rerun is a plain run, as a user would type it.
+#
+# usage: scripts/chaos.sh [--kills N] [--seed S] [--profile NAME] [--stages "vocab pairs ..."]
+set -euo pipefail
+
+kills=20
+seed=16
+profile=tiny
+stages="vocab pairs mask pretrain finetune report"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --kills) kills=$2; shift 2 ;;
+        --seed) seed=$2; shift 2 ;;
+        --profile) profile=$2; shift 2 ;;
+        --stages) stages=$2; shift 2 ;;
+        *) echo "usage: $0 [--kills N] [--seed S] [--profile NAME] [--stages LIST]" >&2; exit 2 ;;
+    esac
+done
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bin=${CARGO_TARGET_DIR:-$repo/target}/release
+for b in bertline bertline-vocab bertline-pairs bertline-mask bertline-pretrain bertline-finetune bertline-report; do
+    [[ -x $bin/$b ]] || { echo "error: $bin/$b not built; run \`just build\`" >&2; exit 2; }
+done
+export RUST_LOG=${RUST_LOG:-warn}
+RANDOM=$seed
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/bertline-chaos.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+# Two projects on the same data: `ref` runs uninterrupted, `chaos` is killed.
+for p in ref chaos; do
+    mkdir -p "$work/$p"
+    ln -s "$repo/datasets" "$work/$p/datasets"
+    [[ -e $repo/../shared ]] && ln -s "$repo/../shared" "$work/shared"
+    cp "$repo/pipeline.toml" "$work/$p/pipeline.toml"
+done
+
+run_stage() { # project stage [flags...]
+    local p=$1 s=$2; shift 2
+    "$bin/bertline-$s" --config "$work/$p/pipeline.toml" --profile "$profile" --no-progress "$@" \
+        >/dev/null 2>>"$work/$p.log"
+}
+
+# Hashes of a stage's files; files that hold wall-clock measurements are left out.
+TIMED='pretrain/metrics.jsonl|finetune/results.json|report/'
+stage_hashes() { # project stage
+    local dir=$work/$1/runs/$profile
+    (cd "$dir" && find "$2" -type f -print0 | sort -z | xargs -0 -r sha256sum) \
+        | grep -Ev "  ($TIMED)" || true
+}
+
+declare -A secs
+echo "uninterrupted reference run (profile $profile)..." >&2
+for s in $stages; do
+    t0=$(date +%s%N)
+    run_stage ref "$s"
+    secs[$s]=$(( ($(date +%s%N) - t0) / 1000000 ))
+done
+
+printf '%-9s %6s %6s %8s %7s %8s %8s %9s %8s %11s\n' \
+    stage kills open publish commit sigkill "ran-out" reruns verified mismatches
+total_mismatch=0
+for s in $stages; do
+    run_stage chaos "$s" # the stage's first run, uninterrupted (and its upstream's)
+    declare -A landed=([open]=0 [publish]=0 [commit]=0 [sigkill]=0 [ran-out]=0)
+    reruns=0 verified=0
+    for ((k = 0; k < kills; k++)); do
+        case $((RANDOM % 4)) in
+            0) point="open:$((RANDOM % 30000))" ;;
+            1) point=publish ;;
+            2) point=commit ;;
+            3) point=sigkill ;;
+        esac
+        if [[ $point == sigkill ]]; then
+            delay_ms=$(( (RANDOM * 32768 + RANDOM) % (secs[$s] + 1) ))
+            "$bin/bertline-$s" --config "$work/chaos/pipeline.toml" --profile "$profile" \
+                --no-progress --force >/dev/null 2>>"$work/chaos.log" &
+            pid=$!
+            sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
+            if kill -9 "$pid" 2>/dev/null; then
+                landed[sigkill]=$((landed[sigkill] + 1))
+            else
+                landed[ran-out]=$((landed[ran-out] + 1)) # finished before the kill
+            fi
+            wait "$pid" 2>/dev/null || true
+        else
+            if BERTLINE_CRASH_AT=$point run_stage chaos "$s" --force 2>/dev/null; then
+                landed[ran-out]=$((landed[ran-out] + 1))
+            else
+                landed[${point%%:*}]=$((landed[${point%%:*}] + 1))
+            fi
+        fi
+        # The rerun a user would type, then the check with hashes.
+        if run_stage chaos "$s"; then
+            reruns=$((reruns + 1))
+        else
+            echo "rerun of $s after a kill at $point failed: $(tail -1 "$work/chaos.log")" >&2
+        fi
+        line=$("$bin/bertline" status --config "$work/chaos/pipeline.toml" --profile "$profile" \
+            --verify 2>>"$work/chaos.log" | awk -v s="$s" '$1 == s { print $2 }')
+        if [[ $line == fresh ]]; then
+            verified=$((verified + 1))
+        else
+            echo "after a kill at $point, $s is ${line:-unknown} under --verify" >&2
+        fi
+    done
+    mismatch=$(diff <(stage_hashes ref "$s") <(stage_hashes chaos "$s") | grep -c '^[<>]' || true)
+    total_mismatch=$((total_mismatch + mismatch))
+    printf '%-9s %6d %6d %8d %7d %8d %8d %9d %8d %11d\n' "$s" "$kills" "${landed[open]}" \
+        "${landed[publish]}" "${landed[commit]}" "${landed[sigkill]}" "${landed[ran-out]}" \
+        "$reruns" "$verified" "$mismatch"
+done
+echo "seed $seed; reference seconds: $(for s in $stages; do printf '%s %d.%03d  ' "$s" $((secs[$s] / 1000)) $((secs[$s] % 1000)); done)"
+echo "mismatches count differing output files (sha256) between the killed run and the reference; wall-clock files ($TIMED) left out"
+[[ $total_mismatch -eq 0 ]]
