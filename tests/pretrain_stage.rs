@@ -114,6 +114,7 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
         assert!(kinds.contains(&kind), "no {kind} artifact in {kinds:?}");
     }
     assert_eq!(record.metrics["steps"], 20);
+    let first_metrics = record.metrics.clone();
     let ppl = record.metrics["heldout_perplexity"].as_f64().unwrap();
     assert!(ppl.is_finite() && ppl > 1.0, "heldout perplexity {ppl}");
     // WikiText-2 is single sentences: no NSP figures, and its loss is the MLM loss.
@@ -186,7 +187,15 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
         verify: false,
     })
     .unwrap();
-    assert!(!pretrain::run(&ctx, &NoProgress).unwrap().skipped());
+    let Outcome::Ran(resumed) = pretrain::run(&ctx, &NoProgress).unwrap() else {
+        panic!("forced pretrain skipped")
+    };
+    // It trained and evaluated nothing, yet records the final numbers the first run logged.
+    assert_eq!(resumed.metrics["resumed_from"], 20);
+    for key in ["train", "eval", "heldout", "heldout_perplexity", "steps"] {
+        assert!(!first_metrics[key].is_null(), "{key}");
+        assert_eq!(resumed.metrics[key], first_metrics[key], "{key}");
+    }
     let rows = std::fs::read_to_string(out.join(pretrain::METRICS_FILE)).unwrap();
     let heldout_rows = rows
         .lines()

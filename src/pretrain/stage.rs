@@ -8,8 +8,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    checkpoint_dir, read_checked_shard, read_eval_batches, train, JobPhase, PretrainJob,
-    ShardExpect, StepStats, TrainSummary, METRICS_FILE, OPTIM_FILE, STATE_FILE,
+    checkpoint_dir, read_checked_shard, read_eval_batches, train, JobPhase, LogSplit, PretrainJob,
+    PretrainLogRow, ShardExpect, StepStats, TrainSummary, METRICS_FILE, OPTIM_FILE, STATE_FILE,
 };
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
@@ -204,11 +204,15 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
             })
         })
     };
+    // A rerun that resumed from the final checkpoint trains and evaluates nothing: the process
+    // that took the last steps logged them.
+    let train = stats(&s.last_train).or_else(|| logged_stats(&s.metrics, LogSplit::Train));
+    let eval = stats(&s.eval).or_else(|| logged_stats(&s.metrics, LogSplit::Eval));
     serde_json::json!({
         "steps": s.step,
         "resumed_from": s.resumed_from,
-        "train": stats(&s.last_train),
-        "eval": stats(&s.eval),
+        "train": train,
+        "eval": eval,
         // single sentences, not pairs: the MLM numbers alone (as in the log's heldout row)
         "heldout": s.heldout.map(|h| serde_json::json!({
             "loss": h.mlm_loss, "mlm_loss": h.mlm_loss, "mlm_accuracy": h.mlm_accuracy(),
@@ -218,6 +222,24 @@ fn summary_metrics(s: &TrainSummary, seconds: f64) -> serde_json::Value {
         "tokens_per_s": s.tokens_per_s,
         "seconds": seconds,
     })
+}
+
+/// The last `split` row of the metrics file at `path`, with the fields of
+/// [`summary_metrics`]'s stats (the row holds them as the process that logged it computed
+/// them, so they are the same numbers).
+fn logged_stats(path: &Path, split: LogSplit) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let row = text
+        .lines()
+        .rev()
+        .filter_map(PretrainLogRow::parse)
+        .find(|r| r.split == split)?;
+    let mlm_loss = row.mlm_loss?;
+    Some(serde_json::json!({
+        "loss": row.loss?, "mlm_loss": mlm_loss, "nsp_loss": row.nsp_loss?,
+        "mlm_accuracy": row.mlm_accuracy?, "nsp_accuracy": row.nsp_accuracy?,
+        "mlm_perplexity": mlm_loss.exp(),
+    }))
 }
 
 /// Held-out MLM batches: `path` (WikiText-2) tokenized line by line, the ids cut into
