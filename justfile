@@ -103,7 +103,7 @@ ci:
     cargo clippy --release --workspace -- --deny warnings
     cargo test --release --workspace
 
-# data stages throughput vs Google's create_pretraining_data.py
+# data stages vs Google's create_pretraining_data.py, side by side (installs it into .venv-bench/)
 [group('bench')]
 bench-data:
     bash scripts/bench_data.sh
