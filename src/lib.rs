@@ -13,6 +13,7 @@
 //! - [`metrics`], [`tasks`], [`squad`], [`finetune`]: fine-tuning and its official metrics.
 //! - [`report`]: the benchmark report.
 //! - [`progress`]: the progress callback the stage binaries draw as bars.
+//! - [`workers`]: one item per thread for the data stages' outer loops (bounded memory).
 
 pub mod config;
 pub mod corpus;
@@ -35,6 +36,7 @@ pub mod stats;
 pub mod tasks;
 pub mod tokenize;
 pub mod vocab;
+pub mod workers;
 
 pub use config::{BertConfig, PipelineConfig};
 pub use error::{Error, Result};

@@ -325,41 +325,39 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         })
         .collect::<Result<_>>()?;
     progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
-    let per_shard = shards
-        .par_iter()
-        .map(|&(index, artifact, id, shape)| {
-            let pairs = read_pairs(&ctx.path_of(artifact))?;
-            let mask_cfg = MaskConfig {
-                max_predictions_per_seq: shape.max_predictions_per_seq,
-                ..cfg.mask.clone()
-            };
-            let instances =
-                create_training_instances(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
-            if index == 0 {
-                for instance in instances.iter().take(3) {
-                    tracing::debug!("instance:\n{instance}");
-                }
+    // One pairs shard per thread at a time (crate::workers explains why not `par_iter`).
+    let per_shard = crate::workers::map_bounded(&shards, |_, &(index, artifact, id, shape)| {
+        let pairs = read_pairs(&ctx.path_of(artifact))?;
+        let mask_cfg = MaskConfig {
+            max_predictions_per_seq: shape.max_predictions_per_seq,
+            ..cfg.mask.clone()
+        };
+        let instances =
+            create_training_instances(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
+        if index == 0 {
+            for instance in instances.iter().take(3) {
+                tracing::debug!("instance:\n{instance}");
             }
-            // Parquet writing holds several copies of a part, so parts stay small.
-            let mut parts = Vec::new();
-            for (part, rows) in instances.chunks(INSTANCE_SHARD_ROWS).enumerate() {
-                let part_id = id.with_part(part);
-                write_instances(
-                    &run.dir().join(part_id.file_name()),
-                    rows,
-                    shape.max_seq_length,
-                    shape.max_predictions_per_seq,
-                )?;
-                parts.push((part_id, rows.len() as u64));
-            }
-            let mut stats = InstanceStats::default();
-            for instance in &instances {
-                stats.add_instance(instance, vocab.mask);
-            }
-            progress.advance(pairs.len() as u64);
-            Ok((parts, stats, shape))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        }
+        // Parquet writing holds several copies of a part, so parts stay small.
+        let mut parts = Vec::new();
+        for (part, rows) in instances.chunks(INSTANCE_SHARD_ROWS).enumerate() {
+            let part_id = id.with_part(part);
+            write_instances(
+                &run.dir().join(part_id.file_name()),
+                rows,
+                shape.max_seq_length,
+                shape.max_predictions_per_seq,
+            )?;
+            parts.push((part_id, rows.len() as u64));
+        }
+        let mut stats = InstanceStats::default();
+        for instance in &instances {
+            stats.add_instance(instance, vocab.mask);
+        }
+        progress.advance(pairs.len() as u64);
+        Ok((parts, stats, shape))
+    })?;
     progress.finish();
     let mut totals = InstanceStats::default();
     let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();

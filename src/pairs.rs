@@ -6,10 +6,11 @@
 //! `max_seq_length`. Masking is left to [`crate::mask`].
 //!
 //! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
-//! input file on its own (rayon over files; the "other document" comes from the same file),
-//! so peak memory is one file per thread, not the corpus. Google pools every document of
-//! every file instead; here only the files with a single document (a book without blank
-//! lines) are pooled, as one extra unit paired after the rest. Every random stream is a
+//! input file on its own (one file per thread, [`crate::workers::map_bounded`]; the "other
+//! document" comes from the same file), so peak memory is one file per thread, not the
+//! corpus. Google pools every document of every file instead; here only the files with a
+//! single document (a book without blank lines) are pooled, as one extra unit paired after
+//! the rest. Every random stream is a
 //! [`ChaCha8Rng`] seeded from `(random_seed, stage, file, dupe)` by [`seeded_rng`], so the
 //! output is bit-identical whatever the thread count.
 //!
@@ -27,7 +28,6 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
@@ -495,36 +495,33 @@ fn pair_files(
         .sum::<Result<u64>>()?;
     progress.start("pairs", total_bytes);
     let one_document_files = Mutex::new(Vec::new());
-    let mut per_unit = input_files
-        .par_iter()
-        .enumerate()
-        .map(|(file_index, path)| {
-            let (documents, input_bytes) = tokenize_corpus_text(path, tokenize)?;
-            let summaries = if documents.len() < 2 {
-                let pooled = PooledFile {
-                    file_index,
-                    documents,
-                    input_bytes,
-                };
-                one_document_files.lock().expect("pool lock").push(pooled);
-                Vec::new()
-            } else {
-                let unit = PairingUnit {
-                    path,
-                    index: file_index,
-                    documents,
-                    files: 1,
-                    input_bytes,
-                };
-                pair_unit(&unit, cfg, lengths, random_seed, sink)?
+    // One file per thread at a time (crate::workers explains why not `par_iter`).
+    let mut per_unit = crate::workers::map_bounded(input_files, |file_index, path| {
+        let (documents, input_bytes) = tokenize_corpus_text(path, tokenize)?;
+        let summaries = if documents.len() < 2 {
+            let pooled = PooledFile {
+                file_index,
+                documents,
+                input_bytes,
             };
-            progress.advance(input_bytes);
-            Ok(summaries)
-        })
-        .collect::<Result<Vec<_>>>()?;
+            one_document_files.lock().expect("pool lock").push(pooled);
+            Vec::new()
+        } else {
+            let unit = PairingUnit {
+                path,
+                index: file_index,
+                documents,
+                files: 1,
+                input_bytes,
+            };
+            pair_unit(unit, cfg, lengths, random_seed, sink)?
+        };
+        progress.advance(input_bytes);
+        Ok(summaries)
+    })?;
     let pooled = one_document_files.into_inner().expect("pool lock");
     if let Some(unit) = pool_one_document_files(input_files, pooled)? {
-        per_unit.push(pair_unit(&unit, cfg, lengths, random_seed, sink)?);
+        per_unit.push(pair_unit(unit, cfg, lengths, random_seed, sink)?);
     }
     progress.finish();
     Ok(lengths
@@ -605,21 +602,27 @@ fn pool_one_document_files(
 }
 
 /// Pairs one unit at every length and hands its shards to the sink; its counts per length.
+/// The last length takes the unit's documents, the others a copy, so a run with one length
+/// holds them once.
 fn pair_unit(
-    unit: &PairingUnit<'_>,
+    mut unit: PairingUnit<'_>,
     cfg: &PairsConfig,
     lengths: &[Option<usize>],
     random_seed: u64,
     sink: &PairSinkFn<'_>,
 ) -> Result<Vec<PairsSummary>> {
     let mut summaries = Vec::with_capacity(lengths.len());
-    for &length in lengths {
+    for (i, &length) in lengths.iter().enumerate() {
         let cfg = PairsConfig {
             max_seq_length: length.unwrap_or(cfg.max_seq_length),
             ..cfg.clone()
         };
-        let mut pairs =
-            create_pairs_from_documents(unit.documents.clone(), unit.index, &cfg, random_seed);
+        let documents = if i + 1 == lengths.len() {
+            std::mem::take(&mut unit.documents)
+        } else {
+            unit.documents.clone()
+        };
+        let mut pairs = create_pairs_from_documents(documents, unit.index, &cfg, random_seed);
         pairs.summary.files = unit.files;
         pairs.summary.input_bytes = unit.input_bytes;
         log_paired(unit.path, &pairs.summary);
