@@ -94,12 +94,12 @@ cuda_test_binary() {
     echo "$exe"
 }
 
-# The stage binary, and the test binaries whose ignored tests gpu_check.sh runs: hf_parity
+# The two training stages' binaries (gpu_claim.sh fine-tunes on the card too), and the test binaries whose ignored tests gpu_check.sh runs: hf_parity
 # (cuda_*), cuda_kernels (bertline's CUDA kernels vs their CPU references) and gpu_step (one
 # step GPU vs CPU with dropout, throughput).
 build() {
-    log "cargo build -p bertline-pretrain --features cuda (sm_$compute_cap) into $target_dir"
-    cuda_cargo build -p bertline-pretrain "$@"
+    log "cargo build -p bertline-pretrain -p bertline-finetune --features cuda (sm_$compute_cap) into $target_dir"
+    cuda_cargo build -p bertline-pretrain -p bertline-finetune "$@"
     parity_test=$(cuda_test_binary hf_parity)
     kernels_test=$(cuda_test_binary cuda_kernels)
     step_test=$(cuda_test_binary gpu_step)
@@ -161,7 +161,7 @@ write_bundle() {
         ls "$d"/*.ptx >/dev/null 2>&1 && echo "$d"; done | head -1)
     [ -n "$out_dir" ] || { log "no dfdx OUT_DIR with .ptx files under $target_dir"; exit 1; }
     rm -rf "$bundle" && mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/include" "$bundle/dfdx-out"
-    cp "$target_dir/release/bertline-pretrain" "$bundle/bin/"
+    cp "$target_dir/release/bertline-pretrain" "$target_dir/release/bertline-finetune" "$bundle/bin/"
     cp "$parity_test" "$bundle/bin/hf_parity"
     cp "$kernels_test" "$bundle/bin/cuda_kernels"
     cp "$step_test" "$bundle/bin/gpu_step"

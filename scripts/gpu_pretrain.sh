@@ -65,20 +65,10 @@ step_s=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["median
 # 4. Steps that fit: what is left, less a reserve for start-up, evaluations, the held-out
 # perplexity, packing and the closing benches, at 90% of the benched step rate.
 reserve=${RESERVE_S:-110}
-steps=$(python3 -c "import sys; s=int(($(left) - $reserve) * 0.9 / $step_s); print(max(0, s // 100 * 100))")
-[ "$steps" -ge 500 ] || { say "only $steps steps fit ($step_s s/step): not training"; exit 1; }
-python3 - "$profile" "$steps" <<'PY'
-import re, sys
-profile, steps = sys.argv[1], int(sys.argv[2])
-values = {"num_train_steps": steps, "num_warmup_steps": steps // 20,
-          "eval_every_steps": steps // 4, "save_checkpoints_steps": steps // 4}
-text = open("pipeline.toml").read()
-head, _, tail = text.partition(f"[profiles.{profile}.pretrain]")
-body, sep, rest = tail.partition("\n[")
-for key, value in values.items():
-    body = re.sub(rf"^{key} = \d+( +# gpu steps)$", rf"{key} = {value}\1", body, flags=re.M)
-open("pipeline.toml", "w").write(head + f"[profiles.{profile}.pretrain]" + body + sep + rest)
-PY
+step_budget=$(($(left) - reserve))
+python3 scripts/fit_steps.py pipeline.toml "$profile" "$step_s" "$step_budget" ||
+    { say "pre-training does not fit $step_budget s at $step_s s/step: not training"; exit 1; }
+steps=$(sed -n "/^\[profiles.$profile.pretrain\]/,/^\[/s/^num_train_steps = \([0-9]*\).*/\1/p" pipeline.toml)
 grep -A9 "^\[profiles.$profile.pretrain\]" pipeline.toml >&2
 say "training $steps steps at ~$step_s s/step; $(left) s left"
 timeout $(($(left) - 45)) "$pretrain_bin" --profile "$profile" --no-progress
