@@ -79,11 +79,14 @@ if grep -A12 "^\[profiles.$profile.pretrain\]" pipeline.toml | grep -q "# gpu st
         { say "pre-training does not fit $pretrain_budget s at $step_s s/step"; exit 1; }
 fi
 train_stage pretrain "$pretrain_budget"
-say "pretrain exit $?; $(left) s left"
+pretrain_exit=$?
+say "pretrain exit $pretrain_exit; $(left) s left"
+[ "$pretrain_exit" = 0 ] ||
+    say "pre-training did not finish (124: out of time): run the same command again to resume"
 
 # 3. Fine-tuning, both arms, every seed; 4. the report with the claim's verdict.
 reserve=30
-if [ "$(left)" -gt $((reserve + 30)) ]; then
+if [ "$pretrain_exit" = 0 ] && [ "$(left)" -gt $((reserve + 30)) ]; then
     train_stage finetune $(($(left) - reserve))
     say "finetune exit $?; $(left) s left"
 fi
@@ -91,7 +94,9 @@ stage report "$cpu_bin" 60 || say "report failed"
 env -u LD_PRELOAD "$cpu_bin/bertline-report" --profile "$profile" --summary 2>/dev/null >&2
 
 # 5. What comes back.
-run_dir=$(python3 -c 'import sys,tomllib; c=tomllib.load(open("pipeline.toml","rb")); p=c.get("profiles",{}).get(sys.argv[1],{}); print(p.get("run",{}).get("dir") or c["run"]["dir"])' "$profile")
+# The profile's run.dir (tomllib needs Python 3.11; older ones get the runs/PROFILE convention).
+run_dir=$(python3 -c 'import sys,tomllib; c=tomllib.load(open("pipeline.toml","rb")); p=c.get("profiles",{}).get(sys.argv[1],{}); print(p.get("run",{}).get("dir") or c["run"]["dir"])' "$profile" 2>/dev/null) ||
+    run_dir=runs/$profile
 for f in finetune/results.json report/report.md report/report.html pretrain/metrics.jsonl; do
     [ -f "$run_dir/$f" ] && cp "$run_dir/$f" "$out/" || say "missing $run_dir/$f"
 done
