@@ -3,24 +3,18 @@
 //! by hand. Needs python3 (skipped without it); TensorFlow and pyarrow only read outputs back
 //! and are not needed here.
 
-use std::path::Path;
-use std::process::Command;
+mod script_common;
+use script_common::{repo, run_script};
 
 #[test]
 fn bench_data_table_prints_the_expected_table_for_sample_rows() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = root.join("tests/fixtures/bench_data");
-    let output = match Command::new("python3")
-        .arg(root.join("scripts/bench_data.py"))
-        .arg("table")
-        .arg(fixtures.join("sample.jsonl"))
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("skipped: python3 not runnable ({e})");
-            return;
-        }
+    let fixtures = repo("tests/fixtures/bench_data");
+    let table = [
+        "table".into(),
+        fixtures.join("sample.jsonl").into_os_string(),
+    ];
+    let Some(output) = run_script("bench_data.py", table) else {
+        return;
     };
     assert!(
         output.status.success(),
@@ -43,14 +37,9 @@ fn bench_data_table_prints_the_expected_table_for_sample_rows() {
 
 #[test]
 fn bench_data_table_rejects_a_missing_file_with_an_error() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let Ok(output) = Command::new("python3")
-        .arg(root.join("scripts/bench_data.py"))
-        .arg("table")
-        .arg(root.join("tests/fixtures/bench_data/no-such-file.jsonl"))
-        .output()
+    let missing = repo("tests/fixtures/bench_data/no-such-file.jsonl");
+    let Some(output) = run_script("bench_data.py", ["table".into(), missing.into_os_string()])
     else {
-        eprintln!("skipped: python3 not runnable");
         return;
     };
     assert!(!output.status.success());

@@ -4,12 +4,10 @@
 //! steps` lines of that profile, into a file the config loader reads back. Needs python3
 //! (skipped without it).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
+mod script_common;
+use script_common::{repo, run_script};
 
 /// Runs fit_steps.py on a copy of the shipped pipeline.toml; `None` without python3.
 fn fit_steps(step_s: &str, seconds: &str) -> Option<(std::process::Output, PathBuf, String)> {
@@ -17,17 +15,10 @@ fn fit_steps(step_s: &str, seconds: &str) -> Option<(std::process::Output, PathB
     let toml = dir.join("pipeline.toml");
     let before = std::fs::read_to_string(repo("pipeline.toml")).unwrap();
     std::fs::write(&toml, &before).unwrap();
-    let output = match Command::new("python3")
-        .arg(repo("scripts/fit_steps.py"))
-        .args([toml.to_str().unwrap(), "gpu", step_s, seconds])
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("skipped: python3 not runnable ({e})");
-            return None;
-        }
-    };
+    let output = run_script(
+        "fit_steps.py",
+        [toml.to_str().unwrap(), "gpu", step_s, seconds],
+    )?;
     Some((output, toml, before))
 }
 

@@ -2,23 +2,14 @@
 //! of row (device, checks passing, failing and owed, bertline and PyTorch throughput, a failed
 //! run, an unknown row) against the exact expected table. Needs python3 (skipped without it).
 
-use std::path::Path;
-use std::process::Command;
+mod script_common;
+use script_common::{repo, run_script};
 
 #[test]
 fn gpu_table_prints_the_expected_table_for_sample_rows() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = root.join("tests/fixtures/gpu_table");
-    let output = match Command::new("python3")
-        .arg(root.join("scripts/gpu_table.py"))
-        .arg(fixtures.join("sample.jsonl"))
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("skipped: python3 not runnable ({e})");
-            return;
-        }
+    let fixtures = repo("tests/fixtures/gpu_table");
+    let Some(output) = run_script("gpu_table.py", [fixtures.join("sample.jsonl")]) else {
+        return;
     };
     assert!(
         output.status.success(),
@@ -38,13 +29,8 @@ fn gpu_table_prints_the_expected_table_for_sample_rows() {
 
 #[test]
 fn gpu_table_rejects_a_missing_file_with_an_error() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let Ok(output) = Command::new("python3")
-        .arg(root.join("scripts/gpu_table.py"))
-        .arg(root.join("tests/fixtures/gpu_table/no-such-file.jsonl"))
-        .output()
-    else {
-        eprintln!("skipped: python3 not runnable");
+    let missing = repo("tests/fixtures/gpu_table/no-such-file.jsonl");
+    let Some(output) = run_script("gpu_table.py", [missing]) else {
         return;
     };
     assert!(!output.status.success());

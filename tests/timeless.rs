@@ -1,8 +1,8 @@
 //! scripts/timeless.py, the comparison of `just chaos`: files that differ only in wall-clock
 //! fields digest the same, a different result does not. Needs python3 (skipped without it).
 
-use std::path::Path;
-use std::process::Command;
+mod script_common;
+use script_common::run_script;
 
 /// `timeless.py DIR STAGE` on `files` (path under DIR, content): its "digest  path" lines.
 fn digests(files: &[(&str, &str)], stage: &str) -> Option<Vec<String>> {
@@ -12,19 +12,10 @@ fn digests(files: &[(&str, &str)], stage: &str) -> Option<Vec<String>> {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/timeless.py");
-    let out = match Command::new("python3")
-        .arg(script)
-        .arg(dir.path())
-        .arg(stage)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("skipped: python3 not runnable ({e})");
-            return None;
-        }
-    };
+    let out = run_script(
+        "timeless.py",
+        [dir.path().as_os_str(), std::ffi::OsStr::new(stage)],
+    )?;
     assert!(
         out.status.success(),
         "{}",
