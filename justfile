@@ -108,6 +108,11 @@ ci:
 bench-data:
     bash scripts/bench_data.sh
 
+# peak RSS of vocab, pairs and mask from 7 to 500 MB of real text, one file and many (SIZES="7 50 500")
+[group('bench')]
+bench-rss:
+    bash scripts/bench_rss.sh
+
 # training step time vs PyTorch (HF BertForPreTraining), BERT-mini
 [group('bench')]
 bench-pretrain:
@@ -120,4 +125,4 @@ bench-finetune:
 
 # every benchmark
 [group('bench')]
-bench: bench-data bench-pretrain bench-finetune
+bench: bench-data bench-rss bench-pretrain bench-finetune

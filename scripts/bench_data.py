@@ -10,7 +10,7 @@ instance (`[CLS]` and `[SEP]` included), the share of instances whose B is rando
 masked positions per instance (weight > 0), and what the model is shown at those positions:
 `[MASK]`, the original token ("kept") or another token ("random"; a random draw that happens
 to be `[MASK]` or the original counts as those, as the model sees it). Google's TFRecord
-needs TensorFlow, bertline's Parquet pyarrow: `stats` imports them, `table` needs neither.
+needs TensorFlow, bertline's Arrow shards pyarrow: `stats` imports them, `table` needs neither.
 
 A row of ROWS.jsonl: {"generator": name, "instances": n, "wall_s": s, "cpu_s": s,
 "rss_kb": peak, "parts": {"pairs": {"wall_s": .., "cpu_s": .., "rss_kb": ..}, ...}
@@ -82,19 +82,21 @@ def bertline_stats(mask_dir, mask):
     import glob
     import os
 
-    import pyarrow.parquet as pq
+    import pyarrow.ipc as ipc
 
     counts = Counts()
     # the train split, as `bertline-mask stats` counts (the bench holds out nothing)
-    shards = sorted(glob.glob(os.path.join(mask_dir, "train-*.parquet")))
+    shards = sorted(glob.glob(os.path.join(mask_dir, "train-*.arrow")))
     if not shards:
-        raise SystemExit(f"error: no train-*.parquet shard in {mask_dir}")
+        raise SystemExit(f"error: no train-*.arrow shard in {mask_dir}")
     for shard in shards:
-        cols = pq.read_table(shard).to_pydict()
-        for row in zip(cols["input_ids"], cols["attention_mask"], cols["masked_lm_positions"],
-                       cols["masked_lm_ids"], cols["masked_lm_weights"],
-                       cols["next_sentence_label"]):
-            counts.add(*row[:5], row[5] != 0, mask)
+        # Instance shards hold unpadded rows: every token is attended, every listed
+        # position is a prediction (src/shard.rs, write_instances).
+        cols = ipc.open_file(shard).read_all().to_pydict()
+        for ids, positions, labels, nsp in zip(cols["input_ids"], cols["masked_lm_positions"],
+                                               cols["masked_lm_ids"], cols["next_sentence_label"]):
+            counts.add(ids, [1] * len(ids), positions, labels, [1.0] * len(positions),
+                       nsp != 0, mask)
     return counts.json()
 
 

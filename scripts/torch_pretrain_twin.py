@@ -28,7 +28,7 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow.ipc as ipc
 import torch
 import transformers
 
@@ -41,21 +41,36 @@ COLUMNS = [
     "masked_lm_weights",
     "next_sentence_label",
 ]
+SEQ_COLUMNS = {"input_ids", "token_type_ids", "attention_mask"}
 
 
 def read_shards(paths):
-    """All rows of `paths` as numpy arrays, one per column (list columns become 2-D)."""
+    """All rows of `paths` as numpy arrays, one per column, padded as bertline's reader pads
+    them: the shards hold unpadded rows and the shape in their schema metadata
+    (src/shard.rs, write_instances / read_instances)."""
     parts = {c: [] for c in COLUMNS}
     for p in paths:
-        table = pq.read_table(p, columns=COLUMNS)
+        table = ipc.open_file(p).read_all()
+        meta = table.schema.metadata
+        seq = int(meta[b"bertline.max_seq_length"])
+        preds = int(meta[b"bertline.max_predictions_per_seq"])
+        rows = table.to_pydict()
+        n = len(rows["input_ids"])
+        out = {c: np.zeros((n, seq if c in SEQ_COLUMNS else preds), np.int64)
+               for c in COLUMNS if c != "next_sentence_label"}
+        out["masked_lm_weights"] = np.zeros((n, preds), np.float32)
+        for i, (ids, b, pos, lab) in enumerate(zip(rows["input_ids"], rows["segment_b_start"],
+                                                   rows["masked_lm_positions"],
+                                                   rows["masked_lm_ids"])):
+            out["input_ids"][i, :len(ids)] = ids
+            out["token_type_ids"][i, b:len(ids)] = 1
+            out["attention_mask"][i, :len(ids)] = 1
+            out["masked_lm_positions"][i, :len(pos)] = pos
+            out["masked_lm_ids"][i, :len(lab)] = lab
+            out["masked_lm_weights"][i, :len(pos)] = 1.0
+        out["next_sentence_label"] = np.asarray(rows["next_sentence_label"], np.int64)
         for c in COLUMNS:
-            col = table.column(c).combine_chunks()
-            if c == "next_sentence_label":
-                parts[c].append(col.to_numpy(zero_copy_only=False))
-            else:
-                width = len(col[0]) if len(col) else 0
-                flat = col.flatten().to_numpy(zero_copy_only=False)
-                parts[c].append(flat.reshape(len(col), width))
+            parts[c].append(out[c])
     return {c: np.concatenate(v) for c, v in parts.items()}
 
 
@@ -119,7 +134,7 @@ def main():
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    shards = sorted(glob.glob(os.path.join(args.run, "mask", "*.parquet")))
+    shards = sorted(glob.glob(os.path.join(args.run, "mask", "*.arrow")))
     train_paths = [p for p in shards if "eval" not in os.path.basename(p)]
     eval_paths = [p for p in shards if "eval" in os.path.basename(p)]
     if not train_paths or not eval_paths:

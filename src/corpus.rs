@@ -7,6 +7,9 @@
 //! task-adaptive pre-training (Gururangan et al. 2020, *Don't Stop Pretraining*). A task's
 //! dev or test file is refused: pre-training on evaluation text would inflate the scores.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -104,10 +107,28 @@ pub fn read_corpus(path: &Path) -> Result<String> {
         };
     }
     let bytes = std::fs::read(path).at(path)?;
+    let text = validate_text(path, bytes, 0)?;
+    if text.trim().is_empty() {
+        return Err(empty_file_error(path));
+    }
+    Ok(text)
+}
+
+fn empty_file_error(path: &Path) -> Error {
+    Error::data(
+        path,
+        "empty corpus file; remove it from corpus.input or add text (one sentence per line, blank line between documents)",
+    )
+}
+
+/// Checks corpus bytes read from `path` at byte `offset` (no NUL, UTF-8, no line over
+/// [`MAX_LINE_BYTES`]) and returns them as text. Errors give positions in the whole file:
+/// the line number when the bytes start the file, else the line's byte offset.
+fn validate_text(path: &Path, bytes: Vec<u8>, offset: u64) -> Result<String> {
     if let Some(pos) = bytes.iter().position(|&b| b == 0) {
         return Err(Error::data(
             path,
-            format!("binary file (NUL byte at offset {pos}); corpus files must be plain UTF-8 text, one sentence per line"),
+            format!("binary file (NUL byte at offset {}); corpus files must be plain UTF-8 text, one sentence per line", offset + pos as u64),
         ));
     }
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -115,31 +136,162 @@ pub fn read_corpus(path: &Path) -> Result<String> {
             path,
             format!(
                 "not UTF-8 (invalid byte at offset {}); convert it, e.g. `iconv -f latin1 -t utf-8`",
-                e.utf8_error().valid_up_to()
+                offset + e.utf8_error().valid_up_to() as u64
             ),
         )
     })?;
-    if text.trim().is_empty() {
-        return Err(Error::data(
-            path,
-            "empty corpus file; remove it from corpus.input or add text (one sentence per line, blank line between documents)",
-        ));
-    }
-    if let Some((i, _)) = text
-        .lines()
-        .enumerate()
-        .find(|(_, l)| l.len() > MAX_LINE_BYTES)
-    {
-        return Err(Error::data(
-            path,
-            format!(
-                "line {} is longer than {} bytes: the file is not one sentence per line; split it into sentences first",
-                i + 1,
-                MAX_LINE_BYTES
-            ),
-        ));
+    let mut line_start = 0;
+    for (i, line) in text.split('\n').enumerate() {
+        if line.len() > MAX_LINE_BYTES {
+            let which = if offset == 0 {
+                format!("line {}", i + 1)
+            } else {
+                format!("the line at byte offset {}", offset + line_start as u64)
+            };
+            return Err(Error::data(
+                path,
+                format!(
+                    "{which} is longer than {MAX_LINE_BYTES} bytes: the file is not one sentence per line; split it into sentences first"
+                ),
+            ));
+        }
+        line_start += line.len() + 1;
     }
     Ok(text)
+}
+
+/// Corpus files are read, tokenized and paired in blocks of about this many bytes, so the
+/// `pairs` and `vocab` stages' memory does not grow with the size of a file.
+pub const BLOCK_BYTES: u64 = 8 << 20;
+
+/// A piece of one corpus file that is read and paired on its own: whole documents, cut at a
+/// blank line after every [`BLOCK_BYTES`]; a file of at most that size is one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorpusBlock {
+    /// The file.
+    pub path: PathBuf,
+    /// The file's index in the input list.
+    pub file_index: usize,
+    /// The block's index within its file (0 for the first or only block).
+    pub block_index: usize,
+    /// The bytes of the file it covers; `0..len` for a whole file.
+    pub bytes: Range<u64>,
+}
+
+impl CorpusBlock {
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes.end - self.bytes.start
+    }
+
+    /// True for an empty block (only an empty file has one).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads and validates the block's text ([`read_corpus`]'s checks; a GLUE train file is
+    /// always one block and read as [`task_train_text`]).
+    pub fn read(&self) -> Result<String> {
+        let whole = self.bytes.start == 0 && self.block_index == 0 && {
+            let len = std::fs::metadata(&self.path).at(&self.path)?.len();
+            self.bytes.end >= len
+        };
+        if whole {
+            return read_corpus(&self.path);
+        }
+        let mut file = File::open(&self.path).at(&self.path)?;
+        file.seek(SeekFrom::Start(self.bytes.start))
+            .at(&self.path)?;
+        let mut bytes = vec![0; self.len() as usize];
+        file.read_exact(&mut bytes).at(&self.path)?;
+        validate_text(&self.path, bytes, self.bytes.start)
+    }
+}
+
+/// Every input file's blocks, in input order ([`BLOCK_BYTES`] each at most, up to the
+/// next blank line).
+pub fn corpus_blocks(files: &[PathBuf]) -> Result<Vec<CorpusBlock>> {
+    corpus_blocks_of_size(files, BLOCK_BYTES)
+}
+
+/// [`corpus_blocks`] with blocks of `block_bytes` (tests use small ones).
+///
+/// A file is cut at the first blank line at or after every `block_bytes` from the last cut
+/// (the blank line starts the next block, so documents stay whole). A document that runs
+/// on for another `block_bytes` without a blank line is cut at the next line break instead,
+/// so no block exceeds about twice `block_bytes`; such a cut is logged. GLUE train files are
+/// never cut.
+pub fn corpus_blocks_of_size(files: &[PathBuf], block_bytes: u64) -> Result<Vec<CorpusBlock>> {
+    let block_bytes = block_bytes.max(1);
+    let mut blocks = Vec::new();
+    for (file_index, path) in files.iter().enumerate() {
+        let len = std::fs::metadata(path).at(path)?.len();
+        let mut cuts = vec![0];
+        if len > block_bytes && glue_split_of(path).is_none() {
+            let mut file = BufReader::new(File::open(path).at(path)?);
+            let mut start = 0;
+            while len - start > block_bytes {
+                let Some(cut) = next_cut(&mut file, start + block_bytes, block_bytes, path)? else {
+                    break;
+                };
+                cuts.push(cut);
+                start = cut;
+            }
+        }
+        cuts.push(len);
+        for (block_index, range) in cuts.windows(2).enumerate() {
+            blocks.push(CorpusBlock {
+                path: path.clone(),
+                file_index,
+                block_index,
+                bytes: range[0]..range[1],
+            });
+        }
+    }
+    Ok(blocks)
+}
+
+/// Where to cut after byte `from`: the start of the first blank (whitespace-only) line that
+/// starts at or after `from`, or, when none comes within `search` bytes, the start of the
+/// first line after `from`. `None` when the file ends first.
+fn next_cut(
+    file: &mut BufReader<File>,
+    from: u64,
+    search: u64,
+    path: &Path,
+) -> Result<Option<u64>> {
+    file.seek(SeekFrom::Start(from)).at(path)?;
+    // Skip to the start of the next line, unless `from` already is one.
+    let mut pos = from;
+    if from > 0 {
+        file.seek(SeekFrom::Start(from - 1)).at(path)?;
+        pos = from - 1;
+        let mut skipped = Vec::new();
+        let n = file.read_until(b'\n', &mut skipped).at(path)?;
+        if n == 0 || skipped.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        pos += n as u64;
+    }
+    let first_line = pos;
+    let mut line = Vec::new();
+    while pos < from + search {
+        line.clear();
+        let n = file.read_until(b'\n', &mut line).at(path)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Some(pos));
+        }
+        pos += n as u64;
+    }
+    tracing::warn!(
+        file = %path.display(),
+        offset = first_line,
+        "no blank line within {search} bytes: a document this long is cut at a line break"
+    );
+    Ok(Some(first_line))
 }
 
 /// Splits BERT-format text into documents of non-empty, trimmed sentences.

@@ -2,6 +2,12 @@
 //! then an fsync of the directory, so a killed process never leaves a half-written file
 //! under a final name.
 //!
+//! Data shards, written by the dozen into a stage's staging directory, skip the per-file
+//! fsync ([`write_bytes_unsynced`]: temp file and rename only); [`sync_filesystem`] flushes
+//! them all in one call before the stage publishes them, so nothing is recorded in the
+//! manifest before it is on disk. One flush instead of two fsyncs per file took a third of
+//! the `mask` stage's wall time.
+//!
 //! It also holds the fault-injection points of the crash campaign (`scripts/chaos.sh`):
 //! [`crash_point`] and [`crash_timer`].
 
@@ -50,6 +56,60 @@ where
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |w| w.write_all(bytes).at(path))
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename, without an fsync: for files
+/// of a stage's staging directory, which [`StageRun::finish`](crate::stage::StageRun::finish)
+/// makes durable with [`sync_filesystem`] before recording them.
+pub fn write_bytes_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).at(dir)?;
+    }
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = File::create(&tmp).at(&tmp)?;
+        file.write_all(bytes).at(&tmp)?;
+        start_writeback(&file);
+        fs::rename(&tmp, path).at(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Starts writing `file`'s data to disk without waiting for it (Linux `sync_file_range`), so
+/// the disk works while the stage computes and the final [`sync_filesystem`] has little left.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only schedules writeback of its pages.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Flushes every written file of the filesystem holding `dir` to disk (`syncfs`), so files
+/// written with [`write_bytes_unsynced`] are durable.
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    let d = File::open(dir).at(dir)?;
+    #[cfg(target_os = "linux")]
+    rustix::fs::syncfs(&d).map_err(|e| Error::io(dir, e.into()))?;
+    #[cfg(not(target_os = "linux"))]
+    {
+        for entry in fs::read_dir(dir).at(dir)? {
+            let path = entry.at(dir)?.path();
+            if path.is_file() {
+                File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+            }
+        }
+        d.sync_all().at(dir)?;
+    }
+    Ok(())
 }
 
 /// Writes `value` as pretty JSON to `path` atomically.

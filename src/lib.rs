@@ -4,7 +4,7 @@
 //! Module map, in pipeline order:
 //! - [`config`]: pipeline.toml with profiles ([`PipelineConfig`]).
 //! - [`manifest`], [`stage`]: the sled manifest of artifacts and the freshness rules.
-//! - [`shard`]: Parquet shards, [`SentencePair`] and [`TrainingInstance`].
+//! - [`shard`]: Arrow shards, [`SentencePair`] and [`TrainingInstance`].
 //! - [`tokenize`], [`vocab`]: the WordPiece vocabulary and its deterministic trainer
 //!   (`vocab` stage).
 //! - [`pairs`]: next-sentence pair sampling (`pairs` stage).

@@ -65,7 +65,7 @@ pub struct ArtifactRecord {
     pub started_at: f64,
     /// Unix seconds.
     pub finished_at: f64,
-    /// Which shard it is, for the Parquet shards of `pairs` and `mask` (what later stages
+    /// Which shard it is, for the shards of `pairs` and `mask` (what later stages
     /// read instead of the file name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::shard::ShardId>,
@@ -74,7 +74,7 @@ pub struct ArtifactRecord {
 /// An input of a stage run: an upstream artifact or a raw file, with its hash at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRef {
-    /// Artifact id (`pairs/train/shard-00000.parquet`) or `file:<path as configured>`.
+    /// Artifact id (`pairs/train-00000-0000.arrow`) or `file:<path as configured>`.
     pub id: String,
     /// blake3 of the content when the stage ran.
     pub blake3: String,

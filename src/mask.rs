@@ -16,7 +16,6 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
 use rand::Rng;
 use rayon::prelude::*;
 use serde_json::json;
@@ -36,7 +35,7 @@ use crate::tokenize::{load_stage_vocab, WordPiece};
 /// Rows masked with one generator; blocks are masked in parallel.
 pub const MASK_BLOCK_ROWS: usize = 1024;
 
-/// Most rows per instance shard: Parquet writing holds several copies of a shard in memory.
+/// Most rows per instance shard, so a reader holds little at a time.
 pub const INSTANCE_SHARD_ROWS: usize = 4096;
 
 /// What masking needs to know about the vocabulary.
@@ -102,10 +101,14 @@ impl MaskVocab {
     }
 }
 
-/// Candidate positions, grouped: one group per token, or per whole word.
+/// Candidate positions, grouped: one group per token, or per whole word. Reused from
+/// instance to instance by one masking thread.
+#[derive(Default)]
 struct CandidateIndexes {
     indexes: Vec<usize>,
     groups: Vec<Range<usize>>,
+    /// The chosen `(position, original id)`s.
+    masked_lms: Vec<(u32, u32)>,
 }
 
 /// Groups the positions that may be masked: every token but `[CLS]`/`[SEP]`; with whole-word
@@ -114,11 +117,10 @@ fn candidate_indexes(
     tokens: &[u32],
     do_whole_word_mask: bool,
     vocab: &MaskVocab,
-) -> CandidateIndexes {
-    let mut candidates = CandidateIndexes {
-        indexes: Vec::with_capacity(tokens.len()),
-        groups: Vec::with_capacity(tokens.len()),
-    };
+    candidates: &mut CandidateIndexes,
+) {
+    candidates.indexes.clear();
+    candidates.groups.clear();
     for (i, &token) in tokens.iter().enumerate() {
         if token == vocab.cls || token == vocab.sep {
             continue;
@@ -135,7 +137,6 @@ fn candidate_indexes(
             _ => candidates.groups.push(end - 1..end),
         }
     }
-    candidates
 }
 
 /// Creates the predictions for the masked LM objective.
@@ -150,44 +151,68 @@ pub fn create_masked_lm_predictions(
     vocab: &MaskVocab,
     rng: &mut impl Rng,
 ) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let mut output_tokens = tokens.to_vec();
+    let (positions, labels) = mask_tokens(
+        &mut output_tokens,
+        masked_lm_prob,
+        max_predictions_per_seq,
+        do_whole_word_mask,
+        vocab,
+        rng,
+        &mut CandidateIndexes::default(),
+    );
+    (output_tokens, positions, labels)
+}
+
+/// [`create_masked_lm_predictions`] in place, with reused buffers: masks `tokens` and
+/// returns the positions (ascending) and their original ids.
+fn mask_tokens(
+    tokens: &mut [u32],
+    masked_lm_prob: f64,
+    max_predictions_per_seq: usize,
+    do_whole_word_mask: bool,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+    candidates: &mut CandidateIndexes,
+) -> (Vec<u32>, Vec<u32>) {
+    candidate_indexes(tokens, do_whole_word_mask, vocab, candidates);
     let CandidateIndexes {
         indexes,
-        mut groups,
-    } = candidate_indexes(tokens, do_whole_word_mask, vocab);
-    groups.shuffle(rng);
-
-    let mut output_tokens = tokens.to_vec();
+        groups,
+        masked_lms,
+    } = candidates;
+    masked_lms.clear();
     // Python's round() rounds half to even.
     let num_to_predict = max_predictions_per_seq
         .min(((tokens.len() as f64 * masked_lm_prob).round_ties_even() as usize).max(1));
 
-    let mut masked_lms: Vec<(usize, u32)> = Vec::with_capacity(num_to_predict);
-    let mut covered = vec![false; tokens.len()];
-    for group in groups {
+    // Google shuffles every group, then takes them in order until enough are masked. The
+    // shuffle is drawn lazily here (Fisher-Yates from the front: step `k` swaps a uniformly
+    // chosen later group into place `k`), so the groups taken are the prefix of a uniformly
+    // random permutation, as Google's, without shuffling the ~85% never looked at. Groups
+    // never overlap, so Google's check that a group's positions are not yet covered never
+    // fires and is left out.
+    for k in 0..groups.len() {
         if masked_lms.len() >= num_to_predict {
             break;
         }
-        let index_set = &indexes[group];
+        let chosen = rng.gen_range(k..groups.len());
+        groups.swap(k, chosen);
+        let index_set = &indexes[groups[k].clone()];
         // If adding a whole-word mask would exceed the maximum number of predictions, then
         // just skip this candidate.
         if masked_lms.len() + index_set.len() > num_to_predict {
             continue;
         }
-        if index_set.iter().any(|&index| covered[index]) {
-            continue;
-        }
         for &index in index_set {
-            covered[index] = true;
-            output_tokens[index] = masked_token(tokens[index], vocab, rng);
-            masked_lms.push((index, tokens[index]));
+            let original = tokens[index];
+            tokens[index] = masked_token(original, vocab, rng);
+            masked_lms.push((index as u32, original));
         }
     }
     assert!(masked_lms.len() <= num_to_predict);
     masked_lms.sort_unstable_by_key(|&(index, _)| index);
-
-    let masked_lm_positions = masked_lms.iter().map(|&(index, _)| index as u32).collect();
-    let masked_lm_labels = masked_lms.iter().map(|&(_, label)| label).collect();
-    (output_tokens, masked_lm_positions, masked_lm_labels)
+    masked_lms.iter().copied().unzip()
 }
 
 /// What a chosen position shows the model instead of `original`.
@@ -212,6 +237,17 @@ pub fn create_training_instance(
     vocab: &MaskVocab,
     rng: &mut impl Rng,
 ) -> TrainingInstance {
+    build_training_instance(pair, cfg, vocab, rng, &mut CandidateIndexes::default())
+}
+
+/// [`create_training_instance`] with a masking thread's reused buffers.
+fn build_training_instance(
+    pair: &SentencePair,
+    cfg: &MaskConfig,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+    candidates: &mut CandidateIndexes,
+) -> TrainingInstance {
     let len_a = pair.tokens_a.len();
     let len_b = pair.tokens_b.len();
     let mut tokens = Vec::with_capacity(len_a + len_b + 3);
@@ -223,13 +259,14 @@ pub fn create_training_instance(
     let mut segment_ids = vec![0u8; len_a + 2];
     segment_ids.resize(len_a + len_b + 3, 1);
 
-    let (tokens, masked_lm_positions, masked_lm_labels) = create_masked_lm_predictions(
-        &tokens,
+    let (masked_lm_positions, masked_lm_labels) = mask_tokens(
+        &mut tokens,
         cfg.masked_lm_prob,
         cfg.max_predictions_per_seq,
         cfg.do_whole_word_mask,
         vocab,
         rng,
+        candidates,
     );
     TrainingInstance {
         tokens,
@@ -254,8 +291,9 @@ pub fn create_training_instances(
         .enumerate()
         .flat_map_iter(|(block, rows)| {
             let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
+            let mut candidates = CandidateIndexes::default();
             rows.iter()
-                .map(|pair| create_training_instance(pair, cfg, vocab, &mut rng))
+                .map(|pair| build_training_instance(pair, cfg, vocab, &mut rng, &mut candidates))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -300,7 +338,7 @@ pub fn recorded_shard_id(artifact: &ArtifactRecord) -> Result<ShardId> {
     })
 }
 
-/// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS-PP.parquet`: each
+/// The `mask` stage: pairs shards -> `<run>/mask/{train,eval}-FFFFF-SSSS-PP.arrow`: each
 /// pairs shard becomes parts of at most [`INSTANCE_SHARD_ROWS`] instances, padded to
 /// `max_seq_length`. Shard `i` of the pairs record is masked with seeds from
 /// `(random_seed, "mask", i, block)`. With `[[pretrain.phases]]` the names keep the pairs
@@ -339,17 +377,17 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 tracing::debug!("instance:\n{instance}");
             }
         }
-        // Parquet writing holds several copies of a part, so parts stay small.
+        // Parts keep each file (and a reader's memory) small.
         let mut parts = Vec::new();
         for (part, rows) in instances.chunks(INSTANCE_SHARD_ROWS).enumerate() {
             let part_id = id.with_part(part);
-            write_instances(
+            let info = write_instances(
                 &run.dir().join(part_id.file_name()),
                 rows,
                 shape.max_seq_length,
                 shape.max_predictions_per_seq,
             )?;
-            parts.push((part_id, rows.len() as u64));
+            parts.push((part_id, info));
         }
         let mut stats = InstanceStats::default();
         for instance in &instances {
@@ -363,8 +401,8 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();
     let mut written = 0;
     for (parts, stats, shape) in &per_shard {
-        for (id, rows) in parts {
-            run.add_shard(&id.file_name(), instances_kind(id.split), id, *rows)?;
+        for (id, info) in parts {
+            run.add_shard(&id.file_name(), instances_kind(id.split), id, info)?;
             written += 1;
         }
         totals.merge(stats);

@@ -6,12 +6,13 @@
 //! `max_seq_length`. Masking is left to [`crate::mask`].
 //!
 //! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
-//! input file on its own (one file per thread, [`crate::workers::map_bounded`]; the "other
-//! document" comes from the same file), so peak memory is one file per thread, not the
-//! corpus. Google pools every document of every file instead; here only the files with a
-//! single document (a book without blank lines) are pooled, as one extra unit paired after
-//! the rest. Every random stream is a
-//! [`ChaCha8Rng`] seeded from `(random_seed, stage, file, dupe)` by [`seeded_rng`], so the
+//! input file on its own, and a file over [`corpus::BLOCK_BYTES`] (8 MiB) block by block,
+//! cut at blank lines (one block per thread, [`crate::workers::map_bounded`]; the "other
+//! document" comes from the same block), so peak memory is one block per thread, whatever
+//! the size of the corpus or of any file in it. Google pools every document of every file
+//! instead; here only the blocks with a single document (a book without blank lines) are
+//! pooled, in groups of about a block, paired after the rest. Every random stream is a
+//! [`ChaCha8Rng`] seeded from `(random_seed, stage, block, dupe)` by [`seeded_rng`], so the
 //! output is bit-identical whatever the thread count.
 //!
 //! With `[[pretrain.phases]]` the stage pairs every file once per phase sequence length
@@ -36,7 +37,7 @@ pub use ascii_wordpiece::AsciiWordPiece;
 
 use crate::config::PairsConfig;
 use crate::corpus;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::shard::{length_key, write_pairs, SentencePair, ShardId, Split};
 use crate::stage::{corpus_files, derive_seed, Begin, Outcome, Stage, StageCtx};
@@ -465,10 +466,14 @@ pub fn create_training_pairs_at_lengths(
 
 /// Pairs every file at every length (`None`: `cfg.max_seq_length`, unnamed shards).
 ///
-/// A file with two or more documents is paired on its own. Files with fewer (a book with
-/// no blank lines in it, say) cannot draw a random next sentence from themselves, so their
-/// documents are pooled, in input order, and paired together after the others as one unit
-/// named after the first pooled file ([`pool_one_document_files`]).
+/// Files are read in blocks ([`corpus::corpus_blocks`]: a file over
+/// [`corpus::BLOCK_BYTES`] is cut at blank lines into blocks of about that size), and each
+/// block with two or more documents is paired on its own, numbered in input order (the
+/// number names its shards and seeds its random streams; with no file over a block, block
+/// `i` is file `i`). Blocks with fewer documents (a book with no blank lines in it, say)
+/// cannot draw a random next sentence from themselves, so they are pooled, in input order,
+/// into groups of at least a block's size and two documents, and each group is paired after
+/// the others as one unit named after its first member ([`pool_one_document_blocks`]).
 fn pair_files(
     input_files: &[PathBuf],
     cfg: &PairsConfig,
@@ -489,47 +494,50 @@ fn pair_files(
             )));
         }
     }
-    let total_bytes = input_files
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).at(p))
-        .sum::<Result<u64>>()?;
-    progress.start("pairs", total_bytes);
-    let one_document_files = Mutex::new(Vec::new());
-    // One file per thread at a time (crate::workers explains why not `par_iter`).
-    let mut per_unit = crate::workers::map_bounded(input_files, |file_index, path| {
-        let (documents, input_bytes) = tokenize_corpus_text(path, tokenize)?;
-        let summaries = if documents.len() < 2 {
-            let pooled = PooledFile {
-                file_index,
-                documents,
+    let blocks = corpus::corpus_blocks(input_files)?;
+    progress.start("pairs", blocks.iter().map(|b| b.len()).sum());
+    // One block per thread at a time (crate::workers explains why not `par_iter`).
+    let per_block = crate::workers::map_bounded(&blocks, |index, block| {
+        let (documents, input_bytes) = tokenize_block(block, tokenize)?;
+        let outcome = if documents.len() < 2 {
+            BlockOutcome::Pooled(PooledBlock {
+                index,
+                documents: documents.len(),
                 input_bytes,
-            };
-            one_document_files.lock().expect("pool lock").push(pooled);
-            Vec::new()
+            })
         } else {
             let unit = PairingUnit {
-                path,
-                index: file_index,
+                path: &block.path,
+                index,
                 documents,
-                files: 1,
+                files: usize::from(block.block_index == 0),
                 input_bytes,
             };
-            pair_unit(unit, cfg, lengths, random_seed, sink)?
+            BlockOutcome::Paired(pair_unit(unit, cfg, lengths, random_seed, sink)?)
         };
-        progress.advance(input_bytes);
-        Ok(summaries)
+        progress.advance(block.len());
+        Ok(outcome)
     })?;
-    let pooled = one_document_files.into_inner().expect("pool lock");
-    if let Some(unit) = pool_one_document_files(input_files, pooled)? {
-        per_unit.push(pair_unit(unit, cfg, lengths, random_seed, sink)?);
+    let mut summaries = Vec::new();
+    let mut pooled = Vec::new();
+    for outcome in per_block {
+        match outcome {
+            BlockOutcome::Paired(s) => summaries.push(s),
+            BlockOutcome::Pooled(p) => pooled.push(p),
+        }
     }
+    let groups = pool_one_document_blocks(&blocks, pooled, corpus::BLOCK_BYTES)?;
+    summaries.extend(crate::workers::map_bounded(&groups, |_, group| {
+        let unit = read_pool_group(&blocks, group, tokenize)?;
+        pair_unit(unit, cfg, lengths, random_seed, sink)
+    })?);
     progress.finish();
     Ok(lengths
         .iter()
         .enumerate()
         .map(|(i, &length)| {
             let mut summary = PairsSummary::default();
-            for unit in per_unit.iter().filter(|u| !u.is_empty()) {
+            for unit in &summaries {
                 summary.add(&unit[i]);
             }
             (length, summary)
@@ -537,68 +545,118 @@ fn pair_files(
         .collect())
 }
 
-/// Documents pairing draws from together: one file, or the pool of one-document files.
+/// Reads and tokenizes one block: its documents and its size in bytes of text.
+fn tokenize_block(
+    block: &corpus::CorpusBlock,
+    tokenize: &TokenizeFn<'_>,
+) -> Result<(Vec<Document>, u64)> {
+    let text = block.read()?;
+    let documents = tokenize_documents(&corpus::documents(&text), tokenize)?;
+    Ok((documents, text.len() as u64))
+}
+
+/// What became of a block: paired (its counts per length), or left for the pool.
+enum BlockOutcome {
+    Paired(Vec<PairsSummary>),
+    Pooled(PooledBlock),
+}
+
+/// Documents pairing draws from together: one block, or a group of pooled blocks.
 struct PairingUnit<'a> {
     /// The (first) file, for logs.
     path: &'a Path,
-    /// Index in shard names and random seeds: the (first) file's input index.
+    /// Index in shard names and random seeds: the (first) block's index.
     index: usize,
     documents: Vec<Document>,
+    /// Input files it starts (a file's first block counts it).
     files: usize,
     input_bytes: u64,
 }
 
-/// A file with fewer than two documents, waiting for the pool.
-struct PooledFile {
-    file_index: usize,
-    documents: Vec<Document>,
+/// A block with fewer than two documents, waiting for the pool: only its counts are kept,
+/// its text is read again when its group is paired.
+struct PooledBlock {
+    index: usize,
+    documents: usize,
     input_bytes: u64,
 }
 
-/// The pool of one-document files as one pairing unit, in input order (so the output does
-/// not depend on which thread finished first), or `None` when there are none. A pool of
-/// fewer than 2 documents is an error naming its file.
-fn pool_one_document_files(
-    input_files: &[PathBuf],
-    mut pooled: Vec<PooledFile>,
-) -> Result<Option<PairingUnit<'_>>> {
-    pooled.sort_by_key(|f| f.file_index);
+/// Groups the pooled blocks in input order: a group closes once it holds `group_bytes` of
+/// text and two documents; a last group of fewer than two documents joins the one before.
+/// Each group is a list of block indices. With no pooled block there is no group; a pool of
+/// fewer than 2 documents in all is an error naming its first file.
+fn pool_one_document_blocks(
+    blocks: &[corpus::CorpusBlock],
+    mut pooled: Vec<PooledBlock>,
+    group_bytes: u64,
+) -> Result<Vec<Vec<usize>>> {
+    pooled.sort_by_key(|b| b.index);
     let Some(first) = pooled.first() else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    let path = &input_files[first.file_index];
-    let index = first.file_index;
-    let files = pooled.len();
-    let input_bytes = pooled.iter().map(|f| f.input_bytes).sum();
-    let documents: Vec<Document> = pooled.into_iter().flat_map(|f| f.documents).collect();
-    if documents.len() < 2 {
-        let others = if input_files.len() > 1 {
+    let total: usize = pooled.iter().map(|b| b.documents).sum();
+    if total < 2 {
+        let others = if blocks.len() > 1 {
             ", and it is the only one-document input file to pool with"
         } else {
             ""
         };
         return Err(Error::data(
-            path,
+            &blocks[first.index].path,
             format!(
-                "only {} document(s){others}: next-sentence sampling needs at least 2; separate documents with a blank line",
-                documents.len()
+                "only {total} document(s){others}: next-sentence sampling needs at least 2; separate documents with a blank line"
             ),
         ));
     }
-    if files > 1 {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let (mut current, mut bytes, mut documents) = (Vec::new(), 0, 0);
+    for block in &pooled {
+        current.push(block.index);
+        bytes += block.input_bytes;
+        documents += block.documents;
+        if bytes >= group_bytes && documents >= 2 {
+            groups.push(std::mem::take(&mut current));
+            (bytes, documents) = (0, 0);
+        }
+    }
+    if !current.is_empty() {
+        match groups.last_mut() {
+            Some(last) if documents < 2 => last.extend(current),
+            _ => groups.push(current),
+        }
+    }
+    if pooled.len() > 1 {
         tracing::info!(
-            files,
-            documents = documents.len(),
+            blocks = pooled.len(),
+            documents = total,
+            groups = groups.len(),
             "pooled the one-document files for next-sentence sampling"
         );
     }
-    Ok(Some(PairingUnit {
-        path,
-        index,
-        documents,
-        files,
-        input_bytes,
-    }))
+    Ok(groups)
+}
+
+/// Reads and tokenizes a group of pooled blocks as one pairing unit, in input order.
+fn read_pool_group<'a>(
+    blocks: &'a [corpus::CorpusBlock],
+    group: &[usize],
+    tokenize: &TokenizeFn<'_>,
+) -> Result<PairingUnit<'a>> {
+    let first = &blocks[group[0]];
+    let mut unit = PairingUnit {
+        path: &first.path,
+        index: group[0],
+        documents: Vec::new(),
+        files: 0,
+        input_bytes: 0,
+    };
+    for &index in group {
+        let (documents, input_bytes) = tokenize_block(&blocks[index], tokenize)?;
+        unit.documents.extend(documents);
+        unit.input_bytes += input_bytes;
+        unit.files += usize::from(blocks[index].block_index == 0);
+    }
+    Ok(unit)
 }
 
 /// Pairs one unit at every length and hands its shards to the sink; its counts per length.
@@ -642,8 +700,8 @@ pub fn pairs_kind(split: Split) -> &'static str {
     }
 }
 
-/// The `pairs` stage: corpus text + vocabulary -> `<run>/pairs/{train,eval}-FFFFF-SSSS.parquet`,
-/// or `<run>/pairs/seq{L}-{train,eval}-FFFFF-SSSS.parquet` for every phase length `L` when
+/// The `pairs` stage: corpus text + vocabulary -> `<run>/pairs/{train,eval}-FFFFF-SSSS.arrow`,
+/// or `<run>/pairs/seq{L}-{train,eval}-FFFFF-SSSS.arrow` for every phase length `L` when
 /// `[[pretrain.phases]]` is set.
 pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
@@ -661,7 +719,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         let rel = shard.id.file_name();
         let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
         let mut written = written.lock().expect("shard list lock");
-        written.push((rel, shard.id, info.rows));
+        written.push((rel, shard.id, info));
         Ok(())
     };
     let (summary, by_length) = if cfg.has_phases() {
@@ -696,9 +754,9 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         (summary, Vec::new())
     };
     let mut written = written.into_inner().expect("shard list lock");
-    written.sort();
-    for (rel, id, rows) in &written {
-        run.add_shard(rel, pairs_kind(id.split), id, *rows)?;
+    written.sort_by(|a, b| a.0.cmp(&b.0));
+    for (rel, id, info) in &written {
+        run.add_shard(rel, pairs_kind(id.split), id, info)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if cfg.pairs.eval_fraction > 0.0 && summary.eval_documents == 0 {
@@ -729,6 +787,56 @@ mod tests {
 
     fn pair(a: &[u32], b: &[u32]) -> (Vec<u32>, Vec<u32>) {
         (a.to_vec(), b.to_vec())
+    }
+
+    /// One-document blocks are pooled in input order into groups of at least the group size
+    /// and two documents; a last group short of two documents joins the one before, and a
+    /// pool of one document in all is refused with its file.
+    #[test]
+    fn one_document_blocks_pool_in_bounded_groups() {
+        let blocks: Vec<corpus::CorpusBlock> = (0..7)
+            .map(|i| corpus::CorpusBlock {
+                path: PathBuf::from(format!("f{i}.txt")),
+                file_index: i,
+                block_index: 0,
+                bytes: 0..10,
+            })
+            .collect();
+        let pooled = |spec: &[(usize, usize)]| {
+            spec.iter()
+                .map(|&(index, documents)| PooledBlock {
+                    index,
+                    documents,
+                    input_bytes: 10,
+                })
+                .collect::<Vec<_>>()
+        };
+        // Out of order (threads finish in any order); 20 bytes close a group of 2 documents.
+        let groups = pool_one_document_blocks(
+            &blocks,
+            pooled(&[(5, 1), (1, 1), (2, 1), (6, 1), (4, 1)]),
+            20,
+        )
+        .unwrap();
+        assert_eq!(groups, vec![vec![1, 2], vec![4, 5, 6]]);
+        // A block with no documents does not close a group on its bytes alone.
+        let groups =
+            pool_one_document_blocks(&blocks, pooled(&[(0, 0), (1, 0), (2, 1), (3, 1)]), 20)
+                .unwrap();
+        assert_eq!(groups, vec![vec![0, 1, 2, 3]]);
+        // Everything in one group when the group size is larger than the pool.
+        let groups = pool_one_document_blocks(&blocks, pooled(&[(3, 1), (0, 1)]), 1 << 20).unwrap();
+        assert_eq!(groups, vec![vec![0, 3]]);
+        assert!(pool_one_document_blocks(&blocks, Vec::new(), 20)
+            .unwrap()
+            .is_empty());
+        let err = pool_one_document_blocks(&blocks, pooled(&[(2, 1)]), 20)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("f2.txt") && err.contains("only 1 document"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,14 +1,23 @@
-//! Shards: the Parquet files stages hand each other, and the records they hold.
+//! Shards: the files stages hand each other, and the records they hold.
 //!
-//! `pairs` writes [`SentencePair`]s, `mask` writes [`TrainingInstance`]s as fixed-length
-//! rows (the columns of Google's TFRecords: `input_ids`, `token_type_ids`, `attention_mask`,
-//! `masked_lm_positions`, `masked_lm_ids`, `masked_lm_weights`, `next_sentence_label`), so
-//! polars, pandas and pyarrow open them directly. Every write is atomic: temp file, fsync,
-//! rename. Reading checks the schema and names the file on any failure.
+//! Shards are Arrow IPC files (`.arrow`, Feather v2: what HF `datasets` caches are made
+//! of), so polars (`pl.read_ipc`), pyarrow (`pyarrow.ipc.open_file`) and pandas open them
+//! directly. Arrow's list columns are written as their buffers, which is why the data
+//! stages spend their time on the data and not on the file format (Parquet's nested
+//! encoding took two thirds of the `mask` stage).
 //!
-//! A shard's identity is a [`ShardId`] (split, sequence length, input file, shard, part): it
-//! names the file, is stored in the shard's manifest record, and is what later stages read
-//! back. No code parses a shard's file name.
+//! `pairs` writes [`SentencePair`]s; `mask` writes [`TrainingInstance`]s unpadded, with the
+//! shape rows are padded to in the schema metadata, and [`read_instances`] gives back the
+//! fixed-length rows of Google's TFRecords (`input_ids`, `token_type_ids`,
+//! `attention_mask`, `masked_lm_positions`, `masked_lm_ids`, `masked_lm_weights`,
+//! `next_sentence_label`), deriving the segment ids, attention mask and weights from the
+//! lengths. Ids are stored as `u16` when they fit. Every write is atomic (temp file, rename)
+//! and made durable with the rest of its stage's outputs before the stage records them.
+//! Reading checks the schema and names the file on any failure.
+//!
+//! A shard's identity is a [`ShardId`] (split, sequence length, input block, shard, part):
+//! it names the file, is stored in the shard's manifest record, and is what later stages
+//! read back. No code parses a shard's file name.
 
 use std::fmt;
 
@@ -51,7 +60,8 @@ pub struct ShardId {
     /// (`[[pretrain.phases]]`; names start `seq{L}-`); `None` in a run with one length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq_len: Option<usize>,
-    /// Index of the input file (the first of a pooled unit).
+    /// Index of the input block ([`crate::corpus::CorpusBlock`]; the first of a pooled group).
+    /// Block `i` is input file `i` when no file is over [`crate::corpus::BLOCK_BYTES`].
     pub file: usize,
     /// Index of the shard among the file's shards of this split.
     pub shard: usize,
@@ -61,7 +71,7 @@ pub struct ShardId {
 }
 
 impl ShardId {
-    /// The file name: `[seq{L}-]{split}-FFFFF-SSSS[-PP].parquet`.
+    /// The file name: `[seq{L}-]{split}-FFFFF-SSSS[-PP].arrow`.
     pub fn file_name(&self) -> String {
         let prefix = self
             .seq_len
@@ -69,7 +79,7 @@ impl ShardId {
             .unwrap_or_default();
         let part = self.part.map(|p| format!("-{p:02}")).unwrap_or_default();
         format!(
-            "{prefix}{}-{:05}-{:04}{part}.parquet",
+            "{prefix}{}-{:05}-{:04}{part}.arrow",
             self.split, self.file, self.shard
         )
     }
@@ -175,62 +185,33 @@ pub type InstanceShard = MaskedLmBatch;
 /// Columns of a pairs shard.
 pub const PAIR_COLUMNS: [&str; 3] = ["tokens_a", "tokens_b", "is_random_next"];
 
-/// Columns of an instance shard (the fields of Google's TFRecord features).
-pub const INSTANCE_COLUMNS: [&str; 7] = [
+/// Columns of an instance shard as written ([`write_instances`]).
+pub const INSTANCE_COLUMNS: [&str; 5] = [
     "input_ids",
-    "token_type_ids",
-    "attention_mask",
+    "segment_b_start",
     "masked_lm_positions",
     "masked_lm_ids",
-    "masked_lm_weights",
     "next_sentence_label",
 ];
 
-/// Writes `pairs` to a Parquet shard at `path`, atomically.
+/// Writes `pairs` to a shard at `path`, atomically: `tokens_a` and `tokens_b` as lists of
+/// ids (`u16` when every id fits), `is_random_next` as booleans.
 pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
     let n = pairs.len();
-    let total_a: usize = pairs.iter().map(|p| p.tokens_a.len()).sum();
-    let total_b: usize = pairs.iter().map(|p| p.tokens_b.len()).sum();
-    let mut a = ListPrimitiveChunkedBuilder::<Int32Type>::new(
-        "tokens_a".into(),
-        n,
-        total_a,
-        DataType::Int32,
-    );
-    let mut b = ListPrimitiveChunkedBuilder::<Int32Type>::new(
-        "tokens_b".into(),
-        n,
-        total_b,
-        DataType::Int32,
-    );
-    let mut buf = Vec::new();
-    for p in pairs {
-        buf.clear();
-        buf.extend(p.tokens_a.iter().map(|&t| t as i32));
-        a.append_slice(&buf);
-        buf.clear();
-        buf.extend(p.tokens_b.iter().map(|&t| t as i32));
-        b.append_slice(&buf);
-    }
+    let a = id_lists("tokens_a", pairs.iter().map(|p| p.tokens_a.as_slice()), n);
+    let b = id_lists("tokens_b", pairs.iter().map(|p| p.tokens_b.as_slice()), n);
     let random: BooleanChunked = pairs
         .iter()
         .map(|p| p.is_random_next)
         .collect_ca("is_random_next".into());
-    let df = DataFrame::new(
-        n,
-        vec![
-            a.finish().into_series().into_column(),
-            b.finish().into_series().into_column(),
-            random.into_series().into_column(),
-        ],
-    )
-    .map_err(|e| Error::shard(path, format!("cannot build pairs frame: {e}")))?;
-    write_frame(path, df)
+    let df = DataFrame::new(n, vec![a, b, random.into_series().into_column()])
+        .map_err(|e| Error::shard(path, format!("cannot build pairs frame: {e}")))?;
+    write_frame(path, df, &[(FORMAT_KEY, PAIRS_FORMAT.to_string())])
 }
 
 /// Reads a pairs shard written by [`write_pairs`].
 pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
-    let df = read_frame(path, &PAIR_COLUMNS)?;
+    let (df, _) = read_frame(path, &PAIR_COLUMNS)?;
     let a = list_rows(path, &df, "tokens_a")?;
     let b = list_rows(path, &df, "tokens_b")?;
     let random = df
@@ -311,148 +292,261 @@ pub fn pad_instances(
     Ok(shard)
 }
 
-/// Writes instances as fixed-length rows ([`pad_instances`]), atomically.
+/// Writes instances atomically, unpadded (the padding is derived on reading): `input_ids`
+/// (`[CLS] A [SEP] B [SEP]`, masked), `segment_b_start` (index of B's first token: token
+/// type 0 before it, 1 from it), `masked_lm_positions` and `masked_lm_ids` as lists,
+/// `next_sentence_label` (1: B is random). Ids and positions are `u16` when every value
+/// fits. The shape every row is padded to on reading, `max_seq_length`
+/// and `max_predictions_per_seq`, is in the schema metadata. The error names the first
+/// instance that does not fit it.
 pub fn write_instances(
     path: &Path,
     instances: &[TrainingInstance],
     max_seq_length: usize,
     max_predictions: usize,
 ) -> Result<ShardInfo> {
-    let rows = pad_instances(instances, max_seq_length, max_predictions)
-        .map_err(|e| Error::shard(path, e))?;
-    let n = rows.batch;
-    let list = |name: &str, values: &[u32], width: usize| {
-        let mut column = ListPrimitiveChunkedBuilder::<Int32Type>::new(
-            name.into(),
-            n,
-            n * width,
-            DataType::Int32,
-        );
-        let mut row = vec![0i32; width];
-        for i in 0..n {
-            for (d, &s) in row.iter_mut().zip(&values[i * width..(i + 1) * width]) {
-                *d = s as i32;
-            }
-            column.append_slice(&row);
+    let n = instances.len();
+    let mut segment_b_start = Vec::with_capacity(n);
+    for (i, inst) in instances.iter().enumerate() {
+        let len = inst.tokens.len();
+        let npred = inst.masked_lm_positions.len();
+        if len > max_seq_length
+            || npred > max_predictions
+            || inst.segment_ids.len() != len
+            || inst.masked_lm_labels.len() != npred
+        {
+            return Err(Error::shard(
+                path,
+                format!("instance {i} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"),
+            ));
         }
-        column.finish().into_series().into_column()
-    };
-    let mut weights = ListPrimitiveChunkedBuilder::<Float32Type>::new(
-        "masked_lm_weights".into(),
-        n,
-        n * max_predictions,
-        DataType::Float32,
-    );
-    for i in 0..n {
-        weights
-            .append_slice(&rows.masked_lm_weights[i * max_predictions..(i + 1) * max_predictions]);
+        segment_b_start.push(inst.segment_ids.iter().take_while(|&&s| s == 0).count() as u32);
     }
-    let labels: Vec<i32> = rows.next_sentence_label.iter().map(|&l| l as i32).collect();
+    let labels: Vec<u8> = instances.iter().map(|i| i.is_random_next as u8).collect();
     let df = DataFrame::new(
         n,
         vec![
-            list("input_ids", &rows.input_ids, max_seq_length),
-            list("token_type_ids", &rows.token_type_ids, max_seq_length),
-            list("attention_mask", &rows.attention_mask, max_seq_length),
-            list(
-                "masked_lm_positions",
-                &rows.masked_lm_positions,
-                max_predictions,
+            id_lists(
+                "input_ids",
+                instances.iter().map(|i| i.tokens.as_slice()),
+                n,
             ),
-            list("masked_lm_ids", &rows.masked_lm_ids, max_predictions),
-            weights.finish().into_series().into_column(),
+            Series::new("segment_b_start".into(), segment_b_start).into_column(),
+            id_lists(
+                "masked_lm_positions",
+                instances.iter().map(|i| i.masked_lm_positions.as_slice()),
+                n,
+            ),
+            id_lists(
+                "masked_lm_ids",
+                instances.iter().map(|i| i.masked_lm_labels.as_slice()),
+                n,
+            ),
             Series::new("next_sentence_label".into(), labels).into_column(),
         ],
     )
     .map_err(|e| Error::shard(path, format!("cannot build instance frame: {e}")))?;
-    write_frame(path, df)
+    write_frame(
+        path,
+        df,
+        &[
+            (FORMAT_KEY, INSTANCES_FORMAT.to_string()),
+            (MAX_SEQ_LENGTH_KEY, max_seq_length.to_string()),
+            (MAX_PREDICTIONS_KEY, max_predictions.to_string()),
+        ],
+    )
 }
 
-/// Reads an instance shard written by [`write_instances`], checking every row has the
-/// same fixed lengths.
+/// Reads an instance shard written by [`write_instances`] as fixed-length rows
+/// ([`pad_instances`]' layout), checking every row against the recorded shape.
 pub fn read_instances(path: &Path) -> Result<InstanceShard> {
-    let df = read_frame(path, &INSTANCE_COLUMNS)?;
-    let rows = df.height();
-    let input_ids = flat_list::<Int32Type>(path, &df, "input_ids")?;
-    let masked_lm_positions = flat_list::<Int32Type>(path, &df, "masked_lm_positions")?;
-    if rows == 0 {
-        return Ok(InstanceShard::default());
+    let (df, metadata) = read_frame(path, &INSTANCE_COLUMNS)?;
+    let not_ours = || {
+        Error::shard(
+            path,
+            "not an instance shard written by the `mask` stage (no shape in its metadata); rerun `just stage mask`",
+        )
+    };
+    if metadata.get(FORMAT_KEY).map(String::as_str) != Some(INSTANCES_FORMAT) {
+        return Err(not_ours());
     }
-    let seq_len = input_ids.len() / rows;
-    let max_predictions = masked_lm_positions.len() / rows;
-    let to_u32 = |v: Vec<i32>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
-    let shard = InstanceShard {
+    let shape = |key: &str| -> Result<usize> {
+        metadata
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(not_ours)
+    };
+    let (seq_len, max_predictions) = (shape(MAX_SEQ_LENGTH_KEY)?, shape(MAX_PREDICTIONS_KEY)?);
+    let tokens = list_rows(path, &df, "input_ids")?;
+    let positions = list_rows(path, &df, "masked_lm_positions")?;
+    let ids = list_rows(path, &df, "masked_lm_ids")?;
+    let segment_b_start = u32_column(path, &df, "segment_b_start")?;
+    let next_sentence = u32_column(path, &df, "next_sentence_label")?;
+    let rows = df.height();
+    let mut shard = InstanceShard {
         batch: rows,
         seq_len,
         max_predictions,
-        input_ids: to_u32(input_ids),
-        token_type_ids: to_u32(flat_list::<Int32Type>(path, &df, "token_type_ids")?),
-        attention_mask: to_u32(flat_list::<Int32Type>(path, &df, "attention_mask")?),
-        masked_lm_positions: to_u32(masked_lm_positions),
-        masked_lm_ids: to_u32(flat_list::<Int32Type>(path, &df, "masked_lm_ids")?),
-        masked_lm_weights: flat_list::<Float32Type>(path, &df, "masked_lm_weights")?,
-        next_sentence_label: {
-            let c = df
-                .column("next_sentence_label")
-                .and_then(|c| c.i32().cloned())
-                .map_err(|e| schema_error(path, "next_sentence_label", e))?;
-            c.iter().map(|v| v.unwrap_or(0) as u32).collect()
-        },
+        input_ids: Vec::with_capacity(rows * seq_len),
+        token_type_ids: Vec::with_capacity(rows * seq_len),
+        attention_mask: Vec::with_capacity(rows * seq_len),
+        masked_lm_positions: Vec::with_capacity(rows * max_predictions),
+        masked_lm_ids: Vec::with_capacity(rows * max_predictions),
+        masked_lm_weights: Vec::with_capacity(rows * max_predictions),
+        next_sentence_label: next_sentence,
     };
-    let seq_ok = [
-        &shard.input_ids,
-        &shard.token_type_ids,
-        &shard.attention_mask,
-    ]
-    .iter()
-    .all(|v| v.len() == rows * seq_len);
-    let pred_ok = shard.masked_lm_ids.len() == rows * max_predictions
-        && shard.masked_lm_weights.len() == rows * max_predictions;
-    if !seq_ok || !pred_ok || input_ids_len_mismatch(&df, seq_len) {
-        return Err(Error::shard(
-            path,
-            "rows of unequal length: not a shard written by the `mask` stage; rerun `just stage mask`",
-        ));
+    for row in 0..rows {
+        let (len, npred, b) = (
+            tokens[row].len(),
+            positions[row].len(),
+            segment_b_start[row] as usize,
+        );
+        if len > seq_len
+            || npred > max_predictions
+            || ids[row].len() != npred
+            || b > len
+            || positions[row].iter().any(|&p| p as usize >= len)
+        {
+            return Err(Error::shard(
+                path,
+                format!("row {row} does not fit its shape (max_seq_length {seq_len}, max_predictions_per_seq {max_predictions}): not a shard written by the `mask` stage; rerun `just stage mask`"),
+            ));
+        }
+        let pad = seq_len - len;
+        shard.input_ids.extend(&tokens[row]);
+        shard.input_ids.extend(std::iter::repeat_n(0, pad));
+        shard.token_type_ids.extend(std::iter::repeat_n(0, b));
+        shard.token_type_ids.extend(std::iter::repeat_n(1, len - b));
+        shard.token_type_ids.extend(std::iter::repeat_n(0, pad));
+        shard.attention_mask.extend(std::iter::repeat_n(1, len));
+        shard.attention_mask.extend(std::iter::repeat_n(0, pad));
+        let pad = max_predictions - npred;
+        shard.masked_lm_positions.extend(&positions[row]);
+        shard
+            .masked_lm_positions
+            .extend(std::iter::repeat_n(0, pad));
+        shard.masked_lm_ids.extend(&ids[row]);
+        shard.masked_lm_ids.extend(std::iter::repeat_n(0, pad));
+        shard
+            .masked_lm_weights
+            .extend(std::iter::repeat_n(1.0, npred));
+        shard
+            .masked_lm_weights
+            .extend(std::iter::repeat_n(0.0, pad));
     }
     Ok(shard)
 }
 
-fn input_ids_len_mismatch(df: &DataFrame, seq_len: usize) -> bool {
-    match df.column("input_ids").and_then(|c| c.list().cloned()) {
-        Ok(ca) => ca
-            .downcast_iter()
-            .any(|arr| arr.offsets().lengths().any(|l| l != seq_len)),
-        Err(_) => true,
+/// Schema metadata key naming what a shard holds ([`PAIRS_FORMAT`], [`INSTANCES_FORMAT`]).
+pub const FORMAT_KEY: &str = "bertline.format";
+/// [`FORMAT_KEY`] of a pairs shard.
+pub const PAIRS_FORMAT: &str = "pairs/2";
+/// [`FORMAT_KEY`] of an instance shard.
+pub const INSTANCES_FORMAT: &str = "instances/2";
+/// Schema metadata key of an instance shard's `max_seq_length`.
+pub const MAX_SEQ_LENGTH_KEY: &str = "bertline.max_seq_length";
+/// Schema metadata key of an instance shard's `max_predictions_per_seq`.
+pub const MAX_PREDICTIONS_KEY: &str = "bertline.max_predictions_per_seq";
+
+/// A list column of ids, one list per row, as `u16` when every value is below 65,536
+/// (every id of a vocabulary that size, every position in a sequence up to that length),
+/// else `u32`: half the bytes for the usual vocabularies; readers widen either.
+fn id_lists<'a>(name: &str, rows: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -> Column {
+    let total: usize = rows.clone().map(<[u32]>::len).sum();
+    let max = rows
+        .clone()
+        .map(|r| r.iter().copied().max().unwrap_or(0))
+        .max();
+    let fits_u16 = max.unwrap_or(0) <= u16::MAX as u32;
+    if fits_u16 {
+        let mut column =
+            ListPrimitiveChunkedBuilder::<UInt16Type>::new(name.into(), n, total, DataType::UInt16);
+        let mut row16 = Vec::new();
+        for row in rows {
+            row16.clear();
+            row16.extend(row.iter().map(|&id| id as u16));
+            column.append_slice(&row16);
+        }
+        column.finish().into_series().into_column()
+    } else {
+        let mut column =
+            ListPrimitiveChunkedBuilder::<UInt32Type>::new(name.into(), n, total, DataType::UInt32);
+        for row in rows {
+            column.append_slice(row);
+        }
+        column.finish().into_series().into_column()
     }
 }
 
-/// Writes a frame as Parquet (snappy: the fastest codec every reader has) atomically and returns its size and hash.
-pub fn write_frame(path: &Path, mut df: DataFrame) -> Result<ShardInfo> {
+/// A column of unsigned integers as `u32`s; nulls are refused.
+fn u32_column(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<u32>> {
+    let column = df
+        .column(col)
+        .and_then(|c| c.cast(&DataType::UInt32))
+        .map_err(|e| schema_error(path, col, e))?;
+    let values = column.u32().map_err(|e| schema_error(path, col, e))?;
+    if values.null_count() > 0 {
+        return Err(Error::shard(
+            path,
+            format!("column `{col}` has nulls; rerun the stage with --force"),
+        ));
+    }
+    Ok(values.into_no_null_iter().collect())
+}
+
+/// Writes a frame as an Arrow IPC file with `metadata` in its schema, atomically, and
+/// returns its size and hash. The file is encoded in memory first (shards are a few MB) and
+/// hashed there, so it is never read back.
+pub fn write_frame(
+    path: &Path,
+    mut df: DataFrame,
+    metadata: &[(&str, String)],
+) -> Result<ShardInfo> {
     let rows = df.height() as u64;
-    durable::write_with(path, |w| {
-        ParquetWriter::new(w)
-            .with_compression(ParquetCompression::Snappy)
-            .finish(&mut df)
-            .map(|_| ())
-            .map_err(|e| Error::shard(path, format!("cannot write Parquet: {e}")))
-    })?;
-    let (blake3, bytes) = durable::hash_file(path)?;
+    let metadata: std::collections::BTreeMap<PlSmallStr, PlSmallStr> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).into(), v.as_str().into()))
+        .collect();
+    let mut bytes = Vec::new();
+    let mut writer = IpcWriter::new(&mut bytes);
+    writer.set_custom_schema_metadata(std::sync::Arc::new(metadata));
+    writer
+        .finish(&mut df)
+        .map_err(|e| Error::shard(path, format!("cannot write the shard: {e}")))?;
+    // Shards are written into a stage's staging directory, flushed together when the stage
+    // publishes them (crate::durable::sync_filesystem).
+    durable::write_bytes_unsynced(path, &bytes)?;
     Ok(ShardInfo {
         rows,
-        bytes,
-        blake3,
+        bytes: bytes.len() as u64,
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
     })
 }
 
-/// Reads a Parquet shard and checks it has `columns`; any failure names the file.
-pub fn read_frame(path: &Path, columns: &[&str]) -> Result<DataFrame> {
-    let file = File::open(path).at(path)?;
-    let df = ParquetReader::new(file).finish().map_err(|e| {
+/// Reads a shard and checks it has `columns`; returns it with its schema metadata. Any
+/// failure names the file.
+pub fn read_frame(
+    path: &Path,
+    columns: &[&str],
+) -> Result<(DataFrame, std::collections::BTreeMap<String, String>)> {
+    let unreadable = |e: PolarsError| {
         Error::shard(
             path,
-            format!("not a readable Parquet shard ({e}); it may be truncated: rerun the stage that wrote it with --force"),
+            format!("not a readable shard ({e}); it may be truncated: rerun the stage that wrote it with --force"),
         )
-    })?;
+    };
+    let file = File::open(path).at(path)?;
+    let mut reader = IpcReader::new(file);
+    let metadata = reader
+        .custom_metadata()
+        .map_err(unreadable)?
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let df = reader.finish().map_err(unreadable)?;
     for c in columns {
         if df.column(c).is_err() {
             return Err(Error::shard(
@@ -461,7 +555,7 @@ pub fn read_frame(path: &Path, columns: &[&str]) -> Result<DataFrame> {
             ));
         }
     }
-    Ok(df)
+    Ok((df, metadata))
 }
 
 fn schema_error(path: &Path, col: &str, e: PolarsError) -> Error {
@@ -471,63 +565,37 @@ fn schema_error(path: &Path, col: &str, e: PolarsError) -> Error {
     )
 }
 
-/// The values of a list column, concatenated row after row.
-fn flat_list<T>(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<T::Native>>
-where
-    T: PolarsNumericType,
-{
-    let ca = df
-        .column(col)
-        .and_then(|c| c.list().cloned())
-        .map_err(|e| schema_error(path, col, e))?;
-    let mut out = Vec::new();
-    for row in list_ranges::<T>(path, &ca, col)? {
-        out.extend_from_slice(&row.0[row.1.clone()]);
-    }
-    Ok(out)
-}
-
-type RowSlice<N> = (std::sync::Arc<Vec<N>>, std::ops::Range<usize>);
-
-fn list_ranges<T: PolarsNumericType>(
-    path: &Path,
-    ca: &ListChunked,
-    col: &str,
-) -> Result<Vec<RowSlice<T::Native>>> {
-    if ca.null_count() > 0 {
-        return Err(Error::shard(
+/// The rows of a list column of ids (`u16` or `u32`), each widened to `u32`.
+fn list_rows(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<Vec<u32>>> {
+    let nulls = || {
+        Error::shard(
             path,
             format!("column `{col}` has nulls; rerun the stage with --force"),
-        ));
+        )
+    };
+    let ca = df
+        .column(col)
+        .and_then(|c| c.cast(&DataType::List(Box::new(DataType::UInt32))))
+        .and_then(|c| c.list().cloned())
+        .map_err(|e| schema_error(path, col, e))?;
+    if ca.null_count() > 0 {
+        return Err(nulls());
     }
     let mut rows = Vec::with_capacity(ca.len());
     for arr in ca.downcast_iter() {
         let values = Series::from_arrow(col.into(), arr.values().clone())
             .map_err(|e| schema_error(path, col, e))?;
+        let values = values.u32().map_err(|e| schema_error(path, col, e))?;
+        if values.null_count() > 0 {
+            return Err(nulls());
+        }
+        let values = values.rechunk();
         let values = values
-            .unpack::<T>()
-            .map_err(|e| schema_error(path, col, e))?
-            .rechunk();
-        let values = std::sync::Arc::new(
-            values
-                .cont_slice()
-                .map_err(|e| schema_error(path, col, e))?
-                .to_vec(),
-        );
+            .cont_slice()
+            .map_err(|e| schema_error(path, col, e))?;
         for w in arr.offsets().as_slice().windows(2) {
-            rows.push((values.clone(), w[0] as usize..w[1] as usize));
+            rows.push(values[w[0] as usize..w[1] as usize].to_vec());
         }
     }
     Ok(rows)
-}
-
-fn list_rows(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<Vec<u32>>> {
-    let ca = df
-        .column(col)
-        .and_then(|c| c.list().cloned())
-        .map_err(|e| schema_error(path, col, e))?;
-    Ok(list_ranges::<Int32Type>(path, &ca, col)?
-        .into_iter()
-        .map(|(v, r)| v[r].iter().map(|&x| x as u32).collect())
-        .collect())
 }

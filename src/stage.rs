@@ -14,7 +14,8 @@
 //! the stage is stale until it reruns. Artifacts changed on disk after they were recorded
 //! are caught without `--verify` as well: a different size, or a different mtime whose
 //! content hash differs, makes the stage stale; artifacts up to [`SMALL_ARTIFACT_BYTES`]
-//! (vocab.txt, tokenizer.json, config.json, metrics) are always hashed.
+//! (vocab.txt, tokenizer.json, config.json, metrics) are always hashed, data shards (many,
+//! as large as the corpus together) only when their mtime moved or with `--verify`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -348,7 +349,14 @@ pub struct StageCtx {
     pub manifest: Manifest,
     /// Command-line options.
     pub options: StageOptions,
+    /// Content hashes of input files already hashed by this process, by path, with the size
+    /// and mtime they were hashed at: a stage checks the freshness of its upstream stages
+    /// several times, and a large corpus should be read once, not once per check.
+    input_hashes: std::sync::Mutex<std::collections::HashMap<PathBuf, HashedInput>>,
 }
+
+/// An input file's size and mtime when it was hashed, and its hash.
+type HashedInput = (u64, Option<u128>, String);
 
 /// What a stage should do.
 #[derive(Debug)]
@@ -384,6 +392,7 @@ impl StageCtx {
             loaded,
             manifest,
             options,
+            input_hashes: Default::default(),
         })
     }
 
@@ -485,7 +494,7 @@ impl StageCtx {
                 )));
             }
             let hash = self.options.verify
-                || a.bytes <= SMALL_ARTIFACT_BYTES
+                || (a.bytes <= SMALL_ARTIFACT_BYTES && a.shard.is_none())
                 || a.mtime_ns.is_some_and(|t| mtime_ns(&meta) != Some(t));
             if hash {
                 let (hash, _) = durable::hash_file(&path)?;
@@ -525,7 +534,7 @@ impl StageCtx {
             }));
         }
         for (id, path) in stage.input_files(&self.loaded)? {
-            let (blake3, _) = durable::hash_file(&path)?;
+            let blake3 = self.input_hash(&path)?;
             inputs.push(InputRef { id, blake3 });
         }
         let config = stage.config_slice(self.config());
@@ -544,6 +553,22 @@ impl StageCtx {
             config_hash,
             inputs,
         })
+    }
+
+    /// The content hash of an input file, hashed once per process while its size and mtime
+    /// stay the same.
+    fn input_hash(&self, path: &Path) -> Result<String> {
+        let meta = std::fs::metadata(path).at(path)?;
+        let stamp = (meta.len(), mtime_ns(&meta));
+        let mut memo = self.input_hashes.lock().expect("input hash lock");
+        if let Some((len, mtime, hash)) = memo.get(path) {
+            if (*len, *mtime) == stamp {
+                return Ok(hash.clone());
+            }
+        }
+        let (hash, _) = durable::hash_file(path)?;
+        memo.insert(path.to_path_buf(), (stamp.0, stamp.1, hash.clone()));
+        Ok(hash)
     }
 
     /// Decides whether `stage` runs. Upstream stages must be fresh. With `--force` it
@@ -655,7 +680,8 @@ fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
     }
 }
 
-/// Artifacts up to this size are hashed on every freshness check (not only with `--verify`).
+/// Artifacts up to this size, data shards excepted, are hashed on every freshness check
+/// (not only with `--verify`).
 pub const SMALL_ARTIFACT_BYTES: u64 = 4 << 20;
 
 /// A file's modification time in nanoseconds since the Unix epoch.
@@ -761,29 +787,36 @@ impl StageRun {
 
     /// Records `rel` (a file already written under [`StageRun::dir`]) as an artifact.
     pub fn add(&mut self, rel: &str, kind: &str, rows: u64) -> Result<()> {
-        self.add_artifact(rel, kind, rows, None)
+        self.add_artifact(rel, kind, rows, None, None)
     }
 
-    /// [`StageRun::add`] for a Parquet shard, recording its identity with it.
+    /// [`StageRun::add`] for a shard, recording its identity with it.
     pub fn add_shard(
         &mut self,
         rel: &str,
         kind: &str,
         id: &crate::shard::ShardId,
-        rows: u64,
+        written: &crate::shard::ShardInfo,
     ) -> Result<()> {
-        self.add_artifact(rel, kind, rows, Some(*id))
+        let hashed = (written.blake3.clone(), written.bytes);
+        self.add_artifact(rel, kind, written.rows, Some(*id), Some(hashed))
     }
 
+    /// Records `rel`; `hashed` is its (blake3, size) when the writer hashed the bytes it
+    /// wrote, else the file is hashed here.
     fn add_artifact(
         &mut self,
         rel: &str,
         kind: &str,
         rows: u64,
         shard: Option<crate::shard::ShardId>,
+        hashed: Option<(String, u64)>,
     ) -> Result<()> {
         let path = self.staging.join(rel);
-        let (blake3, bytes) = durable::hash_file(&path)?;
+        let (blake3, bytes) = match hashed {
+            Some(h) => h,
+            None => durable::hash_file(&path)?,
+        };
         let mtime_ns = std::fs::metadata(&path).ok().and_then(|m| mtime_ns(&m));
         let id = format!("{}/{rel}", self.stage.name());
         self.artifacts.retain(|a| a.id != id);
@@ -815,6 +848,8 @@ impl StageRun {
             a.finished_at = finished_at;
         }
         let final_dir = ctx.run_dir().join(self.stage.name());
+        // Shards were written without per-file fsyncs: flush them before anything records them.
+        durable::sync_filesystem(&self.staging)?;
         // From here until the commit, a kill leaves the stage stale (not fresh on new files).
         ctx.manifest
             .begin_publish(self.stage.name(), &self.fingerprint)?;

@@ -196,6 +196,16 @@ where
 {
     let lines: Vec<&str> = lines.collect();
     let words = crate::vocab::count_words(&lines, cfg.lowercase)?;
+    train_wordpiece_on_counts(cfg, &words, source)
+}
+
+/// [`train_wordpiece`] on words already counted ([`crate::vocab::count_words`] or
+/// [`crate::vocab::WordCounter`]), as the `vocab` stage streams a corpus.
+pub fn train_wordpiece_on_counts(
+    cfg: &VocabConfig,
+    words: &[(String, u64)],
+    source: &Path,
+) -> Result<WordPiece> {
     let trainer = crate::vocab::TrainerConfig {
         vocab_size: cfg.vocab_size,
         min_frequency: cfg.min_frequency,
@@ -203,7 +213,7 @@ where
         lowercase: cfg.lowercase,
         special_tokens: SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(),
     };
-    let tokens = crate::vocab::train(&trainer, &words);
+    let tokens = crate::vocab::train(&trainer, words);
     let vocab: ahash::AHashMap<String, u32> = tokens
         .iter()
         .enumerate()
@@ -303,32 +313,34 @@ pub fn run_vocab(
     use crate::stage::{corpus_files, Begin, Outcome, Stage};
     let cfg = ctx.config();
     let files = corpus_files(&ctx.loaded)?;
-    // Validate every file before anything is written.
-    progress.start("reading corpus", files.len() as u64);
-    let texts: Vec<String> = files
-        .iter()
-        .map(|f| {
-            let t = crate::corpus::read_corpus(f);
-            progress.advance(1);
-            t
-        })
-        .collect::<Result<_>>()?;
+    // Validate every file before anything is written; the text is read block by block
+    // (crate::corpus::BLOCK_BYTES) and only the word counts are kept, so memory does not
+    // grow with the corpus.
+    let blocks = crate::corpus::corpus_blocks(&files)?;
+    progress.start("checking corpus", blocks.iter().map(|b| b.len()).sum());
+    for block in &blocks {
+        block.read()?;
+        progress.advance(block.len());
+    }
     progress.finish();
     let mut run = match ctx.begin(Stage::Vocab)? {
         Begin::Skip(record) => return Ok(Outcome::Skipped(record)),
         Begin::Run(run) => run,
     };
     let started = std::time::Instant::now();
-    let lines = texts
-        .iter()
-        .flat_map(|t| t.lines())
-        .filter(|l| !l.trim().is_empty());
-    let line_count = texts
-        .iter()
-        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
-        .sum::<usize>();
+    let (mut words, mut bytes, mut line_count) = (crate::vocab::WordCounter::default(), 0, 0);
+    progress.start("counting words", blocks.iter().map(|b| b.len()).sum());
+    for block in &blocks {
+        let text = block.read()?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        words.add(&lines, cfg.vocab.lowercase)?;
+        bytes += text.len();
+        line_count += lines.len();
+        progress.advance(block.len());
+    }
+    progress.finish();
     progress.start("training WordPiece", 0);
-    let wp = train_wordpiece(&cfg.vocab, lines, &files[0])?;
+    let wp = train_wordpiece_on_counts(&cfg.vocab, &words.into_sorted(), &files[0])?;
     progress.finish();
     check_vocab_size(&wp, cfg.model.vocab_size, &ctx.loaded.path)?;
     wp.write_vocab_txt(&run.dir().join("vocab.txt"))?;
@@ -336,7 +348,6 @@ pub fn run_vocab(
     let n = wp.vocab_size() as u64;
     run.add("vocab.txt", "vocab", n)?;
     run.add("tokenizer.json", "tokenizer", n)?;
-    let bytes: usize = texts.iter().map(String::len).sum();
     let secs = started.elapsed().as_secs_f64();
     let metrics = serde_json::json!({
         "vocab_size": n,

@@ -50,6 +50,41 @@ pub struct TrainerConfig {
 /// The words of `lines` after BERT's normalizer and pre-tokenizer, with their counts,
 /// sorted by word. Counted in parallel; the result does not depend on the thread count.
 pub fn count_words(lines: &[&str], lowercase: bool) -> Result<Vec<(String, u64)>> {
+    let mut words: Vec<(String, u64)> = count_words_unsorted(lines, lowercase)?
+        .into_iter()
+        .collect();
+    words.sort_unstable();
+    Ok(words)
+}
+
+/// [`count_words`] over text that comes in pieces (a corpus read block by block): add each
+/// piece's lines, then take the sorted counts. Only the distinct words are held.
+#[derive(Debug, Default)]
+pub struct WordCounter {
+    counts: HashMap<String, u64>,
+}
+
+impl WordCounter {
+    /// Counts the words of `lines` into the total.
+    pub fn add(&mut self, lines: &[&str], lowercase: bool) -> Result<()> {
+        let piece = count_words_unsorted(lines, lowercase)?;
+        self.counts = if self.counts.len() < piece.len() {
+            merge_counts(piece, std::mem::take(&mut self.counts))
+        } else {
+            merge_counts(std::mem::take(&mut self.counts), piece)
+        };
+        Ok(())
+    }
+
+    /// The words with their counts, sorted by word, as [`count_words`] returns them.
+    pub fn into_sorted(self) -> Vec<(String, u64)> {
+        let mut words: Vec<(String, u64)> = self.counts.into_iter().collect();
+        words.sort_unstable();
+        words
+    }
+}
+
+fn count_words_unsorted(lines: &[&str], lowercase: bool) -> Result<HashMap<String, u64>> {
     let normalizer = BertNormalizer::new(true, true, Some(lowercase), lowercase);
     let counts = lines
         .par_chunks(4096)
@@ -78,9 +113,7 @@ pub fn count_words(lines: &[&str], lowercase: bool) -> Result<Vec<(String, u64)>
             a = merge_counts(a, b);
             Ok(a)
         })?;
-    let mut words: Vec<(String, u64)> = counts.into_iter().collect();
-    words.sort_unstable();
-    Ok(words)
+    Ok(counts)
 }
 
 fn merge_counts(

@@ -1,7 +1,7 @@
 //! Bounded parallelism for the data stages' outer loops: [`map_bounded`] runs one item per
 //! thread at a time on a few plain threads.
 //!
-//! Why not rayon's `par_iter` over files or shards: every Parquet read and write runs on
+//! Why not rayon's `par_iter` over files or shards: every shard read and write runs on
 //! polars' own thread pool, and a rayon worker that waits for another pool does not sleep,
 //! it runs other queued jobs of its own pool meanwhile, on top of its stack. With `par_iter`
 //! over the input files, a worker waiting for one file's shards to be written started the

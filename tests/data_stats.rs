@@ -181,7 +181,7 @@ fn wiki_00_matches_googles_create_pretraining_data() {
 
     // The same numbers from the written, padded shard.
     let dir = tempfile::tempdir().unwrap();
-    let shard = dir.path().join("train-00000-0000.parquet");
+    let shard = dir.path().join("train-00000-0000.arrow");
     write_instances(&shard, &instances, 128, 20).unwrap();
     let read = read_instances(&shard).unwrap();
     assert_eq!(

@@ -462,7 +462,7 @@ fn leftovers_of_dead_processes_are_removed_on_the_next_run() {
     let run = tmp.path().join("run");
     let dead = [
         ".staging/trash-vocab-999999/vocab.txt",
-        ".staging/pairs-999999/train/.shard-00000.parquet.999999.tmp",
+        ".staging/pairs-999999/train/.shard-00000.arrow.999999.tmp",
         ".work/pretrain-0123456789abcdef/.tmp-checkpoint-0000010-999999/state.json",
         ".work/pretrain-0123456789abcdef/.metrics.jsonl.999999.tmp",
     ];

@@ -1,4 +1,4 @@
-//! The pre-training loop on real Parquet shards: the stream, a falling loss, exact resume,
+//! The pre-training loop on real Arrow shards: the stream, a falling loss, exact resume,
 //! checkpoints, and one-line errors on bad input; two phases (seq 16 then 24) with one
 //! optimizer and schedule, resumed exactly across and after the phase boundary.
 
@@ -154,7 +154,7 @@ fn shards_for_another_sequence_length_or_vocabulary_are_one_line_errors() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("train-00000.parquet") && err.contains("max_seq_length = 32"),
+        err.contains("train-00000.arrow") && err.contains("max_seq_length = 32"),
         "{err}"
     );
     assert!(!err.contains('\n'));
@@ -168,7 +168,7 @@ fn shards_for_another_sequence_length_or_vocabulary_are_one_line_errors() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("train-00000.parquet") && err.contains("vocab_size = 20"),
+        err.contains("train-00000.arrow") && err.contains("vocab_size = 20"),
         "{err}"
     );
 

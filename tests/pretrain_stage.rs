@@ -1,5 +1,5 @@
 //! The `pretrain` stage through the manifest: a real vocab stage on Alice in Wonderland,
-//! pairs and mask records standing in for their stages (synthetic instances, real Parquet),
+//! pairs and mask records standing in for their stages (synthetic instances, real Arrow shards),
 //! then `pretrain::run` on the `tiny` profile: outputs recorded, fresh on the second run.
 
 use std::path::{Path, PathBuf};
@@ -91,8 +91,9 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
             part: Some(0),
         };
         let name = id.file_name();
-        write_instances(&mask.dir().join(&name), &instances(rows, &mut rng), 64, 10).unwrap();
-        mask.add_shard(&name, instances_kind(split), &id, rows as u64)
+        let info =
+            write_instances(&mask.dir().join(&name), &instances(rows, &mut rng), 64, 10).unwrap();
+        mask.add_shard(&name, instances_kind(split), &id, &info)
             .unwrap();
     }
     mask.finish(&ctx, serde_json::json!({})).unwrap();

@@ -1,5 +1,5 @@
-//! Parquet shards: exact round trips, fixed-length padding, and one-line errors for
-//! truncated or foreign files.
+//! Arrow shards: exact round trips, `u16` and `u32` ids, fixed-length padding derived on
+//! reading, and one-line errors for truncated or foreign files.
 
 use bertline::shard::{pad_instances, read_instances, read_pairs, write_instances, write_pairs};
 use bertline::{SentencePair, TrainingInstance};
@@ -22,20 +22,20 @@ fn pairs() -> Vec<SentencePair> {
 #[test]
 fn pairs_round_trip_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("p.parquet");
+    let path = tmp.path().join("p.arrow");
     let info = write_pairs(&path, &pairs()).unwrap();
     assert_eq!(info.rows, 2);
     assert_eq!(info.bytes, std::fs::metadata(&path).unwrap().len());
     assert_eq!(read_pairs(&path).unwrap(), pairs());
     // Same input, same bytes: hashes are reproducible.
-    let again = write_pairs(&tmp.path().join("q.parquet"), &pairs()).unwrap();
+    let again = write_pairs(&tmp.path().join("q.arrow"), &pairs()).unwrap();
     assert_eq!(again.blake3, info.blake3);
 }
 
 #[test]
 fn instances_are_padded_to_fixed_length() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("i.parquet");
+    let path = tmp.path().join("i.arrow");
     let inst = TrainingInstance {
         tokens: vec![2, 40, 4, 3, 50, 3],
         segment_ids: vec![0, 0, 0, 0, 1, 1],
@@ -68,20 +68,20 @@ fn too_long_instance_is_refused() {
         masked_lm_labels: vec![],
         is_random_next: false,
     };
-    let err = write_instances(&tmp.path().join("x.parquet"), &[inst], 8, 3).unwrap_err();
+    let err = write_instances(&tmp.path().join("x.arrow"), &[inst], 8, 3).unwrap_err();
     assert!(err.to_string().contains("max_seq_length 8"), "{err}");
 }
 
 #[test]
 fn truncated_shard_names_file_and_fix() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("t.parquet");
+    let path = tmp.path().join("t.arrow");
     write_pairs(&path, &pairs()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = read_pairs(&path).unwrap_err().to_string();
     assert!(
-        err.contains("t.parquet") && err.contains("truncated") && !err.contains('\n'),
+        err.contains("t.arrow") && err.contains("truncated") && !err.contains('\n'),
         "{err}"
     );
 }
@@ -89,7 +89,7 @@ fn truncated_shard_names_file_and_fix() {
 #[test]
 fn pairs_shard_is_not_an_instance_shard() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("p.parquet");
+    let path = tmp.path().join("p.arrow");
     write_pairs(&path, &pairs()).unwrap();
     let err = read_instances(&path).unwrap_err().to_string();
     assert!(err.contains("missing column `input_ids`"), "{err}");
@@ -98,12 +98,12 @@ fn pairs_shard_is_not_an_instance_shard() {
 #[test]
 fn no_temp_files_left_behind() {
     let tmp = tempfile::tempdir().unwrap();
-    write_pairs(&tmp.path().join("p.parquet"), &pairs()).unwrap();
+    write_pairs(&tmp.path().join("p.arrow"), &pairs()).unwrap();
     let names: Vec<String> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["p.parquet".to_string()]);
+    assert_eq!(names, vec!["p.arrow".to_string()]);
 }
 
 /// A shard's identity names its file exactly as the stages always have, and survives the
@@ -118,11 +118,8 @@ fn shard_ids_name_files_and_round_trip_through_json() {
         shard: 1,
         part: None,
     };
-    assert_eq!(pairs.file_name(), "train-00003-0001.parquet");
-    assert_eq!(
-        pairs.with_part(2).file_name(),
-        "train-00003-0001-02.parquet"
-    );
+    assert_eq!(pairs.file_name(), "train-00003-0001.arrow");
+    assert_eq!(pairs.with_part(2).file_name(), "train-00003-0001-02.arrow");
     let phased = ShardId {
         split: Split::Eval,
         seq_len: Some(128),
@@ -130,7 +127,7 @@ fn shard_ids_name_files_and_round_trip_through_json() {
         shard: 0,
         part: Some(0),
     };
-    assert_eq!(phased.file_name(), "seq128-eval-00000-0000-00.parquet");
+    assert_eq!(phased.file_name(), "seq128-eval-00000-0000-00.arrow");
     for id in [pairs, phased] {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<ShardId>(&json).unwrap(), id);
@@ -138,5 +135,100 @@ fn shard_ids_name_files_and_round_trip_through_json() {
     assert_eq!(
         serde_json::to_value(pairs).unwrap(),
         serde_json::json!({"split": "train", "file": 3, "shard": 1})
+    );
+}
+
+/// Ids below 65,536 are stored as `u16` (half the bytes), larger ones as `u32`; both read
+/// back exactly, the edges included.
+#[test]
+fn ids_are_narrowed_when_they_fit_and_read_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let row = |a: Vec<u32>, b: Vec<u32>| SentencePair {
+        tokens_a: a,
+        tokens_b: b,
+        is_random_next: false,
+    };
+    let narrow: Vec<SentencePair> = (0..200)
+        .map(|i| row(vec![0, 65535, i], vec![i * 300; 50]))
+        .collect();
+    let mut wide = narrow.clone();
+    wide[7].tokens_b[3] = 65536;
+    let narrow_info = write_pairs(&tmp.path().join("n.arrow"), &narrow).unwrap();
+    let wide_info = write_pairs(&tmp.path().join("w.arrow"), &wide).unwrap();
+    assert_eq!(read_pairs(&tmp.path().join("n.arrow")).unwrap(), narrow);
+    assert_eq!(read_pairs(&tmp.path().join("w.arrow")).unwrap(), wide);
+    // 200 rows x 53 ids: 2 bytes less per id, give or take the file's framing.
+    let saved = wide_info.bytes as i64 - narrow_info.bytes as i64;
+    assert!(
+        (200 * 53 * 2 - 2048..=200 * 53 * 2 + 2048).contains(&saved),
+        "{saved}"
+    );
+}
+
+/// Segment ids, attention mask and weights are derived from the stored lengths; a row with
+/// no B tokens and no predictions pads like the rest, and ids over `u16` stay exact.
+#[test]
+fn padding_is_derived_from_the_lengths_row_by_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("i.arrow");
+    let rows = vec![
+        TrainingInstance {
+            tokens: vec![2, 4, 3, 5, 6, 3],
+            segment_ids: vec![0, 0, 0, 1, 1, 1],
+            masked_lm_positions: vec![1, 4],
+            masked_lm_labels: vec![70000, 9],
+            is_random_next: false,
+        },
+        TrainingInstance {
+            tokens: vec![2, 7, 7, 7, 3],
+            segment_ids: vec![0, 0, 0, 0, 0],
+            masked_lm_positions: vec![],
+            masked_lm_labels: vec![],
+            is_random_next: true,
+        },
+    ];
+    write_instances(&path, &rows, 7, 2).unwrap();
+    let s = read_instances(&path).unwrap();
+    assert_eq!(pad_instances(&rows, 7, 2).unwrap(), s);
+    assert_eq!(
+        s.token_type_ids,
+        vec![0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(s.masked_lm_ids, vec![70000, 9, 0, 0]);
+    assert_eq!(s.masked_lm_weights, vec![1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(s.next_sentence_label, vec![0, 1]);
+}
+
+/// An Arrow file with the right columns but not written by the mask stage (no shape in its
+/// metadata) is refused with the stage to rerun.
+#[test]
+fn instance_shard_without_its_shape_is_refused() {
+    use polars::prelude::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("foreign.arrow");
+    let list = |name: &str| {
+        let mut b =
+            ListPrimitiveChunkedBuilder::<UInt32Type>::new(name.into(), 1, 2, DataType::UInt32);
+        b.append_slice(&[1, 2]);
+        b.finish().into_series().into_column()
+    };
+    let df = DataFrame::new(
+        1,
+        vec![
+            list("input_ids"),
+            Series::new("segment_b_start".into(), vec![1u32]).into_column(),
+            list("masked_lm_positions"),
+            list("masked_lm_ids"),
+            Series::new("next_sentence_label".into(), vec![0u8]).into_column(),
+        ],
+    )
+    .unwrap();
+    bertline::shard::write_frame(&path, df, &[]).unwrap();
+    let err = read_instances(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("foreign.arrow")
+            && err.contains("rerun `just stage mask`")
+            && !err.contains('\n'),
+        "{err}"
     );
 }

@@ -9,7 +9,7 @@
 //! punctuation byte; WordPiece is greedy longest-match-first with `##` continuations, and a
 //! word over `max_input_chars_per_word` or with no match is one `[UNK]`.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::NormalizerWrapper;
@@ -99,6 +99,7 @@ impl<'a> AsciiWordPiece<'a> {
     pub fn encode_lines(&self, lines: &[&str]) -> Result<Vec<Vec<u32>>> {
         let mut ids = Vec::with_capacity(lines.len());
         let mut word = String::new();
+        let mut splits = SplitCache::default();
         // Text HF encodes, and where its ids go: (line, position in that line's ids).
         let mut slow_text: Vec<&str> = Vec::new();
         let mut slow_place: Vec<(usize, usize)> = Vec::new();
@@ -110,7 +111,7 @@ impl<'a> AsciiWordPiece<'a> {
             } else {
                 for chunk in line.split([' ', '\t', '\n', '\r']) {
                     if chunk.bytes().all(|b| b.is_ascii_graphic()) {
-                        self.encode_ascii_chunk(chunk, &mut word, &mut out);
+                        self.encode_ascii_chunk(chunk, &mut word, &mut out, &mut splits);
                     } else {
                         slow_text.push(chunk);
                         slow_place.push((index, out.len()));
@@ -146,33 +147,53 @@ impl<'a> AsciiWordPiece<'a> {
             return None;
         }
         let (mut word, mut out) = (String::new(), Vec::new());
+        let mut splits = SplitCache::default();
         for chunk in line.split([' ', '\t', '\n', '\r']) {
-            self.encode_ascii_chunk(chunk, &mut word, &mut out);
+            self.encode_ascii_chunk(chunk, &mut word, &mut out, &mut splits);
         }
         Some(out)
     }
 
     /// Encodes a chunk of printable ASCII (no whitespace): punctuation bytes are words of
     /// their own, letters are lowercased when the tokenizer is uncased.
-    fn encode_ascii_chunk(&self, chunk: &str, word: &mut String, out: &mut Vec<u32>) {
+    fn encode_ascii_chunk(
+        &self,
+        chunk: &str,
+        word: &mut String,
+        out: &mut Vec<u32>,
+        splits: &mut SplitCache,
+    ) {
         word.clear();
         for &byte in chunk.as_bytes() {
             if byte.is_ascii_punctuation() {
-                self.push_word(word, out);
+                self.push_word(word, out, splits);
                 word.push(byte as char);
-                self.push_word(word, out);
+                self.push_word(word, out, splits);
             } else if self.lowercase {
                 word.push(byte.to_ascii_lowercase() as char);
             } else {
                 word.push(byte as char);
             }
         }
-        self.push_word(word, out);
+        self.push_word(word, out, splits);
     }
 
-    /// WordPiece on one word (greedy longest match first), then clears it.
-    fn push_word(&self, word: &mut String, out: &mut Vec<u32>) {
+    /// WordPiece on one word, then clears it: a word in the vocabulary is one lookup; the
+    /// others are split greedily (longest match first) once and then taken from `splits`.
+    fn push_word(&self, word: &mut String, out: &mut Vec<u32>, splits: &mut SplitCache) {
         if word.is_empty() {
+            return;
+        }
+        if let Some(&id) = self.word_starts.get(word.as_str()) {
+            if word.len() <= self.max_input_chars_per_word {
+                out.push(id);
+                word.clear();
+                return;
+            }
+        }
+        if let Some(range) = splits.words.get(word.as_str()) {
+            out.extend_from_slice(&splits.ids[range.clone()]);
+            word.clear();
             return;
         }
         let first = out.len();
@@ -198,6 +219,17 @@ impl<'a> AsciiWordPiece<'a> {
                 start = end;
             }
         }
+        let cached = splits.ids.len()..splits.ids.len() + (out.len() - first);
+        splits.ids.extend_from_slice(&out[first..]);
+        splits.words.insert(word.as_str().into(), cached);
         word.clear();
     }
+}
+
+/// The pieces of the words [`AsciiWordPiece`] had to split, for one batch of lines: a word
+/// seen again costs one lookup instead of a search over its prefixes.
+#[derive(Default)]
+struct SplitCache {
+    words: HashMap<Box<str>, std::ops::Range<usize>>,
+    ids: Vec<u32>,
 }

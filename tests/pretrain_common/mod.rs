@@ -1,4 +1,4 @@
-//! Shared fixtures for the pre-training tests: Parquet shards of synthetic instances with a
+//! Shared fixtures for the pre-training tests: Arrow shards of synthetic instances with a
 //! learnable structure (repeated words), a tiny model and a job.
 #![allow(dead_code)]
 
@@ -83,7 +83,7 @@ fn repeat_instance(seq_len: usize, rng: &mut ChaCha8Rng) -> TrainingInstance {
     }
 }
 
-/// Writes `shards` Parquet shards of `rows` instances under `dir`.
+/// Writes `shards` Arrow shards of `rows` instances under `dir`.
 pub fn write_shards(dir: &Path, name: &str, shards: usize, rows: usize, seed: u64) -> Vec<PathBuf> {
     write_shards_at(dir, name, shards, rows, seed, SEQ_LEN)
 }
@@ -100,7 +100,7 @@ pub fn write_shards_at(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..shards)
         .map(|i| {
-            let path = dir.join(format!("{name}-{i:05}.parquet"));
+            let path = dir.join(format!("{name}-{i:05}.arrow"));
             let instances: Vec<TrainingInstance> = (0..rows)
                 .map(|_| repeat_instance(seq_len, &mut rng))
                 .collect();

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The tables of `just bench-rss` (scripts/bench_rss.sh): is the peak RSS of every data stage
+flat as the corpus grows, whether the text is one file or many?
+
+    bench_rss.py table ROWS.jsonl    the measured rows (+ "setup" rows) -> tables and verdicts
+
+A row of ROWS.jsonl: {"size_mb": nominal size, "layout": "one file" | "many files",
+"stage": "vocab" | "pairs" | "mask", "input_bytes": text read, "wall_s": s, "cpu_s": s,
+"rss_kb": peak}; a "setup" row: {"setup": "one line"}, printed first as it is.
+
+Printed: peak RSS in MB (1 MB = 1024 kB, as /usr/bin/time counts) per stage and layout, one
+column per size; text throughput per stage and size (MB of 10^6 bytes of text per wall second,
+both layouts together); then one verdict per stage: "flat" when its largest peak RSS over all
+sizes and layouts is at most 1.5x its smallest and at most 300 MB (the issue's target at the
+default settings), else "NOT flat" with the numbers. A stage measured twice at the same size
+and layout counts with its larger peak.
+"""
+
+import json
+import sys
+
+MAX_RATIO = 1.5
+MAX_MB = 300
+STAGES = ("vocab", "pairs", "mask")
+KEYS = ("size_mb", "layout", "stage", "input_bytes", "wall_s", "rss_kb")
+
+
+class BadRows(Exception):
+    pass
+
+
+def read_rows(path):
+    """The setup lines and the measurement rows of ROWS.jsonl; BadRows on anything else."""
+    setup, rows = [], []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except OSError as e:
+        raise BadRows(e.strerror)
+    except UnicodeDecodeError:
+        raise BadRows("not UTF-8 text")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadRows(f"line {n} is not JSON ({e.msg})")
+        if not isinstance(row, dict):
+            raise BadRows(f"line {n} is not a JSON object")
+        if "setup" in row:
+            setup.append(str(row["setup"]))
+            continue
+        missing = [k for k in KEYS if k not in row]
+        if missing:
+            raise BadRows(f"line {n} lacks {', '.join(missing)}")
+        if not all(isinstance(row[k], (int, float)) for k in KEYS if k not in ("layout", "stage")):
+            raise BadRows(f"line {n} has a non-number in {', '.join(KEYS)}")
+        rows.append(row)
+    if not rows:
+        raise BadRows("no measurement rows")
+    return setup, rows
+
+
+def in_order(values, known=()):
+    """The distinct values, the known ones first in their order, then as they come."""
+    seen = [v for v in known if v in values]
+    return seen + [v for v in dict.fromkeys(values) if v not in seen]
+
+
+def table(setup, rows):
+    """The printed tables and verdicts, after the setup lines."""
+    sizes = sorted({r["size_mb"] for r in rows})
+    stages = in_order([r["stage"] for r in rows], STAGES)
+    layouts = in_order([r["layout"] for r in rows], ("one file", "many files"))
+    rss, text, wall = {}, {}, {}
+    for r in rows:
+        key = (r["stage"], r["layout"], r["size_mb"])
+        rss[key] = max(rss.get(key, 0), r["rss_kb"] / 1024)
+        both_layouts = (r["stage"], r["size_mb"])
+        text[both_layouts] = text.get(both_layouts, 0) + r["input_bytes"]
+        wall[both_layouts] = wall.get(both_layouts, 0) + r["wall_s"]
+
+    width = 24
+    head = "".join(f"{f'{s:g} MB':>10}" for s in sizes)
+    out = list(setup)
+    out.append(f"{'peak RSS MB':<{width}}{head}")
+    for stage in stages:
+        for layout in layouts:
+            cells = ("-" if c is None else "%.0f" % c
+                     for c in (rss.get((stage, layout, s)) for s in sizes))
+            out.append(f"{stage:<7}{layout:<{width - 7}}" + "".join(f"{c:>10}" for c in cells))
+    out.append(f"{'text MB per wall s':<{width}}{head}")
+
+    def rate(stage, size):
+        if (stage, size) not in text:
+            return "-"
+        if not wall[stage, size]:
+            return "inf"
+        return "%.2f" % (text[stage, size] / 1e6 / wall[stage, size])
+
+    for stage in stages:
+        out.append(f"{stage:<{width}}" + "".join(f"{rate(stage, s):>10}" for s in sizes))
+    for stage in stages:
+        peaks = [v for (st, _, _), v in rss.items() if st == stage]
+        low, high = min(peaks), max(peaks)
+        ratio = high / low if low > 0 else float("inf")
+        numbers = f"peak RSS {low:.0f}..{high:.0f} MB, max/min {ratio:.2f}"
+        if ratio <= MAX_RATIO and high <= MAX_MB:
+            out.append(f"{stage}: flat ({numbers})")
+        else:
+            out.append(f"{stage}: NOT flat ({numbers}; target: max/min <= {MAX_RATIO} "
+                       f"and max <= {MAX_MB} MB)")
+    return "\n".join(out) + "\n"
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "table":
+        try:
+            setup, rows = read_rows(argv[2])
+        except BadRows as e:
+            print(f"error: {argv[2]}: {e}", file=sys.stderr)
+            return 2
+        sys.stdout.write(table(setup, rows))
+        return 0
+    print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
