@@ -162,7 +162,7 @@ fn validate_text(path: &Path, bytes: Vec<u8>, offset: u64) -> Result<String> {
 
 /// Corpus files are read, tokenized and paired in blocks of about this many bytes, so the
 /// `pairs` and `vocab` stages' memory does not grow with the size of a file.
-pub const BLOCK_BYTES: u64 = 8 << 20;
+pub const BLOCK_BYTES: u64 = 4 << 20;
 
 /// A piece of one corpus file that is read and paired on its own: whole documents, cut at a
 /// blank line after every [`BLOCK_BYTES`]; a file of at most that size is one block.

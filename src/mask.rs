@@ -387,7 +387,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 shape.max_seq_length,
                 shape.max_predictions_per_seq,
             )?;
-            parts.push((part_id, info));
+            parts.push((part_id, info, artifact.id.clone()));
         }
         let mut stats = InstanceStats::default();
         for instance in &instances {
@@ -401,8 +401,9 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();
     let mut written = 0;
     for (parts, stats, shape) in &per_shard {
-        for (id, info) in parts {
-            run.add_shard(&id.file_name(), instances_kind(id.split), id, info)?;
+        for (id, info, source) in parts {
+            let sources = vec![source.clone()];
+            run.add_shard(&id.file_name(), instances_kind(id.split), id, info, sources)?;
             written += 1;
         }
         totals.merge(stats);

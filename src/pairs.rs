@@ -6,7 +6,7 @@
 //! `max_seq_length`. Masking is left to [`crate::mask`].
 //!
 //! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
-//! input file on its own, and a file over [`corpus::BLOCK_BYTES`] (8 MiB) block by block,
+//! input file on its own, and a file over [`corpus::BLOCK_BYTES`] (4 MiB) block by block,
 //! cut at blank lines (one block per thread, [`crate::workers::map_bounded`]; the "other
 //! document" comes from the same block), so peak memory is one block per thread, whatever
 //! the size of the corpus or of any file in it. Google pools every document of every file
@@ -67,6 +67,8 @@ pub struct PairShard<'a> {
     pub id: ShardId,
     /// The pairs, already shuffled.
     pub pairs: &'a [SentencePair],
+    /// The input files its documents came from (one, or the files of a pooled group).
+    pub files: &'a [&'a Path],
 }
 
 /// Counts for one input file, or (summed) for the whole corpus.
@@ -387,6 +389,7 @@ fn emit_shards(
     split: Split,
     file_index: usize,
     pairs: &[SentencePair],
+    files: &[&Path],
     shard_rows: usize,
     sink: &PairSinkFn<'_>,
 ) -> Result<()> {
@@ -400,6 +403,7 @@ fn emit_shards(
                 part: None,
             },
             pairs: chunk,
+            files,
         })?;
     }
     Ok(())
@@ -508,6 +512,7 @@ fn pair_files(
         } else {
             let unit = PairingUnit {
                 path: &block.path,
+                paths: vec![&block.path],
                 index,
                 documents,
                 files: usize::from(block.block_index == 0),
@@ -565,6 +570,8 @@ enum BlockOutcome {
 struct PairingUnit<'a> {
     /// The (first) file, for logs.
     path: &'a Path,
+    /// Every file it holds documents of, in input order.
+    paths: Vec<&'a Path>,
     /// Index in shard names and random seeds: the (first) block's index.
     index: usize,
     documents: Vec<Document>,
@@ -645,6 +652,7 @@ fn read_pool_group<'a>(
     let first = &blocks[group[0]];
     let mut unit = PairingUnit {
         path: &first.path,
+        paths: Vec::new(),
         index: group[0],
         documents: Vec::new(),
         files: 0,
@@ -655,6 +663,9 @@ fn read_pool_group<'a>(
         unit.documents.extend(documents);
         unit.input_bytes += input_bytes;
         unit.files += usize::from(blocks[index].block_index == 0);
+        if unit.paths.last() != Some(&blocks[index].path.as_path()) {
+            unit.paths.push(&blocks[index].path);
+        }
     }
     Ok(unit)
 }
@@ -685,7 +696,15 @@ fn pair_unit(
         pairs.summary.input_bytes = unit.input_bytes;
         log_paired(unit.path, &pairs.summary);
         for (split, rows) in [(Split::Train, &pairs.train), (Split::Eval, &pairs.eval)] {
-            emit_shards(length, split, unit.index, rows, cfg.shard_rows, sink)?;
+            emit_shards(
+                length,
+                split,
+                unit.index,
+                rows,
+                &unit.paths,
+                cfg.shard_rows,
+                sink,
+            )?;
         }
         summaries.push(pairs.summary);
     }
@@ -718,8 +737,13 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let sink = |shard: PairShard<'_>| {
         let rel = shard.id.file_name();
         let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
+        let sources: Vec<String> = shard
+            .files
+            .iter()
+            .map(|f| crate::stage::input_id(&ctx.loaded, f))
+            .collect();
         let mut written = written.lock().expect("shard list lock");
-        written.push((rel, shard.id, info));
+        written.push((rel, shard.id, info, sources));
         Ok(())
     };
     let (summary, by_length) = if cfg.has_phases() {
@@ -755,8 +779,8 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     };
     let mut written = written.into_inner().expect("shard list lock");
     written.sort_by(|a, b| a.0.cmp(&b.0));
-    for (rel, id, info) in &written {
-        run.add_shard(rel, pairs_kind(id.split), id, info)?;
+    for (rel, id, info, sources) in written {
+        run.add_shard(&rel, pairs_kind(id.split), &id, &info, sources)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if cfg.pairs.eval_fraction > 0.0 && summary.eval_documents == 0 {

@@ -174,7 +174,7 @@ impl Stage {
 /// The id of a raw input file: `file:` and its path relative to the directory of
 /// pipeline.toml when it lies there, so the same config named by a relative or an absolute
 /// `--config` path gives the same fingerprints.
-fn input_id(loaded: &LoadedConfig, file: &Path) -> String {
+pub fn input_id(loaded: &LoadedConfig, file: &Path) -> String {
     let rel = file.strip_prefix(&loaded.root).unwrap_or(file);
     format!("file:{}", rel.display())
 }
@@ -787,23 +787,34 @@ impl StageRun {
 
     /// Records `rel` (a file already written under [`StageRun::dir`]) as an artifact.
     pub fn add(&mut self, rel: &str, kind: &str, rows: u64) -> Result<()> {
-        self.add_artifact(rel, kind, rows, None, None)
+        self.add_artifact(rel, kind, rows, None, None, None)
     }
 
-    /// [`StageRun::add`] for a shard, recording its identity with it.
+    /// [`StageRun::add`] for a shard, recording its identity with it and, as its inputs, the
+    /// ids of what it was made from (`sources`: a pairs shard's input files, a mask shard's
+    /// pairs shard). Other artifacts list every input of their stage, which for shards would
+    /// grow as shards x inputs: tens of millions of ids in the manifest for a large corpus.
     pub fn add_shard(
         &mut self,
         rel: &str,
         kind: &str,
         id: &crate::shard::ShardId,
         written: &crate::shard::ShardInfo,
+        sources: Vec<String>,
     ) -> Result<()> {
         let hashed = (written.blake3.clone(), written.bytes);
-        self.add_artifact(rel, kind, written.rows, Some(*id), Some(hashed))
+        self.add_artifact(
+            rel,
+            kind,
+            written.rows,
+            Some(*id),
+            Some(hashed),
+            Some(sources),
+        )
     }
 
     /// Records `rel`; `hashed` is its (blake3, size) when the writer hashed the bytes it
-    /// wrote, else the file is hashed here.
+    /// wrote, else the file is hashed here; `inputs` are its inputs, else the stage's.
     fn add_artifact(
         &mut self,
         rel: &str,
@@ -811,6 +822,7 @@ impl StageRun {
         rows: u64,
         shard: Option<crate::shard::ShardId>,
         hashed: Option<(String, u64)>,
+        inputs: Option<Vec<String>>,
     ) -> Result<()> {
         let path = self.staging.join(rel);
         let (blake3, bytes) = match hashed {
@@ -831,7 +843,7 @@ impl StageRun {
             rows,
             schema_version: SCHEMA_VERSION,
             config_hash: self.config_hash.clone(),
-            inputs: self.inputs.iter().map(|i| i.id.clone()).collect(),
+            inputs: inputs.unwrap_or_else(|| self.inputs.iter().map(|i| i.id.clone()).collect()),
             code_version: code_version(),
             started_at: self.started_at,
             finished_at: 0.0,

@@ -587,3 +587,42 @@ fn a_lone_one_document_file_among_others_is_rejected() {
     let msg = err.to_string();
     assert!(msg.contains("only 1 document(s): next-sentence"), "{msg}");
 }
+
+/// A file over one block (`corpus::BLOCK_BYTES`) is paired block by block: its shards are
+/// numbered by block, later files' blocks come after it, every document is paired once, and
+/// the output does not depend on the thread count. The big file is the shipped Wikipedia
+/// text written out several times (real text; its size is what matters here).
+#[test]
+fn a_file_over_one_block_is_paired_block_by_block() {
+    use bertline::corpus::{corpus_blocks, documents, read_corpus, BLOCK_BYTES};
+    let tmp = tempfile::tempdir().unwrap();
+    let wiki = std::fs::read_to_string(repo_file("datasets/pretrain/wiki_00.txt")).unwrap();
+    let copies = (BLOCK_BYTES as usize * 5 / 4) / wiki.len() + 1;
+    let big = tmp.path().join("big.txt");
+    std::fs::write(&big, format!("{}\n\n", wiki.trim_end()).repeat(copies)).unwrap();
+    let small = repo_file("datasets/pretrain/wiki_01.txt");
+    let files = vec![big.clone(), small.clone()];
+    let blocks = corpus_blocks(&files).unwrap();
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    assert_eq!((blocks[1].file_index, blocks[1].block_index), (0, 1));
+    assert_eq!((blocks[2].file_index, blocks[2].block_index), (1, 0));
+
+    let cfg = PairsConfig {
+        shard_rows: 1 << 20,
+        ..config(128, 1)
+    };
+    let (summary_1, shards_1) = run_driver(&files, &cfg, 1);
+    let (summary_2, shards_2) = run_driver(&files, &cfg, 2);
+    assert_eq!((&summary_1, &shards_1), (&summary_2, &shards_2));
+    assert_eq!(summary_1.files, 2);
+    let whole_documents = documents(&read_corpus(&big).unwrap()).len()
+        + documents(&read_corpus(&small).unwrap()).len();
+    assert_eq!(summary_1.documents, whole_documents);
+    // Train shards named by block: 0 and 1 for the big file, 2 for the small one.
+    let train_blocks: std::collections::BTreeSet<usize> = shards_1
+        .keys()
+        .filter(|k| k.0 == Split::Train)
+        .map(|k| k.1)
+        .collect();
+    assert_eq!(train_blocks, [0, 1, 2].into_iter().collect());
+}

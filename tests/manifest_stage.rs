@@ -586,3 +586,41 @@ fn a_kill_while_publishing_leaves_the_stage_stale() {
         before = rerun.record().clone();
     }
 }
+
+/// A shard records what it was made from, not every input of its stage (which would grow
+/// as shards x inputs): a pairs shard its input file, a mask shard its pairs shard.
+#[test]
+fn shards_record_their_own_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), |t| t);
+    let ctx = open(&config, false);
+    bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+    let pairs = bertline::pairs::run(&ctx, &NoProgress).unwrap();
+    let mask = bertline::mask::run(&ctx, &NoProgress).unwrap();
+    let corpus: Vec<&String> = pairs
+        .record()
+        .inputs
+        .iter()
+        .map(|i| &i.id)
+        .filter(|id| id.starts_with("file:"))
+        .collect();
+    assert_eq!(corpus.len(), 1, "{corpus:?}");
+    assert!(!pairs.record().artifacts.is_empty());
+    for a in &pairs.record().artifacts {
+        assert_eq!(a.inputs, vec![corpus[0].clone()], "{}", a.id);
+    }
+    let pairs_ids: Vec<&String> = pairs.record().artifacts.iter().map(|a| &a.id).collect();
+    let mut used = Vec::new();
+    for a in &mask.record().artifacts {
+        assert_eq!(a.inputs.len(), 1, "{}: {:?}", a.id, a.inputs);
+        assert!(
+            pairs_ids.contains(&&a.inputs[0]),
+            "{}: {:?}",
+            a.id,
+            a.inputs
+        );
+        used.push(a.inputs[0].clone());
+    }
+    used.dedup();
+    assert_eq!(used.len(), pairs_ids.len(), "every pairs shard is masked");
+}

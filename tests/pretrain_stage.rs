@@ -93,7 +93,7 @@ fn pretrain_stage_records_an_hf_checkpoint_and_metrics_then_is_fresh() {
         let name = id.file_name();
         let info =
             write_instances(&mask.dir().join(&name), &instances(rows, &mut rng), 64, 10).unwrap();
-        mask.add_shard(&name, instances_kind(split), &id, &info)
+        mask.add_shard(&name, instances_kind(split), &id, &info, Vec::new())
             .unwrap();
     }
     mask.finish(&ctx, serde_json::json!({})).unwrap();
