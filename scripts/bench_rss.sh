@@ -6,17 +6,14 @@
 # layouts of the same text:
 #   one file     everything concatenated into one corpus.txt, a blank line between the
 #                source files (each piece ends with a newline, so no documents merge)
-#   many files   the source files themselves (about 1 MB each), symlinked under distinct
-#                names rep001-wikipedia_en-wiki_00.txt, rep001-..., rep002-...
+#   many files   the same text cut into files of about 1 MB at blank lines
+#                (part-00000.txt, ...), so every size has files of the same size, only more
 # The text is real, never generated: every wikipedia_en/wiki_*.txt, gutenberg/*.txt and
 # nltk/*.txt file of the shared pre-training folder (about 73 MB; eval_wikitext2 is left
 # out), in a fixed order (the Wikipedia files, then Gutenberg, then NLTK, each sorted by
 # name: 7 and 50 MB are Wikipedia only), repeated as often as needed until the size is
 # reached, and cut only at a file boundary. Above about 73 MB the text therefore repeats:
 # this benchmark measures memory, and repeated real text exercises the same code paths.
-# (Gutenberg's pg120 and pg514 are one document each; as separate files the pairs stage
-# pools them, so a size that takes pg120 but not yet pg514, about 53 to 60 MB, fails in the
-# many-files layout.)
 #
 # Settings are the default profile's: max_seq_length 128, dupe_factor 5, short_seq_prob 0.1,
 # max_predictions_per_seq 20, masked_lm_prob 0.15, eval_fraction as pipeline.toml has it,
@@ -105,26 +102,31 @@ pieces() {
     done
 }
 
+# text SIZE: the text of SIZE MB on stdout, the sources in order, a blank line after each.
+text_of() {
+    local rep f
+    pieces "$1" | while read -r rep f; do
+        cat "$text/$f"
+        [[ -z "${no_newline[$f]:-}" ]] || echo
+        echo
+    done
+}
+
 # corpus SIZE LAYOUT DIR: writes the text of SIZE in LAYOUT under DIR; prints corpus.input.
+# "many files" is the same text cut into files of about 1 MB at blank lines, so every size
+# has files of the same size (the largest unit a stage holds), only more of them.
 corpus() {
-    local size=$1 layout=$2 dir=$3 rep f name
+    local size=$1 layout=$2 dir=$3
     if [[ $layout == "one file" ]]; then
-        pieces "$size" | while read -r rep f; do
-            cat "$text/$f"
-            [[ -z "${no_newline[$f]:-}" ]] || echo
-            echo
-        done > "$dir/corpus.txt"
+        text_of "$size" > "$dir/corpus.txt"
         echo "\"$dir/corpus.txt\""
     else
         mkdir "$dir/many"
-        pieces "$size" | while read -r rep f; do
-            name="$dir/many/rep$(printf %03d "$rep")-${f//\//-}"
-            if [[ -n "${no_newline[$f]:-}" ]]; then
-                { cat "$text/$f"; echo; } > "$name"
-            else
-                ln -s "$text/$f" "$name"
-            fi
-        done
+        text_of "$size" | LC_ALL=C awk -v dir="$dir/many" '
+            function next_file() { close(out); out = sprintf("%s/part-%05d.txt", dir, n++); bytes = 0 }
+            BEGIN { next_file() }
+            { print > out; bytes += length($0) + 1 }
+            /^[ \t\r]*$/ && bytes >= 1000000 { next_file() }'
         echo "\"$dir/many/*.txt\""
     fi
 }
