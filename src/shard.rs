@@ -195,7 +195,8 @@ pub const INSTANCE_COLUMNS: [&str; 5] = [
 ];
 
 /// Writes `pairs` to a shard at `path`, atomically: `tokens_a` and `tokens_b` as lists of
-/// ids (`u16` when every id fits), `is_random_next` as booleans.
+/// ids (`u16` when every id fits), `is_random_next` as booleans. Not fsynced: a stage's
+/// shards are flushed together before the stage records them ([`write_frame`]).
 pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
     let n = pairs.len();
     let a = id_lists("tokens_a", pairs.iter().map(|p| p.tokens_a.as_slice()), n);
@@ -298,7 +299,7 @@ pub fn pad_instances(
 /// `next_sentence_label` (1: B is random). Ids and positions are `u16` when every value
 /// fits. The shape every row is padded to on reading, `max_seq_length`
 /// and `max_predictions_per_seq`, is in the schema metadata. The error names the first
-/// instance that does not fit it.
+/// instance that does not fit it. Not fsynced, like [`write_pairs`].
 pub fn write_instances(
     path: &Path,
     instances: &[TrainingInstance],
