@@ -515,7 +515,7 @@ pub fn write_frame(
         .finish(&mut df)
         .map_err(|e| Error::shard(path, format!("cannot write the shard: {e}")))?;
     // Shards are written into a stage's staging directory, flushed together when the stage
-    // publishes them (crate::durable::sync_filesystem).
+    // publishes them (crate::durable::sync_tree).
     durable::write_bytes_unsynced(path, &bytes)?;
     Ok(ShardInfo {
         rows,

@@ -861,7 +861,7 @@ impl StageRun {
         }
         let final_dir = ctx.run_dir().join(self.stage.name());
         // Shards were written without per-file fsyncs: flush them before anything records them.
-        durable::sync_filesystem(&self.staging)?;
+        durable::sync_tree(&self.staging)?;
         // From here until the commit, a kill leaves the stage stale (not fresh on new files).
         ctx.manifest
             .begin_publish(self.stage.name(), &self.fingerprint)?;
