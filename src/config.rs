@@ -667,6 +667,11 @@ pub struct LoadedConfig {
     pub root: PathBuf,
     /// The file it was read from.
     pub path: PathBuf,
+    /// `corpus.input` as last expanded, with the files it matched
+    /// ([`crate::stage::corpus_files`]): a stage asks several times, and expanding the globs
+    /// and checking every file against the tasks' evaluation files is not free on a large
+    /// corpus.
+    pub(crate) corpus_files: std::sync::OnceLock<(Vec<String>, Vec<PathBuf>)>,
 }
 
 impl LoadedConfig {
@@ -712,6 +717,7 @@ pub fn load_config(path: &Path, profile: &str) -> Result<LoadedConfig> {
         profile: profile.to_string(),
         root,
         path: path.to_path_buf(),
+        corpus_files: Default::default(),
     })
 }
 

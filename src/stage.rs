@@ -185,8 +185,21 @@ impl fmt::Display for Stage {
     }
 }
 
-/// Expands `corpus.input` globs, sorted; errors when a pattern matches nothing.
+/// Expands `corpus.input` globs, sorted; errors when a pattern matches nothing. Expanded
+/// once per loaded config (while `corpus.input` stays the same).
 pub fn corpus_files(loaded: &LoadedConfig) -> Result<Vec<PathBuf>> {
+    let patterns = &loaded.config.corpus.input;
+    if let Some((expanded, files)) = loaded.corpus_files.get() {
+        if expanded == patterns {
+            return Ok(files.clone());
+        }
+    }
+    let files = expand_corpus_files(loaded)?;
+    let _ = loaded.corpus_files.set((patterns.clone(), files.clone()));
+    Ok(files)
+}
+
+fn expand_corpus_files(loaded: &LoadedConfig) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for pattern in &loaded.config.corpus.input {
         let full = loaded.resolve(pattern);
