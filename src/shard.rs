@@ -4,7 +4,7 @@
 //! of), so polars (`pl.read_ipc`), pyarrow (`pyarrow.ipc.open_file`) and pandas open them
 //! directly. Arrow's list columns are written as their buffers, which is why the data
 //! stages spend their time on the data and not on the file format (Parquet's nested
-//! encoding took two thirds of the `mask` stage).
+//! encoding, compression and decoding took about half of the `mask` stage's CPU).
 //!
 //! `pairs` writes [`SentencePair`]s; `mask` writes [`TrainingInstance`]s unpadded, with the
 //! shape rows are padded to in the schema metadata, and [`read_instances`] gives back the
@@ -160,6 +160,55 @@ pub struct MaskedLmBatch {
     pub next_sentence_label: Vec<u32>,
 }
 
+impl MaskedLmBatch {
+    /// No rows yet, room for `rows` of this shape.
+    fn with_shape(rows: usize, seq_len: usize, max_predictions: usize) -> Self {
+        MaskedLmBatch {
+            batch: 0,
+            seq_len,
+            max_predictions,
+            input_ids: Vec::with_capacity(rows * seq_len),
+            token_type_ids: Vec::with_capacity(rows * seq_len),
+            attention_mask: Vec::with_capacity(rows * seq_len),
+            masked_lm_positions: Vec::with_capacity(rows * max_predictions),
+            masked_lm_ids: Vec::with_capacity(rows * max_predictions),
+            masked_lm_weights: Vec::with_capacity(rows * max_predictions),
+            next_sentence_label: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Appends one row, padded: `[PAD]` (0) with attention 0 up to `seq_len`, predictions
+    /// with position, id and weight 0 up to `max_predictions`. The caller has checked that
+    /// the row fits.
+    fn push_padded_row(
+        &mut self,
+        tokens: &[u32],
+        token_types: impl Iterator<Item = u32>,
+        positions: &[u32],
+        ids: &[u32],
+        is_random_next: bool,
+    ) {
+        let (len, npred) = (tokens.len(), positions.len());
+        let pad = self.seq_len - len;
+        self.input_ids.extend(tokens);
+        self.input_ids.extend(std::iter::repeat_n(0, pad));
+        self.token_type_ids.extend(token_types);
+        self.token_type_ids.extend(std::iter::repeat_n(0, pad));
+        self.attention_mask.extend(std::iter::repeat_n(1, len));
+        self.attention_mask.extend(std::iter::repeat_n(0, pad));
+        let pad = self.max_predictions - npred;
+        self.masked_lm_positions.extend(positions);
+        self.masked_lm_positions.extend(std::iter::repeat_n(0, pad));
+        self.masked_lm_ids.extend(ids);
+        self.masked_lm_ids.extend(std::iter::repeat_n(0, pad));
+        self.masked_lm_weights
+            .extend(std::iter::repeat_n(1.0, npred));
+        self.masked_lm_weights.extend(std::iter::repeat_n(0.0, pad));
+        self.next_sentence_label.push(is_random_next as u32);
+        self.batch += 1;
+    }
+}
+
 use std::fs::File;
 use std::path::Path;
 
@@ -245,19 +294,7 @@ pub fn pad_instances(
     max_seq_length: usize,
     max_predictions: usize,
 ) -> std::result::Result<InstanceShard, String> {
-    let n = instances.len();
-    let mut shard = InstanceShard {
-        batch: n,
-        seq_len: max_seq_length,
-        max_predictions,
-        input_ids: Vec::with_capacity(n * max_seq_length),
-        token_type_ids: Vec::with_capacity(n * max_seq_length),
-        attention_mask: Vec::with_capacity(n * max_seq_length),
-        masked_lm_positions: Vec::with_capacity(n * max_predictions),
-        masked_lm_ids: Vec::with_capacity(n * max_predictions),
-        masked_lm_weights: Vec::with_capacity(n * max_predictions),
-        next_sentence_label: Vec::with_capacity(n),
-    };
+    let mut shard = InstanceShard::with_shape(instances.len(), max_seq_length, max_predictions);
     for (i, inst) in instances.iter().enumerate() {
         let len = inst.tokens.len();
         let npred = inst.masked_lm_positions.len();
@@ -266,29 +303,13 @@ pub fn pad_instances(
                 "instance {i} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"
             ));
         }
-        let pad = max_seq_length - len;
-        shard.input_ids.extend(&inst.tokens);
-        shard.input_ids.extend(std::iter::repeat_n(0, pad));
-        shard
-            .token_type_ids
-            .extend(inst.segment_ids.iter().map(|&s| s as u32));
-        shard.token_type_ids.extend(std::iter::repeat_n(0, pad));
-        shard.attention_mask.extend(std::iter::repeat_n(1, len));
-        shard.attention_mask.extend(std::iter::repeat_n(0, pad));
-        let pad = max_predictions - npred;
-        shard.masked_lm_positions.extend(&inst.masked_lm_positions);
-        shard
-            .masked_lm_positions
-            .extend(std::iter::repeat_n(0, pad));
-        shard.masked_lm_ids.extend(&inst.masked_lm_labels);
-        shard.masked_lm_ids.extend(std::iter::repeat_n(0, pad));
-        shard
-            .masked_lm_weights
-            .extend(std::iter::repeat_n(1.0, npred));
-        shard
-            .masked_lm_weights
-            .extend(std::iter::repeat_n(0.0, pad));
-        shard.next_sentence_label.push(inst.is_random_next as u32);
+        shard.push_padded_row(
+            &inst.tokens,
+            inst.segment_ids.iter().map(|&s| s as u32),
+            &inst.masked_lm_positions,
+            &inst.masked_lm_labels,
+            inst.is_random_next,
+        );
     }
     Ok(shard)
 }
@@ -384,18 +405,7 @@ pub fn read_instances(path: &Path) -> Result<InstanceShard> {
     let segment_b_start = u32_column(path, &df, "segment_b_start")?;
     let next_sentence = u32_column(path, &df, "next_sentence_label")?;
     let rows = df.height();
-    let mut shard = InstanceShard {
-        batch: rows,
-        seq_len,
-        max_predictions,
-        input_ids: Vec::with_capacity(rows * seq_len),
-        token_type_ids: Vec::with_capacity(rows * seq_len),
-        attention_mask: Vec::with_capacity(rows * seq_len),
-        masked_lm_positions: Vec::with_capacity(rows * max_predictions),
-        masked_lm_ids: Vec::with_capacity(rows * max_predictions),
-        masked_lm_weights: Vec::with_capacity(rows * max_predictions),
-        next_sentence_label: next_sentence,
-    };
+    let mut shard = InstanceShard::with_shape(rows, seq_len, max_predictions);
     for row in 0..rows {
         let (len, npred, b) = (
             tokens[row].len(),
@@ -413,27 +423,14 @@ pub fn read_instances(path: &Path) -> Result<InstanceShard> {
                 format!("row {row} does not fit its shape (max_seq_length {seq_len}, max_predictions_per_seq {max_predictions}): not a shard written by the `mask` stage; rerun `just stage mask`"),
             ));
         }
-        let pad = seq_len - len;
-        shard.input_ids.extend(&tokens[row]);
-        shard.input_ids.extend(std::iter::repeat_n(0, pad));
-        shard.token_type_ids.extend(std::iter::repeat_n(0, b));
-        shard.token_type_ids.extend(std::iter::repeat_n(1, len - b));
-        shard.token_type_ids.extend(std::iter::repeat_n(0, pad));
-        shard.attention_mask.extend(std::iter::repeat_n(1, len));
-        shard.attention_mask.extend(std::iter::repeat_n(0, pad));
-        let pad = max_predictions - npred;
-        shard.masked_lm_positions.extend(&positions[row]);
-        shard
-            .masked_lm_positions
-            .extend(std::iter::repeat_n(0, pad));
-        shard.masked_lm_ids.extend(&ids[row]);
-        shard.masked_lm_ids.extend(std::iter::repeat_n(0, pad));
-        shard
-            .masked_lm_weights
-            .extend(std::iter::repeat_n(1.0, npred));
-        shard
-            .masked_lm_weights
-            .extend(std::iter::repeat_n(0.0, pad));
+        let token_types = std::iter::repeat_n(0, b).chain(std::iter::repeat_n(1, len - b));
+        shard.push_padded_row(
+            &tokens[row],
+            token_types,
+            &positions[row],
+            &ids[row],
+            next_sentence[row] != 0,
+        );
     }
     Ok(shard)
 }
