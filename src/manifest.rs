@@ -11,7 +11,10 @@
 //! [`StageRecord`]), `artifacts` (artifact id -> [`ArtifactRecord`]), `history`
 //! (`<finished_at>/<stage>` -> [`StageRecord`]) and `publishing` (stage name -> fingerprint of
 //! a run that started moving its outputs into place and has not recorded them yet).
-//! [`Manifest::commit`] writes all four in one sled transaction.
+//! [`Manifest::commit`] writes all four in one sled transaction. A fifth tree,
+//! `input_stamps` (input file path -> [`InputStamp`]), is a cache: the content hash of an
+//! input file as of a size, mtime, ctime and inode, so a stage does not re-read a large
+//! corpus to find it unchanged. Losing it costs a re-hash, never a wrong answer.
 
 use std::path::{Path, PathBuf};
 
@@ -364,6 +367,40 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 }
 
 const PUBLISHING: &str = "publishing";
+const INPUT_STAMPS: &str = "input_stamps";
+
+/// What a file looked like when its content hash was taken: any write, rename over it,
+/// `touch` or copy changes at least one of these (git's index trusts the same fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputStamp {
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: u128,
+    /// Status change time, ns since the epoch (set by the kernel on every change, including
+    /// a copy that keeps the mtime).
+    pub ctime_ns: u128,
+    /// Inode number.
+    pub inode: u64,
+    /// blake3 of the content, hex.
+    pub blake3: String,
+}
+
+impl Manifest {
+    /// The stamp remembered for the input file `path`, if any.
+    pub fn input_stamp(&self, path: &str) -> Result<Option<InputStamp>> {
+        // A cache: an entry this version cannot read counts as none.
+        Ok(self.get(INPUT_STAMPS, path).unwrap_or(None))
+    }
+
+    /// Remembers `stamp` for `path`. Not flushed: the next commit (or close) writes it.
+    pub fn remember_input_stamp(&self, path: &str, stamp: &InputStamp) -> Result<()> {
+        self.tree(INPUT_STAMPS)?
+            .insert(path.as_bytes(), to_json(stamp)?)
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+}
 
 /// Removes `snap.*.generating` files a killed open left in `db_dir` (see [`Manifest::open`]).
 /// Call only with the [`RunLock`] held.

@@ -30,7 +30,7 @@ use crate::shard::{
 };
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 use crate::stats::InstanceStats;
-use crate::tokenize::{load_stage_vocab, WordPiece};
+use crate::tokenize::{load_stage_vocab_tokens, WordPiece};
 
 /// Rows masked with one generator; blocks are masked in parallel.
 pub const MASK_BLOCK_ROWS: usize = 1024;
@@ -349,8 +349,9 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         Begin::Skip(record) => return Ok(Outcome::Skipped(record)),
         Begin::Run(run) => run,
     };
-    let (wordpiece, _) = load_stage_vocab(ctx)?;
-    let vocab = MaskVocab::from_wordpiece(&wordpiece);
+    let (tokens, vocab_path) = load_stage_vocab_tokens(ctx)?;
+    let vocab =
+        MaskVocab::from_tokens(&tokens).map_err(|e| Error::data(&vocab_path, e.to_string()))?;
     let pairs_record = ctx.upstream(Stage::Pairs)?;
     let started = Instant::now();
     let shards: Vec<(usize, &ArtifactRecord, ShardId, InstanceShape)> = [Split::Train, Split::Eval]

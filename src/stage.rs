@@ -27,7 +27,7 @@ use crate::config::{load_config, LoadedConfig, PipelineConfig};
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
-    code_version, ArtifactRecord, InputRef, Manifest, StageRecord, SCHEMA_VERSION,
+    code_version, ArtifactRecord, InputRef, InputStamp, Manifest, StageRecord, SCHEMA_VERSION,
 };
 
 /// The six stages, in pipeline order.
@@ -568,8 +568,9 @@ impl StageCtx {
         })
     }
 
-    /// The content hash of an input file, hashed once per process while its size and mtime
-    /// stay the same.
+    /// The content hash of an input file: hashed once per process while its size and mtime
+    /// stay the same, and taken from the manifest's stamp cache while its size, mtime, ctime
+    /// and inode are those it was hashed with (never with `--verify`).
     fn input_hash(&self, path: &Path) -> Result<String> {
         let meta = std::fs::metadata(path).at(path)?;
         let stamp = (meta.len(), mtime_ns(&meta));
@@ -579,7 +580,23 @@ impl StageCtx {
                 return Ok(hash.clone());
             }
         }
+        let key = path.to_string_lossy();
+        let now = FileStamp::of(&meta);
+        if let (false, Some(now)) = (self.options.verify, &now) {
+            if let Some(old) = self.manifest.input_stamp(&key)? {
+                if now.matches(&old) {
+                    memo.insert(path.to_path_buf(), (stamp.0, stamp.1, old.blake3.clone()));
+                    return Ok(old.blake3);
+                }
+            }
+        }
         let (hash, _) = durable::hash_file(path)?;
+        // A file changed within the clock's resolution of the hashing could change again
+        // with the same stamp: only settled files are remembered (git's "racy" rule).
+        if let Some(now) = now.filter(FileStamp::settled) {
+            self.manifest
+                .remember_input_stamp(&key, &now.with_hash(&hash))?;
+        }
         memo.insert(path.to_path_buf(), (stamp.0, stamp.1, hash.clone()));
         Ok(hash)
     }
@@ -696,6 +713,64 @@ fn changed_keys(old: &Value, new: &Value, prefix: &str) -> Vec<String> {
 /// Artifacts up to this size, data shards excepted, are hashed on every freshness check
 /// (not only with `--verify`).
 pub const SMALL_ARTIFACT_BYTES: u64 = 4 << 20;
+
+/// The fields of [`InputStamp`] a file has now.
+struct FileStamp {
+    bytes: u64,
+    mtime_ns: u128,
+    ctime_ns: u128,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// Seconds a file's last change must lie in the past for its stamp to be remembered.
+    const SETTLE_S: u128 = 2;
+
+    #[cfg(unix)]
+    fn of(meta: &std::fs::Metadata) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| {
+            u128::try_from(s)
+                .ok()
+                .map(|s| s * 1_000_000_000 + n as u128)
+        };
+        Some(FileStamp {
+            bytes: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec())?,
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec())?,
+            inode: meta.ino(),
+        })
+    }
+
+    /// Without ctime and inode a stamp is too weak to trust: always hash.
+    #[cfg(not(unix))]
+    fn of(_meta: &std::fs::Metadata) -> Option<FileStamp> {
+        None
+    }
+
+    fn matches(&self, old: &InputStamp) -> bool {
+        (self.bytes, self.mtime_ns, self.ctime_ns, self.inode)
+            == (old.bytes, old.mtime_ns, old.ctime_ns, old.inode)
+    }
+
+    /// Last changed more than [`Self::SETTLE_S`] ago.
+    fn settled(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.mtime_ns.max(self.ctime_ns) + Self::SETTLE_S * 1_000_000_000 < now
+    }
+
+    fn with_hash(self, blake3: &str) -> InputStamp {
+        InputStamp {
+            bytes: self.bytes,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            inode: self.inode,
+            blake3: blake3.to_string(),
+        }
+    }
+}
 
 /// A file's modification time in nanoseconds since the Unix epoch.
 pub fn mtime_ns(meta: &std::fs::Metadata) -> Option<u128> {

@@ -6,7 +6,7 @@
 //! `[CLS] A [SEP] B [SEP]` post-processor. `[PAD] [UNK] [CLS] [SEP] [MASK]` are ids 0-4.
 //! `vocab.txt` and `tokenizer.json` load unchanged in HF tokenizers and transformers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::{WordPiece as WordPieceModel, WordPieceTrainer};
@@ -18,7 +18,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::config::VocabConfig;
 use crate::durable;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// BERT's special tokens, in id order.
 pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
@@ -373,6 +373,34 @@ pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, std:
     let wp = WordPiece::from_file(&path)?;
     check_vocab_size(&wp, ctx.config().model.vocab_size, &path)?;
     Ok((wp, path))
+}
+
+/// The tokens of the `vocab.txt` a finished `vocab` stage recorded, in id order: what a
+/// stage that only needs ids and token names reads (the mask stage), without parsing
+/// `tokenizer.json`. Its size is checked against `model.vocab_size` as
+/// [`load_stage_vocab`] checks it.
+pub fn load_stage_vocab_tokens(ctx: &crate::stage::StageCtx) -> Result<(Vec<String>, PathBuf)> {
+    let record = ctx.upstream(crate::stage::Stage::Vocab)?;
+    let art = record.artifacts_of("vocab").next().ok_or_else(|| {
+        Error::Stage(
+            "the vocab stage recorded no vocab.txt; rerun `just stage vocab --force`".into(),
+        )
+    })?;
+    let path = ctx.path_of(art);
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let tokens: Vec<String> = text.lines().map(str::to_string).collect();
+    let expected = ctx.config().model.vocab_size;
+    if tokens.len() != expected {
+        return Err(Error::data(
+            &path,
+            format!(
+                "vocabulary has {} tokens but model.vocab_size = {expected}; set model.vocab_size and vocab.vocab_size to {} or rerun `just stage vocab`",
+                tokens.len(),
+                tokens.len()
+            ),
+        ));
+    }
+    Ok((tokens, path))
 }
 
 /// What fine-tuning needs of a tokenizer (classification features and SQuAD windows):

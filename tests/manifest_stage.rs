@@ -624,3 +624,77 @@ fn shards_record_their_own_sources() {
     used.dedup();
     assert_eq!(used.len(), pairs_ids.len(), "every pairs shard is masked");
 }
+
+/// Input files are hashed once and then recognised by their stamp (size, mtime, ctime,
+/// inode) across processes: a stage over a large corpus does not re-read it to find it
+/// unchanged. A same-size rewrite with the old mtime put back still changes the ctime, and
+/// `--verify` always hashes.
+#[test]
+fn input_hashes_are_cached_by_stamp_and_verify_bypasses_the_cache() {
+    use bertline::manifest::InputStamp;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::copy(repo.join("datasets/pretrain/gutenberg_pg11.txt"), &corpus).unwrap();
+    let config = project(tmp.path(), |t| {
+        t.replace(
+            &format!("{:?}", repo.join("datasets/pretrain/gutenberg_pg11.txt")),
+            &format!("{corpus:?}"),
+        )
+    });
+    // A file changed in the last 2 s is hashed every time, never remembered (it could change
+    // again within the clock's resolution): let the copy settle.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let ctx = open_plain(&config, false);
+    let files = bertline::stage::corpus_files(&ctx.loaded).unwrap();
+    assert_eq!(files, vec![corpus.clone()]);
+    let key = corpus.to_string_lossy().into_owned();
+    assert_eq!(ctx.manifest.input_stamp(&key).unwrap(), None);
+    bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+    let stamp = ctx
+        .manifest
+        .input_stamp(&key)
+        .unwrap()
+        .expect("stamp remembered");
+    let bytes = std::fs::read(&corpus).unwrap();
+    assert_eq!(stamp.blake3, blake3::hash(&bytes).to_hex().to_string());
+    assert_eq!(stamp.bytes, bytes.len() as u64);
+
+    // The remembered hash is believed while the stamp matches: a wrong one planted under the
+    // file's stamp makes the stage stale in a new process (the file was not re-read)...
+    let planted = InputStamp {
+        blake3: "0".repeat(64),
+        ..stamp.clone()
+    };
+    ctx.manifest.remember_input_stamp(&key, &planted).unwrap();
+    drop(ctx);
+    let ctx = open_plain(&config, false);
+    match ctx.freshness(Stage::Vocab).unwrap() {
+        Freshness::Stale(why) => assert!(why.contains("corpus.txt"), "{why}"),
+        other => panic!("expected stale from the planted hash, got {other}"),
+    }
+    drop(ctx);
+    // ...and `--verify` re-hashes, finds the file unchanged, and the stage fresh.
+    let ctx = open(&config, false);
+    assert_eq!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Fresh);
+    ctx.manifest.remember_input_stamp(&key, &stamp).unwrap();
+    drop(ctx);
+
+    // A same-size change with the mtime put back: the ctime moved, so the file is hashed.
+    let modified = std::fs::metadata(&corpus).unwrap().modified().unwrap();
+    let mut changed = bytes.clone();
+    let at = changed.iter().position(|&b| b == b'a').unwrap();
+    changed[at] = b'b';
+    std::fs::write(&corpus, &changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&corpus)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let ctx = open_plain(&config, false);
+    match ctx.freshness(Stage::Vocab).unwrap() {
+        Freshness::Stale(why) => assert!(why.contains("corpus.txt"), "{why}"),
+        other => panic!("expected stale after a same-size change, got {other}"),
+    }
+}
