@@ -26,7 +26,8 @@ use crate::manifest::ArtifactRecord;
 use crate::pairs::{pairs_kind, seeded_rng};
 use crate::progress::Progress;
 use crate::shard::{
-    length_key, read_pairs, write_instances, SentencePair, ShardId, Split, TrainingInstance,
+    length_key, read_pair_columns, write_instance_columns, IdLists, InstanceColumns, PairColumns,
+    SentencePair, ShardId, Split, TrainingInstance,
 };
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 use crate::stats::InstanceStats;
@@ -175,6 +176,36 @@ fn mask_tokens(
     rng: &mut impl Rng,
     candidates: &mut CandidateIndexes,
 ) -> (Vec<u32>, Vec<u32>) {
+    mask_in_place(
+        tokens,
+        masked_lm_prob,
+        max_predictions_per_seq,
+        do_whole_word_mask,
+        vocab,
+        rng,
+        candidates,
+    );
+    candidates.masked_lms.iter().copied().unzip()
+}
+
+/// Masks `tokens` in place; the chosen `(position, original id)`s are left in
+/// `candidates.masked_lms`, ascending by position.
+fn mask_in_place(
+    tokens: &mut [u32],
+    masked_lm_prob: f64,
+    max_predictions_per_seq: usize,
+    do_whole_word_mask: bool,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+    candidates: &mut CandidateIndexes,
+) {
+    // Python's round() rounds half to even.
+    let num_to_predict = max_predictions_per_seq
+        .min(((tokens.len() as f64 * masked_lm_prob).round_ties_even() as usize).max(1));
+    if !do_whole_word_mask {
+        mask_single_tokens(tokens, num_to_predict, vocab, rng, candidates);
+        return;
+    }
     candidate_indexes(tokens, do_whole_word_mask, vocab, candidates);
     let CandidateIndexes {
         indexes,
@@ -182,9 +213,6 @@ fn mask_tokens(
         masked_lms,
     } = candidates;
     masked_lms.clear();
-    // Python's round() rounds half to even.
-    let num_to_predict = max_predictions_per_seq
-        .min(((tokens.len() as f64 * masked_lm_prob).round_ties_even() as usize).max(1));
 
     // Google shuffles every group, then takes them in order until enough are masked. The
     // shuffle is drawn lazily here (Fisher-Yates from the front: step `k` swaps a uniformly
@@ -212,7 +240,37 @@ fn mask_tokens(
     }
     assert!(masked_lms.len() <= num_to_predict);
     masked_lms.sort_unstable_by_key(|&(index, _)| index);
-    masked_lms.iter().copied().unzip()
+}
+
+/// [`mask_in_place`] without whole-word masking, where every group is one token: the same
+/// draws on the candidate positions themselves, with no group list.
+fn mask_single_tokens(
+    tokens: &mut [u32],
+    num_to_predict: usize,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+    candidates: &mut CandidateIndexes,
+) {
+    let CandidateIndexes {
+        indexes,
+        masked_lms,
+        ..
+    } = candidates;
+    indexes.clear();
+    masked_lms.clear();
+    indexes.extend((0..tokens.len()).filter(|&i| tokens[i] != vocab.cls && tokens[i] != vocab.sep));
+    for k in 0..indexes.len() {
+        if masked_lms.len() >= num_to_predict {
+            break;
+        }
+        let chosen = rng.gen_range(k..indexes.len());
+        indexes.swap(k, chosen);
+        let index = indexes[k];
+        let original = tokens[index];
+        tokens[index] = masked_token(original, vocab, rng);
+        masked_lms.push((index as u32, original));
+    }
+    masked_lms.sort_unstable_by_key(|&(index, _)| index);
 }
 
 /// What a chosen position shows the model instead of `original`.
@@ -299,6 +357,100 @@ pub fn create_training_instances(
         .collect()
 }
 
+/// [`build_training_instance`] into columns: appends the masked `[CLS] A [SEP] B [SEP]` of
+/// one pair to `out`, with the same draws.
+#[allow(clippy::too_many_arguments)]
+fn push_training_instance(
+    tokens_a: &[u32],
+    tokens_b: &[u32],
+    is_random_next: bool,
+    cfg: &MaskConfig,
+    vocab: &MaskVocab,
+    rng: &mut impl Rng,
+    candidates: &mut CandidateIndexes,
+    out: &mut InstanceColumns,
+) {
+    let ids = &mut out.input_ids.values;
+    let start = ids.len();
+    ids.push(vocab.cls);
+    ids.extend_from_slice(tokens_a);
+    ids.push(vocab.sep);
+    ids.extend_from_slice(tokens_b);
+    ids.push(vocab.sep);
+    mask_in_place(
+        &mut ids[start..],
+        cfg.masked_lm_prob,
+        cfg.max_predictions_per_seq,
+        cfg.do_whole_word_mask,
+        vocab,
+        rng,
+        candidates,
+    );
+    out.input_ids.end_row();
+    out.segment_b_start.push(tokens_a.len() as u32 + 2);
+    let masked = &candidates.masked_lms;
+    out.masked_lm_positions
+        .values
+        .extend(masked.iter().map(|&(position, _)| position));
+    out.masked_lm_positions.end_row();
+    out.masked_lm_ids
+        .values
+        .extend(masked.iter().map(|&(_, original)| original));
+    out.masked_lm_ids.end_row();
+    out.next_sentence_label.push(is_random_next);
+}
+
+/// [`create_training_instances`] on a shard in columns: the same instances (the same
+/// blocks, seeds and draws), built into flat buffers instead of one record per instance.
+pub fn create_instance_columns(
+    pairs: &PairColumns,
+    cfg: &MaskConfig,
+    vocab: &MaskVocab,
+    random_seed: u64,
+    shard_index: usize,
+) -> InstanceColumns {
+    let n = pairs.len();
+    let blocks: Vec<InstanceColumns> = (0..n.div_ceil(MASK_BLOCK_ROWS))
+        .into_par_iter()
+        .map(|block| {
+            let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
+            let mut candidates = CandidateIndexes::default();
+            let rows = block * MASK_BLOCK_ROWS..((block + 1) * MASK_BLOCK_ROWS).min(n);
+            let (first, last) = (
+                pairs.tokens_a.offsets[rows.start] + pairs.tokens_b.offsets[rows.start],
+                pairs.tokens_a.offsets[rows.end] + pairs.tokens_b.offsets[rows.end],
+            );
+            let predictions = rows.len() * cfg.max_predictions_per_seq;
+            let mut out = InstanceColumns {
+                input_ids: IdLists::with_capacity(rows.len(), last - first + 3 * rows.len()),
+                segment_b_start: Vec::with_capacity(rows.len()),
+                masked_lm_positions: IdLists::with_capacity(rows.len(), predictions),
+                masked_lm_ids: IdLists::with_capacity(rows.len(), predictions),
+                next_sentence_label: Vec::with_capacity(rows.len()),
+            };
+            for i in rows {
+                let (a, b, random) = pairs.pair(i);
+                push_training_instance(
+                    a,
+                    b,
+                    random,
+                    cfg,
+                    vocab,
+                    &mut rng,
+                    &mut candidates,
+                    &mut out,
+                );
+            }
+            out
+        })
+        .collect();
+    let mut columns = InstanceColumns::default();
+    for block in &blocks {
+        columns.append(block);
+    }
+    columns
+}
+
 /// Artifact kind of the `mask` stage's shards of `split`.
 pub fn instances_kind(split: Split) -> &'static str {
     match split {
@@ -366,24 +518,29 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
     // One pairs shard per thread at a time (crate::workers explains why not `par_iter`).
     let per_shard = crate::workers::map_bounded(&shards, |_, &(index, artifact, id, shape)| {
-        let pairs = read_pairs(&ctx.path_of(artifact))?;
+        let pairs = read_pair_columns(&ctx.path_of(artifact))?;
         let mask_cfg = MaskConfig {
             max_predictions_per_seq: shape.max_predictions_per_seq,
             ..cfg.mask.clone()
         };
         let instances =
-            create_training_instances(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
+            create_instance_columns(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
         if index == 0 {
-            for instance in instances.iter().take(3) {
-                tracing::debug!("instance:\n{instance}");
+            for i in 0..instances.len().min(3) {
+                tracing::debug!("instance:\n{}", instances.instance(i));
             }
         }
         // Parts keep each file (and a reader's memory) small.
         let mut parts = Vec::new();
-        for (part, rows) in instances.chunks(INSTANCE_SHARD_ROWS).enumerate() {
+        for (part, start) in (0..instances.len())
+            .step_by(INSTANCE_SHARD_ROWS)
+            .enumerate()
+        {
             let part_id = id.with_part(part);
-            let info = write_instances(
+            let rows = start..(start + INSTANCE_SHARD_ROWS).min(instances.len());
+            let info = write_instance_columns(
                 &run.dir().join(part_id.file_name()),
+                &instances,
                 rows,
                 shape.max_seq_length,
                 shape.max_predictions_per_seq,
@@ -391,9 +548,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             parts.push((part_id, info, artifact.id.clone()));
         }
         let mut stats = InstanceStats::default();
-        for instance in &instances {
-            stats.add_instance(instance, vocab.mask);
-        }
+        stats.add_columns(&instances, vocab.mask);
         progress.advance(pairs.len() as u64);
         Ok((parts, stats, shape))
     })?;

@@ -22,6 +22,7 @@
 //!
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py>
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -39,7 +40,7 @@ use crate::config::PairsConfig;
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::shard::{length_key, write_pairs, SentencePair, ShardId, Split};
+use crate::shard::{length_key, write_pair_columns, PairColumns, SentencePair, ShardId, Split};
 use crate::stage::{corpus_files, derive_seed, Begin, Outcome, Stage, StageCtx};
 use crate::tokenize::load_stage_vocab;
 
@@ -66,7 +67,7 @@ pub struct PairShard<'a> {
     /// [`create_training_pairs_at_lengths`]), input file and shard of that file.
     pub id: ShardId,
     /// The pairs, already shuffled.
-    pub pairs: &'a [SentencePair],
+    pub pairs: &'a PairColumns,
     /// The input files its documents came from (one, or the files of a pooled group).
     pub files: &'a [&'a Path],
 }
@@ -106,9 +107,9 @@ impl PairsSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FilePairs {
     /// Shuffled train pairs of every dupe pass.
-    pub train: Vec<SentencePair>,
+    pub train: PairColumns,
     /// Shuffled pairs of the held-out documents (one pass).
-    pub eval: Vec<SentencePair>,
+    pub eval: PairColumns,
     /// This file's counts.
     pub summary: PairsSummary,
 }
@@ -163,8 +164,22 @@ pub fn truncate_pair_random_ends(
     max_num_tokens: usize,
     rng: &mut impl Rng,
 ) {
-    // Same steps as Google's loop, on index ranges so dropping the front is O(1).
-    let (mut a, mut b) = (0..tokens_a.len(), 0..tokens_b.len());
+    let (a, b) = truncation_window(tokens_a.len(), tokens_b.len(), max_num_tokens, rng);
+    tokens_a.truncate(a.end);
+    tokens_a.drain(..a.start);
+    tokens_b.truncate(b.end);
+    tokens_b.drain(..b.start);
+}
+
+/// What [`truncate_pair_random_ends`] keeps of sequences of `len_a` and `len_b` tokens:
+/// Google's loop on index ranges, so dropping the front is O(1).
+fn truncation_window(
+    len_a: usize,
+    len_b: usize,
+    max_num_tokens: usize,
+    rng: &mut impl Rng,
+) -> (Range<usize>, Range<usize>) {
+    let (mut a, mut b) = (0..len_a, 0..len_b);
     while a.len() + b.len() > max_num_tokens {
         let trunc = if a.len() > b.len() { &mut a } else { &mut b };
         assert!(trunc.start < trunc.end);
@@ -174,10 +189,7 @@ pub fn truncate_pair_random_ends(
             trunc.end -= 1;
         }
     }
-    tokens_a.truncate(a.end);
-    tokens_a.drain(..a.start);
-    tokens_b.truncate(b.end);
-    tokens_b.drain(..b.start);
+    (a, b)
 }
 
 /// Creates `SentencePair`s for a single document.
@@ -192,6 +204,28 @@ pub fn create_instances_from_document(
     short_seq_prob: f64,
     rng: &mut impl Rng,
 ) -> Vec<SentencePair> {
+    let mut pairs = PairColumns::default();
+    push_instances_from_document(
+        all_documents,
+        document_index,
+        max_seq_length,
+        short_seq_prob,
+        rng,
+        &mut pairs,
+    );
+    pairs.to_pairs()
+}
+
+/// [`create_instances_from_document`] appending to columns (the stage's path: no vector per
+/// pair).
+fn push_instances_from_document(
+    all_documents: &[Document],
+    document_index: usize,
+    max_seq_length: usize,
+    short_seq_prob: f64,
+    rng: &mut impl Rng,
+    out: &mut PairColumns,
+) {
     let document = &all_documents[document_index];
 
     // Account for [CLS], [SEP], [SEP]
@@ -206,7 +240,7 @@ pub fn create_instances_from_document(
         target_seq_length = rng.gen_range(2..=max_num_tokens);
     }
 
-    let mut instances = Vec::new();
+    let (mut tokens_a, mut tokens_b) = (Vec::new(), Vec::new());
     let mut current_chunk: Vec<&[u32]> = Vec::new();
     let mut current_length = 0;
     let mut i = 0;
@@ -220,9 +254,12 @@ pub fn create_instances_from_document(
             if current_chunk.len() >= 2 {
                 a_end = rng.gen_range(1..=current_chunk.len() - 1);
             }
-            let mut tokens_a: Vec<u32> = current_chunk[..a_end].concat();
+            tokens_a.clear();
+            current_chunk[..a_end]
+                .iter()
+                .for_each(|s| tokens_a.extend_from_slice(s));
 
-            let mut tokens_b = Vec::new();
+            tokens_b.clear();
             let is_random_next = current_chunk.len() == 1 || rng.gen::<f64>() < 0.5;
             if is_random_next {
                 let target_b_length = target_seq_length.saturating_sub(tokens_a.len());
@@ -240,22 +277,19 @@ pub fn create_instances_from_document(
                 let num_unused_segments = current_chunk.len() - a_end;
                 i -= num_unused_segments;
             } else {
-                tokens_b = current_chunk[a_end..].concat();
+                current_chunk[a_end..]
+                    .iter()
+                    .for_each(|s| tokens_b.extend_from_slice(s));
             }
-            truncate_pair_random_ends(&mut tokens_a, &mut tokens_b, max_num_tokens, rng);
-            assert!(!tokens_a.is_empty());
-            assert!(!tokens_b.is_empty());
-            instances.push(SentencePair {
-                tokens_a,
-                tokens_b,
-                is_random_next,
-            });
+            let (a, b) = truncation_window(tokens_a.len(), tokens_b.len(), max_num_tokens, rng);
+            assert!(!a.is_empty());
+            assert!(!b.is_empty());
+            out.push(&tokens_a[a], &tokens_b[b], is_random_next);
             current_chunk.clear();
             current_length = 0;
         }
         i += 1;
     }
-    instances
 }
 
 /// Picks the document `B` comes from: "we try to make sure that the random document is not
@@ -296,33 +330,38 @@ pub fn create_pairs_from_documents(
     let num_eval = eval_document_count(documents.len(), cfg.eval_fraction);
     let (eval_documents, train_documents) = documents.split_at(num_eval);
 
-    let mut train = Vec::new();
+    let mut train = PairColumns::default();
     for dupe in 0..cfg.dupe_factor {
         let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
         for document_index in 0..train_documents.len() {
-            train.extend(create_instances_from_document(
+            push_instances_from_document(
                 train_documents,
                 document_index,
                 cfg.max_seq_length,
                 cfg.short_seq_prob,
                 &mut rng,
-            ));
+                &mut train,
+            );
         }
     }
-    train.shuffle(&mut seeded_rng(random_seed, "pairs/shuffle", &[file]));
+    let train = shuffled(
+        &train,
+        &mut seeded_rng(random_seed, "pairs/shuffle", &[file]),
+    );
 
-    let mut eval = Vec::new();
+    let mut eval = PairColumns::default();
     let mut rng = seeded_rng(random_seed, "pairs/eval", &[file]);
     for document_index in 0..eval_documents.len() {
-        eval.extend(create_instances_from_document(
+        push_instances_from_document(
             eval_documents,
             document_index,
             cfg.max_seq_length,
             cfg.short_seq_prob,
             &mut rng,
-        ));
+            &mut eval,
+        );
     }
-    eval.shuffle(&mut rng);
+    let eval = shuffled(&eval, &mut rng);
 
     let summary = PairsSummary {
         files: 1,
@@ -338,6 +377,13 @@ pub fn create_pairs_from_documents(
         eval,
         summary,
     }
+}
+
+/// The pairs in a uniformly random order: the draws of shuffling a vector of them.
+fn shuffled(pairs: &PairColumns, rng: &mut impl Rng) -> PairColumns {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.shuffle(rng);
+    pairs.gather(&order)
 }
 
 /// Reads, checks and tokenizes one corpus file: its documents and its size in bytes.
@@ -388,23 +434,29 @@ fn emit_shards(
     max_seq_length: Option<usize>,
     split: Split,
     file_index: usize,
-    pairs: &[SentencePair],
+    pairs: &PairColumns,
     files: &[&Path],
     shard_rows: usize,
     sink: &PairSinkFn<'_>,
 ) -> Result<()> {
-    for (shard_index, chunk) in pairs.chunks(shard_rows.max(1)).enumerate() {
-        sink(PairShard {
-            id: ShardId {
-                split,
-                seq_len: max_seq_length,
-                file: file_index,
-                shard: shard_index,
-                part: None,
-            },
-            pairs: chunk,
-            files,
-        })?;
+    let shard_rows = shard_rows.max(1);
+    for (shard_index, start) in (0..pairs.len()).step_by(shard_rows).enumerate() {
+        let id = ShardId {
+            split,
+            seq_len: max_seq_length,
+            file: file_index,
+            shard: shard_index,
+            part: None,
+        };
+        let end = (start + shard_rows).min(pairs.len());
+        let rows;
+        let pairs = if (start, end) == (0, pairs.len()) {
+            pairs
+        } else {
+            rows = pairs.gather(&(start..end).collect::<Vec<_>>());
+            &rows
+        };
+        sink(PairShard { id, pairs, files })?;
     }
     Ok(())
 }
@@ -736,7 +788,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let tokenize = |lines: &[&str]| tokenizer.encode_lines(lines);
     let sink = |shard: PairShard<'_>| {
         let rel = shard.id.file_name();
-        let info = write_pairs(&run.dir().join(&rel), shard.pairs)?;
+        let info = write_pair_columns(&run.dir().join(&rel), shard.pairs)?;
         let sources: Vec<String> = shard
             .files
             .iter()

@@ -23,6 +23,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod columns;
+pub use columns::{IdLists, InstanceColumns, PairColumns};
+
 /// Which split a shard belongs to: documents held out of each file form `Eval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -243,27 +246,43 @@ pub const INSTANCE_COLUMNS: [&str; 5] = [
     "next_sentence_label",
 ];
 
-/// Writes `pairs` to a shard at `path`, atomically: `tokens_a` and `tokens_b` as lists of
+/// Writes `pairs` to a shard at `path` ([`write_pair_columns`]).
+pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
+    write_pair_columns(path, &PairColumns::from_pairs(pairs))
+}
+
+/// Writes pairs to a shard at `path`, atomically: `tokens_a` and `tokens_b` as lists of
 /// ids (`u16` when every id fits), `is_random_next` as booleans. Not fsynced: a stage's
 /// shards are flushed together before the stage records them ([`write_frame`]).
-pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
+pub fn write_pair_columns(path: &Path, pairs: &PairColumns) -> Result<ShardInfo> {
     let n = pairs.len();
-    let a = id_lists("tokens_a", pairs.iter().map(|p| p.tokens_a.as_slice()), n);
-    let b = id_lists("tokens_b", pairs.iter().map(|p| p.tokens_b.as_slice()), n);
     let random: BooleanChunked = pairs
+        .is_random_next
         .iter()
-        .map(|p| p.is_random_next)
+        .copied()
         .collect_ca("is_random_next".into());
-    let df = DataFrame::new(n, vec![a, b, random.into_series().into_column()])
-        .map_err(|e| Error::shard(path, format!("cannot build pairs frame: {e}")))?;
+    let df = DataFrame::new(
+        n,
+        vec![
+            pairs.tokens_a.column("tokens_a", 0..n),
+            pairs.tokens_b.column("tokens_b", 0..n),
+            random.into_series().into_column(),
+        ],
+    )
+    .map_err(|e| Error::shard(path, format!("cannot build pairs frame: {e}")))?;
     write_frame(path, df, &[(FORMAT_KEY, PAIRS_FORMAT.to_string())])
 }
 
 /// Reads a pairs shard written by [`write_pairs`].
 pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
+    Ok(read_pair_columns(path)?.to_pairs())
+}
+
+/// Reads a pairs shard into columns.
+pub fn read_pair_columns(path: &Path) -> Result<PairColumns> {
     let (df, _) = read_frame(path, &PAIR_COLUMNS)?;
-    let a = list_rows(path, &df, "tokens_a")?;
-    let b = list_rows(path, &df, "tokens_b")?;
+    let tokens_a = IdLists::read(path, &df, "tokens_a")?;
+    let tokens_b = IdLists::read(path, &df, "tokens_b")?;
     let random = df
         .column("is_random_next")
         .and_then(|c| c.bool().cloned())
@@ -274,15 +293,11 @@ pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
             "column `is_random_next` has nulls; rerun the `pairs` stage",
         ));
     }
-    Ok(a.into_iter()
-        .zip(b)
-        .zip(random.iter().map(|v| v.unwrap_or(false)))
-        .map(|((tokens_a, tokens_b), is_random_next)| SentencePair {
-            tokens_a,
-            tokens_b,
-            is_random_next,
-        })
-        .collect())
+    Ok(PairColumns {
+        tokens_a,
+        tokens_b,
+        is_random_next: random.iter().map(|v| v.unwrap_or(false)).collect(),
+    })
 }
 
 /// `instances` as fixed-length rows, the mask stage's row format: `[PAD]` (0) fills each
@@ -314,56 +329,68 @@ pub fn pad_instances(
     Ok(shard)
 }
 
-/// Writes instances atomically, unpadded (the padding is derived on reading): `input_ids`
-/// (`[CLS] A [SEP] B [SEP]`, masked), `segment_b_start` (index of B's first token: token
-/// type 0 before it, 1 from it), `masked_lm_positions` and `masked_lm_ids` as lists,
-/// `next_sentence_label` (1: B is random). Ids and positions are `u16` when every value
-/// fits. The shape every row is padded to on reading, `max_seq_length`
-/// and `max_predictions_per_seq`, is in the schema metadata. The error names the first
-/// instance that does not fit it. Not fsynced, like [`write_pairs`].
+/// Writes instances to a shard at `path` ([`write_instance_columns`]).
 pub fn write_instances(
     path: &Path,
     instances: &[TrainingInstance],
     max_seq_length: usize,
     max_predictions: usize,
 ) -> Result<ShardInfo> {
-    let n = instances.len();
-    let mut segment_b_start = Vec::with_capacity(n);
-    for (i, inst) in instances.iter().enumerate() {
-        let len = inst.tokens.len();
-        let npred = inst.masked_lm_positions.len();
+    let columns = InstanceColumns::from_instances(instances).map_err(|e| Error::shard(path, e))?;
+    write_instance_columns(
+        path,
+        &columns,
+        0..columns.len(),
+        max_seq_length,
+        max_predictions,
+    )
+}
+
+/// Writes instances `rows` of `columns` atomically, unpadded (the padding is derived on
+/// reading): `input_ids` (`[CLS] A [SEP] B [SEP]`, masked), `segment_b_start` (index of B's
+/// first token: token type 0 before it, 1 from it), `masked_lm_positions` and
+/// `masked_lm_ids` as lists, `next_sentence_label` (1: B is random). Ids and positions are
+/// `u16` when every value fits. The shape every row is padded to on reading,
+/// `max_seq_length` and `max_predictions_per_seq`, is in the schema metadata. The error
+/// names the first instance that does not fit it. Not fsynced, like [`write_pairs`].
+pub fn write_instance_columns(
+    path: &Path,
+    columns: &InstanceColumns,
+    rows: std::ops::Range<usize>,
+    max_seq_length: usize,
+    max_predictions: usize,
+) -> Result<ShardInfo> {
+    for i in rows.clone() {
+        let len = columns.input_ids.row(i).len();
+        let npred = columns.masked_lm_positions.row(i).len();
         if len > max_seq_length
             || npred > max_predictions
-            || inst.segment_ids.len() != len
-            || inst.masked_lm_labels.len() != npred
+            || columns.masked_lm_ids.row(i).len() != npred
+            || columns.segment_b_start[i] as usize > len
         {
             return Err(Error::shard(
                 path,
-                format!("instance {i} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"),
+                format!("instance {} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}", i - rows.start),
             ));
         }
-        segment_b_start.push(inst.segment_ids.iter().take_while(|&&s| s == 0).count() as u32);
     }
-    let labels: Vec<u8> = instances.iter().map(|i| i.is_random_next as u8).collect();
+    let labels: Vec<u8> = columns.next_sentence_label[rows.clone()]
+        .iter()
+        .map(|&l| u8::from(l))
+        .collect();
     let df = DataFrame::new(
-        n,
+        rows.len(),
         vec![
-            id_lists(
-                "input_ids",
-                instances.iter().map(|i| i.tokens.as_slice()),
-                n,
-            ),
-            Series::new("segment_b_start".into(), segment_b_start).into_column(),
-            id_lists(
-                "masked_lm_positions",
-                instances.iter().map(|i| i.masked_lm_positions.as_slice()),
-                n,
-            ),
-            id_lists(
-                "masked_lm_ids",
-                instances.iter().map(|i| i.masked_lm_labels.as_slice()),
-                n,
-            ),
+            columns.input_ids.column("input_ids", rows.clone()),
+            Series::new(
+                "segment_b_start".into(),
+                &columns.segment_b_start[rows.clone()],
+            )
+            .into_column(),
+            columns
+                .masked_lm_positions
+                .column("masked_lm_positions", rows.clone()),
+            columns.masked_lm_ids.column("masked_lm_ids", rows.clone()),
             Series::new("next_sentence_label".into(), labels).into_column(),
         ],
     )
@@ -399,24 +426,24 @@ pub fn read_instances(path: &Path) -> Result<InstanceShard> {
             .ok_or_else(not_ours)
     };
     let (seq_len, max_predictions) = (shape(MAX_SEQ_LENGTH_KEY)?, shape(MAX_PREDICTIONS_KEY)?);
-    let tokens = list_rows(path, &df, "input_ids")?;
-    let positions = list_rows(path, &df, "masked_lm_positions")?;
-    let ids = list_rows(path, &df, "masked_lm_ids")?;
+    let tokens = IdLists::read(path, &df, "input_ids")?;
+    let positions = IdLists::read(path, &df, "masked_lm_positions")?;
+    let ids = IdLists::read(path, &df, "masked_lm_ids")?;
     let segment_b_start = u32_column(path, &df, "segment_b_start")?;
     let next_sentence = u32_column(path, &df, "next_sentence_label")?;
     let rows = df.height();
     let mut shard = InstanceShard::with_shape(rows, seq_len, max_predictions);
+    if [tokens.len(), positions.len(), ids.len()] != [rows; 3] {
+        return Err(Error::shard(path, "columns of different lengths: not a shard written by the `mask` stage; rerun `just stage mask`"));
+    }
     for row in 0..rows {
-        let (len, npred, b) = (
-            tokens[row].len(),
-            positions[row].len(),
-            segment_b_start[row] as usize,
-        );
+        let (tokens, positions, ids) = (tokens.row(row), positions.row(row), ids.row(row));
+        let (len, npred, b) = (tokens.len(), positions.len(), segment_b_start[row] as usize);
         if len > seq_len
             || npred > max_predictions
-            || ids[row].len() != npred
+            || ids.len() != npred
             || b > len
-            || positions[row].iter().any(|&p| p as usize >= len)
+            || positions.iter().any(|&p| p as usize >= len)
         {
             return Err(Error::shard(
                 path,
@@ -424,13 +451,7 @@ pub fn read_instances(path: &Path) -> Result<InstanceShard> {
             ));
         }
         let token_types = std::iter::repeat_n(0, b).chain(std::iter::repeat_n(1, len - b));
-        shard.push_padded_row(
-            &tokens[row],
-            token_types,
-            &positions[row],
-            &ids[row],
-            next_sentence[row] != 0,
-        );
+        shard.push_padded_row(tokens, token_types, positions, ids, next_sentence[row] != 0);
     }
     Ok(shard)
 }
@@ -445,36 +466,6 @@ pub const INSTANCES_FORMAT: &str = "instances/2";
 pub const MAX_SEQ_LENGTH_KEY: &str = "bertline.max_seq_length";
 /// Schema metadata key of an instance shard's `max_predictions_per_seq`.
 pub const MAX_PREDICTIONS_KEY: &str = "bertline.max_predictions_per_seq";
-
-/// A list column of ids, one list per row, as `u16` when every value is below 65,536
-/// (every id of a vocabulary that size, every position in a sequence up to that length),
-/// else `u32`: half the bytes for the usual vocabularies; readers widen either.
-fn id_lists<'a>(name: &str, rows: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -> Column {
-    let total: usize = rows.clone().map(<[u32]>::len).sum();
-    let max = rows
-        .clone()
-        .map(|r| r.iter().copied().max().unwrap_or(0))
-        .max();
-    let fits_u16 = max.unwrap_or(0) <= u16::MAX as u32;
-    if fits_u16 {
-        let mut column =
-            ListPrimitiveChunkedBuilder::<UInt16Type>::new(name.into(), n, total, DataType::UInt16);
-        let mut row16 = Vec::new();
-        for row in rows {
-            row16.clear();
-            row16.extend(row.iter().map(|&id| id as u16));
-            column.append_slice(&row16);
-        }
-        column.finish().into_series().into_column()
-    } else {
-        let mut column =
-            ListPrimitiveChunkedBuilder::<UInt32Type>::new(name.into(), n, total, DataType::UInt32);
-        for row in rows {
-            column.append_slice(row);
-        }
-        column.finish().into_series().into_column()
-    }
-}
 
 /// A column of unsigned integers as `u32`s; nulls are refused.
 fn u32_column(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<u32>> {
@@ -561,39 +552,4 @@ fn schema_error(path: &Path, col: &str, e: PolarsError) -> Error {
         path,
         format!("column `{col}` has the wrong type ({e}); rerun the stage with --force"),
     )
-}
-
-/// The rows of a list column of ids (`u16` or `u32`), each widened to `u32`.
-fn list_rows(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<Vec<u32>>> {
-    let nulls = || {
-        Error::shard(
-            path,
-            format!("column `{col}` has nulls; rerun the stage with --force"),
-        )
-    };
-    let ca = df
-        .column(col)
-        .and_then(|c| c.cast(&DataType::List(Box::new(DataType::UInt32))))
-        .and_then(|c| c.list().cloned())
-        .map_err(|e| schema_error(path, col, e))?;
-    if ca.null_count() > 0 {
-        return Err(nulls());
-    }
-    let mut rows = Vec::with_capacity(ca.len());
-    for arr in ca.downcast_iter() {
-        let values = Series::from_arrow(col.into(), arr.values().clone())
-            .map_err(|e| schema_error(path, col, e))?;
-        let values = values.u32().map_err(|e| schema_error(path, col, e))?;
-        if values.null_count() > 0 {
-            return Err(nulls());
-        }
-        let values = values.rechunk();
-        let values = values
-            .cont_slice()
-            .map_err(|e| schema_error(path, col, e))?;
-        for w in arr.offsets().as_slice().windows(2) {
-            rows.push(values[w[0] as usize..w[1] as usize].to_vec());
-        }
-    }
-    Ok(rows)
 }

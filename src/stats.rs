@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::shard::{InstanceShard, TrainingInstance};
+use crate::shard::{InstanceColumns, InstanceShard, TrainingInstance};
 
 /// Counts over instances; the averages are derived from them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,6 +67,24 @@ impl InstanceStats {
             .zip(&instance.masked_lm_labels)
         {
             self.add_masked(instance.tokens[position as usize], label, mask_id);
+        }
+    }
+
+    /// Adds every instance of a shard in columns, before it is padded and written.
+    pub fn add_columns(&mut self, instances: &InstanceColumns, mask_id: u32) {
+        self.instances += instances.len() as u64;
+        self.tokens += instances.input_ids.values.len() as u64;
+        self.random_next += instances
+            .next_sentence_label
+            .iter()
+            .map(|&l| u64::from(l))
+            .sum::<u64>();
+        for i in 0..instances.len() {
+            let tokens = instances.input_ids.row(i);
+            let positions = instances.masked_lm_positions.row(i);
+            for (&position, &label) in positions.iter().zip(instances.masked_lm_ids.row(i)) {
+                self.add_masked(tokens[position as usize], label, mask_id);
+            }
         }
     }
 

@@ -3,10 +3,11 @@
 
 use bertline::config::MaskConfig;
 use bertline::mask::{
-    create_masked_lm_predictions, create_training_instance, create_training_instances, MaskVocab,
-    MASK_BLOCK_ROWS,
+    create_instance_columns, create_masked_lm_predictions, create_training_instance,
+    create_training_instances, MaskVocab, MASK_BLOCK_ROWS,
 };
 use bertline::pairs::seeded_rng;
+use bertline::shard::PairColumns;
 use bertline::SentencePair;
 
 const CLS: u32 = 2;
@@ -250,4 +251,39 @@ fn shard_masking_is_deterministic_across_thread_counts() {
     }
     assert_ne!(one, run(1, 12346, 0), "other seed, same masks");
     assert_ne!(one, run(1, 12345, 1), "other shard, same masks");
+}
+
+/// The stage's columnar masking gives the record path's instances exactly (same blocks,
+/// seeds and draws), with and without whole-word masking, on any thread count.
+#[test]
+fn columns_give_the_same_instances_as_records() {
+    let pairs: Vec<SentencePair> = (0..(2 * MASK_BLOCK_ROWS + 300) as u32)
+        .map(|i| SentencePair {
+            tokens_a: (0..(1 + i % 60)).map(|t| 5 + (i * 7 + t) % 95).collect(),
+            tokens_b: (0..(1 + i % 40)).map(|t| 5 + (i * 11 + t) % 95).collect(),
+            is_random_next: i % 2 == 0,
+        })
+        .collect();
+    let columns = PairColumns::from_pairs(&pairs);
+    assert_eq!(columns.to_pairs(), pairs);
+    let v = vocab();
+    for whole_word in [false, true] {
+        let c = cfg(0.15, 20, whole_word);
+        let records = create_training_instances(&pairs, &c, &v, 99, 3);
+        for threads in [1, 3] {
+            let instances = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| create_instance_columns(&columns, &c, &v, 99, 3));
+            assert_eq!(instances.len(), records.len());
+            for (i, record) in records.iter().enumerate() {
+                assert_eq!(
+                    &instances.instance(i),
+                    record,
+                    "instance {i}, wwm {whole_word}"
+                );
+            }
+        }
+    }
 }

@@ -291,7 +291,7 @@ fn run_driver(files: &[PathBuf], cfg: &PairsConfig, threads: usize) -> (PairsSum
                 &tokenize,
                 &|shard| {
                     let key = (shard.id.split, shard.id.file, shard.id.shard);
-                    let old = shards.lock().unwrap().insert(key, shard.pairs.to_vec());
+                    let old = shards.lock().unwrap().insert(key, shard.pairs.to_pairs());
                     assert!(
                         old.is_none(),
                         "shard {} written twice",
@@ -353,7 +353,7 @@ fn driver_is_deterministic_across_thread_counts_and_seeds() {
     assert_ne!(other.train, alice.train);
     assert_eq!(
         shards_1[&(Split::Train, 1, 0)],
-        alice.train[..2000.min(alice.train.len())]
+        alice.train.to_pairs()[..2000.min(alice.train.len())]
     );
 }
 
@@ -365,8 +365,8 @@ fn dupe_passes_draw_different_pairs() {
     // The first pass is the same, the second adds different pairs (then all are shuffled).
     let n = one.train.len();
     assert!(two.train.len() > n + n / 2 && two.train.len() < 2 * n + n / 2);
-    let mut sorted_one = one.train.clone();
-    let mut sorted_two = two.train.clone();
+    let mut sorted_one = one.train.to_pairs();
+    let mut sorted_two = two.train.to_pairs();
     let key = |p: &SentencePair| (p.tokens_a.clone(), p.tokens_b.clone(), p.is_random_next);
     sorted_one.sort_by_key(key);
     sorted_two.sort_by_key(key);
@@ -520,7 +520,7 @@ fn one_document_files_are_pooled_into_one_unit() {
     // Alice is paired on its own, exactly as before; the two books as one unit named after
     // the first of them (index 0), and nothing under the second book's index.
     let alone = create_pairs_from_file(&alice, 1, &cfg, 12345, &tokenize).unwrap();
-    assert_eq!(shards[&(Split::Train, 1, 0)], alone.train);
+    assert_eq!(shards[&(Split::Train, 1, 0)], alone.train.to_pairs());
     assert!(shards.keys().all(|k| k.1 != 2), "{:?}", shards.keys());
     let pooled = &shards[&(Split::Train, 0, 0)];
     assert_eq!(

@@ -171,7 +171,7 @@ fn wiki_00_matches_googles_create_pretraining_data() {
         do_whole_word_mask: false,
     };
     let pairs = create_pairs_from_file(&wiki, 0, &pairs_cfg, 12345, &tokenize).unwrap();
-    let instances = create_training_instances(&pairs.train, &mask_cfg, &vocab, 12345, 0);
+    let instances = create_training_instances(&pairs.train.to_pairs(), &mask_cfg, &vocab, 12345, 0);
     let mut stats = InstanceStats::default();
     for i in &instances {
         stats.add_instance(i, vocab.mask);

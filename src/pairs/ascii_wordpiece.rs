@@ -94,9 +94,18 @@ impl<'a> AsciiWordPiece<'a> {
 
     /// Encodes lines to ids without special tokens. Whitespace-separated chunks of plain
     /// ASCII are encoded here; the other chunks (and whole lines holding an added token) go
-    /// to HF in one batch. Chunks can be encoded apart because nothing in BERT's
+    /// to HF in one call ([`Self::encode_pieces`]); with a tokenizer other than plain BERT,
+    /// every line goes to HF as it is. Chunks can be encoded apart because nothing in BERT's
     /// normalizer, pre-tokenizer or WordPiece crosses a space, tab or line break.
     pub fn encode_lines(&self, lines: &[&str]) -> Result<Vec<Vec<u32>>> {
+        if !self.enabled {
+            let encoded = self
+                .wordpiece
+                .tokenizer()
+                .encode_batch_fast(lines.to_vec(), false)
+                .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
+            return Ok(encoded.iter().map(|e| e.get_ids().to_vec()).collect());
+        }
         let mut ids = Vec::with_capacity(lines.len());
         let mut word = String::new();
         let mut splits = SplitCache::default();
@@ -105,7 +114,7 @@ impl<'a> AsciiWordPiece<'a> {
         let mut slow_place: Vec<(usize, usize)> = Vec::new();
         for (index, line) in lines.iter().enumerate() {
             let mut out = Vec::new();
-            if !self.enabled || self.added_tokens.iter().any(|t| line.contains(t.as_str())) {
+            if self.added_tokens.iter().any(|t| line.contains(t.as_str())) {
                 slow_text.push(line);
                 slow_place.push((index, 0));
             } else {
@@ -123,17 +132,46 @@ impl<'a> AsciiWordPiece<'a> {
         if slow_text.is_empty() {
             return Ok(ids);
         }
-        let encoded = self
-            .wordpiece
-            .tokenizer()
-            .encode_batch_fast(slow_text, false)
-            .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
-        // Insert from the back, so earlier positions in the same line stay valid.
-        for ((line, position), encoding) in slow_place.into_iter().zip(encoded).rev() {
-            let line_ids: &mut Vec<u32> = &mut ids[line];
-            line_ids.splice(position..position, encoding.get_ids().iter().copied());
+        for (piece, ids_of_piece) in self
+            .encode_pieces(&slow_text)?
+            .into_iter()
+            .enumerate()
+            .rev()
+        {
+            // From the back, so earlier positions in the same line stay valid.
+            let (line, position) = slow_place[piece];
+            ids[line].splice(position..position, ids_of_piece);
         }
         Ok(ids)
+    }
+
+    /// Encodes pieces of text with HF, in one call: the pieces are joined by spaces (nothing
+    /// in BERT's pipeline crosses a space) and each token goes to the piece its byte offsets
+    /// fall in. One call per batch instead of one per piece: HF's fixed cost per input
+    /// (added-token matching, alignment bookkeeping) was most of the `pairs` stage's time on
+    /// Wikipedia text, where about 1% of the words are not ASCII.
+    fn encode_pieces(&self, pieces: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let mut joined = String::with_capacity(pieces.iter().map(|p| p.len() + 1).sum());
+        let mut ends = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            joined.push_str(piece);
+            ends.push(joined.len());
+            joined.push(' ');
+        }
+        let encoding = self
+            .wordpiece
+            .tokenizer()
+            .encode(joined.as_str(), false)
+            .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
+        let mut out = vec![Vec::new(); pieces.len()];
+        let mut piece = 0;
+        for (&id, &(start, _)) in encoding.get_ids().iter().zip(encoding.get_offsets()) {
+            while start >= ends[piece] {
+                piece += 1;
+            }
+            out[piece].push(id);
+        }
+        Ok(out)
     }
 
     /// The ids of one line by the fast path alone, or `None` when some of it needs HF (not

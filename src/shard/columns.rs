@@ -1,0 +1,326 @@
+//! Shard records in columns: the data stages build and read whole shards as a few flat
+//! buffers ([`IdLists`]: every row's ids back to back, with offsets) instead of a vector per
+//! row, which is what Arrow stores on disk. [`PairColumns`] is a pairs shard,
+//! [`InstanceColumns`] an instance shard before padding; both convert to and from the
+//! row types ([`SentencePair`], [`TrainingInstance`]) that tests and callers use.
+
+use std::ops::Range;
+use std::path::Path;
+
+use polars::prelude::*;
+
+use super::{schema_error, SentencePair, TrainingInstance};
+use crate::error::{Error, Result};
+
+/// Lists of ids in one buffer: row `i` is `values[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdLists {
+    /// Every row's ids, in row order.
+    pub values: Vec<u32>,
+    /// Row boundaries in `values`: one more than there are rows, starting at 0.
+    pub offsets: Vec<usize>,
+}
+
+impl Default for IdLists {
+    fn default() -> Self {
+        IdLists::with_capacity(0, 0)
+    }
+}
+
+impl IdLists {
+    /// No rows yet, room for `rows` rows of `values` ids in all.
+    pub fn with_capacity(rows: usize, values: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        IdLists {
+            values: Vec::with_capacity(values),
+            offsets,
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.values[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    /// Every row, in order.
+    pub fn rows(&self) -> impl Iterator<Item = &[u32]> + '_ {
+        self.offsets.windows(2).map(|w| &self.values[w[0]..w[1]])
+    }
+
+    /// Appends a row.
+    pub fn push(&mut self, row: &[u32]) {
+        self.values.extend_from_slice(row);
+        self.end_row();
+    }
+
+    /// Ends the row being built: the ids pushed onto `values` since the last row end.
+    pub fn end_row(&mut self) {
+        self.offsets.push(self.values.len());
+    }
+
+    /// Appends every row of `other`.
+    pub fn append(&mut self, other: &IdLists) {
+        let base = self.values.len();
+        self.values.extend_from_slice(&other.values);
+        self.offsets
+            .extend(other.offsets[1..].iter().map(|&o| base + o));
+    }
+
+    /// Rows `rows` as a list column, `u16` when every id in them is below 65,536 (every id
+    /// of a vocabulary that size, every position in a sequence up to that length), else
+    /// `u32`: half the bytes for the usual vocabularies; [`IdLists::read`] widens either.
+    pub(super) fn column(&self, name: &str, rows: Range<usize>) -> Column {
+        let (first, last) = (self.offsets[rows.start], self.offsets[rows.end]);
+        let values = &self.values[first..last];
+        let offsets = &self.offsets[rows.start..=rows.end];
+        let n = rows.len();
+        if values.iter().all(|&v| v <= u16::MAX as u32) {
+            let narrow: Vec<u16> = values.iter().map(|&v| v as u16).collect();
+            let mut column = ListPrimitiveChunkedBuilder::<UInt16Type>::new(
+                name.into(),
+                n,
+                narrow.len(),
+                DataType::UInt16,
+            );
+            for w in offsets.windows(2) {
+                column.append_slice(&narrow[w[0] - first..w[1] - first]);
+            }
+            column.finish().into_series().into_column()
+        } else {
+            let mut column = ListPrimitiveChunkedBuilder::<UInt32Type>::new(
+                name.into(),
+                n,
+                values.len(),
+                DataType::UInt32,
+            );
+            for w in offsets.windows(2) {
+                column.append_slice(&values[w[0] - first..w[1] - first]);
+            }
+            column.finish().into_series().into_column()
+        }
+    }
+
+    /// The list column `col` of ids (`u16` or `u32`), widened to `u32`; nulls are refused.
+    pub(super) fn read(path: &Path, df: &DataFrame, col: &str) -> Result<IdLists> {
+        let nulls = || {
+            Error::shard(
+                path,
+                format!("column `{col}` has nulls; rerun the stage with --force"),
+            )
+        };
+        let ca = df
+            .column(col)
+            .and_then(|c| c.list().cloned())
+            .map_err(|e| schema_error(path, col, e))?;
+        if ca.null_count() > 0 {
+            return Err(nulls());
+        }
+        let mut lists = IdLists::with_capacity(ca.len(), 0);
+        for arr in ca.downcast_iter() {
+            let values = Series::from_arrow(col.into(), arr.values().clone())
+                .map_err(|e| schema_error(path, col, e))?;
+            if values.null_count() > 0 {
+                return Err(nulls());
+            }
+            let offsets = arr.offsets().as_slice();
+            let (first, last) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
+            let base = lists.values.len() as i64 - offsets[0];
+            match values.dtype() {
+                DataType::UInt16 => {
+                    let values = values.u16().map_err(|e| schema_error(path, col, e))?;
+                    let values = values.rechunk();
+                    let values = values
+                        .cont_slice()
+                        .map_err(|e| schema_error(path, col, e))?;
+                    lists
+                        .values
+                        .extend(values[first..last].iter().map(|&v| u32::from(v)));
+                }
+                DataType::UInt32 => {
+                    let values = values.u32().map_err(|e| schema_error(path, col, e))?;
+                    let values = values.rechunk();
+                    let values = values
+                        .cont_slice()
+                        .map_err(|e| schema_error(path, col, e))?;
+                    lists.values.extend_from_slice(&values[first..last]);
+                }
+                other => {
+                    return Err(Error::shard(
+                        path,
+                        format!(
+                            "column `{col}` holds {other}, not ids; rerun the stage with --force"
+                        ),
+                    ))
+                }
+            }
+            lists
+                .offsets
+                .extend(offsets[1..].iter().map(|&o| (o + base) as usize));
+        }
+        Ok(lists)
+    }
+}
+
+/// The pairs of a shard in columns: what [`super::write_pairs`] writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairColumns {
+    /// Segment A of each pair.
+    pub tokens_a: IdLists,
+    /// Segment B of each pair.
+    pub tokens_b: IdLists,
+    /// B is a random span from another document.
+    pub is_random_next: Vec<bool>,
+}
+
+impl PairColumns {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.is_random_next.len()
+    }
+
+    /// No pairs.
+    pub fn is_empty(&self) -> bool {
+        self.is_random_next.is_empty()
+    }
+
+    /// Appends a pair.
+    pub fn push(&mut self, tokens_a: &[u32], tokens_b: &[u32], is_random_next: bool) {
+        self.tokens_a.push(tokens_a);
+        self.tokens_b.push(tokens_b);
+        self.is_random_next.push(is_random_next);
+    }
+
+    /// Pair `i` as `(A, B, is_random_next)`.
+    pub fn pair(&self, i: usize) -> (&[u32], &[u32], bool) {
+        (
+            self.tokens_a.row(i),
+            self.tokens_b.row(i),
+            self.is_random_next[i],
+        )
+    }
+
+    /// The pairs at `rows`, in that order (a shuffle, or one shard's rows).
+    pub fn gather(&self, rows: &[usize]) -> PairColumns {
+        let values = |lists: &IdLists| rows.iter().map(|&i| lists.row(i).len()).sum();
+        let mut out = PairColumns {
+            tokens_a: IdLists::with_capacity(rows.len(), values(&self.tokens_a)),
+            tokens_b: IdLists::with_capacity(rows.len(), values(&self.tokens_b)),
+            is_random_next: Vec::with_capacity(rows.len()),
+        };
+        for &i in rows {
+            let (a, b, random) = self.pair(i);
+            out.push(a, b, random);
+        }
+        out
+    }
+
+    /// The pairs as records.
+    pub fn to_pairs(&self) -> Vec<SentencePair> {
+        (0..self.len())
+            .map(|i| {
+                let (a, b, random) = self.pair(i);
+                SentencePair {
+                    tokens_a: a.to_vec(),
+                    tokens_b: b.to_vec(),
+                    is_random_next: random,
+                }
+            })
+            .collect()
+    }
+
+    /// Records as columns.
+    pub fn from_pairs(pairs: &[SentencePair]) -> Self {
+        let mut columns = PairColumns::default();
+        for p in pairs {
+            columns.push(&p.tokens_a, &p.tokens_b, p.is_random_next);
+        }
+        columns
+    }
+}
+
+/// Masked-LM instances in columns, unpadded: what [`super::write_instance_columns`] writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceColumns {
+    /// `[CLS] A [SEP] B [SEP]` with masked positions replaced.
+    pub input_ids: IdLists,
+    /// Index of B's first token (token type 0 before it, 1 from it).
+    pub segment_b_start: Vec<u32>,
+    /// Positions of the predictions, ascending.
+    pub masked_lm_positions: IdLists,
+    /// Original ids at those positions.
+    pub masked_lm_ids: IdLists,
+    /// B is random.
+    pub next_sentence_label: Vec<bool>,
+}
+
+impl InstanceColumns {
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.next_sentence_label.len()
+    }
+
+    /// No instances.
+    pub fn is_empty(&self) -> bool {
+        self.next_sentence_label.is_empty()
+    }
+
+    /// Appends every instance of `other`.
+    pub fn append(&mut self, other: &InstanceColumns) {
+        self.input_ids.append(&other.input_ids);
+        self.segment_b_start
+            .extend_from_slice(&other.segment_b_start);
+        self.masked_lm_positions.append(&other.masked_lm_positions);
+        self.masked_lm_ids.append(&other.masked_lm_ids);
+        self.next_sentence_label
+            .extend_from_slice(&other.next_sentence_label);
+    }
+
+    /// Instance `i` as a record.
+    pub fn instance(&self, i: usize) -> TrainingInstance {
+        let tokens = self.input_ids.row(i).to_vec();
+        let b = self.segment_b_start[i] as usize;
+        let segment_ids = (0..tokens.len()).map(|t| u8::from(t >= b)).collect();
+        TrainingInstance {
+            tokens,
+            segment_ids,
+            masked_lm_positions: self.masked_lm_positions.row(i).to_vec(),
+            masked_lm_labels: self.masked_lm_ids.row(i).to_vec(),
+            is_random_next: self.next_sentence_label[i],
+        }
+    }
+
+    /// Records as columns. The error names the first instance whose segment ids are not
+    /// zeros then ones over its tokens.
+    pub fn from_instances(instances: &[TrainingInstance]) -> std::result::Result<Self, String> {
+        let mut columns = InstanceColumns::default();
+        for (i, inst) in instances.iter().enumerate() {
+            let b = inst.segment_ids.iter().take_while(|&&s| s == 0).count();
+            if inst.segment_ids.len() != inst.tokens.len()
+                || inst.segment_ids[b..].iter().any(|&s| s != 1)
+            {
+                return Err(format!(
+                    "instance {i} has {} segment ids for {} tokens, or ids other than 0s then 1s",
+                    inst.segment_ids.len(),
+                    inst.tokens.len()
+                ));
+            }
+            columns.input_ids.push(&inst.tokens);
+            columns.segment_b_start.push(b as u32);
+            columns.masked_lm_positions.push(&inst.masked_lm_positions);
+            columns.masked_lm_ids.push(&inst.masked_lm_labels);
+            columns.next_sentence_label.push(inst.is_random_next);
+        }
+        Ok(columns)
+    }
+}
