@@ -444,7 +444,15 @@ pub fn create_instance_columns(
             out
         })
         .collect();
-    let mut columns = InstanceColumns::default();
+    // Sized once: growing it block by block copied and page-faulted it over and over.
+    let sum = |f: fn(&InstanceColumns) -> usize| blocks.iter().map(f).sum::<usize>();
+    let mut columns = InstanceColumns {
+        input_ids: IdLists::with_capacity(n, sum(|b| b.input_ids.values.len())),
+        segment_b_start: Vec::with_capacity(n),
+        masked_lm_positions: IdLists::with_capacity(n, sum(|b| b.masked_lm_positions.values.len())),
+        masked_lm_ids: IdLists::with_capacity(n, sum(|b| b.masked_lm_ids.values.len())),
+        next_sentence_label: Vec::with_capacity(n),
+    };
     for block in &blocks {
         columns.append(block);
     }

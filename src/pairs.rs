@@ -66,10 +66,19 @@ pub struct PairShard<'a> {
     /// Which shard: split, length (when the run pairs at several, see
     /// [`create_training_pairs_at_lengths`]), input file and shard of that file.
     pub id: ShardId,
-    /// The pairs, already shuffled.
+    /// The pairs this shard's rows are taken from.
     pub pairs: &'a PairColumns,
+    /// The shard's rows of `pairs`, in shuffled order.
+    pub rows: &'a [usize],
     /// The input files its documents came from (one, or the files of a pooled group).
     pub files: &'a [&'a Path],
+}
+
+impl PairShard<'_> {
+    /// The shard's pairs, in order.
+    pub fn to_pairs(&self) -> Vec<SentencePair> {
+        self.pairs.gather(self.rows).to_pairs()
+    }
 }
 
 /// Counts for one input file, or (summed) for the whole corpus.
@@ -240,7 +249,6 @@ fn push_instances_from_document(
         target_seq_length = rng.gen_range(2..=max_num_tokens);
     }
 
-    let (mut tokens_a, mut tokens_b) = (Vec::new(), Vec::new());
     let mut current_chunk: Vec<&[u32]> = Vec::new();
     let mut current_length = 0;
     let mut i = 0;
@@ -254,21 +262,25 @@ fn push_instances_from_document(
             if current_chunk.len() >= 2 {
                 a_end = rng.gen_range(1..=current_chunk.len() - 1);
             }
-            tokens_a.clear();
+            // A and B are built in place at the end of the columns, then trimmed.
+            let tokens_a = &mut out.tokens_a.values;
+            let start_a = tokens_a.len();
             current_chunk[..a_end]
                 .iter()
                 .for_each(|s| tokens_a.extend_from_slice(s));
+            let len_a = tokens_a.len() - start_a;
 
-            tokens_b.clear();
+            let tokens_b = &mut out.tokens_b.values;
+            let start_b = tokens_b.len();
             let is_random_next = current_chunk.len() == 1 || rng.gen::<f64>() < 0.5;
             if is_random_next {
-                let target_b_length = target_seq_length.saturating_sub(tokens_a.len());
+                let target_b_length = target_seq_length.saturating_sub(len_a);
                 let random_document =
                     &all_documents[pick_random_document(all_documents.len(), document_index, rng)];
                 let random_start = rng.gen_range(0..random_document.len());
                 for segment in &random_document[random_start..] {
                     tokens_b.extend_from_slice(segment);
-                    if tokens_b.len() >= target_b_length {
+                    if tokens_b.len() - start_b >= target_b_length {
                         break;
                     }
                 }
@@ -281,10 +293,11 @@ fn push_instances_from_document(
                     .iter()
                     .for_each(|s| tokens_b.extend_from_slice(s));
             }
-            let (a, b) = truncation_window(tokens_a.len(), tokens_b.len(), max_num_tokens, rng);
+            let len_b = tokens_b.len() - start_b;
+            let (a, b) = truncation_window(len_a, len_b, max_num_tokens, rng);
             assert!(!a.is_empty());
             assert!(!b.is_empty());
-            out.push(&tokens_a[a], &tokens_b[b], is_random_next);
+            out.keep_last(a, b, is_random_next);
             current_chunk.clear();
             current_length = 0;
         }
@@ -320,17 +333,44 @@ pub fn eval_document_count(num_documents: usize, eval_fraction: f64) -> usize {
 /// Pairs of one tokenized file: documents shuffled, a held-out eval split, `dupe_factor`
 /// passes over the train documents, then the train pairs shuffled.
 pub fn create_pairs_from_documents(
-    mut documents: Vec<Document>,
+    documents: Vec<Document>,
     file_index: usize,
     cfg: &PairsConfig,
     random_seed: u64,
 ) -> FilePairs {
+    let (train, eval, summary) = pair_documents(documents, file_index, cfg, random_seed);
+    FilePairs {
+        train: train.pairs.gather(&train.order),
+        eval: eval.pairs.gather(&eval.order),
+        summary,
+    }
+}
+
+/// Pairs in the order they were made, and the order they are written in: shuffling an
+/// order instead of the pairs saves a copy of every token (the stage writes `order`'s rows
+/// straight into its shards).
+struct ShuffledPairs {
+    pairs: PairColumns,
+    order: Vec<usize>,
+}
+
+/// [`create_pairs_from_documents`] with the shuffles as orders: train, eval, counts.
+fn pair_documents(
+    mut documents: Vec<Document>,
+    file_index: usize,
+    cfg: &PairsConfig,
+    random_seed: u64,
+) -> (ShuffledPairs, ShuffledPairs, PairsSummary) {
     let file = file_index as u64;
     documents.shuffle(&mut seeded_rng(random_seed, "pairs/documents", &[file]));
     let num_eval = eval_document_count(documents.len(), cfg.eval_fraction);
     let (eval_documents, train_documents) = documents.split_at(num_eval);
+    let tokens =
+        |documents: &[Document]| -> usize { documents.iter().flatten().map(Vec::len).sum() };
 
-    let mut train = PairColumns::default();
+    // Every pass emits about its documents' tokens (random B spans replace segments that
+    // are put back): room for that and a quarter more, so the columns rarely regrow.
+    let mut train = PairColumns::with_capacity(tokens(train_documents) * cfg.dupe_factor * 5 / 4);
     for dupe in 0..cfg.dupe_factor {
         let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
         for document_index in 0..train_documents.len() {
@@ -344,12 +384,12 @@ pub fn create_pairs_from_documents(
             );
         }
     }
-    let train = shuffled(
-        &train,
+    let train_order = shuffled_order(
+        train.len(),
         &mut seeded_rng(random_seed, "pairs/shuffle", &[file]),
     );
 
-    let mut eval = PairColumns::default();
+    let mut eval = PairColumns::with_capacity(tokens(eval_documents) * 5 / 4);
     let mut rng = seeded_rng(random_seed, "pairs/eval", &[file]);
     for document_index in 0..eval_documents.len() {
         push_instances_from_document(
@@ -361,7 +401,7 @@ pub fn create_pairs_from_documents(
             &mut eval,
         );
     }
-    let eval = shuffled(&eval, &mut rng);
+    let eval_order = shuffled_order(eval.len(), &mut rng);
 
     let summary = PairsSummary {
         files: 1,
@@ -372,18 +412,24 @@ pub fn create_pairs_from_documents(
         train_pairs: train.len(),
         eval_pairs: eval.len(),
     };
-    FilePairs {
-        train,
-        eval,
+    (
+        ShuffledPairs {
+            pairs: train,
+            order: train_order,
+        },
+        ShuffledPairs {
+            pairs: eval,
+            order: eval_order,
+        },
         summary,
-    }
+    )
 }
 
-/// The pairs in a uniformly random order: the draws of shuffling a vector of them.
-fn shuffled(pairs: &PairColumns, rng: &mut impl Rng) -> PairColumns {
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
+/// A uniformly random order of `n` rows: the draws of shuffling a vector of `n` pairs.
+fn shuffled_order(n: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(rng);
-    pairs.gather(&order)
+    order
 }
 
 /// Reads, checks and tokenizes one corpus file: its documents and its size in bytes.
@@ -429,18 +475,17 @@ fn log_paired(path: &Path, summary: &PairsSummary) {
     );
 }
 
-/// Hands a file's pairs to the sink in shards of at most `shard_rows`.
+/// Hands a file's pairs to the sink in shards of at most `shard_rows`, in shuffled order.
 fn emit_shards(
     max_seq_length: Option<usize>,
     split: Split,
     file_index: usize,
-    pairs: &PairColumns,
+    pairs: &ShuffledPairs,
     files: &[&Path],
     shard_rows: usize,
     sink: &PairSinkFn<'_>,
 ) -> Result<()> {
-    let shard_rows = shard_rows.max(1);
-    for (shard_index, start) in (0..pairs.len()).step_by(shard_rows).enumerate() {
+    for (shard_index, rows) in pairs.order.chunks(shard_rows.max(1)).enumerate() {
         let id = ShardId {
             split,
             seq_len: max_seq_length,
@@ -448,15 +493,12 @@ fn emit_shards(
             shard: shard_index,
             part: None,
         };
-        let end = (start + shard_rows).min(pairs.len());
-        let rows;
-        let pairs = if (start, end) == (0, pairs.len()) {
-            pairs
-        } else {
-            rows = pairs.gather(&(start..end).collect::<Vec<_>>());
-            &rows
-        };
-        sink(PairShard { id, pairs, files })?;
+        sink(PairShard {
+            id,
+            pairs: &pairs.pairs,
+            rows,
+            files,
+        })?;
     }
     Ok(())
 }
@@ -743,11 +785,11 @@ fn pair_unit(
         } else {
             unit.documents.clone()
         };
-        let mut pairs = create_pairs_from_documents(documents, unit.index, &cfg, random_seed);
-        pairs.summary.files = unit.files;
-        pairs.summary.input_bytes = unit.input_bytes;
-        log_paired(unit.path, &pairs.summary);
-        for (split, rows) in [(Split::Train, &pairs.train), (Split::Eval, &pairs.eval)] {
+        let (train, eval, mut summary) = pair_documents(documents, unit.index, &cfg, random_seed);
+        summary.files = unit.files;
+        summary.input_bytes = unit.input_bytes;
+        log_paired(unit.path, &summary);
+        for (split, rows) in [(Split::Train, &train), (Split::Eval, &eval)] {
             emit_shards(
                 length,
                 split,
@@ -758,7 +800,7 @@ fn pair_unit(
                 sink,
             )?;
         }
-        summaries.push(pairs.summary);
+        summaries.push(summary);
     }
     Ok(summaries)
 }
@@ -788,7 +830,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let tokenize = |lines: &[&str]| tokenizer.encode_lines(lines);
     let sink = |shard: PairShard<'_>| {
         let rel = shard.id.file_name();
-        let info = write_pair_columns(&run.dir().join(&rel), shard.pairs)?;
+        let info = write_pair_columns(&run.dir().join(&rel), shard.pairs, shard.rows)?;
         let sources: Vec<String> = shard
             .files
             .iter()

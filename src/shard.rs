@@ -248,24 +248,25 @@ pub const INSTANCE_COLUMNS: [&str; 5] = [
 
 /// Writes `pairs` to a shard at `path` ([`write_pair_columns`]).
 pub fn write_pairs(path: &Path, pairs: &[SentencePair]) -> Result<ShardInfo> {
-    write_pair_columns(path, &PairColumns::from_pairs(pairs))
+    let rows: Vec<usize> = (0..pairs.len()).collect();
+    write_pair_columns(path, &PairColumns::from_pairs(pairs), &rows)
 }
 
-/// Writes pairs to a shard at `path`, atomically: `tokens_a` and `tokens_b` as lists of
-/// ids (`u16` when every id fits), `is_random_next` as booleans. Not fsynced: a stage's
-/// shards are flushed together before the stage records them ([`write_frame`]).
-pub fn write_pair_columns(path: &Path, pairs: &PairColumns) -> Result<ShardInfo> {
-    let n = pairs.len();
-    let random: BooleanChunked = pairs
-        .is_random_next
+/// Writes pairs `rows` of `pairs` (in that order) to a shard at `path`, atomically:
+/// `tokens_a` and `tokens_b` as lists of ids (`u16` when every id fits), `is_random_next`
+/// as booleans. Not fsynced: a stage's shards are flushed together before the stage records
+/// them ([`write_frame`]).
+pub fn write_pair_columns(path: &Path, pairs: &PairColumns, rows: &[usize]) -> Result<ShardInfo> {
+    let n = rows.len();
+    let random: BooleanChunked = rows
         .iter()
-        .copied()
+        .map(|&i| pairs.is_random_next[i])
         .collect_ca("is_random_next".into());
     let df = DataFrame::new(
         n,
         vec![
-            pairs.tokens_a.column("tokens_a", 0..n),
-            pairs.tokens_b.column("tokens_b", 0..n),
+            pairs.tokens_a.column("tokens_a", rows.iter().copied()),
+            pairs.tokens_b.column("tokens_b", rows.iter().copied()),
             random.into_series().into_column(),
         ],
     )
@@ -496,7 +497,8 @@ pub fn write_frame(
         .iter()
         .map(|(k, v)| ((*k).into(), v.as_str().into()))
         .collect();
-    let mut bytes = Vec::new();
+    // Room for the buffers plus the schema and footer: the encoder never regrows it.
+    let mut bytes = Vec::with_capacity(df.estimated_size() + (64 << 10));
     let mut writer = IpcWriter::new(&mut bytes);
     writer.set_custom_schema_metadata(std::sync::Arc::new(metadata));
     writer

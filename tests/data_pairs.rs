@@ -256,6 +256,11 @@ fn ascii_fast_path_gives_the_hf_tokenizers_ids() {
         "na\u{ef}ve caf\u{e9}s, e\u{301}t\u{e9} \u{dc}-Bahn (M\u{fc}nchen).".into(),
         "a\u{a0}b c\u{200b}d e\x0cf g\x0bh".into(),
         "abc\u{4e2d}\u{6587}def \u{c5}ngstr\u{f6}m \u{39f}\u{394}\u{39f}\u{3a3} \u{2014}dash\u{2014}".into(),
+        // Non-ASCII runs between ASCII punctuation, repeated (each distinct run is encoded
+        // once), a combining mark right after punctuation, a control byte between
+        // punctuation, an added token next to non-ASCII text.
+        "\"M\u{fc}nchen\"-M\u{fc}nchen's (M\u{fc}nchen), 1990\u{2013}91 1990\u{2013}91.".into(),
+        ",\u{301}a .\u{301} e\u{301}, a,\x07b \u{e9}[MASK]\u{e9}".into(),
     ]);
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let expected = wordpiece.encode_lines(&refs).unwrap();
@@ -291,7 +296,7 @@ fn run_driver(files: &[PathBuf], cfg: &PairsConfig, threads: usize) -> (PairsSum
                 &tokenize,
                 &|shard| {
                     let key = (shard.id.split, shard.id.file, shard.id.shard);
-                    let old = shards.lock().unwrap().insert(key, shard.pairs.to_pairs());
+                    let old = shards.lock().unwrap().insert(key, shard.to_pairs());
                     assert!(
                         old.is_none(),
                         "shard {} written twice",

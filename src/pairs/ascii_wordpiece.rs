@@ -9,6 +9,8 @@
 //! punctuation byte; WordPiece is greedy longest-match-first with `##` continuations, and a
 //! word over `max_input_chars_per_word` or with no match is one `[UNK]`.
 
+use std::ops::Range;
+
 use ahash::AHashMap as HashMap;
 
 use tokenizers::models::ModelWrapper;
@@ -34,6 +36,8 @@ pub struct AsciiWordPiece<'a> {
     /// Added tokens (`[CLS]`, `[MASK]`...) are matched in the raw text first: a line holding
     /// one goes to HF.
     added_tokens: Vec<String>,
+    /// `added_token_starts[b]`: some added token starts with byte `b`.
+    added_token_starts: [bool; 256],
 }
 
 impl<'a> AsciiWordPiece<'a> {
@@ -61,6 +65,7 @@ impl<'a> AsciiWordPiece<'a> {
             unk: 0,
             max_input_chars_per_word: 0,
             added_tokens: Vec::new(),
+            added_token_starts: [false; 256],
         };
         let (Some(normalizer), Some(model), true) = (normalizer, model, bert_pre_tokenizer) else {
             return fast;
@@ -85,6 +90,13 @@ impl<'a> AsciiWordPiece<'a> {
             .values()
             .map(|t| t.content.clone())
             .collect();
+        for token in &fast.added_tokens {
+            match token.as_bytes().first() {
+                Some(&b) => fast.added_token_starts[b as usize] = true,
+                // An empty added token "occurs" everywhere: every line goes to HF.
+                None => fast.added_token_starts = [true; 256],
+            }
+        }
         fast.enabled = true;
         fast.lowercase = normalizer.lowercase;
         fast.unk = unk;
@@ -109,40 +121,91 @@ impl<'a> AsciiWordPiece<'a> {
         let mut ids = Vec::with_capacity(lines.len());
         let mut word = String::new();
         let mut splits = SplitCache::default();
-        // Text HF encodes, and where its ids go: (line, position in that line's ids).
-        let mut slow_text: Vec<&str> = Vec::new();
-        let mut slow_place: Vec<(usize, usize)> = Vec::new();
+        // The ids of every ASCII chunk already encoded in this batch: most words recur, and
+        // a chunk's ids depend on its text alone.
+        let mut chunks: HashMap<&str, Range<usize>> = HashMap::new();
+        let mut chunk_ids: Vec<u32> = Vec::new();
+        // Text HF encodes, each piece once, and where its ids go.
+        let mut slow = SlowPieces::default();
         for (index, line) in lines.iter().enumerate() {
-            let mut out = Vec::new();
-            if self.added_tokens.iter().any(|t| line.contains(t.as_str())) {
-                slow_text.push(line);
-                slow_place.push((index, 0));
+            // About one id per 4 bytes of English text.
+            let mut out = Vec::with_capacity(line.len() / 4 + 4);
+            if self.holds_added_token(line) {
+                slow.place(line, index, 0);
             } else {
                 for chunk in line.split([' ', '\t', '\n', '\r']) {
-                    if chunk.bytes().all(|b| b.is_ascii_graphic()) {
+                    if let Some(range) = chunks.get(chunk) {
+                        out.extend_from_slice(&chunk_ids[range.clone()]);
+                    } else if chunk.bytes().all(|b| b.is_ascii_graphic()) {
+                        let first = out.len();
                         self.encode_ascii_chunk(chunk, &mut word, &mut out, &mut splits);
+                        let start = chunk_ids.len();
+                        chunk_ids.extend_from_slice(&out[first..]);
+                        chunks.insert(chunk, start..chunk_ids.len());
                     } else {
-                        slow_text.push(chunk);
-                        slow_place.push((index, out.len()));
+                        // Only the runs between ASCII punctuation that are not plain ASCII
+                        // go to HF: BERT isolates every punctuation character, and
+                        // normalization never reaches across one.
+                        let mut start = 0;
+                        for (i, b) in chunk.bytes().enumerate() {
+                            if b.is_ascii_punctuation() {
+                                self.encode_run(
+                                    &chunk[start..i],
+                                    index,
+                                    &mut word,
+                                    &mut out,
+                                    &mut splits,
+                                    &mut slow,
+                                );
+                                self.encode_ascii_chunk(
+                                    &chunk[i..=i],
+                                    &mut word,
+                                    &mut out,
+                                    &mut splits,
+                                );
+                                start = i + 1;
+                            }
+                        }
+                        self.encode_run(
+                            &chunk[start..],
+                            index,
+                            &mut word,
+                            &mut out,
+                            &mut splits,
+                            &mut slow,
+                        );
                     }
                 }
             }
             ids.push(out);
         }
-        if slow_text.is_empty() {
+        if slow.pieces.is_empty() {
             return Ok(ids);
         }
-        for (piece, ids_of_piece) in self
-            .encode_pieces(&slow_text)?
-            .into_iter()
-            .enumerate()
-            .rev()
-        {
-            // From the back, so earlier positions in the same line stay valid.
-            let (line, position) = slow_place[piece];
-            ids[line].splice(position..position, ids_of_piece);
+        let encoded = self.encode_pieces(&slow.pieces)?;
+        // From the back, so earlier positions in the same line stay valid.
+        for &(line, position, piece) in slow.places.iter().rev() {
+            ids[line].splice(position..position, encoded[piece].iter().copied());
         }
         Ok(ids)
+    }
+
+    /// A run of a chunk with no ASCII punctuation in it: encoded here when it is plain
+    /// ASCII, else left to HF at the current end of `out`.
+    fn encode_run<'t>(
+        &self,
+        run: &'t str,
+        line: usize,
+        word: &mut String,
+        out: &mut Vec<u32>,
+        splits: &mut SplitCache,
+        slow: &mut SlowPieces<'t>,
+    ) {
+        if run.bytes().all(|b| b.is_ascii_graphic()) {
+            self.encode_ascii_chunk(run, word, out, splits);
+        } else {
+            slow.place(run, line, out.len());
+        }
     }
 
     /// Encodes pieces of text with HF, in one call: the pieces are joined by spaces (nothing
@@ -151,37 +214,49 @@ impl<'a> AsciiWordPiece<'a> {
     /// (added-token matching, alignment bookkeeping) was most of the `pairs` stage's time on
     /// Wikipedia text, where about 1% of the words are not ASCII.
     fn encode_pieces(&self, pieces: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let mut joined = String::with_capacity(pieces.iter().map(|p| p.len() + 1).sum());
-        let mut ends = Vec::with_capacity(pieces.len());
-        for piece in pieces {
-            joined.push_str(piece);
-            ends.push(joined.len());
-            joined.push(' ');
-        }
-        let encoding = self
-            .wordpiece
-            .tokenizer()
-            .encode(joined.as_str(), false)
-            .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
-        let mut out = vec![Vec::new(); pieces.len()];
-        let mut piece = 0;
-        for (&id, &(start, _)) in encoding.get_ids().iter().zip(encoding.get_offsets()) {
-            while start >= ends[piece] {
-                piece += 1;
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut first = 0;
+        while first < pieces.len() {
+            // Groups of about 2 KB: HF's cost per piece of a string grows with its length.
+            let (mut joined, mut ends) = (String::new(), Vec::new());
+            let mut last = first;
+            while last < pieces.len() && (last == first || joined.len() < JOINED_BYTES) {
+                joined.push_str(pieces[last]);
+                ends.push(joined.len());
+                joined.push(' ');
+                last += 1;
             }
-            out[piece].push(id);
+            let encoding = self
+                .wordpiece
+                .tokenizer()
+                .encode(joined.as_str(), false)
+                .map_err(|e| Error::Model(format!("tokenization failed: {e}")))?;
+            let base = out.len();
+            out.resize(base + ends.len(), Vec::new());
+            let mut piece = 0;
+            for (&id, &(start, _)) in encoding.get_ids().iter().zip(encoding.get_offsets()) {
+                while start >= ends[piece] {
+                    piece += 1;
+                }
+                out[base + piece].push(id);
+            }
+            first = last;
         }
         Ok(out)
+    }
+
+    /// The line holds an added token (`[CLS]`, `[MASK]`...): a byte scan rules most lines
+    /// out before any substring search.
+    fn holds_added_token(&self, line: &str) -> bool {
+        line.bytes().any(|b| self.added_token_starts[b as usize])
+            && self.added_tokens.iter().any(|t| line.contains(t.as_str()))
     }
 
     /// The ids of one line by the fast path alone, or `None` when some of it needs HF (not
     /// ASCII, control bytes, an added token, or a tokenizer other than plain BERT).
     pub fn encode_ascii_line(&self, line: &str) -> Option<Vec<u32>> {
         let plain = |b: u8| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-        if !self.enabled
-            || !line.bytes().all(plain)
-            || self.added_tokens.iter().any(|t| line.contains(t.as_str()))
-        {
+        if !self.enabled || !line.bytes().all(plain) || self.holds_added_token(line) {
             return None;
         }
         let (mut word, mut out) = (String::new(), Vec::new());
@@ -261,6 +336,29 @@ impl<'a> AsciiWordPiece<'a> {
         splits.ids.extend_from_slice(&out[first..]);
         splits.words.insert(word.as_str().into(), cached);
         word.clear();
+    }
+}
+
+/// Bytes of text per HF call in [`AsciiWordPiece::encode_pieces`].
+const JOINED_BYTES: usize = 2048;
+
+/// The text of one batch that HF encodes: each distinct piece once, and every place its
+/// ids go, `(line, position in that line's ids, piece)`, in line order.
+#[derive(Default)]
+struct SlowPieces<'t> {
+    pieces: Vec<&'t str>,
+    index: HashMap<&'t str, usize>,
+    places: Vec<(usize, usize, usize)>,
+}
+
+impl<'t> SlowPieces<'t> {
+    fn place(&mut self, text: &'t str, line: usize, position: usize) {
+        let pieces = &mut self.pieces;
+        let piece = *self.index.entry(text).or_insert_with(|| {
+            pieces.push(text);
+            pieces.len() - 1
+        });
+        self.places.push((line, position, piece));
     }
 }
 

@@ -77,35 +77,47 @@ impl IdLists {
             .extend(other.offsets[1..].iter().map(|&o| base + o));
     }
 
-    /// Rows `rows` as a list column, `u16` when every id in them is below 65,536 (every id
-    /// of a vocabulary that size, every position in a sequence up to that length), else
-    /// `u32`: half the bytes for the usual vocabularies; [`IdLists::read`] widens either.
-    pub(super) fn column(&self, name: &str, rows: Range<usize>) -> Column {
-        let (first, last) = (self.offsets[rows.start], self.offsets[rows.end]);
-        let values = &self.values[first..last];
-        let offsets = &self.offsets[rows.start..=rows.end];
+    /// Rows `rows` (in that order) as a list column, `u16` when every id in them is below
+    /// 65,536 (every id of a vocabulary that size, every position in a sequence up to that
+    /// length), else `u32`: half the bytes for the usual vocabularies; [`IdLists::read`]
+    /// widens either.
+    pub(super) fn column(
+        &self,
+        name: &str,
+        rows: impl ExactSizeIterator<Item = usize> + Clone,
+    ) -> Column {
         let n = rows.len();
-        if values.iter().all(|&v| v <= u16::MAX as u32) {
-            let narrow: Vec<u16> = values.iter().map(|&v| v as u16).collect();
+        let total: usize = rows.clone().map(|i| self.row(i).len()).sum();
+        let fits_u16 = rows
+            .clone()
+            .all(|i| self.row(i).iter().all(|&v| v <= u16::MAX as u32));
+        if fits_u16 {
+            let mut narrow: Vec<u16> = Vec::with_capacity(total);
+            for i in rows.clone() {
+                narrow.extend(self.row(i).iter().map(|&v| v as u16));
+            }
             let mut column = ListPrimitiveChunkedBuilder::<UInt16Type>::new(
                 name.into(),
                 n,
-                narrow.len(),
+                total,
                 DataType::UInt16,
             );
-            for w in offsets.windows(2) {
-                column.append_slice(&narrow[w[0] - first..w[1] - first]);
+            let mut start = 0;
+            for i in rows {
+                let end = start + self.row(i).len();
+                column.append_slice(&narrow[start..end]);
+                start = end;
             }
             column.finish().into_series().into_column()
         } else {
             let mut column = ListPrimitiveChunkedBuilder::<UInt32Type>::new(
                 name.into(),
                 n,
-                values.len(),
+                total,
                 DataType::UInt32,
             );
-            for w in offsets.windows(2) {
-                column.append_slice(&values[w[0] - first..w[1] - first]);
+            for i in rows {
+                column.append_slice(self.row(i));
             }
             column.finish().into_series().into_column()
         }
@@ -184,6 +196,27 @@ pub struct PairColumns {
 }
 
 impl PairColumns {
+    /// No pairs yet, room for `tokens` ids of A and B together.
+    pub fn with_capacity(tokens: usize) -> Self {
+        PairColumns {
+            tokens_a: IdLists::with_capacity(0, tokens / 2),
+            tokens_b: IdLists::with_capacity(0, tokens / 2),
+            is_random_next: Vec::new(),
+        }
+    }
+
+    /// Ends a pair whose A and B ids were pushed onto the ends of `tokens_a.values` and
+    /// `tokens_b.values`, keeping the windows `a` and `b` of them.
+    pub fn keep_last(&mut self, a: Range<usize>, b: Range<usize>, is_random_next: bool) {
+        for (lists, keep) in [(&mut self.tokens_a, a), (&mut self.tokens_b, b)] {
+            let start = lists.offsets[lists.len()];
+            lists.values.truncate(start + keep.end);
+            lists.values.drain(start..start + keep.start);
+            lists.end_row();
+        }
+        self.is_random_next.push(is_random_next);
+    }
+
     /// Number of pairs.
     pub fn len(&self) -> usize {
         self.is_random_next.len()
