@@ -110,6 +110,10 @@ struct CandidateIndexes {
     groups: Vec<Range<usize>>,
     /// The chosen `(position, original id)`s.
     masked_lms: Vec<(u32, u32)>,
+    /// One bit per position: the chosen ones, read back in ascending order.
+    chosen: Vec<u64>,
+    /// Original ids by position (only chosen positions are meaningful).
+    originals: Vec<u32>,
 }
 
 /// Groups the positions that may be masked: every token but `[CLS]`/`[SEP]`; with whole-word
@@ -211,6 +215,7 @@ fn mask_in_place(
         indexes,
         groups,
         masked_lms,
+        ..
     } = candidates;
     masked_lms.clear();
 
@@ -254,23 +259,40 @@ fn mask_single_tokens(
     let CandidateIndexes {
         indexes,
         masked_lms,
+        chosen,
+        originals,
         ..
     } = candidates;
     indexes.clear();
     masked_lms.clear();
     indexes.extend((0..tokens.len()).filter(|&i| tokens[i] != vocab.cls && tokens[i] != vocab.sep));
+    // The chosen positions are marked in a bitset and read back in order: no sort.
+    chosen.clear();
+    chosen.resize(tokens.len().div_ceil(64), 0);
+    if originals.len() < tokens.len() {
+        originals.resize(tokens.len(), 0);
+    }
+    let mut count = 0;
     for k in 0..indexes.len() {
-        if masked_lms.len() >= num_to_predict {
+        if count >= num_to_predict {
             break;
         }
-        let chosen = rng.gen_range(k..indexes.len());
-        indexes.swap(k, chosen);
+        let chosen_k = rng.gen_range(k..indexes.len());
+        indexes.swap(k, chosen_k);
         let index = indexes[k];
-        let original = tokens[index];
-        tokens[index] = masked_token(original, vocab, rng);
-        masked_lms.push((index as u32, original));
+        originals[index] = tokens[index];
+        tokens[index] = masked_token(tokens[index], vocab, rng);
+        chosen[index / 64] |= 1 << (index % 64);
+        count += 1;
     }
-    masked_lms.sort_unstable_by_key(|&(index, _)| index);
+    for (word, &bits) in chosen.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let index = word * 64 + bits.trailing_zeros() as usize;
+            masked_lms.push((index as u32, originals[index]));
+            bits &= bits - 1;
+        }
+    }
 }
 
 /// What a chosen position shows the model instead of `original`.
