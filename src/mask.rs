@@ -272,18 +272,14 @@ fn mask_single_tokens(
     if originals.len() < tokens.len() {
         originals.resize(tokens.len(), 0);
     }
-    let mut count = 0;
-    for k in 0..indexes.len() {
-        if count >= num_to_predict {
-            break;
-        }
+    // Every step masks one position: `num_to_predict` steps (or every candidate).
+    for k in 0..indexes.len().min(num_to_predict) {
         let chosen_k = rng.gen_range(k..indexes.len());
         indexes.swap(k, chosen_k);
         let index = indexes[k];
         originals[index] = tokens[index];
         tokens[index] = masked_token(tokens[index], vocab, rng);
         chosen[index / 64] |= 1 << (index % 64);
-        count += 1;
     }
     for (word, &bits) in chosen.iter().enumerate() {
         let mut bits = bits;
