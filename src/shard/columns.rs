@@ -8,9 +8,14 @@ use std::ops::Range;
 use std::path::Path;
 
 use polars::prelude::*;
+use polars_arrow::array::{Array, ListArray, PrimitiveArray};
+use polars_arrow::offset::OffsetsBuffer;
 
 use super::{schema_error, SentencePair, TrainingInstance};
 use crate::error::{Error, Result};
+
+/// The Arrow array of a polars list column.
+type LargeListArray = ListArray<i64>;
 
 /// Lists of ids in one buffer: row `i` is `values[offsets[i]..offsets[i + 1]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,41 +91,39 @@ impl IdLists {
         name: &str,
         rows: impl ExactSizeIterator<Item = usize> + Clone,
     ) -> Column {
-        let n = rows.len();
-        let total: usize = rows.clone().map(|i| self.row(i).len()).sum();
-        let fits_u16 = rows
+        let total: usize = rows
             .clone()
-            .all(|i| self.row(i).iter().all(|&v| v <= u16::MAX as u32));
-        if fits_u16 {
-            let mut narrow: Vec<u16> = Vec::with_capacity(total);
-            for i in rows.clone() {
-                narrow.extend(self.row(i).iter().map(|&v| v as u16));
+            .map(|i| self.offsets[i + 1] - self.offsets[i])
+            .sum();
+        let mut offsets: Vec<i64> = Vec::with_capacity(rows.len() + 1);
+        offsets.push(0);
+        // One pass: narrowed ids, offsets, and every id's bits OR-ed to see if they fit.
+        let mut narrow: Vec<u16> = Vec::with_capacity(total);
+        let mut bits = 0;
+        for i in rows.clone() {
+            for &id in self.row(i) {
+                bits |= id;
+                narrow.push(id as u16);
             }
-            let mut column = ListPrimitiveChunkedBuilder::<UInt16Type>::new(
-                name.into(),
-                n,
-                total,
-                DataType::UInt16,
-            );
-            let mut start = 0;
-            for i in rows {
-                let end = start + self.row(i).len();
-                column.append_slice(&narrow[start..end]);
-                start = end;
-            }
-            column.finish().into_series().into_column()
-        } else {
-            let mut column = ListPrimitiveChunkedBuilder::<UInt32Type>::new(
-                name.into(),
-                n,
-                total,
-                DataType::UInt32,
-            );
-            for i in rows {
-                column.append_slice(self.row(i));
-            }
-            column.finish().into_series().into_column()
+            offsets.push(narrow.len() as i64);
         }
+        let values: Box<dyn Array> = if bits <= u32::from(u16::MAX) {
+            PrimitiveArray::from_vec(narrow).boxed()
+        } else {
+            drop(narrow);
+            let mut wide: Vec<u32> = Vec::with_capacity(total);
+            for i in rows {
+                wide.extend_from_slice(self.row(i));
+            }
+            PrimitiveArray::from_vec(wide).boxed()
+        };
+        let dtype = LargeListArray::default_datatype(values.dtype().clone());
+        let offsets = OffsetsBuffer::try_from(offsets).expect("offsets ascend from 0");
+        let list = LargeListArray::try_new(dtype, offsets, values, None)
+            .expect("offsets end at the number of values");
+        ListChunked::with_chunk(name.into(), list)
+            .into_series()
+            .into_column()
     }
 
     /// The list column `col` of ids (`u16` or `u32`), widened to `u32`; nulls are refused.
