@@ -4,8 +4,9 @@
 # (bertline's vocab stage on those files, built first and not timed), the same flags
 # (max_seq_length 128, max_predictions_per_seq 20, masked_lm_prob 0.15, dupe_factor 5,
 # short_seq_prob 0.1, random_seed 12345, lower case, no whole-word masking). Each side runs
-# under /usr/bin/time -v (wall, user + sys CPU, peak RSS); then both outputs are read back
-# with the same counting (scripts/bench_data.py) and one table is printed.
+# under /usr/bin/time -v (wall, user + sys CPU, peak RSS), bertline's 5 times (the median
+# run reported, see below); then both outputs are read back with the same counting
+# (scripts/bench_data.py) and one table is printed.
 #
 # Google's side is PyPI's bert-tensorflow 1.0.4, unmodified, run as
 # `python -m bert.create_pretraining_data` from a virtual environment this script makes if
