@@ -4,7 +4,9 @@
 //! segment ids, and [`create_masked_lm_predictions`] picks ~15% of its tokens to predict:
 //! 80% become `[MASK]`, 10% stay, 10% become a random token. [`create_training_instances`]
 //! masks a whole shard in parallel blocks, each with its own seeded generator, so the result
-//! is the same whatever the thread count.
+//! is the same whatever the thread count. The stage does the same draws on a shard in
+//! columns ([`create_instance_columns`]: the instances built into flat id buffers, no
+//! vector per instance).
 //!
 //! With `[[pretrain.phases]]`, each `seq{L}-` pairs shard is masked with that length's
 //! `max_predictions_per_seq` ([`crate::config::PipelineConfig::instance_shapes`]) and

@@ -6,12 +6,14 @@
 //! stages spend their time on the data and not on the file format (Parquet's nested
 //! encoding, compression and decoding took about half of the `mask` stage's CPU).
 //!
-//! `pairs` writes [`SentencePair`]s; `mask` writes [`TrainingInstance`]s unpadded, with the
-//! shape rows are padded to in the schema metadata, and [`read_instances`] gives back the
-//! fixed-length rows of Google's TFRecords (`input_ids`, `token_type_ids`,
-//! `attention_mask`, `masked_lm_positions`, `masked_lm_ids`, `masked_lm_weights`,
-//! `next_sentence_label`), deriving the segment ids, attention mask and weights from the
-//! lengths. Ids are stored as `u16` when they fit. Every write is atomic (temp file, rename)
+//! `pairs` writes sentence pairs; `mask` writes masked-LM instances unpadded, with the
+//! shape rows are padded to in the schema metadata. Both are built and written in columns
+//! ([`PairColumns`], [`InstanceColumns`]: every row's ids in one buffer, as Arrow stores
+//! them); [`SentencePair`] and [`TrainingInstance`] are the same records one row at a
+//! time. [`read_instances`] gives back the fixed-length rows of Google's TFRecords
+//! (`input_ids`, `token_type_ids`, `attention_mask`, `masked_lm_positions`,
+//! `masked_lm_ids`, `masked_lm_weights`, `next_sentence_label`), deriving the segment ids,
+//! attention mask and weights from the lengths. Ids are stored as `u16` when they fit. Every write is atomic (temp file, rename)
 //! and made durable with the rest of its stage's outputs before the stage records them.
 //! Reading checks the schema and names the file on any failure.
 //!
