@@ -429,8 +429,25 @@ pub fn create_instance_columns(
     random_seed: u64,
     shard_index: usize,
 ) -> InstanceColumns {
+    concat_blocks(&create_instance_blocks(
+        pairs,
+        cfg,
+        vocab,
+        random_seed,
+        shard_index,
+    ))
+}
+
+/// The instances of a shard in blocks of [`MASK_BLOCK_ROWS`], in order, masked in parallel.
+fn create_instance_blocks(
+    pairs: &PairColumns,
+    cfg: &MaskConfig,
+    vocab: &MaskVocab,
+    random_seed: u64,
+    shard_index: usize,
+) -> Vec<InstanceColumns> {
     let n = pairs.len();
-    let blocks: Vec<InstanceColumns> = (0..n.div_ceil(MASK_BLOCK_ROWS))
+    (0..n.div_ceil(MASK_BLOCK_ROWS))
         .into_par_iter()
         .map(|block| {
             let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
@@ -463,9 +480,14 @@ pub fn create_instance_columns(
             }
             out
         })
-        .collect();
-    // Sized once: growing it block by block copied and page-faulted it over and over.
+        .collect()
+}
+
+/// Blocks of instances joined into one, in order. Sized once: growing it block by block
+/// copied and page-faulted it over and over.
+fn concat_blocks(blocks: &[InstanceColumns]) -> InstanceColumns {
     let sum = |f: fn(&InstanceColumns) -> usize| blocks.iter().map(f).sum::<usize>();
+    let n = sum(InstanceColumns::len);
     let mut columns = InstanceColumns {
         input_ids: IdLists::with_capacity(n, sum(|b| b.input_ids.values.len())),
         segment_b_start: Vec::with_capacity(n),
@@ -473,11 +495,14 @@ pub fn create_instance_columns(
         masked_lm_ids: IdLists::with_capacity(n, sum(|b| b.masked_lm_ids.values.len())),
         next_sentence_label: Vec::with_capacity(n),
     };
-    for block in &blocks {
+    for block in blocks {
         columns.append(block);
     }
     columns
 }
+
+// An instance shard's part is a whole number of masking blocks.
+const _: () = assert!(INSTANCE_SHARD_ROWS % MASK_BLOCK_ROWS == 0);
 
 /// Artifact kind of the `mask` stage's shards of `split`.
 pub fn instances_kind(split: Split) -> &'static str {
@@ -551,32 +576,39 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             max_predictions_per_seq: shape.max_predictions_per_seq,
             ..cfg.mask.clone()
         };
-        let instances =
-            create_instance_columns(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
-        if index == 0 {
-            for i in 0..instances.len().min(3) {
-                tracing::debug!("instance:\n{}", instances.instance(i));
+        let blocks = create_instance_blocks(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
+        if let (0, Some(first)) = (index, blocks.first()) {
+            for i in 0..first.len().min(3) {
+                tracing::debug!("instance:\n{}", first.instance(i));
             }
         }
-        // Parts keep each file (and a reader's memory) small.
+        // Parts keep each file (and a reader's memory) small. Each part is joined from its
+        // blocks and written, and its blocks freed, before the next: the shard's instances
+        // are held once, not twice.
         let mut parts = Vec::new();
-        for (part, start) in (0..instances.len())
-            .step_by(INSTANCE_SHARD_ROWS)
-            .enumerate()
-        {
+        let mut stats = InstanceStats::default();
+        let mut blocks = blocks.into_iter();
+        for part in 0.. {
+            let group: Vec<InstanceColumns> = blocks
+                .by_ref()
+                .take(INSTANCE_SHARD_ROWS / MASK_BLOCK_ROWS)
+                .collect();
+            if group.is_empty() {
+                break;
+            }
+            let instances = concat_blocks(&group);
+            drop(group);
             let part_id = id.with_part(part);
-            let rows = start..(start + INSTANCE_SHARD_ROWS).min(instances.len());
             let info = write_instance_columns(
                 &run.dir().join(part_id.file_name()),
                 &instances,
-                rows,
+                0..instances.len(),
                 shape.max_seq_length,
                 shape.max_predictions_per_seq,
             )?;
             parts.push((part_id, info, artifact.id.clone()));
+            stats.add_columns(&instances, vocab.mask);
         }
-        let mut stats = InstanceStats::default();
-        stats.add_columns(&instances, vocab.mask);
         progress.advance(pairs.len() as u64);
         Ok((parts, stats, shape))
     })?;
