@@ -502,7 +502,7 @@ fn concat_blocks(blocks: &[InstanceColumns]) -> InstanceColumns {
 }
 
 // An instance shard's part is a whole number of masking blocks.
-const _: () = assert!(INSTANCE_SHARD_ROWS % MASK_BLOCK_ROWS == 0);
+const _: () = assert!(INSTANCE_SHARD_ROWS.is_multiple_of(MASK_BLOCK_ROWS));
 
 /// Artifact kind of the `mask` stage's shards of `split`.
 pub fn instances_kind(split: Split) -> &'static str {
