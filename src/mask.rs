@@ -118,14 +118,10 @@ struct CandidateIndexes {
     originals: Vec<u32>,
 }
 
-/// Groups the positions that may be masked: every token but `[CLS]`/`[SEP]`; with whole-word
-/// masking a `##` piece joins the group before it.
-fn candidate_indexes(
-    tokens: &[u32],
-    do_whole_word_mask: bool,
-    vocab: &MaskVocab,
-    candidates: &mut CandidateIndexes,
-) {
+/// Groups the positions that may be masked for whole-word masking: every token but
+/// `[CLS]`/`[SEP]`, a `##` piece joining the group before it (without whole-word masking
+/// every group is one token: [`mask_single_tokens`]).
+fn whole_word_groups(tokens: &[u32], vocab: &MaskVocab, candidates: &mut CandidateIndexes) {
     candidates.indexes.clear();
     candidates.groups.clear();
     for (i, &token) in tokens.iter().enumerate() {
@@ -140,7 +136,7 @@ fn candidate_indexes(
         let end = candidates.indexes.len();
         match candidates.groups.last_mut() {
             // The last group always ends at the end of `indexes`, so it can grow.
-            Some(group) if do_whole_word_mask && vocab.is_continuation(token) => group.end = end,
+            Some(group) if vocab.is_continuation(token) => group.end = end,
             _ => candidates.groups.push(end - 1..end),
         }
     }
@@ -159,39 +155,18 @@ pub fn create_masked_lm_predictions(
     rng: &mut impl Rng,
 ) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let mut output_tokens = tokens.to_vec();
-    let (positions, labels) = mask_tokens(
+    let mut candidates = CandidateIndexes::default();
+    mask_in_place(
         &mut output_tokens,
         masked_lm_prob,
         max_predictions_per_seq,
         do_whole_word_mask,
         vocab,
         rng,
-        &mut CandidateIndexes::default(),
+        &mut candidates,
     );
+    let (positions, labels) = candidates.masked_lms.iter().copied().unzip();
     (output_tokens, positions, labels)
-}
-
-/// [`create_masked_lm_predictions`] in place, with reused buffers: masks `tokens` and
-/// returns the positions (ascending) and their original ids.
-fn mask_tokens(
-    tokens: &mut [u32],
-    masked_lm_prob: f64,
-    max_predictions_per_seq: usize,
-    do_whole_word_mask: bool,
-    vocab: &MaskVocab,
-    rng: &mut impl Rng,
-    candidates: &mut CandidateIndexes,
-) -> (Vec<u32>, Vec<u32>) {
-    mask_in_place(
-        tokens,
-        masked_lm_prob,
-        max_predictions_per_seq,
-        do_whole_word_mask,
-        vocab,
-        rng,
-        candidates,
-    );
-    candidates.masked_lms.iter().copied().unzip()
 }
 
 /// Masks `tokens` in place; the chosen `(position, original id)`s are left in
@@ -212,7 +187,7 @@ fn mask_in_place(
         mask_single_tokens(tokens, num_to_predict, vocab, rng, candidates);
         return;
     }
-    candidate_indexes(tokens, do_whole_word_mask, vocab, candidates);
+    whole_word_groups(tokens, vocab, candidates);
     let CandidateIndexes {
         indexes,
         groups,
@@ -308,55 +283,30 @@ fn masked_token(original: u32, vocab: &MaskVocab, rng: &mut impl Rng) -> u32 {
 }
 
 /// Builds `[CLS] A [SEP] B [SEP]` with segment ids 0 for `[CLS] A [SEP]` and 1 for
-/// `B [SEP]`, then masks it.
+/// `B [SEP]`, then masks it (the stage's own code, [`push_training_instance`], on one pair).
 pub fn create_training_instance(
     pair: &SentencePair,
     cfg: &MaskConfig,
     vocab: &MaskVocab,
     rng: &mut impl Rng,
 ) -> TrainingInstance {
-    build_training_instance(pair, cfg, vocab, rng, &mut CandidateIndexes::default())
-}
-
-/// [`create_training_instance`] with a masking thread's reused buffers.
-fn build_training_instance(
-    pair: &SentencePair,
-    cfg: &MaskConfig,
-    vocab: &MaskVocab,
-    rng: &mut impl Rng,
-    candidates: &mut CandidateIndexes,
-) -> TrainingInstance {
-    let len_a = pair.tokens_a.len();
-    let len_b = pair.tokens_b.len();
-    let mut tokens = Vec::with_capacity(len_a + len_b + 3);
-    tokens.push(vocab.cls);
-    tokens.extend_from_slice(&pair.tokens_a);
-    tokens.push(vocab.sep);
-    tokens.extend_from_slice(&pair.tokens_b);
-    tokens.push(vocab.sep);
-    let mut segment_ids = vec![0u8; len_a + 2];
-    segment_ids.resize(len_a + len_b + 3, 1);
-
-    let (masked_lm_positions, masked_lm_labels) = mask_tokens(
-        &mut tokens,
-        cfg.masked_lm_prob,
-        cfg.max_predictions_per_seq,
-        cfg.do_whole_word_mask,
+    let mut out = InstanceColumns::default();
+    push_training_instance(
+        &pair.tokens_a,
+        &pair.tokens_b,
+        pair.is_random_next,
+        cfg,
         vocab,
         rng,
-        candidates,
+        &mut CandidateIndexes::default(),
+        &mut out,
     );
-    TrainingInstance {
-        tokens,
-        segment_ids,
-        masked_lm_positions,
-        masked_lm_labels,
-        is_random_next: pair.is_random_next,
-    }
+    out.instance(0)
 }
 
 /// Masks one shard of pairs. Blocks of [`MASK_BLOCK_ROWS`] rows run in parallel, each with a
-/// generator seeded from `(random_seed, "mask", shard_index, block)`.
+/// generator seeded from `(random_seed, "mask", shard_index, block)`: the stage's own
+/// [`create_instance_columns`], as records.
 pub fn create_training_instances(
     pairs: &[SentencePair],
     cfg: &MaskConfig,
@@ -364,21 +314,18 @@ pub fn create_training_instances(
     random_seed: u64,
     shard_index: usize,
 ) -> Vec<TrainingInstance> {
-    pairs
-        .par_chunks(MASK_BLOCK_ROWS)
-        .enumerate()
-        .flat_map_iter(|(block, rows)| {
-            let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
-            let mut candidates = CandidateIndexes::default();
-            rows.iter()
-                .map(|pair| build_training_instance(pair, cfg, vocab, &mut rng, &mut candidates))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let columns = create_instance_columns(
+        &PairColumns::from_pairs(pairs),
+        cfg,
+        vocab,
+        random_seed,
+        shard_index,
+    );
+    (0..columns.len()).map(|i| columns.instance(i)).collect()
 }
 
-/// [`build_training_instance`] into columns: appends the masked `[CLS] A [SEP] B [SEP]` of
-/// one pair to `out`, with the same draws.
+/// Appends the masked `[CLS] A [SEP] B [SEP]` of one pair to `out` (B starts at
+/// `len(A) + 2`).
 #[allow(clippy::too_many_arguments)]
 fn push_training_instance(
     tokens_a: &[u32],
@@ -420,8 +367,10 @@ fn push_training_instance(
     out.next_sentence_label.push(is_random_next);
 }
 
-/// [`create_training_instances`] on a shard in columns: the same instances (the same
-/// blocks, seeds and draws), built into flat buffers instead of one record per instance.
+/// Masks one shard of pairs in columns (what the stage writes): blocks of
+/// [`MASK_BLOCK_ROWS`] rows in parallel, each with a generator seeded from
+/// `(random_seed, "mask", shard_index, block)`, so the result does not depend on the thread
+/// count.
 pub fn create_instance_columns(
     pairs: &PairColumns,
     cfg: &MaskConfig,

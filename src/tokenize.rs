@@ -291,13 +291,16 @@ fn finish_vocabulary(
 /// Checks that a vocabulary file agrees with the configured model size; the error tells the
 /// user which of the two to change.
 pub fn check_vocab_size(wp: &WordPiece, expected: usize, source: &Path) -> Result<()> {
-    if wp.vocab_size() != expected {
+    check_token_count(wp.vocab_size(), expected, source)
+}
+
+/// [`check_vocab_size`] on a count of tokens.
+fn check_token_count(tokens: usize, expected: usize, source: &Path) -> Result<()> {
+    if tokens != expected {
         return Err(Error::data(
             source,
             format!(
-                "vocabulary has {} tokens but model.vocab_size = {expected}; set model.vocab_size and vocab.vocab_size to {} or rerun `just stage vocab`",
-                wp.vocab_size(),
-                wp.vocab_size()
+                "vocabulary has {tokens} tokens but model.vocab_size = {expected}; set model.vocab_size and vocab.vocab_size to {tokens} or rerun `just stage vocab`"
             ),
         ));
     }
@@ -362,14 +365,8 @@ pub fn run_vocab(
 }
 
 /// The vocabulary a finished `vocab` stage recorded.
-pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, std::path::PathBuf)> {
-    let record = ctx.upstream(crate::stage::Stage::Vocab)?;
-    let art = record.artifacts_of("tokenizer").next().ok_or_else(|| {
-        Error::Stage(
-            "the vocab stage recorded no tokenizer.json; rerun `just stage vocab --force`".into(),
-        )
-    })?;
-    let path = ctx.path_of(art);
+pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, PathBuf)> {
+    let path = stage_vocab_file(ctx, "tokenizer", "tokenizer.json")?;
     let wp = WordPiece::from_file(&path)?;
     check_vocab_size(&wp, ctx.config().model.vocab_size, &path)?;
     Ok((wp, path))
@@ -380,27 +377,22 @@ pub fn load_stage_vocab(ctx: &crate::stage::StageCtx) -> Result<(WordPiece, std:
 /// `tokenizer.json`. Its size is checked against `model.vocab_size` as
 /// [`load_stage_vocab`] checks it.
 pub fn load_stage_vocab_tokens(ctx: &crate::stage::StageCtx) -> Result<(Vec<String>, PathBuf)> {
-    let record = ctx.upstream(crate::stage::Stage::Vocab)?;
-    let art = record.artifacts_of("vocab").next().ok_or_else(|| {
-        Error::Stage(
-            "the vocab stage recorded no vocab.txt; rerun `just stage vocab --force`".into(),
-        )
-    })?;
-    let path = ctx.path_of(art);
+    let path = stage_vocab_file(ctx, "vocab", "vocab.txt")?;
     let text = std::fs::read_to_string(&path).at(&path)?;
     let tokens: Vec<String> = text.lines().map(str::to_string).collect();
-    let expected = ctx.config().model.vocab_size;
-    if tokens.len() != expected {
-        return Err(Error::data(
-            &path,
-            format!(
-                "vocabulary has {} tokens but model.vocab_size = {expected}; set model.vocab_size and vocab.vocab_size to {} or rerun `just stage vocab`",
-                tokens.len(),
-                tokens.len()
-            ),
-        ));
-    }
+    check_token_count(tokens.len(), ctx.config().model.vocab_size, &path)?;
     Ok((tokens, path))
+}
+
+/// The path of the artifact of `kind` (`file`) the fresh `vocab` stage recorded.
+fn stage_vocab_file(ctx: &crate::stage::StageCtx, kind: &str, file: &str) -> Result<PathBuf> {
+    let record = ctx.upstream(crate::stage::Stage::Vocab)?;
+    let art = record.artifacts_of(kind).next().ok_or_else(|| {
+        Error::Stage(format!(
+            "the vocab stage recorded no {file}; rerun `just stage vocab --force`"
+        ))
+    })?;
+    Ok(ctx.path_of(art))
 }
 
 /// What fine-tuning needs of a tokenizer (classification features and SQuAD windows):
