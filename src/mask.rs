@@ -378,25 +378,29 @@ pub fn create_instance_columns(
     random_seed: u64,
     shard_index: usize,
 ) -> InstanceColumns {
+    let blocks = 0..pairs.len().div_ceil(MASK_BLOCK_ROWS);
     concat_blocks(&create_instance_blocks(
         pairs,
         cfg,
         vocab,
         random_seed,
         shard_index,
+        blocks,
     ))
 }
 
-/// The instances of a shard in blocks of [`MASK_BLOCK_ROWS`], in order, masked in parallel.
+/// The instances of blocks `blocks` of a shard (blocks of [`MASK_BLOCK_ROWS`] rows), in
+/// order, masked in parallel.
 fn create_instance_blocks(
     pairs: &PairColumns,
     cfg: &MaskConfig,
     vocab: &MaskVocab,
     random_seed: u64,
     shard_index: usize,
+    blocks: std::ops::Range<usize>,
 ) -> Vec<InstanceColumns> {
     let n = pairs.len();
-    (0..n.div_ceil(MASK_BLOCK_ROWS))
+    blocks
         .into_par_iter()
         .map(|block| {
             let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
@@ -525,25 +529,28 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             max_predictions_per_seq: shape.max_predictions_per_seq,
             ..cfg.mask.clone()
         };
-        let blocks = create_instance_blocks(&pairs, &mask_cfg, &vocab, cfg.run.random_seed, index);
-        if let (0, Some(first)) = (index, blocks.first()) {
-            for i in 0..first.len().min(3) {
-                tracing::debug!("instance:\n{}", first.instance(i));
-            }
-        }
-        // Parts keep each file (and a reader's memory) small. Each part is joined from its
-        // blocks and written, and its blocks freed, before the next: the shard's instances
-        // are held once, not twice.
+        // Parts keep each file (and a reader's memory) small. Each part is masked, joined
+        // from its blocks and written before the next is masked: the disk writes one part
+        // while the next is computed (masking the whole shard first left most of it to write
+        // after the last block), and one part's instances are held at a time.
+        let blocks_per_part = INSTANCE_SHARD_ROWS / MASK_BLOCK_ROWS;
+        let block_count = pairs.len().div_ceil(MASK_BLOCK_ROWS);
         let mut parts = Vec::new();
         let mut stats = InstanceStats::default();
-        let mut blocks = blocks.into_iter();
-        for part in 0.. {
-            let group: Vec<InstanceColumns> = blocks
-                .by_ref()
-                .take(INSTANCE_SHARD_ROWS / MASK_BLOCK_ROWS)
-                .collect();
-            if group.is_empty() {
-                break;
+        for (part, first_block) in (0..block_count).step_by(blocks_per_part).enumerate() {
+            let blocks = first_block..(first_block + blocks_per_part).min(block_count);
+            let group = create_instance_blocks(
+                &pairs,
+                &mask_cfg,
+                &vocab,
+                cfg.run.random_seed,
+                index,
+                blocks,
+            );
+            if let (0, 0, Some(first)) = (index, part, group.first()) {
+                for i in 0..first.len().min(3) {
+                    tracing::debug!("instance:\n{}", first.instance(i));
+                }
             }
             let instances = concat_blocks(&group);
             drop(group);
