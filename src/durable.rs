@@ -132,7 +132,11 @@ impl Flusher {
     }
 
     fn submit(&self, path: PathBuf, file: File) {
-        self.state.lock().expect("flush state").pending.push(path.clone());
+        self.state
+            .lock()
+            .expect("flush state")
+            .pending
+            .push(path.clone());
         if let Err(unsent) = self.queue.send((path, file)) {
             // The thread is gone (it never exits while the process runs): flush here.
             let (path, file) = unsent.0;
@@ -283,11 +287,18 @@ mod tests {
         }
         sync_tree(dir.path()).unwrap();
         let state = Flusher::get().state.lock().unwrap();
-        let left = state.pending.iter().filter(|p| p.starts_with(dir.path())).count();
+        let left = state
+            .pending
+            .iter()
+            .filter(|p| p.starts_with(dir.path()))
+            .count();
         drop(state);
         assert_eq!(left, 0);
         for i in 0..24 {
-            assert_eq!(fs::read(dir.path().join(format!("shard-{i}.bin"))).unwrap(), bytes);
+            assert_eq!(
+                fs::read(dir.path().join(format!("shard-{i}.bin"))).unwrap(),
+                bytes
+            );
         }
         // No temp file is left behind by the rename.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 24);

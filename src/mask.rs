@@ -529,10 +529,11 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             max_predictions_per_seq: shape.max_predictions_per_seq,
             ..cfg.mask.clone()
         };
-        // Parts keep each file (and a reader's memory) small. Each part is masked, joined
-        // from its blocks and written before the next is masked: the disk writes one part
-        // while the next is computed (masking the whole shard first left most of it to write
-        // after the last block), and one part's instances are held at a time.
+        // Parts keep each file (and a reader's memory) small. Each part is masked and
+        // written from its blocks (not joined first) before the next is masked: the disk
+        // writes one part while the next is computed (masking the whole shard first left
+        // most of it to write after the last block), and one part's instances are held at a
+        // time.
         let blocks_per_part = INSTANCE_SHARD_ROWS / MASK_BLOCK_ROWS;
         let block_count = pairs.len().div_ceil(MASK_BLOCK_ROWS);
         let mut parts = Vec::new();
@@ -552,18 +553,17 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                     tracing::debug!("instance:\n{}", first.instance(i));
                 }
             }
-            let instances = concat_blocks(&group);
-            drop(group);
             let part_id = id.with_part(part);
             let info = write_instance_columns(
                 &run.dir().join(part_id.file_name()),
-                &instances,
-                0..instances.len(),
+                &group,
                 shape.max_seq_length,
                 shape.max_predictions_per_seq,
             )?;
             parts.push((part_id, info, artifact.id.clone()));
-            stats.add_columns(&instances, vocab.mask);
+            for block in &group {
+                stats.add_columns(block, vocab.mask);
+            }
         }
         progress.advance(pairs.len() as u64);
         Ok((parts, stats, shape))

@@ -267,8 +267,8 @@ pub fn write_pair_columns(path: &Path, pairs: &PairColumns, rows: &[usize]) -> R
     let df = DataFrame::new(
         n,
         vec![
-            pairs.tokens_a.column("tokens_a", rows.iter().copied()),
-            pairs.tokens_b.column("tokens_b", rows.iter().copied()),
+            IdLists::column("tokens_a", rows.iter().map(|&i| pairs.tokens_a.row(i))),
+            IdLists::column("tokens_b", rows.iter().map(|&i| pairs.tokens_b.row(i))),
             random.into_series().into_column(),
         ],
     )
@@ -342,58 +342,63 @@ pub fn write_instances(
     let columns = InstanceColumns::from_instances(instances).map_err(|e| Error::shard(path, e))?;
     write_instance_columns(
         path,
-        &columns,
-        0..columns.len(),
+        std::slice::from_ref(&columns),
         max_seq_length,
         max_predictions,
     )
 }
 
-/// Writes instances `rows` of `columns` atomically, unpadded (the padding is derived on
-/// reading): `input_ids` (`[CLS] A [SEP] B [SEP]`, masked), `segment_b_start` (index of B's
-/// first token: token type 0 before it, 1 from it), `masked_lm_positions` and
-/// `masked_lm_ids` as lists, `next_sentence_label` (1: B is random). Ids and positions are
-/// `u16` when every value fits. The shape every row is padded to on reading,
-/// `max_seq_length` and `max_predictions_per_seq`, is in the schema metadata. The error
-/// names the first instance that does not fit it. Not fsynced, like [`write_pairs`].
+/// Writes the instances of `blocks` (every row of each, in order: a shard part as the
+/// `mask` stage masks it, in blocks, written without joining them first) atomically,
+/// unpadded (the padding is derived on reading): `input_ids` (`[CLS] A [SEP] B [SEP]`,
+/// masked), `segment_b_start` (index of B's first token: token type 0 before it, 1 from
+/// it), `masked_lm_positions` and `masked_lm_ids` as lists, `next_sentence_label` (1: B is
+/// random). Ids and positions are `u16` when every value fits. The shape every row is
+/// padded to on reading, `max_seq_length` and `max_predictions_per_seq`, is in the schema
+/// metadata. The error names the first instance that does not fit it. Not fsynced, like
+/// [`write_pairs`].
 pub fn write_instance_columns(
     path: &Path,
-    columns: &InstanceColumns,
-    rows: std::ops::Range<usize>,
+    blocks: &[InstanceColumns],
     max_seq_length: usize,
     max_predictions: usize,
 ) -> Result<ShardInfo> {
-    for i in rows.clone() {
-        let len = columns.input_ids.row(i).len();
-        let npred = columns.masked_lm_positions.row(i).len();
-        if len > max_seq_length
-            || npred > max_predictions
-            || columns.masked_lm_ids.row(i).len() != npred
-            || columns.segment_b_start[i] as usize > len
-        {
-            return Err(Error::shard(
-                path,
-                format!("instance {} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}", i - rows.start),
-            ));
+    let mut row = 0;
+    for block in blocks {
+        for i in 0..block.len() {
+            let len = block.input_ids.row(i).len();
+            let npred = block.masked_lm_positions.row(i).len();
+            if len > max_seq_length
+                || npred > max_predictions
+                || block.masked_lm_ids.row(i).len() != npred
+                || block.segment_b_start[i] as usize > len
+            {
+                return Err(Error::shard(
+                    path,
+                    format!("instance {row} has {len} tokens / {npred} predictions, more than max_seq_length {max_seq_length} / max_predictions_per_seq {max_predictions}"),
+                ));
+            }
+            row += 1;
         }
     }
-    let labels: Vec<u8> = columns.next_sentence_label[rows.clone()]
+    let segment_b_start: Vec<u32> = blocks
         .iter()
-        .map(|&l| u8::from(l))
+        .flat_map(|b| b.segment_b_start.iter().copied())
         .collect();
+    let labels: Vec<u8> = blocks
+        .iter()
+        .flat_map(|b| b.next_sentence_label.iter().map(|&l| u8::from(l)))
+        .collect();
+    let lists = |column: fn(&InstanceColumns) -> &IdLists| {
+        blocks.iter().flat_map(move |b| column(b).rows())
+    };
     let df = DataFrame::new(
-        rows.len(),
+        row,
         vec![
-            columns.input_ids.column("input_ids", rows.clone()),
-            Series::new(
-                "segment_b_start".into(),
-                &columns.segment_b_start[rows.clone()],
-            )
-            .into_column(),
-            columns
-                .masked_lm_positions
-                .column("masked_lm_positions", rows.clone()),
-            columns.masked_lm_ids.column("masked_lm_ids", rows.clone()),
+            IdLists::column("input_ids", lists(|b| &b.input_ids)),
+            Series::new("segment_b_start".into(), segment_b_start).into_column(),
+            IdLists::column("masked_lm_positions", lists(|b| &b.masked_lm_positions)),
+            IdLists::column("masked_lm_ids", lists(|b| &b.masked_lm_ids)),
             Series::new("next_sentence_label".into(), labels).into_column(),
         ],
     )

@@ -1,7 +1,10 @@
 //! Arrow shards: exact round trips, `u16` and `u32` ids, fixed-length padding derived on
 //! reading, and one-line errors for truncated or foreign files.
 
-use bertline::shard::{pad_instances, read_instances, read_pairs, write_instances, write_pairs};
+use bertline::shard::{
+    pad_instances, read_instances, read_pairs, write_instance_columns, write_instances,
+    write_pairs, InstanceColumns,
+};
 use bertline::{SentencePair, TrainingInstance};
 
 fn pairs() -> Vec<SentencePair> {
@@ -231,4 +234,48 @@ fn instance_shard_without_its_shape_is_refused() {
             && !err.contains('\n'),
         "{err}"
     );
+}
+
+fn instance(tokens: &[u32], b: usize, positions: &[u32], random: bool) -> TrainingInstance {
+    TrainingInstance {
+        tokens: tokens.to_vec(),
+        segment_ids: (0..tokens.len()).map(|t| u8::from(t >= b)).collect(),
+        masked_lm_positions: positions.to_vec(),
+        masked_lm_labels: positions.iter().map(|&p| 100 + p).collect(),
+        is_random_next: random,
+    }
+}
+
+#[test]
+fn instance_blocks_are_written_as_the_shard_of_their_rows_joined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let all = vec![
+        instance(&[2, 40, 3, 50, 3], 3, &[1], false),
+        instance(&[2, 41, 42, 3, 51, 3], 4, &[1, 4], true),
+        instance(&[2, 43, 3, 52, 53, 54, 3], 3, &[], false),
+        instance(&[2, 44, 3, 55, 3], 3, &[3], true),
+        instance(&[2, 45, 46, 47, 3, 56, 3], 5, &[2, 3, 5], false),
+    ];
+    let block = |rows: &[TrainingInstance]| InstanceColumns::from_instances(rows).unwrap();
+    let joined = tmp.path().join("joined.arrow");
+    let in_blocks = tmp.path().join("blocks.arrow");
+    write_instances(&joined, &all, 8, 3).unwrap();
+    // Blocks of 2, 0 and 3 rows, written without joining them first (the `mask` stage).
+    let blocks = [block(&all[..2]), block(&[]), block(&all[2..])];
+    let info = write_instance_columns(&in_blocks, &blocks, 8, 3).unwrap();
+    assert_eq!(info.rows, 5);
+    assert_eq!(
+        std::fs::read(&in_blocks).unwrap(),
+        std::fs::read(&joined).unwrap()
+    );
+    assert_eq!(
+        read_instances(&in_blocks).unwrap(),
+        pad_instances(&all, 8, 3).unwrap()
+    );
+    // A row that does not fit is named by its index in the shard, not in its block.
+    let mut long = all.clone();
+    long[3] = instance(&[1; 9], 9, &[], false);
+    let blocks = [block(&long[..2]), block(&long[2..])];
+    let err = write_instance_columns(&tmp.path().join("x.arrow"), &blocks, 8, 3).unwrap_err();
+    assert!(err.to_string().contains("instance 3 has 9 tokens"), "{err}");
 }

@@ -59,7 +59,7 @@ impl IdLists {
     }
 
     /// Every row, in order.
-    pub fn rows(&self) -> impl Iterator<Item = &[u32]> + '_ {
+    pub fn rows(&self) -> impl Iterator<Item = &[u32]> + Clone + '_ {
         self.offsets.windows(2).map(|w| &self.values[w[0]..w[1]])
     }
 
@@ -82,26 +82,22 @@ impl IdLists {
             .extend(other.offsets[1..].iter().map(|&o| base + o));
     }
 
-    /// Rows `rows` (in that order) as a list column, `u16` when every id in them is below
-    /// 65,536 (every id of a vocabulary that size, every position in a sequence up to that
-    /// length), else `u32`: half the bytes for the usual vocabularies; [`IdLists::read`]
-    /// widens either.
-    pub(super) fn column(
-        &self,
-        name: &str,
-        rows: impl ExactSizeIterator<Item = usize> + Clone,
-    ) -> Column {
-        let total: usize = rows
+    /// The rows `rows` (id slices, in that order: rows of one [`IdLists`] in a shuffled
+    /// order, or every row of several) as a list column, `u16` when every id in them is
+    /// below 65,536 (every id of a vocabulary that size, every position in a sequence up to
+    /// that length), else `u32`: half the bytes for the usual vocabularies;
+    /// [`IdLists::read`] widens either.
+    pub(super) fn column<'a>(name: &str, rows: impl Iterator<Item = &'a [u32]> + Clone) -> Column {
+        let (count, total) = rows
             .clone()
-            .map(|i| self.offsets[i + 1] - self.offsets[i])
-            .sum();
-        let mut offsets: Vec<i64> = Vec::with_capacity(rows.len() + 1);
+            .fold((0, 0), |(n, t), row| (n + 1, t + row.len()));
+        let mut offsets: Vec<i64> = Vec::with_capacity(count + 1);
         offsets.push(0);
         // One pass: narrowed ids, offsets, and every id's bits OR-ed to see if they fit.
         let mut narrow: Vec<u16> = Vec::with_capacity(total);
         let mut bits = 0;
-        for i in rows.clone() {
-            for &id in self.row(i) {
+        for row in rows.clone() {
+            for &id in row {
                 bits |= id;
                 narrow.push(id as u16);
             }
@@ -112,8 +108,8 @@ impl IdLists {
         } else {
             drop(narrow);
             let mut wide: Vec<u32> = Vec::with_capacity(total);
-            for i in rows {
-                wide.extend_from_slice(self.row(i));
+            for row in rows {
+                wide.extend_from_slice(row);
             }
             PrimitiveArray::from_vec(wide).boxed()
         };
