@@ -15,6 +15,7 @@
 //! - [`progress`]: the progress callback the stage binaries draw as bars.
 //! - [`workers`]: one item per thread for the data stages' outer loops (bounded memory).
 
+pub mod allocator;
 pub mod config;
 pub mod corpus;
 pub mod durable;

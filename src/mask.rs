@@ -41,6 +41,19 @@ pub const MASK_BLOCK_ROWS: usize = 1024;
 /// Most rows per instance shard, so a reader holds little at a time.
 pub const INSTANCE_SHARD_ROWS: usize = 4096;
 
+/// Pairs a `mask` thread masks between two hand-backs of its freed memory to the OS
+/// ([`crate::allocator::release_free_memory`]): two full pairs shards at the default
+/// `shard_rows`. Freed shard buffers the allocator kept for reuse added 40-50 MB to the
+/// stage's peak on a long run. A release costs 10-15 ms (the next shard faults the pages
+/// in again): after every full shard the peak fell by about 45 MB for 5% more time, after
+/// every two by about 25 MB for 2-3% (docs/benchmarks.md, "Peak memory").
+const RELEASE_EVERY_PAIRS: usize = 2 * 32_768;
+
+thread_local! {
+    /// Pairs this thread has masked since it last handed its freed memory back.
+    static PAIRS_SINCE_RELEASE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What masking needs to know about the vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskVocab {
@@ -566,6 +579,15 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             }
         }
         progress.advance(pairs.len() as u64);
+        let masked = pairs.len();
+        drop(pairs);
+        PAIRS_SINCE_RELEASE.with(|count| {
+            count.set(count.get() + masked);
+            if count.get() >= RELEASE_EVERY_PAIRS {
+                count.set(0);
+                crate::allocator::release_free_memory();
+            }
+        });
         Ok((parts, stats, shape))
     })?;
     progress.finish();
