@@ -93,14 +93,14 @@ impl IdLists {
             .fold((0, 0), |(n, t), row| (n + 1, t + row.len()));
         let mut offsets: Vec<i64> = Vec::with_capacity(count + 1);
         offsets.push(0);
-        // One pass: narrowed ids, offsets, and every id's bits OR-ed to see if they fit.
+        // One pass over the rows: narrowed ids, offsets, and every id's bits OR-ed to see if
+        // they fit. Each row is OR-ed and narrowed as a whole slice (both loops vectorize;
+        // a `push` per id did not, and this was a tenth of each data stage's time).
         let mut narrow: Vec<u16> = Vec::with_capacity(total);
         let mut bits = 0;
         for row in rows.clone() {
-            for &id in row {
-                bits |= id;
-                narrow.push(id as u16);
-            }
+            bits |= row.iter().fold(0, |acc, &id| acc | id);
+            narrow.extend(row.iter().map(|&id| id as u16));
             offsets.push(narrow.len() as i64);
         }
         let values: Box<dyn Array> = if bits <= u32::from(u16::MAX) {
