@@ -3,8 +3,9 @@
 //! delay) for reuse before giving it back to the OS. A stage that frees a shard's buffers
 //! and allocates the next one's many times a second can hold on to several shards' worth
 //! that way: `mask`'s peak RSS grew by 40-50 MB over a long run. [`release_free_memory`]
-//! gives it back at once; the stage calls it every few shards, where the cost (a few ms)
-//! is small against the work between two calls.
+//! gives it back at once; the stage calls it every two full shards, where the cost (10-15
+//! ms: the next shard faults the pages in again) is small against the work between two
+//! calls.
 
 /// Returns the calling thread's free mimalloc memory, and memory awaiting its purge delay,
 /// to the OS (`mi_collect(force)`). Harmless where mimalloc is not the global allocator

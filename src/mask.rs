@@ -45,8 +45,10 @@ pub const INSTANCE_SHARD_ROWS: usize = 4096;
 /// ([`crate::allocator::release_free_memory`]): two full pairs shards at the default
 /// `shard_rows`. Freed shard buffers the allocator kept for reuse added 40-50 MB to the
 /// stage's peak on a long run. A release costs 10-15 ms (the next shard faults the pages
-/// in again): after every full shard the peak fell by about 45 MB for 5% more time, after
-/// every two by about 25 MB for 2-3% (docs/benchmarks.md, "Peak memory").
+/// in again): after every full shard the peak of a dupe-50 run fell by about 45 MB, and
+/// the bench-data run (which it then reached once per thread) took 0.210 s against 0.195
+/// s; after every two the peak fell by about 25 MB, and that run never reaches it
+/// (docs/benchmarks.md, "Peak memory").
 const RELEASE_EVERY_PAIRS: usize = 2 * 32_768;
 
 thread_local! {
@@ -578,8 +580,8 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 stats.add_columns(block, vocab.mask);
             }
         }
-        progress.advance(pairs.len() as u64);
         let masked = pairs.len();
+        progress.advance(masked as u64);
         drop(pairs);
         PAIRS_SINCE_RELEASE.with(|count| {
             count.set(count.get() + masked);
