@@ -3,7 +3,7 @@
 //! under a final name.
 //!
 //! Data shards, written by the dozen into a stage's staging directory, are not fsynced by
-//! the thread that writes them ([`write_bytes_unsynced`]: temp file and rename, then the
+//! the thread that writes them ([`write_unsynced_with`]: temp file and rename, then the
 //! file handed to a background flusher that `fdatasync`s it while the stage computes the
 //! next one); [`sync_tree`] waits for the flusher and fsyncs them all, in parallel, before
 //! the stage publishes them, so nothing is recorded in the manifest before it is on disk.
@@ -68,13 +68,27 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 /// of a stage's staging directory, which [`StageRun::finish`](crate::stage::StageRun::finish)
 /// makes durable with [`sync_tree`] before recording them.
 pub fn write_bytes_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_unsynced_with(path, |w| w.write_all(bytes).at(path))
+}
+
+/// Writes `path` like [`write_bytes_unsynced`], its bytes produced by `write` into a
+/// buffered writer of the temp file (writes of 64 KiB or more go to the file directly), so
+/// a large file needs no buffer of its own.
+pub fn write_unsynced_with<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<File>) -> Result<()>,
+{
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).at(dir)?;
     }
     let tmp = temp_path(path);
     let result = (|| {
-        let mut file = File::create(&tmp).at(&tmp)?;
-        file.write_all(bytes).at(&tmp)?;
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut w = BufWriter::with_capacity(64 << 10, file);
+        write(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
         start_writeback(&file);
         fs::rename(&tmp, path).at(path)?;
         Ok(file)

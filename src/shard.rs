@@ -215,6 +215,7 @@ impl MaskedLmBatch {
 }
 
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 
 use polars::prelude::*;
@@ -492,33 +493,79 @@ fn u32_column(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<u32>> {
 }
 
 /// Writes a frame as an Arrow IPC file with `metadata` in its schema, atomically, and
-/// returns its size and hash. The file is encoded in memory first (shards are a few MB) and
-/// hashed there, so it is never read back.
+/// returns its size and hash. The file is encoded straight into the file (through a small
+/// buffer) and hashed on the way, so it is never held whole in memory nor read back; the
+/// encoder's buffers are this thread's, reused from shard to shard.
 pub fn write_frame(
     path: &Path,
     mut df: DataFrame,
     metadata: &[(&str, String)],
 ) -> Result<ShardInfo> {
+    use polars_arrow::io::ipc::write::{FileWriter, WriteOptions};
     let rows = df.height() as u64;
     let metadata: std::collections::BTreeMap<PlSmallStr, PlSmallStr> = metadata
         .iter()
         .map(|(k, v)| ((*k).into(), v.as_str().into()))
         .collect();
-    // Room for the buffers plus the schema and footer: the encoder never regrows it.
-    let mut bytes = Vec::with_capacity(df.estimated_size() + (64 << 10));
-    let mut writer = IpcWriter::new(&mut bytes);
-    writer.set_custom_schema_metadata(std::sync::Arc::new(metadata));
-    writer
-        .finish(&mut df)
-        .map_err(|e| Error::shard(path, format!("cannot write the shard: {e}")))?;
-    // Shards are written into a stage's staging directory, flushed together when the stage
-    // publishes them (crate::durable::sync_tree).
-    durable::write_bytes_unsynced(path, &bytes)?;
+    // What polars' `IpcWriter` does, with the encoder's scratch buffers kept (a writer of
+    // its own grew the body buffer by doubling for every shard: copied and page-faulted
+    // about twice its size, then copied once more into the file's bytes).
+    let schema = std::sync::Arc::new(df.schema().to_arrow(CompatLevel::newest()));
+    df.align_chunks();
+    let mut hashed = None;
+    durable::write_unsynced_with(path, |file| {
+        let mut out = HashingWriter {
+            inner: file,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        };
+        let mut writer = FileWriter::new(&mut out, schema, None, WriteOptions::default());
+        writer.set_custom_schema_metadata(std::sync::Arc::new(metadata));
+        IPC_SCRATCH.with_borrow_mut(|scratch| writer.set_scratches(std::mem::take(scratch)));
+        let written = (|| {
+            writer.start()?;
+            for batch in df.iter_chunks(CompatLevel::newest(), true) {
+                writer.write(&batch, None)?;
+            }
+            writer.finish()
+        })();
+        IPC_SCRATCH.with_borrow_mut(|scratch| *scratch = writer.get_scratches());
+        written.map_err(|e| Error::shard(path, format!("cannot write the shard: {e}")))?;
+        hashed = Some((out.bytes, out.hasher.finalize()));
+        Ok(())
+    })?;
+    let (bytes, hash) = hashed.expect("a written shard was hashed");
     Ok(ShardInfo {
         rows,
-        bytes: bytes.len() as u64,
-        blake3: blake3::hash(&bytes).to_hex().to_string(),
+        bytes,
+        blake3: hash.to_hex().to_string(),
     })
+}
+
+thread_local! {
+    /// This thread's Arrow IPC encoding buffers ([`write_frame`]), about one shard's size.
+    static IPC_SCRATCH: std::cell::RefCell<polars_arrow::io::ipc::write::EncodedData> =
+        std::cell::RefCell::default();
+}
+
+/// A writer that hashes (BLAKE3) and counts what it passes on.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Reads a shard and checks it has `columns`; returns it with its schema metadata. Any

@@ -35,6 +35,44 @@ fn pairs_round_trip_exactly() {
     assert_eq!(again.blake3, info.blake3);
 }
 
+/// What a write reports is the file: its size and BLAKE3 hash. The encoder's buffers are
+/// kept by the writing thread from shard to shard; a small shard written after a large one
+/// is byte for byte the file a fresh thread writes.
+#[test]
+fn shard_info_is_the_file_and_reused_encoder_buffers_leave_no_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let large: Vec<SentencePair> = (0..2000u32)
+        .map(|i| SentencePair {
+            tokens_a: (i..i + 60).collect(),
+            tokens_b: (i..i + 40).rev().collect(),
+            is_random_next: i % 3 == 0,
+        })
+        .collect();
+    let (large_path, small_path) = (
+        tmp.path().join("large.arrow"),
+        tmp.path().join("small.arrow"),
+    );
+    let large_info = write_pairs(&large_path, &large).unwrap();
+    let small_info = write_pairs(&small_path, &pairs()).unwrap();
+    for (path, info) in [(&large_path, &large_info), (&small_path, &small_info)] {
+        let (hash, size) = bertline::durable::hash_file(path).unwrap();
+        assert_eq!((info.blake3.as_str(), info.bytes), (hash.as_str(), size));
+    }
+    let fresh_path = tmp.path().join("fresh.arrow");
+    let fresh_info = std::thread::scope(|s| {
+        s.spawn(|| write_pairs(&fresh_path, &pairs()).unwrap())
+            .join()
+            .unwrap()
+    });
+    assert_eq!(fresh_info, small_info);
+    assert_eq!(
+        std::fs::read(&fresh_path).unwrap(),
+        std::fs::read(&small_path).unwrap()
+    );
+    assert_eq!(read_pairs(&large_path).unwrap(), large);
+    assert_eq!(read_pairs(&small_path).unwrap(), pairs());
+}
+
 #[test]
 fn instances_are_padded_to_fixed_length() {
     let tmp = tempfile::tempdir().unwrap();
