@@ -28,12 +28,13 @@ use crate::manifest::ArtifactRecord;
 use crate::pairs::{pairs_kind, seeded_rng};
 use crate::progress::Progress;
 use crate::shard::{
-    length_key, read_pair_columns, write_instance_columns, IdLists, InstanceColumns, PairColumns,
-    SentencePair, ShardId, Split, TrainingInstance,
+    clear_for, length_key, read_pair_columns_into, write_instance_columns, IdLists,
+    InstanceColumns, PairColumns, SentencePair, ShardId, Split, TrainingInstance,
 };
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 use crate::stats::InstanceStats;
 use crate::tokenize::{load_stage_vocab_tokens, WordPiece};
+use crate::workers::Recycler;
 
 /// Rows masked with one generator; blocks are masked in parallel.
 pub const MASK_BLOCK_ROWS: usize = 1024;
@@ -401,11 +402,12 @@ pub fn create_instance_columns(
         random_seed,
         shard_index,
         blocks,
+        &Recycler::default(),
     ))
 }
 
 /// The instances of blocks `blocks` of a shard (blocks of [`MASK_BLOCK_ROWS`] rows), in
-/// order, masked in parallel.
+/// order, masked in parallel, each into a buffer taken from `buffers`.
 fn create_instance_blocks(
     pairs: &PairColumns,
     cfg: &MaskConfig,
@@ -413,6 +415,7 @@ fn create_instance_blocks(
     random_seed: u64,
     shard_index: usize,
     blocks: std::ops::Range<usize>,
+    buffers: &Recycler<InstanceColumns>,
 ) -> Vec<InstanceColumns> {
     let n = pairs.len();
     blocks
@@ -426,13 +429,13 @@ fn create_instance_blocks(
                 pairs.tokens_a.offsets[rows.end] + pairs.tokens_b.offsets[rows.end],
             );
             let predictions = rows.len() * cfg.max_predictions_per_seq;
-            let mut out = InstanceColumns {
-                input_ids: IdLists::with_capacity(rows.len(), last - first + 3 * rows.len()),
-                segment_b_start: Vec::with_capacity(rows.len()),
-                masked_lm_positions: IdLists::with_capacity(rows.len(), predictions),
-                masked_lm_ids: IdLists::with_capacity(rows.len(), predictions),
-                next_sentence_label: Vec::with_capacity(rows.len()),
-            };
+            let mut out: InstanceColumns = buffers.take();
+            out.input_ids
+                .clear_for(rows.len(), last - first + 3 * rows.len());
+            out.masked_lm_positions.clear_for(rows.len(), predictions);
+            out.masked_lm_ids.clear_for(rows.len(), predictions);
+            clear_for(&mut out.segment_b_start, rows.len());
+            clear_for(&mut out.next_sentence_label, rows.len());
             for i in rows {
                 let (a, b, random) = pairs.pair(i);
                 push_training_instance(
@@ -537,9 +540,12 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         })
         .collect::<Result<_>>()?;
     progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
+    // Pairs and masked blocks are read and built into recycled buffers.
+    let (pair_buffers, block_buffers) = (Recycler::default(), Recycler::default());
     // One pairs shard per thread at a time (crate::workers explains why not `par_iter`).
     let per_shard = crate::workers::map_bounded(&shards, |_, &(index, artifact, id, shape)| {
-        let pairs = read_pair_columns(&ctx.path_of(artifact))?;
+        let mut pairs: PairColumns = pair_buffers.take();
+        read_pair_columns_into(&ctx.path_of(artifact), &mut pairs)?;
         let mask_cfg = MaskConfig {
             max_predictions_per_seq: shape.max_predictions_per_seq,
             ..cfg.mask.clone()
@@ -562,6 +568,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 cfg.run.random_seed,
                 index,
                 blocks,
+                &block_buffers,
             );
             if let (0, 0, Some(first)) = (index, part, group.first()) {
                 for i in 0..first.len().min(3) {
@@ -576,13 +583,14 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
                 shape.max_predictions_per_seq,
             )?;
             parts.push((part_id, info, artifact.id.clone()));
-            for block in &group {
-                stats.add_columns(block, vocab.mask);
+            for block in group {
+                stats.add_columns(&block, vocab.mask);
+                block_buffers.give_back(block);
             }
         }
         let masked = pairs.len();
         progress.advance(masked as u64);
-        drop(pairs);
+        pair_buffers.give_back(pairs);
         PAIRS_SINCE_RELEASE.with(|count| {
             count.set(count.get() + masked);
             if count.get() >= RELEASE_EVERY_PAIRS {

@@ -40,9 +40,12 @@ use crate::config::PairsConfig;
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::shard::{length_key, write_pair_columns, PairColumns, SentencePair, ShardId, Split};
+use crate::shard::{
+    clear_for, length_key, write_pair_columns, PairColumns, SentencePair, ShardId, Split,
+};
 use crate::stage::{corpus_files, derive_seed, Begin, Outcome, Stage, StageCtx};
 use crate::tokenize::load_stage_vocab;
+use crate::workers::Recycler;
 
 /// One document: its sentences ("segments" in Google's code) as token ids, none empty.
 pub type Document = Vec<Vec<u32>>;
@@ -338,7 +341,13 @@ pub fn create_pairs_from_documents(
     cfg: &PairsConfig,
     random_seed: u64,
 ) -> FilePairs {
-    let (train, eval, summary) = pair_documents(documents, file_index, cfg, random_seed);
+    let (train, eval, summary) = pair_documents(
+        documents,
+        file_index,
+        cfg,
+        random_seed,
+        &Recycler::default(),
+    );
     FilePairs {
         train: train.pairs.gather(&train.order),
         eval: eval.pairs.gather(&eval.order),
@@ -354,12 +363,14 @@ struct ShuffledPairs {
     order: Vec<usize>,
 }
 
-/// [`create_pairs_from_documents`] with the shuffles as orders: train, eval, counts.
+/// [`create_pairs_from_documents`] with the shuffles as orders: train, eval, counts. The
+/// train pairs are built in a buffer taken from `buffers`.
 fn pair_documents(
     mut documents: Vec<Document>,
     file_index: usize,
     cfg: &PairsConfig,
     random_seed: u64,
+    buffers: &Recycler<PairColumns>,
 ) -> (ShuffledPairs, ShuffledPairs, PairsSummary) {
     let file = file_index as u64;
     documents.shuffle(&mut seeded_rng(random_seed, "pairs/documents", &[file]));
@@ -368,9 +379,15 @@ fn pair_documents(
     let tokens =
         |documents: &[Document]| -> usize { documents.iter().flatten().map(Vec::len).sum() };
 
-    // Every pass emits about its documents' tokens (random B spans replace segments that
-    // are put back): room for that and a quarter more, so the columns rarely regrow.
-    let mut train = PairColumns::with_capacity(tokens(train_documents) * cfg.dupe_factor * 5 / 4);
+    // Every pass emits about its documents' tokens and a quarter more (random B spans
+    // replace segments that are put back), A and B nearly evenly (on Wikipedia at 128: A
+    // 0.61, B 0.66 of the documents' tokens): room for three quarters each, so the columns
+    // rarely regrow (a regrowth copies and page-faults a column of megabytes).
+    let room = tokens(train_documents) * cfg.dupe_factor * 3 / 4;
+    let mut train = buffers.take();
+    train.tokens_a.clear_for(0, room);
+    train.tokens_b.clear_for(0, room);
+    clear_for(&mut train.is_random_next, 0);
     for dupe in 0..cfg.dupe_factor {
         let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
         for document_index in 0..train_documents.len() {
@@ -389,7 +406,8 @@ fn pair_documents(
         &mut seeded_rng(random_seed, "pairs/shuffle", &[file]),
     );
 
-    let mut eval = PairColumns::with_capacity(tokens(eval_documents) * 5 / 4);
+    // Half of this to A, half to B: three quarters of the documents' tokens each, as above.
+    let mut eval = PairColumns::with_capacity(tokens(eval_documents) * 3 / 2);
     let mut rng = seeded_rng(random_seed, "pairs/eval", &[file]);
     for document_index in 0..eval_documents.len() {
         push_instances_from_document(
@@ -594,6 +612,8 @@ fn pair_files(
     }
     let blocks = corpus::corpus_blocks(input_files)?;
     progress.start("pairs", blocks.iter().map(|b| b.len()).sum());
+    // Each block's train pairs are built in a recycled buffer.
+    let buffers = Recycler::default();
     // One block per thread at a time (crate::workers explains why not `par_iter`).
     let per_block = crate::workers::map_bounded(&blocks, |index, block| {
         let (documents, input_bytes) = tokenize_block(block, tokenize)?;
@@ -612,7 +632,7 @@ fn pair_files(
                 files: usize::from(block.block_index == 0),
                 input_bytes,
             };
-            BlockOutcome::Paired(pair_unit(unit, cfg, lengths, random_seed, sink)?)
+            BlockOutcome::Paired(pair_unit(unit, cfg, lengths, random_seed, sink, &buffers)?)
         };
         progress.advance(block.len());
         Ok(outcome)
@@ -628,7 +648,7 @@ fn pair_files(
     let groups = pool_one_document_blocks(&blocks, pooled, corpus::BLOCK_BYTES)?;
     summaries.extend(crate::workers::map_bounded(&groups, |_, group| {
         let unit = read_pool_group(&blocks, group, tokenize)?;
-        pair_unit(unit, cfg, lengths, random_seed, sink)
+        pair_unit(unit, cfg, lengths, random_seed, sink, &buffers)
     })?);
     progress.finish();
     Ok(lengths
@@ -766,13 +786,14 @@ fn read_pool_group<'a>(
 
 /// Pairs one unit at every length and hands its shards to the sink; its counts per length.
 /// The last length takes the unit's documents, the others a copy, so a run with one length
-/// holds them once.
+/// holds them once. The train pairs are built in buffers from `buffers`, handed back after.
 fn pair_unit(
     mut unit: PairingUnit<'_>,
     cfg: &PairsConfig,
     lengths: &[Option<usize>],
     random_seed: u64,
     sink: &PairSinkFn<'_>,
+    buffers: &Recycler<PairColumns>,
 ) -> Result<Vec<PairsSummary>> {
     let mut summaries = Vec::with_capacity(lengths.len());
     for (i, &length) in lengths.iter().enumerate() {
@@ -785,7 +806,8 @@ fn pair_unit(
         } else {
             unit.documents.clone()
         };
-        let (train, eval, mut summary) = pair_documents(documents, unit.index, &cfg, random_seed);
+        let (train, eval, mut summary) =
+            pair_documents(documents, unit.index, &cfg, random_seed, buffers);
         summary.files = unit.files;
         summary.input_bytes = unit.input_bytes;
         log_paired(unit.path, &summary);
@@ -800,6 +822,7 @@ fn pair_unit(
                 sink,
             )?;
         }
+        buffers.give_back(train.pairs);
         summaries.push(summary);
     }
     Ok(summaries)

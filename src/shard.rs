@@ -26,7 +26,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod columns;
-pub use columns::{IdLists, InstanceColumns, PairColumns};
+pub use columns::{clear_for, IdLists, InstanceColumns, PairColumns};
 
 /// Which split a shard belongs to: documents held out of each file form `Eval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -284,9 +284,17 @@ pub fn read_pairs(path: &Path) -> Result<Vec<SentencePair>> {
 
 /// Reads a pairs shard into columns.
 pub fn read_pair_columns(path: &Path) -> Result<PairColumns> {
+    let mut pairs = PairColumns::default();
+    read_pair_columns_into(path, &mut pairs)?;
+    Ok(pairs)
+}
+
+/// [`read_pair_columns`] into `pairs`' buffers (cleared first), so that a reader of shard
+/// after shard reuses memory it has already touched.
+pub fn read_pair_columns_into(path: &Path, pairs: &mut PairColumns) -> Result<()> {
     let (df, _) = read_frame(path, &PAIR_COLUMNS)?;
-    let tokens_a = IdLists::read(path, &df, "tokens_a")?;
-    let tokens_b = IdLists::read(path, &df, "tokens_b")?;
+    IdLists::read_into(path, &df, "tokens_a", &mut pairs.tokens_a)?;
+    IdLists::read_into(path, &df, "tokens_b", &mut pairs.tokens_b)?;
     let random = df
         .column("is_random_next")
         .and_then(|c| c.bool().cloned())
@@ -297,11 +305,11 @@ pub fn read_pair_columns(path: &Path) -> Result<PairColumns> {
             "column `is_random_next` has nulls; rerun the `pairs` stage",
         ));
     }
-    Ok(PairColumns {
-        tokens_a,
-        tokens_b,
-        is_random_next: random.iter().map(|v| v.unwrap_or(false)).collect(),
-    })
+    columns::clear_for(&mut pairs.is_random_next, random.len());
+    pairs
+        .is_random_next
+        .extend(random.iter().map(|v| v.unwrap_or(false)));
+    Ok(())
 }
 
 /// `instances` as fixed-length rows, the mask stage's row format: `[PAD]` (0) fills each
@@ -511,6 +519,8 @@ pub fn write_frame(
     // its own grew the body buffer by doubling for every shard: copied and page-faulted
     // about twice its size, then copied once more into the file's bytes).
     let schema = std::sync::Arc::new(df.schema().to_arrow(CompatLevel::newest()));
+    // The buffers and their 64-byte alignment padding.
+    let body_bytes = df.estimated_size() + 64 * 4 * df.width();
     df.align_chunks();
     let mut hashed = None;
     durable::write_unsynced_with(path, |file| {
@@ -521,7 +531,12 @@ pub fn write_frame(
         };
         let mut writer = FileWriter::new(&mut out, schema, None, WriteOptions::default());
         writer.set_custom_schema_metadata(std::sync::Arc::new(metadata));
-        IPC_SCRATCH.with_borrow_mut(|scratch| writer.set_scratches(std::mem::take(scratch)));
+        IPC_SCRATCH.with_borrow_mut(|scratch| {
+            // Room for the body up front: grown by the encoder, a thread's first shard
+            // reallocated (copied and page-faulted) it at every doubling.
+            columns::clear_for(&mut scratch.arrow_data, body_bytes);
+            writer.set_scratches(std::mem::take(scratch))
+        });
         let written = (|| {
             writer.start()?;
             for batch in df.iter_chunks(CompatLevel::newest(), true) {

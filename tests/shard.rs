@@ -2,8 +2,8 @@
 //! reading, and one-line errors for truncated or foreign files.
 
 use bertline::shard::{
-    pad_instances, read_instances, read_pairs, write_instance_columns, write_instances,
-    write_pairs, InstanceColumns,
+    pad_instances, read_instances, read_pair_columns, read_pair_columns_into, read_pairs,
+    write_instance_columns, write_instances, write_pairs, InstanceColumns, PairColumns,
 };
 use bertline::{SentencePair, TrainingInstance};
 
@@ -71,6 +71,38 @@ fn shard_info_is_the_file_and_reused_encoder_buffers_leave_no_trace() {
     );
     assert_eq!(read_pairs(&large_path).unwrap(), large);
     assert_eq!(read_pairs(&small_path).unwrap(), pairs());
+}
+
+/// A pairs shard read into buffers that held a larger shard is exactly that shard, nothing
+/// of the old one left; buffers with room enough are kept (the same memory, no new pages).
+#[test]
+fn a_shard_read_into_used_buffers_is_exactly_the_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let large: Vec<SentencePair> = (0..500u32)
+        .map(|i| SentencePair {
+            tokens_a: vec![i; 30],
+            tokens_b: vec![i + 1; 20],
+            is_random_next: true,
+        })
+        .collect();
+    let (large_path, small_path) = (
+        tmp.path().join("large.arrow"),
+        tmp.path().join("small.arrow"),
+    );
+    write_pairs(&large_path, &large).unwrap();
+    write_pairs(&small_path, &pairs()).unwrap();
+    let mut columns = PairColumns::default();
+    read_pair_columns_into(&large_path, &mut columns).unwrap();
+    assert_eq!(columns.to_pairs(), large);
+    let memory = columns.tokens_a.values.as_ptr();
+    read_pair_columns_into(&small_path, &mut columns).unwrap();
+    assert_eq!(columns, read_pair_columns(&small_path).unwrap());
+    assert_eq!(columns.to_pairs(), pairs());
+    assert_eq!(columns.tokens_a.values.as_ptr(), memory);
+    // A bad file leaves an error naming it, whatever the buffers held.
+    std::fs::write(&small_path, b"not a shard").unwrap();
+    let err = read_pair_columns_into(&small_path, &mut columns).unwrap_err();
+    assert!(err.to_string().contains("small.arrow"), "{err}");
 }
 
 #[test]

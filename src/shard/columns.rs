@@ -122,8 +122,30 @@ impl IdLists {
             .into_column()
     }
 
+    /// No rows, and room for `rows` rows of `values` ids in all: a recycled buffer is kept
+    /// when it is large enough, else replaced by a new one (growing it instead would copy its
+    /// old contents, the allocator knowing nothing of `clear`).
+    pub fn clear_for(&mut self, rows: usize, values: usize) {
+        clear_for(&mut self.values, values);
+        clear_for(&mut self.offsets, rows + 1);
+        self.offsets.push(0);
+    }
+
     /// The list column `col` of ids (`u16` or `u32`), widened to `u32`; nulls are refused.
     pub(super) fn read(path: &Path, df: &DataFrame, col: &str) -> Result<IdLists> {
+        let mut lists = IdLists::default();
+        IdLists::read_into(path, df, col, &mut lists)?;
+        Ok(lists)
+    }
+
+    /// [`IdLists::read`] into `lists`' buffers (cleared first): a reader of shard after shard
+    /// reuses memory it has already touched.
+    pub(super) fn read_into(
+        path: &Path,
+        df: &DataFrame,
+        col: &str,
+        lists: &mut IdLists,
+    ) -> Result<()> {
         let nulls = || {
             Error::shard(
                 path,
@@ -137,7 +159,14 @@ impl IdLists {
         if ca.null_count() > 0 {
             return Err(nulls());
         }
-        let mut lists = IdLists::with_capacity(ca.len(), 0);
+        let total = ca
+            .downcast_iter()
+            .map(|arr| {
+                let offsets = arr.offsets().as_slice();
+                (offsets[offsets.len() - 1] - offsets[0]) as usize
+            })
+            .sum();
+        lists.clear_for(ca.len(), total);
         for arr in ca.downcast_iter() {
             let values = Series::from_arrow(col.into(), arr.values().clone())
                 .map_err(|e| schema_error(path, col, e))?;
@@ -179,7 +208,17 @@ impl IdLists {
                 .offsets
                 .extend(offsets[1..].iter().map(|&o| (o + base) as usize));
         }
-        Ok(lists)
+        Ok(())
+    }
+}
+
+/// Empties `buffer` with room for `len` items: kept when it has that room, else replaced by
+/// a new buffer with an eighth more (a recycled buffer grown in place would be copied whole
+/// and page-faulted anew; the slack lets the next, slightly larger, shard fit).
+pub fn clear_for<T>(buffer: &mut Vec<T>, len: usize) {
+    buffer.clear();
+    if buffer.capacity() < len {
+        *buffer = Vec::with_capacity(len + len / 8);
     }
 }
 
