@@ -360,16 +360,31 @@ struct SplitCache {
 
 /// A map keyed by text. Keys of up to 15 bytes, nearly every English word and WordPiece
 /// piece, are packed into one integer with their length, so a lookup hashes and compares
-/// 16 bytes instead of calling `memcmp` on a string (a sixth of the tokenizer's time on
-/// Wikipedia); longer keys are stored as strings.
+/// one integer instead of calling `memcmp` on a string (a sixth of the tokenizer's time on
+/// Wikipedia); longer keys are stored as strings. Keys of up to 7 bytes, most words and
+/// pieces, get a table of their own with 16-byte entries: half the memory of the 32-byte
+/// entries of the others, so more of it stays in the CPU's cache (a lookup's time was
+/// mostly cache misses).
 struct TextMap<V> {
+    tiny: HashMap<u64, V>,
     short: HashMap<u128, V>,
     long: HashMap<Box<str>, V>,
+}
+
+/// A key as [`TextMap`] stores it.
+enum Packed {
+    /// Up to 7 bytes, the length in the top byte.
+    Tiny(u64),
+    /// 8 to 15 bytes, the length in the top byte.
+    Short(u128),
+    /// Longer: the text itself.
+    Long,
 }
 
 impl<V> Default for TextMap<V> {
     fn default() -> Self {
         TextMap {
+            tiny: HashMap::new(),
             short: HashMap::new(),
             long: HashMap::new(),
         }
@@ -378,31 +393,42 @@ impl<V> Default for TextMap<V> {
 
 impl<V> TextMap<V> {
     /// `text`'s bytes and its length in one integer, when it has at most 15 bytes.
-    fn pack(text: &str) -> Option<u128> {
+    fn pack(text: &str) -> Packed {
         let bytes = text.as_bytes();
-        if bytes.len() > 15 {
-            return None;
-        }
         // Shifted in byte by byte: a copy into a buffer read back as one integer stalls on
         // store forwarding.
-        let mut packed = (bytes.len() as u128) << 120;
-        for (i, &b) in bytes.iter().enumerate() {
-            packed |= u128::from(b) << (8 * i);
+        match bytes.len() {
+            0..=7 => {
+                let mut packed = (bytes.len() as u64) << 56;
+                for (i, &b) in bytes.iter().enumerate() {
+                    packed |= u64::from(b) << (8 * i);
+                }
+                Packed::Tiny(packed)
+            }
+            8..=15 => {
+                let mut packed = (bytes.len() as u128) << 120;
+                for (i, &b) in bytes.iter().enumerate() {
+                    packed |= u128::from(b) << (8 * i);
+                }
+                Packed::Short(packed)
+            }
+            _ => Packed::Long,
         }
-        Some(packed)
     }
 
     fn get(&self, text: &str) -> Option<&V> {
         match Self::pack(text) {
-            Some(key) => self.short.get(&key),
-            None => self.long.get(text),
+            Packed::Tiny(key) => self.tiny.get(&key),
+            Packed::Short(key) => self.short.get(&key),
+            Packed::Long => self.long.get(text),
         }
     }
 
     fn insert(&mut self, text: &str, value: V) {
         match Self::pack(text) {
-            Some(key) => self.short.insert(key, value),
-            None => self.long.insert(text.into(), value),
+            Packed::Tiny(key) => self.tiny.insert(key, value),
+            Packed::Short(key) => self.short.insert(key, value),
+            Packed::Long => self.long.insert(text.into(), value),
         };
     }
 }
@@ -412,7 +438,7 @@ mod tests {
     use super::TextMap;
 
     /// Packed keys are exact: texts that differ in length only (trailing NUL bytes), in one
-    /// byte, or across the 15-byte boundary between packed and stored keys never collide.
+    /// byte, or across the 7- and 15-byte boundaries between the tables never collide.
     #[test]
     fn text_map_keys_are_exact() {
         let keys = [
@@ -423,6 +449,11 @@ mod tests {
             "a\0",
             "ab",
             "ba",
+            "abcdefg",
+            "abcdefg\0",
+            "abcdefgh",
+            "\0\0\0\0\0\0\0",
+            "\0\0\0\0\0\0\0\0",
             "abcdefghijklmn",
             "abcdefghijklmno",
             "abcdefghijklmnop",
@@ -438,6 +469,7 @@ mod tests {
             assert_eq!(map.get(k), Some(&i), "{k:?}");
         }
         assert_eq!(map.get("abcdefghijklmnopqrstuvwxy"), None);
-        assert_eq!((map.short.len(), map.long.len()), (9, 3));
+        assert_eq!(map.get("abcdef"), None);
+        assert_eq!((map.tiny.len(), map.short.len(), map.long.len()), (9, 5, 3));
     }
 }
