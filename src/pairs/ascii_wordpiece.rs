@@ -264,19 +264,50 @@ impl<'a> AsciiWordPiece<'a> {
         out: &mut Vec<u32>,
         splits: &mut SplitCache,
     ) {
-        word.clear();
-        for &byte in chunk.as_bytes() {
+        let bytes = chunk.as_bytes();
+        let mut start = 0;
+        for (i, &byte) in bytes.iter().enumerate() {
             if byte.is_ascii_punctuation() {
-                self.push_word(word, out, splits);
-                word.push(byte as char);
-                self.push_word(word, out, splits);
-            } else if self.lowercase {
-                word.push(byte.to_ascii_lowercase() as char);
-            } else {
-                word.push(byte as char);
+                self.encode_word(&bytes[start..i], word, out, splits);
+                self.encode_word(&bytes[i..=i], word, out, splits);
+                start = i + 1;
             }
         }
+        self.encode_word(&bytes[start..], word, out, splits);
+    }
+
+    /// WordPiece on one word of printable ASCII, not yet lowercased. A word of up to 7 bytes
+    /// in the vocabulary, most words of English text, is looked up straight from its bytes;
+    /// the others are copied (lowercased) into `word` for [`Self::push_word`].
+    fn encode_word(
+        &self,
+        raw: &[u8],
+        word: &mut String,
+        out: &mut Vec<u32>,
+        splits: &mut SplitCache,
+    ) {
+        if raw.is_empty() {
+            return;
+        }
+        if raw.len() <= 7 && raw.len() <= self.max_input_chars_per_word {
+            let key = tiny_key(raw.iter().map(|&b| self.fold_case(b)), raw.len());
+            if let Some(&id) = self.word_starts.tiny.get(&key) {
+                out.push(id);
+                return;
+            }
+        }
+        word.clear();
+        word.extend(raw.iter().map(|&b| self.fold_case(b) as char));
         self.push_word(word, out, splits);
+    }
+
+    /// An ASCII byte lowercased when the tokenizer is uncased.
+    fn fold_case(&self, byte: u8) -> u8 {
+        if self.lowercase {
+            byte.to_ascii_lowercase()
+        } else {
+            byte
+        }
     }
 
     /// WordPiece on one word, then clears it: a word in the vocabulary is one lookup; the
@@ -371,6 +402,16 @@ struct TextMap<V> {
     long: HashMap<Box<str>, V>,
 }
 
+/// The key of a text of `len` (at most 7) `bytes` in [`TextMap`]'s table of short keys:
+/// the bytes, then the length in the top byte.
+fn tiny_key(bytes: impl Iterator<Item = u8>, len: usize) -> u64 {
+    let mut key = (len as u64) << 56;
+    for (i, b) in bytes.enumerate() {
+        key |= u64::from(b) << (8 * i);
+    }
+    key
+}
+
 /// A key as [`TextMap`] stores it.
 enum Packed {
     /// Up to 7 bytes, the length in the top byte.
@@ -398,13 +439,7 @@ impl<V> TextMap<V> {
         // Shifted in byte by byte: a copy into a buffer read back as one integer stalls on
         // store forwarding.
         match bytes.len() {
-            0..=7 => {
-                let mut packed = (bytes.len() as u64) << 56;
-                for (i, &b) in bytes.iter().enumerate() {
-                    packed |= u64::from(b) << (8 * i);
-                }
-                Packed::Tiny(packed)
-            }
+            0..=7 => Packed::Tiny(tiny_key(bytes.iter().copied(), bytes.len())),
             8..=15 => {
                 let mut packed = (bytes.len() as u128) << 120;
                 for (i, &b) in bytes.iter().enumerate() {
