@@ -52,11 +52,6 @@ pub const INSTANCE_SHARD_ROWS: usize = 4096;
 /// (docs/benchmarks.md, "Peak memory").
 const RELEASE_EVERY_PAIRS: usize = 2 * 32_768;
 
-thread_local! {
-    /// Pairs this thread has masked since it last handed its freed memory back.
-    static PAIRS_SINCE_RELEASE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 /// What masking needs to know about the vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskVocab {
@@ -591,13 +586,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         let masked = pairs.len();
         progress.advance(masked as u64);
         pair_buffers.give_back(pairs);
-        PAIRS_SINCE_RELEASE.with(|count| {
-            count.set(count.get() + masked);
-            if count.get() >= RELEASE_EVERY_PAIRS {
-                count.set(0);
-                crate::allocator::release_free_memory();
-            }
-        });
+        crate::allocator::release_every(masked, RELEASE_EVERY_PAIRS);
         Ok((parts, stats, shape))
     })?;
     progress.finish();
