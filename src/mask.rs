@@ -43,13 +43,14 @@ pub const MASK_BLOCK_ROWS: usize = 1024;
 pub const INSTANCE_SHARD_ROWS: usize = 4096;
 
 /// Pairs a `mask` thread masks between two hand-backs of its freed memory to the OS
-/// ([`crate::allocator::release_free_memory`]): two full pairs shards at the default
-/// `shard_rows`. Freed shard buffers the allocator kept for reuse added 40-50 MB to the
-/// stage's peak on a long run. A release costs 10-15 ms (the next shard faults the pages
-/// in again): after every full shard the peak of a dupe-50 run fell by about 45 MB, and
-/// the bench-data run (which it then reached once per thread) took 0.210 s against 0.195
-/// s; after every two the peak fell by about 25 MB, and that run never reaches it
-/// (docs/benchmarks.md, "Peak memory").
+/// ([`crate::allocator::release_every`]): two full pairs shards at the default
+/// `shard_rows`. Before the large buffers were recycled, freed shard buffers the allocator
+/// kept for reuse added 40-50 MB to the stage's peak on a long run; a release costs 10-15
+/// ms (the next shard faults the pages in again): after every full shard the peak of a
+/// dupe-50 run fell by about 45 MB, and the bench-data run (which it then reached once per
+/// thread) took 0.210 s against 0.195 s; after every two the peak fell by about 25 MB, and
+/// that run never reaches it. With recycled buffers a release after every shard made no
+/// measurable difference (docs/benchmarks.md, "Peak memory").
 const RELEASE_EVERY_PAIRS: usize = 2 * 32_768;
 
 /// What masking needs to know about the vocabulary.
