@@ -42,12 +42,7 @@ where
     }
     let tmp = temp_path(path);
     let result = (|| {
-        let file = File::create(&tmp).at(&tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        write(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        let file = write_temp(&tmp, 1 << 20, write)?;
         file.sync_all().at(&tmp)?;
         fs::rename(&tmp, path).at(path)?;
         sync_dir(path.parent().unwrap_or(Path::new(".")));
@@ -57,6 +52,18 @@ where
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `tmp` and writes it through `write`, which gets a writer with a buffer of
+/// `buffer` bytes; returns the file, its buffer flushed (not synced).
+fn write_temp<F>(tmp: &Path, buffer: usize, write: F) -> Result<File>
+where
+    F: FnOnce(&mut BufWriter<File>) -> Result<()>,
+{
+    let file = File::create(tmp).at(tmp)?;
+    let mut w = BufWriter::with_capacity(buffer, file);
+    write(&mut w)?;
+    w.into_inner().map_err(|e| Error::io(tmp, e.into_error()))
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -83,12 +90,7 @@ where
     }
     let tmp = temp_path(path);
     let result = (|| {
-        let file = File::create(&tmp).at(&tmp)?;
-        let mut w = BufWriter::with_capacity(64 << 10, file);
-        write(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        let file = write_temp(&tmp, 64 << 10, write)?;
         start_writeback(&file);
         fs::rename(&tmp, path).at(path)?;
         Ok(file)

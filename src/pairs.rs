@@ -40,9 +40,7 @@ use crate::config::PairsConfig;
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::shard::{
-    clear_for, length_key, write_pair_columns, PairColumns, SentencePair, ShardId, Split,
-};
+use crate::shard::{length_key, write_pair_columns, PairColumns, SentencePair, ShardId, Split};
 use crate::stage::{corpus_files, derive_seed, Begin, Outcome, Stage, StageCtx};
 use crate::tokenize::load_stage_vocab;
 use crate::workers::Recycler;
@@ -387,7 +385,7 @@ fn pair_documents(
     let mut train = buffers.take();
     train.tokens_a.clear_for(0, room);
     train.tokens_b.clear_for(0, room);
-    clear_for(&mut train.is_random_next, 0);
+    train.is_random_next.clear();
     for dupe in 0..cfg.dupe_factor {
         let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
         for document_index in 0..train_documents.len() {

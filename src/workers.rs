@@ -69,9 +69,11 @@ where
 
 /// Buffers handed back after use and taken again by whichever thread needs one next: the
 /// data stages' per-shard buffers (megabytes each), so that memory already paged in is
-/// reused. Freed instead, it was often not handed out again for the next shard (above all
-/// when freed by another thread than the one that allocated it), and every first touch of a
-/// fresh page costs a page fault (about 4 us on the benchmark machine, docs/benchmarks.md).
+/// reused. Freed instead, it was often not handed out again for the next shard (a page
+/// fault profile showed the shard reads and the masked blocks, which rayon's threads
+/// allocate and the stage's own free, faulting fresh pages shard after shard), and every
+/// first touch of a fresh page costs a page fault (about 4 us on the benchmark machine,
+/// docs/benchmarks.md).
 /// Holds at most as many buffers as were in use at once.
 pub struct Recycler<T> {
     free: Mutex<Vec<T>>,
