@@ -6,13 +6,16 @@
 # layouts of the same text:
 #   one file     everything concatenated into one corpus.txt, a blank line between the
 #                source files (each piece ends with a newline, so no documents merge)
-#   many files   the same text cut into files of about 1 MB at blank lines
-#                (part-00000.txt, ...), so every size has files of the same size, only more
+#   many files   the same text cut into files of at most 1 MB at blank lines (a larger
+#                document is a file of its own; part-00000.txt, ...), so every size has
+#                files of the same size, only more
 # The text is real, never generated: every wikipedia_en/wiki_*.txt, gutenberg/*.txt and
 # nltk/*.txt file of the shared pre-training folder (about 73 MB; eval_wikitext2 is left
-# out), in a fixed order (the Wikipedia files, then Gutenberg, then NLTK, each sorted by
-# name: 7 and 50 MB are Wikipedia only), repeated as often as needed until the size is
-# reached, and cut only at a file boundary. Above about 73 MB the text therefore repeats:
+# out), in a fixed order (each group sorted by name, the groups interleaved: the first
+# Wikipedia file, the first book, the first NLTK file, the second of each... so that 7 MB
+# already holds all three kinds of text and 50 MB every book: a stage's peak depends on the
+# longest documents it meets, and sizes are compared on the same kinds of text), repeated
+# as often as needed until the size is reached, and cut only at a file boundary. Above about 73 MB the text therefore repeats:
 # this benchmark measures memory, and repeated real text exercises the same code paths.
 #
 # Settings are the default profile's: max_seq_length 128, dupe_factor 5, short_seq_prob 0.1,
@@ -27,6 +30,8 @@
 #   BERTLINE_TEXT=DIR    folder holding wikipedia_en/, gutenberg/ and nltk/
 #                        (default ../shared/datasets/pretrain from the repo)
 #   SIZES="7 50 500"     corpus sizes in MB (10^6 bytes), the default
+#   THREADS=N            the stages' run.threads (default 0: all cores); more threads than
+#                        cores shows what a larger machine would hold in memory
 #   TMPDIR=DIR           where the corpora and run directories go (default /tmp)
 #   NO_BUILD=1           skip `cargo build`
 #   KEEP=1               keep the temporary directory (corpora, runs, logs, timings); needs
@@ -39,14 +44,19 @@ cd "$repo"
 text="${BERTLINE_TEXT:-$repo/../shared/datasets/pretrain}"
 [[ -d "$text" ]] || { echo "error: no folder $text; set BERTLINE_TEXT" >&2; exit 2; }
 text="$(cd "$text" && pwd)"
-sources=()
+# The three groups' files, each sorted by name, interleaved: one of each in turn.
+groups=()
 for group in "wikipedia_en/wiki_*.txt" "gutenberg/*.txt" "nltk/*.txt"; do
     matches=$(cd "$text" && compgen -G "$group" || true)
     [[ -n "$matches" ]] || { echo "error: $text has no $group; set BERTLINE_TEXT" >&2; exit 2; }
-    mapfile -t -O "${#sources[@]}" sources < <(LC_ALL=C sort <<< "$matches")
+    groups+=("$(LC_ALL=C sort <<< "$matches")")
 done
+mapfile -t sources < <(for g in "${groups[@]}"; do echo "$g" | awk -v OFS='\t' '{ print NR, $0 }'; done \
+    | sort -s -n -k1,1 | cut -f2-)
 [[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time is needed (apt-get install time)" >&2; exit 2; }
 
+threads=${THREADS:-0}
+[[ $threads =~ ^[0-9]+$ ]] || { echo "error: THREADS holds '$threads'; it is a number of threads (0: all cores)" >&2; exit 2; }
 read -r -a sizes <<< "${SIZES:-7 50 500}"
 [[ ${#sizes[@]} -gt 0 ]] || { echo "error: SIZES is empty" >&2; exit 2; }
 for s in "${sizes[@]}"; do
@@ -113,8 +123,9 @@ text_of() {
 }
 
 # corpus SIZE LAYOUT DIR: writes the text of SIZE in LAYOUT under DIR; prints corpus.input.
-# "many files" is the same text cut into files of about 1 MB at blank lines, so every size
-# has files of the same size (the largest unit a stage holds), only more of them.
+# "many files" is the same text cut into files of at most 1 MB at blank lines (unless one
+# document is larger), so every size has files of the same size (the largest unit a stage
+# holds), only more of them.
 corpus() {
     local size=$1 layout=$2 dir=$3
     if [[ $layout == "one file" ]]; then
@@ -122,11 +133,20 @@ corpus() {
         echo "\"$dir/corpus.txt\""
     else
         mkdir "$dir/many"
+        # Whole documents (up to and with their blank line) go to a file until the next
+        # would take it past 1 MB; a document of more than 1 MB is a file of its own.
         text_of "$size" | LC_ALL=C awk -v dir="$dir/many" '
             function next_file() { close(out); out = sprintf("%s/part-%05d.txt", dir, n++); bytes = 0 }
+            function end_document(  i) {
+                if (lines == 0) return
+                if (bytes > 0 && bytes + doc_bytes > 1000000) next_file()
+                for (i = 0; i < lines; i++) print line[i] > out
+                bytes += doc_bytes; lines = 0; doc_bytes = 0
+            }
             BEGIN { next_file() }
-            { print > out; bytes += length($0) + 1 }
-            /^[ \t\r]*$/ && bytes >= 1000000 { next_file() }'
+            { line[lines++] = $0; doc_bytes += length($0) + 1 }
+            /^[ \t\r]*$/ { end_document() }
+            END { end_document() }'
         echo "\"$dir/many/*.txt\""
     fi
 }
@@ -176,6 +196,7 @@ for size in "${sizes[@]}"; do
 [profiles.bench_rss.run]
 dir = "$dir/run"
 random_seed = $seed
+threads = $threads
 [profiles.bench_rss.corpus]
 input = [$input]
 [profiles.bench_rss.vocab]
@@ -204,8 +225,8 @@ setup() { python3 -c 'import json, sys; print(json.dumps({"setup": sys.argv[1]})
 {
     setup "$(printf 'bench-rss: real text of %s (%d files, %.1f MB, repeated above that), max_seq_length 128, dupe_factor 5, max_predictions 20, masked_lm_prob 0.15, vocab 8192, seed %d' \
         "$text" "${#sources[@]}" "$(awk -v b="$source_bytes" 'BEGIN { print b / 1e6 }')" "$seed")"
-    setup "$(printf '%s (%s), %d cores; load average %s before, %s after' \
-        "$cpu" "$avx" "$(nproc)" "$load_before" "$load_after")"
+    setup "$(printf '%s (%s), %d cores, run.threads %s; load average %s before, %s after' \
+        "$cpu" "$avx" "$(nproc)" "$threads" "$load_before" "$load_after")"
     cat "$tmp/measured.jsonl"
 } > "$tmp/rows.jsonl"
 python3 scripts/bench_rss.py table "$tmp/rows.jsonl"

@@ -50,10 +50,20 @@ pub struct RunConfig {
     /// Worker threads for rayon and the model (0 = all cores).
     #[serde(default)]
     pub threads: usize,
+    /// Megabytes of working memory the data stages (`pairs`, `mask`) hold at once: they
+    /// work on fewer blocks or shards at a time than there are threads when more would not
+    /// fit ([`crate::workers::items_in_flight`]). Not part of any fingerprint: outputs are
+    /// the same whatever it is.
+    #[serde(default = "default_data_memory_mb")]
+    pub data_memory_mb: usize,
 }
 
 fn default_seed() -> u64 {
     12345
+}
+
+fn default_data_memory_mb() -> usize {
+    256
 }
 
 /// `[corpus]`: the raw text, BERT format (one sentence per line, blank line between documents).
@@ -987,6 +997,7 @@ fn validate(c: &PipelineConfig) -> std::result::Result<(), String> {
     if c.corpus.input.is_empty() {
         return Err("corpus.input = []: list at least one text file or glob".into());
     }
+    at_least("run.data_memory_mb", c.run.data_memory_mb, 1)?;
     validate_vocab(c)?;
     validate_data(c)?;
     validate_model(&c.model)?;

@@ -6,7 +6,8 @@
 //! masks a whole shard in parallel blocks, each with its own seeded generator, so the result
 //! is the same whatever the thread count. The stage does the same draws on a shard in
 //! columns ([`create_instance_columns`]: the instances built into flat id buffers, no
-//! vector per instance).
+//! vector per instance), reading the pairs shard one record batch at a time and writing
+//! each batch's instances as an instance shard, so a thread holds one batch, not the shard.
 //!
 //! With `[[pretrain.phases]]`, each `seq{L}-` pairs shard is masked with that length's
 //! `max_predictions_per_seq` ([`crate::config::PipelineConfig::instance_shapes`]) and
@@ -15,7 +16,7 @@
 //! Reference: <https://github.com/google-research/bert/blob/eedf5716ce1268e56f0a50264a88cafad334ac61/create_pretraining_data.py#L342>
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::Rng;
@@ -28,8 +29,8 @@ use crate::manifest::ArtifactRecord;
 use crate::pairs::{pairs_kind, seeded_rng};
 use crate::progress::Progress;
 use crate::shard::{
-    clear_for, length_key, read_pair_columns_into, write_instance_columns, IdLists,
-    InstanceColumns, PairColumns, SentencePair, ShardId, Split, TrainingInstance,
+    clear_for, length_key, write_instance_columns, IdLists, InstanceColumns, PairBatches,
+    PairColumns, SentencePair, ShardId, ShardInfo, Split, TrainingInstance,
 };
 use crate::stage::{Begin, Outcome, Stage, StageCtx};
 use crate::stats::InstanceStats;
@@ -39,8 +40,12 @@ use crate::workers::Recycler;
 /// Rows masked with one generator; blocks are masked in parallel.
 pub const MASK_BLOCK_ROWS: usize = 1024;
 
-/// Most rows per instance shard, so a reader holds little at a time.
-pub const INSTANCE_SHARD_ROWS: usize = 4096;
+/// Most rows per instance shard, so a reader holds little at a time: one record batch of a
+/// pairs shard ([`crate::shard::BATCH_ROWS`]) is masked and written as one instance shard.
+pub const INSTANCE_SHARD_ROWS: usize = crate::shard::BATCH_ROWS;
+
+/// Blocks of [`MASK_BLOCK_ROWS`] in an instance shard.
+const BLOCKS_PER_PART: usize = INSTANCE_SHARD_ROWS / MASK_BLOCK_ROWS;
 
 /// Pairs a `mask` thread masks between two hand-backs of its freed memory to the OS
 /// ([`crate::allocator::release_every`]): two full pairs shards at the default
@@ -397,27 +402,30 @@ pub fn create_instance_columns(
         vocab,
         random_seed,
         shard_index,
-        blocks,
+        (0, blocks),
         &Recycler::default(),
     ))
 }
 
-/// The instances of blocks `blocks` of a shard (blocks of [`MASK_BLOCK_ROWS`] rows), in
-/// order, masked in parallel, each into a buffer taken from `buffers`.
+/// The instances of blocks `blocks` of `pairs` (blocks of [`MASK_BLOCK_ROWS`] rows), in
+/// order, masked in parallel, each into a buffer taken from `buffers`. `pairs` is the part
+/// of shard `shard_index` from its block `first_block` on: a block's random stream is
+/// seeded with its number in the shard.
 fn create_instance_blocks(
     pairs: &PairColumns,
     cfg: &MaskConfig,
     vocab: &MaskVocab,
     random_seed: u64,
     shard_index: usize,
-    blocks: std::ops::Range<usize>,
+    (first_block, blocks): (usize, std::ops::Range<usize>),
     buffers: &Recycler<InstanceColumns>,
 ) -> Vec<InstanceColumns> {
     let n = pairs.len();
     blocks
         .into_par_iter()
         .map(|block| {
-            let mut rng = seeded_rng(random_seed, "mask", &[shard_index as u64, block as u64]);
+            let seed_indices = [shard_index as u64, (first_block + block) as u64];
+            let mut rng = seeded_rng(random_seed, "mask", &seed_indices);
             let mut candidates = CandidateIndexes::default();
             let rows = block * MASK_BLOCK_ROWS..((block + 1) * MASK_BLOCK_ROWS).min(n);
             let (first, last) = (
@@ -515,6 +523,96 @@ pub fn recorded_shard_id(artifact: &ArtifactRecord) -> Result<ShardId> {
 /// `max_seq_length`. Shard `i` of the pairs record is masked with seeds from
 /// `(random_seed, "mask", i, block)`. With `[[pretrain.phases]]` the names keep the pairs
 /// shards' `seq{L}-` prefix and each length has its own `max_predictions_per_seq`.
+/// Working memory of one shard in flight, in bytes, at sequences of `max_seq_length`: a
+/// batch of pairs, its masked instances and their encoding, about 28 bytes per row and
+/// position (measured: 10-14 MB a thread at 128, docs/benchmarks.md).
+pub fn shard_memory(max_seq_length: usize) -> usize {
+    INSTANCE_SHARD_ROWS * max_seq_length * 28
+}
+
+/// What masking a pairs shard needs besides the shard: the settings, the vocabulary, the
+/// seed, and the buffers pairs and masked blocks are read and built into, recycled from
+/// one batch and shard to the next.
+struct ShardMasker<'a> {
+    mask: &'a MaskConfig,
+    vocab: &'a MaskVocab,
+    random_seed: u64,
+    pair_buffers: Recycler<PairColumns>,
+    block_buffers: Recycler<InstanceColumns>,
+}
+
+impl ShardMasker<'_> {
+    /// Masks the pairs shard at `path` (shard `index` of the stage, `id`, rows of `shape`)
+    /// and writes its instances into `dir` as parts of [`INSTANCE_SHARD_ROWS`]; returns the
+    /// parts written and their statistics. The shard is read one record batch at a time
+    /// and each part is written as soon as it is masked, so a thread holds one part of
+    /// pairs and its instances, whatever the size of the shard. Parts, blocks and their
+    /// random streams are numbered from the shard's first row: the instances do not
+    /// depend on how the shard is cut into batches.
+    fn mask_shard(
+        &self,
+        path: &Path,
+        index: usize,
+        id: ShardId,
+        shape: InstanceShape,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<(ShardId, ShardInfo)>, InstanceStats)> {
+        let cfg = MaskConfig {
+            max_predictions_per_seq: shape.max_predictions_per_seq,
+            ..self.mask.clone()
+        };
+        let mut batches = PairBatches::open(path)?;
+        let mut pairs: PairColumns = self.pair_buffers.take();
+        let (mut parts, mut stats, mut masked) = (Vec::new(), InstanceStats::default(), 0);
+        while let Some(first_row) = batches.next_into(&mut pairs)? {
+            if first_row % INSTANCE_SHARD_ROWS != 0 {
+                return Err(Error::shard(
+                    path,
+                    format!("a record batch starts at row {first_row}, not at a multiple of {INSTANCE_SHARD_ROWS}; rerun the `pairs` stage with --force"),
+                ));
+            }
+            let first_block = first_row / MASK_BLOCK_ROWS;
+            let block_count = pairs.len().div_ceil(MASK_BLOCK_ROWS);
+            for start in (0..block_count).step_by(BLOCKS_PER_PART) {
+                let blocks = start..(start + BLOCKS_PER_PART).min(block_count);
+                let part = (first_block + start) / BLOCKS_PER_PART;
+                let group = create_instance_blocks(
+                    &pairs,
+                    &cfg,
+                    self.vocab,
+                    self.random_seed,
+                    index,
+                    (first_block, blocks),
+                    &self.block_buffers,
+                );
+                if let (0, 0, Some(first)) = (index, part, group.first()) {
+                    for i in 0..first.len().min(3) {
+                        tracing::debug!("instance:\n{}", first.instance(i));
+                    }
+                }
+                let part_id = id.with_part(part);
+                let info = write_instance_columns(
+                    &dir.join(part_id.file_name()),
+                    &group,
+                    shape.max_seq_length,
+                    shape.max_predictions_per_seq,
+                )?;
+                parts.push((part_id, info));
+                for block in group {
+                    stats.add_columns(&block, self.vocab.mask);
+                    self.block_buffers.give_back(block);
+                }
+            }
+            masked += pairs.len();
+            progress.advance(pairs.len() as u64);
+        }
+        self.pair_buffers.give_back(pairs);
+        crate::allocator::release_every(masked, RELEASE_EVERY_PAIRS);
+        Ok((parts, stats))
+    }
+}
+
 pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let mut run = match ctx.begin(Stage::Mask)? {
@@ -536,60 +634,28 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         })
         .collect::<Result<_>>()?;
     progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
-    // Pairs and masked blocks are read and built into recycled buffers.
-    let (pair_buffers, block_buffers) = (Recycler::default(), Recycler::default());
-    // One pairs shard per thread at a time (crate::workers explains why not `par_iter`).
-    let per_shard = crate::workers::map_bounded(&shards, |_, &(index, artifact, id, shape)| {
-        let mut pairs: PairColumns = pair_buffers.take();
-        read_pair_columns_into(&ctx.path_of(artifact), &mut pairs)?;
-        let mask_cfg = MaskConfig {
-            max_predictions_per_seq: shape.max_predictions_per_seq,
-            ..cfg.mask.clone()
-        };
-        // Parts keep each file (and a reader's memory) small. Each part is masked and
-        // written from its blocks (not joined first) before the next is masked: the disk
-        // writes one part while the next is computed (masking the whole shard first left
-        // most of it to write after the last block), and one part's instances are held at a
-        // time.
-        let blocks_per_part = INSTANCE_SHARD_ROWS / MASK_BLOCK_ROWS;
-        let block_count = pairs.len().div_ceil(MASK_BLOCK_ROWS);
-        let mut parts = Vec::new();
-        let mut stats = InstanceStats::default();
-        for (part, first_block) in (0..block_count).step_by(blocks_per_part).enumerate() {
-            let blocks = first_block..(first_block + blocks_per_part).min(block_count);
-            let group = create_instance_blocks(
-                &pairs,
-                &mask_cfg,
-                &vocab,
-                cfg.run.random_seed,
-                index,
-                blocks,
-                &block_buffers,
-            );
-            if let (0, 0, Some(first)) = (index, part, group.first()) {
-                for i in 0..first.len().min(3) {
-                    tracing::debug!("instance:\n{}", first.instance(i));
-                }
-            }
-            let part_id = id.with_part(part);
-            let info = write_instance_columns(
-                &run.dir().join(part_id.file_name()),
-                &group,
-                shape.max_seq_length,
-                shape.max_predictions_per_seq,
-            )?;
-            parts.push((part_id, info, artifact.id.clone()));
-            for block in group {
-                stats.add_columns(&block, vocab.mask);
-                block_buffers.give_back(block);
-            }
-        }
-        let masked = pairs.len();
-        progress.advance(masked as u64);
-        pair_buffers.give_back(pairs);
-        crate::allocator::release_every(masked, RELEASE_EVERY_PAIRS);
-        Ok((parts, stats, shape))
-    })?;
+    let longest = shards.iter().map(|(.., shape)| shape.max_seq_length).max();
+    let in_flight =
+        crate::workers::items_in_flight(cfg.run.data_memory_mb, shard_memory(longest.unwrap_or(0)));
+    let masker = ShardMasker {
+        mask: &cfg.mask,
+        vocab: &vocab,
+        random_seed: cfg.run.random_seed,
+        pair_buffers: Recycler::default(),
+        block_buffers: Recycler::default(),
+    };
+    // One pairs shard per thread at a time, `in_flight` at most (crate::workers explains
+    // why not `par_iter`).
+    let per_shard =
+        crate::workers::map_bounded(&shards, in_flight, |_, &(index, artifact, id, shape)| {
+            let path = ctx.path_of(artifact);
+            let (parts, stats) = masker.mask_shard(&path, index, id, shape, run.dir(), progress)?;
+            let parts: Vec<_> = parts
+                .into_iter()
+                .map(|(part_id, info)| (part_id, info, artifact.id.clone()))
+                .collect();
+            Ok((parts, stats, shape))
+        })?;
     progress.finish();
     let mut totals = InstanceStats::default();
     let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();
@@ -656,4 +722,104 @@ pub fn stage_stats_by_length(
             .add_shard(&shard, crate::tokenize::SPECIAL.mask);
     }
     Ok(by_length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use polars::prelude::*;
+
+    /// A pairs shard masks to the same instance shards whether it was written in record
+    /// batches or in one (polars' own writer, as shards were before batches): parts,
+    /// blocks and random streams count from the shard's first row.
+    #[test]
+    fn instances_do_not_depend_on_how_the_pairs_shard_is_cut_into_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pairs: Vec<SentencePair> = (0..2 * INSTANCE_SHARD_ROWS as u32 + 777)
+            .map(|i| SentencePair {
+                tokens_a: (0..3 + i % 40).map(|j| 5 + (i + j) % 90).collect(),
+                tokens_b: (0..2 + i % 50).map(|j| 5 + (i * 7 + j) % 90).collect(),
+                is_random_next: i % 3 == 0,
+            })
+            .collect();
+        let batched = tmp.path().join("batched.arrow");
+        crate::shard::write_pairs(&batched, &pairs).unwrap();
+        let one = tmp.path().join("one.arrow");
+        let mut df = IpcReader::new(std::fs::File::open(&batched).unwrap())
+            .finish()
+            .unwrap();
+        df.rechunk_mut();
+        IpcWriter::new(std::fs::File::create(&one).unwrap())
+            .finish(&mut df)
+            .unwrap();
+
+        let tokens: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .map(|t| t.to_string())
+            .chain((5..100).map(|i| format!("w{i}")))
+            .collect();
+        let vocab = MaskVocab::from_tokens(&tokens).unwrap();
+        let mask = MaskConfig {
+            masked_lm_prob: 0.15,
+            max_predictions_per_seq: 20,
+            do_whole_word_mask: false,
+        };
+        let masker = ShardMasker {
+            mask: &mask,
+            vocab: &vocab,
+            random_seed: 7,
+            pair_buffers: Recycler::default(),
+            block_buffers: Recycler::default(),
+        };
+        let id = ShardId {
+            split: Split::Train,
+            seq_len: None,
+            file: 3,
+            shard: 1,
+            part: None,
+        };
+        let shape = InstanceShape {
+            max_seq_length: 128,
+            max_predictions_per_seq: 20,
+        };
+        let mut written = Vec::new();
+        for (input, dir) in [(&batched, "from-batches"), (&one, "from-one")] {
+            let dir = tmp.path().join(dir);
+            std::fs::create_dir(&dir).unwrap();
+            let (parts, stats) = masker
+                .mask_shard(input, 2, id, shape, &dir, &NoProgress)
+                .unwrap();
+            assert_eq!(stats.instances, pairs.len() as u64);
+            let parts: Vec<_> = parts
+                .into_iter()
+                .map(|(part, info)| {
+                    let bytes = std::fs::read(dir.join(part.file_name())).unwrap();
+                    (part, info.rows, bytes)
+                })
+                .collect();
+            written.push(parts);
+        }
+        let rows: Vec<u64> = written[0].iter().map(|(_, rows, _)| *rows).collect();
+        assert_eq!(rows, [4096, 4096, 777]);
+        assert_eq!(written[0], written[1]);
+
+        // Batches that do not start on a part's first row are refused, naming the file.
+        let mut cut = df.slice(0, 1000);
+        cut.vstack_mut(&df.slice(1000, 5000)).unwrap();
+        let odd = tmp.path().join("odd.arrow");
+        IpcWriter::new(std::fs::File::create(&odd).unwrap())
+            .finish(&mut cut)
+            .unwrap();
+        let dir = tmp.path().join("from-odd");
+        std::fs::create_dir(&dir).unwrap();
+        let err = masker
+            .mask_shard(&odd, 2, id, shape, &dir, &NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("odd.arrow") && err.contains("row 1000") && err.contains("`pairs`"),
+            "{err}"
+        );
+    }
 }

@@ -6,14 +6,16 @@
 //! `max_seq_length`. Masking is left to [`crate::mask`].
 //!
 //! [`create_training_pairs`] is the streaming driver: it reads, tokenizes and pairs each
-//! input file on its own, and a file over [`corpus::BLOCK_BYTES`] (4 MiB) block by block,
-//! cut at blank lines (one block per thread, [`crate::workers::map_bounded`]; the "other
-//! document" comes from the same block), so peak memory is one block per thread, whatever
-//! the size of the corpus or of any file in it. Google pools every document of every file
-//! instead; here only the blocks with a single document (a book without blank lines) are
-//! pooled, in groups of about a block, paired after the rest. Every random stream is a
-//! [`ChaCha8Rng`] seeded from `(random_seed, stage, block, dupe)` by [`seeded_rng`], so the
-//! output is bit-identical whatever the thread count.
+//! input file on its own, and a file over [`corpus::BLOCK_BYTES`] (1 MiB) block by block,
+//! cut at blank lines (one block per thread, at most as many at once as `run.data_memory_mb`
+//! holds, [`crate::workers::map_bounded`]; the "other document" comes from the same block),
+//! so peak memory is one block per block in flight, whatever the size of the corpus or of
+//! any file in it. Google pools every document of every file instead; here only the blocks
+//! with a single document (a book without blank lines) are pooled, in groups of about a
+//! block, and paired after the rest, each on its own with its random next sentences drawn
+//! from the others of its group (a lone one draws from the nearest paired block). Every
+//! random stream is a [`ChaCha8Rng`] seeded from `(random_seed, stage, block, dupe)` by
+//! [`seeded_rng`], so the output is bit-identical whatever the thread count.
 //!
 //! With `[[pretrain.phases]]` the stage pairs every file once per phase sequence length
 //! ([`create_training_pairs_at_lengths`]), as Google runs `create_pretraining_data.py` once
@@ -341,6 +343,7 @@ pub fn create_pairs_from_documents(
 ) -> FilePairs {
     let (train, eval, summary) = pair_documents(
         documents,
+        &[],
         file_index,
         cfg,
         random_seed,
@@ -362,9 +365,12 @@ struct ShuffledPairs {
 }
 
 /// [`create_pairs_from_documents`] with the shuffles as orders: train, eval, counts. The
-/// train pairs are built in a buffer taken from `buffers`.
+/// train pairs are built in a buffer taken from `buffers`. Random next sentences of train
+/// pairs come from the other train documents and from `sources` (documents of another
+/// block, for a unit with too few of its own), which are never paired themselves.
 fn pair_documents(
     mut documents: Vec<Document>,
+    sources: &[Document],
     file_index: usize,
     cfg: &PairsConfig,
     random_seed: u64,
@@ -382,6 +388,15 @@ fn pair_documents(
     // 0.61, B 0.66 of the documents' tokens): room for three quarters each, so the columns
     // rarely regrow (a regrowth copies and page-faults a column of megabytes).
     let room = tokens(train_documents) * cfg.dupe_factor * 3 / 4;
+    // The documents `push_instances_from_document` draws from: the train documents first
+    // (the ones paired), then the sources.
+    let with_sources: Vec<Document>;
+    let drawn_from = if sources.is_empty() {
+        train_documents
+    } else {
+        with_sources = train_documents.iter().chain(sources).cloned().collect();
+        &with_sources
+    };
     let mut train = buffers.take();
     train.tokens_a.clear_for(0, room);
     train.tokens_b.clear_for(0, room);
@@ -390,7 +405,7 @@ fn pair_documents(
         let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
         for document_index in 0..train_documents.len() {
             push_instances_from_document(
-                train_documents,
+                drawn_from,
                 document_index,
                 cfg.max_seq_length,
                 cfg.short_seq_prob,
@@ -521,20 +536,34 @@ fn emit_shards(
 
 /// Bytes of text a `pairs` thread pairs between two hand-backs of its freed memory to the OS
 /// ([`crate::allocator::release_free_memory`]): four blocks. On 150 MB of text as one file
-/// the stage's peak RSS was 166 MB twice with it, 191 and 200 MB without (rising after 4 s);
-/// the bench-data run (3.4 MB a thread) never reaches it.
+/// (blocks of 4 MiB then, a release every 16 MiB) the stage's peak RSS was 166 MB twice with
+/// it, 191 and 200 MB without (rising after 4 s); with blocks of 1 MiB, on 500 MB as 505
+/// files, a release every 4 MiB instead of 16 kept the stage at 85-86 MB instead of 94-98
+/// (in 14.0-14.4 s against 13.3-14.0 s). The bench-data run (3.4 MB a thread) never
+/// reaches it.
 const RELEASE_EVERY_BYTES: usize = 4 * corpus::BLOCK_BYTES as usize;
+
+/// Working memory of one block in flight, in bytes: about 17 bytes per byte of text at
+/// `dupe_factor` 5 and one sequence length (measured: 15-18 MB more a thread on blocks of
+/// 1 MiB, docs/benchmarks.md), most of it the block's pairs, which grow with
+/// `dupe_factor`, the rest the tokenized documents, held again for every further length.
+pub fn block_memory(dupe_factor: usize, lengths: usize) -> usize {
+    corpus::BLOCK_BYTES as usize * (3 * dupe_factor + 2 * lengths)
+}
 
 /// The `pairs` stage's driver, like Google's `create_training_instances` without masking.
 ///
-/// Files are processed in parallel and independently: each is read, tokenized with
-/// `tokenize`, paired, and its shards handed to `sink` before the next file is taken, so
-/// memory holds one file per thread. Shards are named by (split, file, shard), so the
-/// output does not depend on the thread count. `progress` counts input bytes.
+/// Blocks of the files ([`corpus::corpus_blocks`]) are processed in parallel and
+/// independently, `in_flight` at a time (the stage takes it from its memory budget,
+/// [`block_memory`]): each is read, tokenized with `tokenize`, paired, and its shards
+/// handed to `sink` before the next block is taken, so memory holds one block per block in
+/// flight. Shards are named by (split, block, shard), so the output does not depend on the
+/// thread count nor on `in_flight`. `progress` counts input bytes.
 pub fn create_training_pairs(
     input_files: &[PathBuf],
     cfg: &PairsConfig,
     random_seed: u64,
+    in_flight: usize,
     tokenize: &TokenizeFn<'_>,
     sink: &PairSinkFn<'_>,
     progress: &dyn Progress,
@@ -544,6 +573,7 @@ pub fn create_training_pairs(
         cfg,
         &[None],
         random_seed,
+        in_flight,
         tokenize,
         sink,
         progress,
@@ -559,11 +589,13 @@ pub fn create_training_pairs(
 /// phases), each file read and tokenized once. Shards carry their length
 /// ([`ShardId::seq_len`]); every length uses the same seeds, so the held-out
 /// documents are the same at every length. Returns each length's counts.
+#[allow(clippy::too_many_arguments)]
 pub fn create_training_pairs_at_lengths(
     input_files: &[PathBuf],
     cfg: &PairsConfig,
     max_seq_lengths: &[usize],
     random_seed: u64,
+    in_flight: usize,
     tokenize: &TokenizeFn<'_>,
     sink: &PairSinkFn<'_>,
     progress: &dyn Progress,
@@ -574,6 +606,7 @@ pub fn create_training_pairs_at_lengths(
         cfg,
         &lengths,
         random_seed,
+        in_flight,
         tokenize,
         sink,
         progress,
@@ -592,13 +625,16 @@ pub fn create_training_pairs_at_lengths(
 /// number names its shards and seeds its random streams; with no file over a block, block
 /// `i` is file `i`). Blocks with fewer documents (a book with no blank lines in it, say)
 /// cannot draw a random next sentence from themselves, so they are pooled, in input order,
-/// into groups of at least a block's size and two documents, and each group is paired after
-/// the others as one unit named after its first member ([`pool_one_document_blocks`]).
+/// into groups of at least a block's size and two documents ([`pool_one_document_blocks`]),
+/// and after the others each block of a group is paired on its own, drawing its random next
+/// sentences from the rest of its group ([`PoolUnits`]).
+#[allow(clippy::too_many_arguments)]
 fn pair_files(
     input_files: &[PathBuf],
     cfg: &PairsConfig,
     lengths: &[Option<usize>],
     random_seed: u64,
+    in_flight: usize,
     tokenize: &TokenizeFn<'_>,
     sink: &PairSinkFn<'_>,
     progress: &dyn Progress,
@@ -618,8 +654,9 @@ fn pair_files(
     progress.start("pairs", blocks.iter().map(|b| b.len()).sum());
     // Each block's train pairs are built in a recycled buffer.
     let buffers = Recycler::default();
-    // One block per thread at a time (crate::workers explains why not `par_iter`).
-    let per_block = crate::workers::map_bounded(&blocks, |index, block| {
+    // One block per thread at a time, `in_flight` at most (crate::workers explains why not
+    // `par_iter`).
+    let per_block = crate::workers::map_bounded(&blocks, in_flight, |index, block| {
         let (documents, input_bytes) = tokenize_block(block, tokenize)?;
         let outcome = if documents.len() < 2 {
             BlockOutcome::Pooled(PooledBlock {
@@ -633,6 +670,7 @@ fn pair_files(
                 paths: vec![&block.path],
                 index,
                 documents,
+                sources: Vec::new(),
                 files: usize::from(block.block_index == 0),
                 input_bytes,
             };
@@ -643,18 +681,33 @@ fn pair_files(
         Ok(outcome)
     })?;
     let mut summaries = Vec::new();
-    let mut pooled = Vec::new();
-    for outcome in per_block {
+    let (mut pooled, mut paired) = (Vec::new(), Vec::new());
+    for (index, outcome) in per_block.into_iter().enumerate() {
         match outcome {
-            BlockOutcome::Paired(s) => summaries.push(s),
+            BlockOutcome::Paired(s) => {
+                summaries.push(s);
+                paired.push(index);
+            }
             BlockOutcome::Pooled(p) => pooled.push(p),
         }
     }
-    let groups = pool_one_document_blocks(&blocks, pooled, corpus::BLOCK_BYTES)?;
-    summaries.extend(crate::workers::map_bounded(&groups, |_, group| {
-        let unit = read_pool_group(&blocks, group, tokenize)?;
-        pair_unit(unit, cfg, lengths, random_seed, sink, &buffers)
-    })?);
+    let groups = pool_one_document_blocks(&blocks, pooled, &paired, corpus::BLOCK_BYTES)?;
+    summaries.extend(crate::workers::map_bounded(
+        &groups,
+        in_flight,
+        |_, group| {
+            let units = PoolUnits::read(&blocks, group, tokenize)?;
+            let mut total = vec![PairsSummary::default(); lengths.len()];
+            for member in 0..units.members.len() {
+                let unit = units.unit(member);
+                let summaries = pair_unit(unit, cfg, lengths, random_seed, sink, &buffers)?;
+                for (total, summary) in total.iter_mut().zip(&summaries) {
+                    total.add(summary);
+                }
+            }
+            Ok(total)
+        },
+    )?);
     progress.finish();
     Ok(lengths
         .iter()
@@ -694,6 +747,9 @@ struct PairingUnit<'a> {
     /// Index in shard names and random seeds: the (first) block's index.
     index: usize,
     documents: Vec<Document>,
+    /// Documents of another block its random next sentences may also come from, never
+    /// paired themselves: for a lone one-document block ([`PoolGroup::sources`]).
+    sources: Vec<Document>,
     /// Input files it starts (a file's first block counts it).
     files: usize,
     input_bytes: u64,
@@ -707,32 +763,52 @@ struct PooledBlock {
     input_bytes: u64,
 }
 
+/// A group of pooled blocks (block indices, in input order) whose documents its members
+/// draw random next sentences from, and the block they may also come from, if any.
+#[derive(Debug, PartialEq, Eq)]
+struct PoolGroup {
+    members: Vec<usize>,
+    /// When the whole pool holds a single document, a paired block (the nearest one before
+    /// the pool in input order, else after it) whose documents random next sentences come
+    /// from: Google draws them from the whole corpus, and one document has no other.
+    sources: Option<usize>,
+}
+
 /// Groups the pooled blocks in input order: a group closes once it holds `group_bytes` of
 /// text and two documents; a last group of fewer than two documents joins the one before.
-/// Each group is a list of block indices. With no pooled block there is no group; a pool of
-/// fewer than 2 documents in all is an error naming its first file.
+/// With no pooled block there is no group. A pool of one document in all is one group drawing
+/// its random next sentences from the nearest of the `paired` blocks; with no paired block
+/// either (the corpus is one document) it is an error naming its file.
 fn pool_one_document_blocks(
     blocks: &[corpus::CorpusBlock],
     mut pooled: Vec<PooledBlock>,
+    paired: &[usize],
     group_bytes: u64,
-) -> Result<Vec<Vec<usize>>> {
+) -> Result<Vec<PoolGroup>> {
     pooled.sort_by_key(|b| b.index);
     let Some(first) = pooled.first() else {
         return Ok(Vec::new());
     };
     let total: usize = pooled.iter().map(|b| b.documents).sum();
     if total < 2 {
-        let others = if blocks.len() > 1 {
-            ", and it is the only one-document input file to pool with"
-        } else {
-            ""
+        let before = paired.iter().rev().find(|&&i| i < first.index);
+        let Some(&nearest) = before.or_else(|| paired.iter().find(|&&i| i > first.index)) else {
+            return Err(Error::data(
+                &blocks[first.index].path,
+                format!(
+                    "only {total} document(s) in the corpus: next-sentence sampling needs at least 2; separate documents with a blank line"
+                ),
+            ));
         };
-        return Err(Error::data(
-            &blocks[first.index].path,
-            format!(
-                "only {total} document(s){others}: next-sentence sampling needs at least 2; separate documents with a blank line"
-            ),
-        ));
+        tracing::info!(
+            file = %blocks[first.index].path.display(),
+            from = %blocks[nearest].path.display(),
+            "a one-document file with no other to pool with: its random next sentences come from another file"
+        );
+        return Ok(vec![PoolGroup {
+            members: pooled.iter().map(|b| b.index).collect(),
+            sources: Some(nearest),
+        }]);
     }
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let (mut current, mut bytes, mut documents) = (Vec::new(), 0, 0);
@@ -759,34 +835,84 @@ fn pool_one_document_blocks(
             "pooled the one-document files for next-sentence sampling"
         );
     }
-    Ok(groups)
+    Ok(groups
+        .into_iter()
+        .map(|members| PoolGroup {
+            members,
+            sources: None,
+        })
+        .collect())
 }
 
-/// Reads and tokenizes a group of pooled blocks as one pairing unit, in input order.
-fn read_pool_group<'a>(
+/// A group of pooled blocks, read and tokenized: each block is paired as a unit of its own
+/// ([`PoolUnits::unit`]), its random next sentences drawn from the other blocks of the group
+/// (or, for a lone block, from the group's source block), so no unit holds the pairs of more
+/// than one block: paired as one unit, a group of two books of 1 MB held the pairs of both
+/// (pairs on 500 MB as 512 files rose from 55-76 MB to 113-116 MB while it paired its
+/// groups; 80-84 MB at most since).
+struct PoolUnits<'a> {
     blocks: &'a [corpus::CorpusBlock],
-    group: &[usize],
-    tokenize: &TokenizeFn<'_>,
-) -> Result<PairingUnit<'a>> {
-    let first = &blocks[group[0]];
-    let mut unit = PairingUnit {
-        path: &first.path,
-        paths: Vec::new(),
-        index: group[0],
-        documents: Vec::new(),
-        files: 0,
-        input_bytes: 0,
-    };
-    for &index in group {
-        let (documents, input_bytes) = tokenize_block(&blocks[index], tokenize)?;
-        unit.documents.extend(documents);
-        unit.input_bytes += input_bytes;
-        unit.files += usize::from(blocks[index].block_index == 0);
-        if unit.paths.last() != Some(&blocks[index].path.as_path()) {
-            unit.paths.push(&blocks[index].path);
+    /// Each member's block index and documents, in input order.
+    members: Vec<(usize, Vec<Document>, u64)>,
+    /// The documents of the group's source block (a lone one-document block), if any.
+    sources: Vec<Document>,
+    source_path: Option<&'a Path>,
+}
+
+impl<'a> PoolUnits<'a> {
+    fn read(
+        blocks: &'a [corpus::CorpusBlock],
+        group: &PoolGroup,
+        tokenize: &TokenizeFn<'_>,
+    ) -> Result<Self> {
+        let mut members = Vec::with_capacity(group.members.len());
+        for &index in &group.members {
+            let (documents, input_bytes) = tokenize_block(&blocks[index], tokenize)?;
+            members.push((index, documents, input_bytes));
+        }
+        let (mut sources, mut source_path) = (Vec::new(), None);
+        if let Some(index) = group.sources {
+            sources = tokenize_block(&blocks[index], tokenize)?.0;
+            source_path = Some(blocks[index].path.as_path());
+        }
+        Ok(PoolUnits {
+            blocks,
+            members,
+            sources,
+            source_path,
+        })
+    }
+
+    /// Member `member` as a pairing unit: a copy of its documents, and of every other
+    /// member's (and the source block's) to draw random next sentences from.
+    fn unit(&self, member: usize) -> PairingUnit<'a> {
+        let (index, ref documents, input_bytes) = self.members[member];
+        let documents = documents.clone();
+        let block = &self.blocks[index];
+        let mut paths = vec![block.path.as_path()];
+        let mut sources = self.sources.clone();
+        for (other, (other_index, other_documents, _)) in self.members.iter().enumerate() {
+            if other != member {
+                sources.extend(other_documents.iter().cloned());
+                let path = self.blocks[*other_index].path.as_path();
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        if let Some(path) = self.source_path.filter(|p| !paths.contains(p)) {
+            paths.push(path);
+        }
+        PairingUnit {
+            path: &block.path,
+            paths,
+            index,
+            documents,
+            sources,
+            files: usize::from(block.block_index == 0),
+            input_bytes,
         }
     }
-    Ok(unit)
 }
 
 /// Pairs one unit at every length and hands its shards to the sink; its counts per length.
@@ -811,8 +937,14 @@ fn pair_unit(
         } else {
             unit.documents.clone()
         };
-        let (train, eval, mut summary) =
-            pair_documents(documents, unit.index, &cfg, random_seed, buffers);
+        let (train, eval, mut summary) = pair_documents(
+            documents,
+            &unit.sources,
+            unit.index,
+            &cfg,
+            random_seed,
+            buffers,
+        );
         summary.files = unit.files;
         summary.input_bytes = unit.input_bytes;
         log_paired(unit.path, &summary);
@@ -853,6 +985,15 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     };
     let (wordpiece, _) = load_stage_vocab(ctx)?;
     let tokenizer = AsciiWordPiece::new(&wordpiece);
+    let length_count = if cfg.has_phases() {
+        cfg.instance_shapes().len()
+    } else {
+        1
+    };
+    let in_flight = crate::workers::items_in_flight(
+        cfg.run.data_memory_mb,
+        block_memory(cfg.pairs.dupe_factor, length_count),
+    );
     let started = Instant::now();
     let written = Mutex::new(Vec::new());
     let tokenize = |lines: &[&str]| tokenizer.encode_lines(lines);
@@ -879,6 +1020,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             &cfg.pairs,
             &lengths,
             cfg.run.random_seed,
+            in_flight,
             &tokenize,
             &sink,
             progress,
@@ -893,6 +1035,7 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
             &files,
             &cfg.pairs,
             cfg.run.random_seed,
+            in_flight,
             &tokenize,
             &sink,
             progress,
@@ -936,8 +1079,9 @@ mod tests {
     }
 
     /// One-document blocks are pooled in input order into groups of at least the group size
-    /// and two documents; a last group short of two documents joins the one before, and a
-    /// pool of one document in all is refused with its file.
+    /// and two documents; a last group short of two documents joins the one before. A pool
+    /// of one document in all draws from the nearest paired block (before it, else after);
+    /// with no paired block it is refused with its file.
     #[test]
     fn one_document_blocks_pool_in_bounded_groups() {
         let blocks: Vec<corpus::CorpusBlock> = (0..7)
@@ -957,30 +1101,53 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
+        let groups = |spec: &[(usize, usize)], paired: &[usize], bytes: u64| {
+            pool_one_document_blocks(&blocks, pooled(spec), paired, bytes).unwrap()
+        };
+        let members = |groups: Vec<PoolGroup>| -> Vec<Vec<usize>> {
+            groups
+                .into_iter()
+                .map(|g| {
+                    assert_eq!(g.sources, None);
+                    g.members
+                })
+                .collect()
+        };
         // Out of order (threads finish in any order); 20 bytes close a group of 2 documents.
-        let groups = pool_one_document_blocks(
-            &blocks,
-            pooled(&[(5, 1), (1, 1), (2, 1), (6, 1), (4, 1)]),
-            20,
-        )
-        .unwrap();
-        assert_eq!(groups, vec![vec![1, 2], vec![4, 5, 6]]);
+        assert_eq!(
+            members(groups(
+                &[(5, 1), (1, 1), (2, 1), (6, 1), (4, 1)],
+                &[0, 3],
+                20
+            )),
+            vec![vec![1, 2], vec![4, 5, 6]]
+        );
         // A block with no documents does not close a group on its bytes alone.
-        let groups =
-            pool_one_document_blocks(&blocks, pooled(&[(0, 0), (1, 0), (2, 1), (3, 1)]), 20)
-                .unwrap();
-        assert_eq!(groups, vec![vec![0, 1, 2, 3]]);
+        assert_eq!(
+            members(groups(&[(0, 0), (1, 0), (2, 1), (3, 1)], &[4], 20)),
+            vec![vec![0, 1, 2, 3]]
+        );
         // Everything in one group when the group size is larger than the pool.
-        let groups = pool_one_document_blocks(&blocks, pooled(&[(3, 1), (0, 1)]), 1 << 20).unwrap();
-        assert_eq!(groups, vec![vec![0, 3]]);
-        assert!(pool_one_document_blocks(&blocks, Vec::new(), 20)
-            .unwrap()
-            .is_empty());
-        let err = pool_one_document_blocks(&blocks, pooled(&[(2, 1)]), 20)
+        assert_eq!(
+            members(groups(&[(3, 1), (0, 1)], &[1], 1 << 20)),
+            vec![vec![0, 3]]
+        );
+        assert!(groups(&[], &[0], 20).is_empty());
+        // One document in the whole pool: the nearest paired block before it, else after.
+        let lone = |spec: &[(usize, usize)], paired: &[usize]| groups(spec, paired, 20);
+        assert_eq!(
+            lone(&[(4, 1)], &[0, 3, 6]),
+            vec![PoolGroup {
+                members: vec![4],
+                sources: Some(3)
+            }]
+        );
+        assert_eq!(lone(&[(0, 1), (2, 0)], &[1, 5])[0].sources, Some(1));
+        let err = pool_one_document_blocks(&blocks, pooled(&[(2, 1), (3, 0)]), &[], 20)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("f2.txt") && err.contains("only 1 document"),
+            err.contains("f2.txt") && err.contains("only 1 document(s) in the corpus"),
             "{err}"
         );
     }

@@ -15,7 +15,9 @@
 //! `masked_lm_ids`, `masked_lm_weights`, `next_sentence_label`), deriving the segment ids,
 //! attention mask and weights from the lengths. Ids are stored as `u16` when they fit. Every write is atomic (temp file, rename)
 //! and made durable with the rest of its stage's outputs before the stage records them.
-//! Reading checks the schema and names the file on any failure.
+//! Reading checks the schema and names the file on any failure. Files are written in record
+//! batches of [`BATCH_ROWS`] rows, and a pairs shard can be read batch by batch
+//! ([`PairBatches`]): the `mask` stage holds one batch of a shard, not the shard.
 //!
 //! A shard's identity is a [`ShardId`] (split, sequence length, input block, shard, part):
 //! it names the file, is stored in the shard's manifest record, and is what later stages
@@ -293,8 +295,69 @@ pub fn read_pair_columns(path: &Path) -> Result<PairColumns> {
 /// after shard reuses memory it has already touched.
 pub fn read_pair_columns_into(path: &Path, pairs: &mut PairColumns) -> Result<()> {
     let (df, _) = read_frame(path, &PAIR_COLUMNS)?;
-    IdLists::read_into(path, &df, "tokens_a", &mut pairs.tokens_a)?;
-    IdLists::read_into(path, &df, "tokens_b", &mut pairs.tokens_b)?;
+    pair_columns_from_frame(path, &df, pairs)
+}
+
+/// A pairs shard read one record batch at a time (at most [`BATCH_ROWS`] rows each, as
+/// [`write_pair_columns`] writes them; a shard written in one batch is read in one), so a
+/// reader holds one batch of the shard, not all of it.
+pub struct PairBatches {
+    path: std::path::PathBuf,
+    reader: polars_arrow::io::ipc::read::FileReader<File>,
+    /// Rows of the batches read so far.
+    rows_read: usize,
+}
+
+impl PairBatches {
+    /// Opens the shard at `path` and checks its schema; the error names the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        use polars_arrow::io::ipc::read::{read_file_metadata, FileReader};
+        let mut file = File::open(path).at(path)?;
+        let metadata = read_file_metadata(&mut file).map_err(|e| unreadable(path, e))?;
+        for col in PAIR_COLUMNS {
+            if !metadata.schema.contains(col) {
+                return Err(missing_column(path, col));
+            }
+        }
+        let mut reader = FileReader::new(file, metadata, None, None);
+        READ_SCRATCH.with_borrow_mut(|scratch| reader.set_scratches(std::mem::take(scratch)));
+        Ok(PairBatches {
+            path: path.to_path_buf(),
+            reader,
+            rows_read: 0,
+        })
+    }
+
+    /// Reads the next batch into `pairs` (cleared first) and returns the shard row its first
+    /// row is, or `None` after the last batch.
+    pub fn next_into(&mut self, pairs: &mut PairColumns) -> Result<Option<usize>> {
+        let Some(batch) = self.reader.next() else {
+            return Ok(None);
+        };
+        let df = DataFrame::from(batch.map_err(|e| unreadable(&self.path, e))?);
+        pair_columns_from_frame(&self.path, &df, pairs)?;
+        let first = self.rows_read;
+        self.rows_read += pairs.len();
+        Ok(Some(first))
+    }
+}
+
+impl Drop for PairBatches {
+    fn drop(&mut self) {
+        let scratches = self.reader.take_scratches();
+        READ_SCRATCH.with_borrow_mut(|scratch| *scratch = scratches);
+    }
+}
+
+thread_local! {
+    /// This thread's Arrow IPC reading buffers ([`PairBatches`]), about one batch's size.
+    static READ_SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = std::cell::RefCell::default();
+}
+
+/// A frame of a pairs shard (all of it, or one batch) into `pairs` (cleared first).
+fn pair_columns_from_frame(path: &Path, df: &DataFrame, pairs: &mut PairColumns) -> Result<()> {
+    IdLists::read_into(path, df, "tokens_a", &mut pairs.tokens_a)?;
+    IdLists::read_into(path, df, "tokens_b", &mut pairs.tokens_b)?;
     let random = df
         .column("is_random_next")
         .and_then(|c| c.bool().cloned())
@@ -500,10 +563,16 @@ fn u32_column(path: &Path, df: &DataFrame, col: &str) -> Result<Vec<u32>> {
     Ok(values.into_no_null_iter().collect())
 }
 
-/// Writes a frame as an Arrow IPC file with `metadata` in its schema, atomically, and
-/// returns its size and hash. The file is encoded straight into the file (through a small
-/// buffer) and hashed on the way, so it is never held whole in memory nor read back; the
-/// encoder's buffers are this thread's, reused from shard to shard.
+/// Most rows in one record batch of a shard file: a reader can take a shard batch by batch
+/// ([`PairBatches`]), so what it holds at a time does not grow with the shard. The `mask`
+/// stage's parts ([`crate::mask::INSTANCE_SHARD_ROWS`]) are one batch of a pairs shard.
+pub const BATCH_ROWS: usize = 4096;
+
+/// Writes a frame as an Arrow IPC file with `metadata` in its schema, in record batches of
+/// [`BATCH_ROWS`] rows (the last one shorter), atomically, and returns its size and hash.
+/// The file is encoded straight into the file (through a small buffer) and hashed on the
+/// way, so it is never held whole in memory nor read back; the encoder's buffers are this
+/// thread's, reused from shard to shard.
 pub fn write_frame(
     path: &Path,
     mut df: DataFrame,
@@ -539,8 +608,11 @@ pub fn write_frame(
         });
         let written = (|| {
             writer.start()?;
-            for batch in df.iter_chunks(CompatLevel::newest(), true) {
-                writer.write(&batch, None)?;
+            for offset in (0..df.height()).step_by(BATCH_ROWS) {
+                let slice = df.slice(offset as i64, BATCH_ROWS);
+                for batch in slice.iter_chunks(CompatLevel::newest(), true) {
+                    writer.write(&batch, None)?;
+                }
             }
             writer.finish()
         })();
@@ -589,12 +661,7 @@ pub fn read_frame(
     path: &Path,
     columns: &[&str],
 ) -> Result<(DataFrame, std::collections::BTreeMap<String, String>)> {
-    let unreadable = |e: PolarsError| {
-        Error::shard(
-            path,
-            format!("not a readable shard ({e}); it may be truncated: rerun the stage that wrote it with --force"),
-        )
-    };
+    let unreadable = |e: PolarsError| unreadable(path, e);
     let file = File::open(path).at(path)?;
     let mut reader = IpcReader::new(file);
     let metadata = reader
@@ -609,13 +676,26 @@ pub fn read_frame(
     let df = reader.finish().map_err(unreadable)?;
     for c in columns {
         if df.column(c).is_err() {
-            return Err(Error::shard(
-                path,
-                format!("missing column `{c}`; this file was not written by this bertline version: rerun the stage with --force"),
-            ));
+            return Err(missing_column(path, c));
         }
     }
     Ok((df, metadata))
+}
+
+/// The error of a file that is not a readable Arrow IPC shard.
+fn unreadable(path: &Path, e: PolarsError) -> Error {
+    Error::shard(
+        path,
+        format!("not a readable shard ({e}); it may be truncated: rerun the stage that wrote it with --force"),
+    )
+}
+
+/// The error of a shard without column `col`.
+fn missing_column(path: &Path, col: &str) -> Error {
+    Error::shard(
+        path,
+        format!("missing column `{col}`; this file was not written by this bertline version: rerun the stage with --force"),
+    )
 }
 
 fn schema_error(path: &Path, col: &str, e: PolarsError) -> Error {

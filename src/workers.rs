@@ -11,6 +11,10 @@
 //! thread blocks instead, so at most one item per thread is in flight. The work inside an
 //! item (tokenizing, masking blocks, polars' encoding) still runs on the thread pools.
 //!
+//! Each item (a block of text, a shard) needs memory of its own while it is worked on, so a
+//! stage's peak RSS grows with the number of items in flight: [`items_in_flight`] caps it
+//! by the run's memory budget (`run.data_memory_mb`), whatever the number of cores.
+//!
 //! [`Recycler`] hands a stage's large per-shard buffers from one item to the next.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,16 +22,24 @@ use std::sync::Mutex;
 
 use crate::error::Result;
 
-/// `f(index, item)` for every item, on as many plain threads as the rayon pool has (at most
-/// one per item), each taking the next item when it finishes one; the results in item order.
+/// How many items of `item_bytes` of working memory each a stage works on at once: one per
+/// thread of the rayon pool, fewer when they would hold more than `budget_mb` megabytes
+/// (10^6 bytes) in all; at least one.
+pub fn items_in_flight(budget_mb: usize, item_bytes: usize) -> usize {
+    let fit = budget_mb.saturating_mul(1_000_000) / item_bytes.max(1);
+    fit.clamp(1, rayon::current_num_threads().max(1))
+}
+
+/// `f(index, item)` for every item, on `in_flight` plain threads (at least one, at most one
+/// per item), each taking the next item when it finishes one; the results in item order.
 /// After an error no new item starts, and the error of the lowest index is returned.
-pub fn map_bounded<T, R, F>(items: &[T], f: F) -> Result<Vec<R>>
+pub fn map_bounded<T, R, F>(items: &[T], in_flight: usize, f: F) -> Result<Vec<R>>
 where
     T: Sync,
     R: Send,
     F: Fn(usize, &T) -> Result<R> + Sync,
 {
-    let threads = rayon::current_num_threads().clamp(1, items.len().max(1));
+    let threads = in_flight.clamp(1, items.len().max(1));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let slots: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
@@ -126,16 +138,18 @@ mod tests {
     #[test]
     fn results_come_back_in_item_order() {
         let items: Vec<u64> = (0..100).collect();
-        let out = map_bounded(&items, |i, &x| Ok((i as u64, x * x))).unwrap();
+        let out = map_bounded(&items, 4, |i, &x| Ok((i as u64, x * x))).unwrap();
         assert_eq!(out, (0..100).map(|x| (x, x * x)).collect::<Vec<_>>());
-        assert!(map_bounded(&[] as &[u8], |_, _| Ok(())).unwrap().is_empty());
+        assert!(map_bounded(&[] as &[u8], 4, |_, _| Ok(()))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn the_lowest_failing_index_is_returned_and_no_new_item_starts_after_it() {
         let items: Vec<usize> = (0..1000).collect();
         let started = AtomicUsize::new(0);
-        let err = map_bounded(&items, |i, _| {
+        let err = map_bounded(&items, 4, |i, _| {
             started.fetch_add(1, Ordering::Relaxed);
             if i == 3 || i == 7 {
                 Err(Error::Stage(format!("item {i}")))
@@ -148,18 +162,37 @@ mod tests {
         assert!(started.load(Ordering::Relaxed) < 1000);
     }
 
+    /// Exactly `in_flight` items are worked on at once (the items sleep, so every thread
+    /// gets one), never more.
     #[test]
-    fn at_most_one_item_per_thread_is_in_flight() {
-        let items = vec![(); 64];
-        let (in_flight, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        map_bounded(&items, |_, _| {
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            Ok(())
-        })
-        .unwrap();
-        assert!(most.load(Ordering::SeqCst) <= rayon::current_num_threads());
+    fn at_most_in_flight_items_are_worked_on_at_once() {
+        let items = vec![(); 48];
+        for in_flight in [1, 3, 6] {
+            let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            map_bounded(&items, in_flight, |_, _| {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(most.load(Ordering::SeqCst), in_flight);
+        }
+    }
+
+    /// The budget caps the items in flight, never below one nor above the pool's threads.
+    #[test]
+    fn the_memory_budget_caps_the_items_in_flight() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            assert_eq!(items_in_flight(256, 16_000_000), 16);
+            assert_eq!(items_in_flight(256, 32_000_000), 8);
+            assert_eq!(items_in_flight(256, 33_000_000), 7);
+            assert_eq!(items_in_flight(10, 32_000_000), 1);
+            assert_eq!(items_in_flight(usize::MAX, 0), 16);
+        });
     }
 }

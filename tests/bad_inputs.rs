@@ -39,6 +39,7 @@ const CASES: &[Case] = &[
     // [run], [corpus]
     case("default", "random_seed = 12345 ", "random_seed = -1 ", "run.random_seed"),
     case("default", "threads = 0 ", "threads = -2 ", "run.threads"),
+    case("default", "data_memory_mb = 256 ", "data_memory_mb = 0 ", "run.data_memory_mb = 0"),
     case(
         "default",
         "input = [\"datasets/pretrain/*.txt\"]",

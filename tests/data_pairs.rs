@@ -293,6 +293,7 @@ fn run_driver(files: &[PathBuf], cfg: &PairsConfig, threads: usize) -> (PairsSum
                 files,
                 cfg,
                 12345,
+                threads,
                 &tokenize,
                 &|shard| {
                     let key = (shard.id.split, shard.id.file, shard.id.shard);
@@ -405,6 +406,7 @@ fn driver_error(files: &[PathBuf]) -> Error {
         files,
         &config(128, 1),
         1,
+        2,
         &tokenize,
         &|_| Ok(()),
         &NoProgress,
@@ -502,8 +504,10 @@ fn one_document_files(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
     (dir, paths)
 }
 
+/// One-document files are pooled: each is paired as a unit of its own (no unit holds the
+/// pairs of two books), its random next sentences drawn from the other books of its group.
 #[test]
-fn one_document_files_are_pooled_into_one_unit() {
+fn one_document_files_are_pooled_and_draw_from_each_other() {
     let (_dir, books) = one_document_files(2);
     for book in &books {
         assert!(
@@ -522,20 +526,22 @@ fn one_document_files_are_pooled_into_one_unit() {
     );
     assert_eq!(summary.files, 3);
 
-    // Alice is paired on its own, exactly as before; the two books as one unit named after
-    // the first of them (index 0), and nothing under the second book's index.
+    // Alice is paired on its own, exactly as before; each book under its own index.
     let alone = create_pairs_from_file(&alice, 1, &cfg, 12345, &tokenize).unwrap();
     assert_eq!(shards[&(Split::Train, 1, 0)], alone.train.to_pairs());
-    assert!(shards.keys().all(|k| k.1 != 2), "{:?}", shards.keys());
-    let pooled = &shards[&(Split::Train, 0, 0)];
+    let pooled = [
+        &shards[&(Split::Train, 0, 0)],
+        &shards[&(Split::Train, 2, 0)],
+    ];
+    assert_eq!(shards.len(), 3, "{:?}", shards.keys());
     assert_eq!(
         summary.train_pairs,
-        alone.train.len() + pooled.len(),
+        alone.train.len() + pooled[0].len() + pooled[1].len(),
         "{summary:?}"
     );
     assert_eq!(summary.documents, alone.summary.documents + 2);
 
-    // Random next sentences in the pool come from the other book.
+    // A and an actual next B come from the book itself, a random B from the other book.
     let book_tokens: Vec<Vec<u32>> = books
         .iter()
         .map(|b| {
@@ -551,46 +557,87 @@ fn one_document_files_are_pooled_into_one_unit() {
             .position(|book| book.windows(tokens.len()).any(|w| w == tokens))
             .expect("pair tokens come from a pooled book")
     };
-    let random = pooled.iter().filter(|p| p.is_random_next).count();
-    assert!(
-        random > 0 && random < pooled.len(),
-        "{random} of {}",
-        pooled.len()
-    );
     let mut checked = 0;
-    for pair in pooled.iter().filter(|p| p.is_random_next) {
-        let (a, b) = (&pair.tokens_a, &pair.tokens_b);
-        // Truncation may cut either end, so look up a middle piece of each side.
-        let piece = |t: &[u32]| t[t.len() / 4..t.len() / 4 + 8].to_vec();
-        if a.len() >= 16 && b.len() >= 16 {
-            assert_ne!(from(&piece(a)), from(&piece(b)));
-            checked += 1;
+    for (book, pairs) in pooled.iter().enumerate() {
+        let random = pairs.iter().filter(|p| p.is_random_next).count();
+        assert!(
+            random > 0 && random < pairs.len(),
+            "{random} of {}",
+            pairs.len()
+        );
+        for pair in pairs.iter() {
+            let (a, b) = (&pair.tokens_a, &pair.tokens_b);
+            // Truncation may cut either end, so look up a middle piece of each side.
+            let piece = |t: &[u32]| t[t.len() / 4..t.len() / 4 + 8].to_vec();
+            if a.len() >= 16 && b.len() >= 16 {
+                assert_eq!(from(&piece(a)), book);
+                let other = if pair.is_random_next { 1 - book } else { book };
+                assert_eq!(from(&piece(b)), other);
+                checked += 1;
+            }
         }
     }
     assert!(checked > 0);
 }
 
+/// A one-document file with no other to pool with is paired with random next sentences
+/// from the nearest other file (Google draws them from the whole corpus), which is paired
+/// exactly as it would be alone; a corpus of one document is refused, naming its file.
 #[test]
-fn a_lone_one_document_file_among_others_is_rejected() {
+fn a_lone_one_document_file_draws_random_next_sentences_from_another_file() {
     let (_dir, books) = one_document_files(1);
-    let files = vec![
-        repo_file("datasets/pretrain/gutenberg_pg11.txt"),
-        books[0].clone(),
-    ];
-    let err = driver_error(&files);
+    let alice = repo_file("datasets/pretrain/gutenberg_pg11.txt");
+    let files = vec![alice.clone(), books[0].clone()];
+    let cfg = config(128, 2);
+    let (summary, shards) = run_driver(&files, &cfg, 1);
+    assert_eq!(
+        run_driver(&files, &cfg, 2),
+        (summary.clone(), shards.clone())
+    );
+    let alone = create_pairs_from_file(&alice, 0, &cfg, 12345, &tokenize).unwrap();
+    assert_eq!(shards[&(Split::Train, 0, 0)], alone.train.to_pairs());
+    assert_eq!(summary.documents, alone.summary.documents + 1);
+    let book = &shards[&(Split::Train, 1, 0)];
+    assert_eq!(summary.train_pairs, alone.train.len() + book.len());
+
+    // A and, for an actual next sentence, B are the book's; a random B is Alice's.
+    let text = |path: &PathBuf| {
+        let text = std::fs::read_to_string(path).unwrap();
+        tokenize(&text.lines().collect::<Vec<_>>())
+            .unwrap()
+            .concat()
+    };
+    let (book_tokens, alice_tokens) = (text(&books[0]), text(&alice));
+    let within = |tokens: &[u32], source: &[u32]| {
+        let piece = &tokens[..tokens.len().min(6)];
+        source.windows(piece.len()).any(|w| w == piece)
+    };
+    let random = book.iter().filter(|p| p.is_random_next).count();
+    assert!(
+        random > 0 && random < book.len(),
+        "{random} of {}",
+        book.len()
+    );
+    for pair in book {
+        assert!(within(&pair.tokens_a, &book_tokens));
+        let source = if pair.is_random_next {
+            &alice_tokens
+        } else {
+            &book_tokens
+        };
+        assert!(within(&pair.tokens_b, source), "{pair:?}");
+    }
+
+    // Alone, the same file is refused with its name.
+    let err = driver_error(&books);
     let msg = err.to_string();
     assert!(matches!(err, Error::Data { .. }), "{err:?}");
     assert!(msg.contains(&books[0].display().to_string()), "{msg}");
     assert!(
-        msg.contains("only 1 document(s), and it is the only one-document input file"),
+        msg.contains("only 1 document(s) in the corpus: next-sentence"),
         "{msg}"
     );
     assert!(!msg.contains('\n'), "{msg}");
-
-    // Alone, the same file gets the plain message.
-    let err = driver_error(&books);
-    let msg = err.to_string();
-    assert!(msg.contains("only 1 document(s): next-sentence"), "{msg}");
 }
 
 /// A file over one block (`corpus::BLOCK_BYTES`) is paired block by block: its shards are

@@ -3,7 +3,8 @@
 
 use bertline::shard::{
     pad_instances, read_instances, read_pair_columns, read_pair_columns_into, read_pairs,
-    write_instance_columns, write_instances, write_pairs, InstanceColumns, PairColumns,
+    write_instance_columns, write_instances, write_pairs, InstanceColumns, PairBatches,
+    PairColumns, BATCH_ROWS,
 };
 use bertline::{SentencePair, TrainingInstance};
 
@@ -103,6 +104,70 @@ fn a_shard_read_into_used_buffers_is_exactly_the_shard() {
     std::fs::write(&small_path, b"not a shard").unwrap();
     let err = read_pair_columns_into(&small_path, &mut columns).unwrap_err();
     assert!(err.to_string().contains("small.arrow"), "{err}");
+}
+
+/// A pairs shard is written in record batches of `BATCH_ROWS` rows and read back batch by
+/// batch: each batch is its rows, starting where the one before ended, into the same
+/// buffers; a shard written in one batch (as before batches) is read in one; a file that is
+/// not a pairs shard is refused at open, naming it.
+#[test]
+fn a_pairs_shard_is_read_batch_by_batch_exactly() {
+    use polars::prelude::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = 2 * BATCH_ROWS + 1808;
+    let all: Vec<SentencePair> = (0..rows as u32)
+        .map(|i| SentencePair {
+            tokens_a: (0..1 + i % 7).map(|j| i * 3 + j).collect(),
+            tokens_b: vec![i % 65_000; 1 + (i % 5) as usize],
+            is_random_next: i % 2 == 1,
+        })
+        .collect();
+    let path = tmp.path().join("batched.arrow");
+    write_pairs(&path, &all).unwrap();
+    let mut batches = PairBatches::open(&path).unwrap();
+    let mut columns = PairColumns::default();
+    let mut seen = Vec::new();
+    while let Some(first) = batches.next_into(&mut columns).unwrap() {
+        assert_eq!(columns.to_pairs(), all[first..first + columns.len()]);
+        seen.push((first, columns.len()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (0, BATCH_ROWS),
+            (BATCH_ROWS, BATCH_ROWS),
+            (2 * BATCH_ROWS, 1808)
+        ]
+    );
+    assert_eq!(read_pairs(&path).unwrap(), all);
+
+    // The same rows in one record batch, as polars' own writer puts them.
+    let one = tmp.path().join("one-batch.arrow");
+    let mut df = IpcReader::new(std::fs::File::open(&path).unwrap())
+        .finish()
+        .unwrap();
+    df.rechunk_mut();
+    IpcWriter::new(std::fs::File::create(&one).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let mut batches = PairBatches::open(&one).unwrap();
+    assert_eq!(batches.next_into(&mut columns).unwrap(), Some(0));
+    assert_eq!(columns.to_pairs(), all);
+    assert_eq!(batches.next_into(&mut columns).unwrap(), None);
+
+    let instances = tmp.path().join("instances.arrow");
+    write_instances(&instances, &[], 8, 2).unwrap();
+    let err = PairBatches::open(&instances).err().unwrap().to_string();
+    assert!(
+        err.contains("instances.arrow") && err.contains("tokens_a"),
+        "{err}"
+    );
+    std::fs::write(&one, b"not a shard").unwrap();
+    let err = PairBatches::open(&one).err().unwrap().to_string();
+    assert!(
+        err.contains("one-batch.arrow") && !err.contains('\n'),
+        "{err}"
+    );
 }
 
 #[test]
