@@ -673,8 +673,10 @@ pub struct LoadedConfig {
     pub config: PipelineConfig,
     /// Profile name (`default` for the top-level tables).
     pub profile: String,
-    /// Directory of pipeline.toml; relative paths resolve against it.
+    /// Directory of pipeline.toml, absolute; relative paths resolve against it.
     pub root: PathBuf,
+    /// `root` with symlinks resolved ([`crate::stage::input_id`]).
+    pub(crate) canonical_root: PathBuf,
     /// The file it was read from.
     pub path: PathBuf,
     /// `corpus.input` as last expanded, with the files it matched
@@ -722,10 +724,14 @@ pub fn load_config(path: &Path, profile: &str) -> Result<LoadedConfig> {
         })
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    // Absolute, so that ids of files under it do not depend on how `--config` was spelled.
+    let root = std::path::absolute(&root).unwrap_or(root);
+    let canonical_root = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
     Ok(LoadedConfig {
         config,
         profile: profile.to_string(),
         root,
+        canonical_root,
         path: path.to_path_buf(),
         corpus_files: Default::default(),
     })

@@ -172,11 +172,22 @@ impl Stage {
 }
 
 /// The id of a raw input file: `file:` and its path relative to the directory of
-/// pipeline.toml when it lies there, so the same config named by a relative or an absolute
-/// `--config` path gives the same fingerprints.
+/// pipeline.toml when it lies there (as written, or once symlinks are resolved), else the
+/// path as configured, so the same config named by a relative or an absolute `--config`
+/// path, or through a symlink, gives the same fingerprints.
 pub fn input_id(loaded: &LoadedConfig, file: &Path) -> String {
-    let rel = file.strip_prefix(&loaded.root).unwrap_or(file);
-    format!("file:{}", rel.display())
+    let under_root = |f: &Path| {
+        f.strip_prefix(&loaded.root)
+            .or_else(|_| f.strip_prefix(&loaded.canonical_root))
+            .ok()
+            .map(Path::to_path_buf)
+    };
+    let rel = under_root(file).or_else(|| {
+        std::fs::canonicalize(file)
+            .ok()
+            .and_then(|c| under_root(&c))
+    });
+    format!("file:{}", rel.as_deref().unwrap_or(file).display())
 }
 
 impl fmt::Display for Stage {

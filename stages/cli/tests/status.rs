@@ -73,24 +73,17 @@ fn status_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
 
-#[test]
-fn same_config_by_relative_and_absolute_path_gives_the_same_fingerprints() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = new_project(tmp.path());
-    // vocab by the absolute path (as a script would call it)...
-    let ctx = bertline::stage::StageCtx::open(bertline::stage::StageOptions {
-        config: config.clone(),
-        profile: "tiny".into(),
-        force: false,
-        verify: false,
-    })
-    .unwrap();
-    bertline::tokenize::run_vocab(&ctx, &bertline::progress::NoProgress).unwrap();
-    drop(ctx);
-    // ...then `status` by the relative path from the project directory: still fresh.
+/// The vocab stage's line of `bertline status --config CONFIG --profile tiny` run in `cwd`.
+fn vocab_status(cwd: &Path, config: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bertline"))
-        .args(["status", "--config", "pipeline.toml", "--profile", "tiny"])
-        .current_dir(tmp.path())
+        .args([
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+            "--profile",
+            "tiny",
+        ])
+        .current_dir(cwd)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -99,8 +92,55 @@ fn same_config_by_relative_and_absolute_path_gives_the_same_fingerprints() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let vocab = stdout.lines().find(|l| l.starts_with("vocab")).unwrap();
-    assert!(vocab.contains("fresh"), "{stdout}");
+    stdout
+        .lines()
+        .find(|l| l.starts_with("vocab"))
+        .unwrap()
+        .to_string()
+}
+
+/// vocab run by the absolute path of pipeline.toml (as a script would call it), then
+/// `status` by a relative path, by the absolute one and through a symlink to the project
+/// directory: fresh every time, whether `corpus.input` is relative or absolute.
+#[test]
+fn same_config_by_relative_and_absolute_path_gives_the_same_fingerprints() {
+    for absolute_input in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = new_project(tmp.path());
+        if absolute_input {
+            let input = tmp.path().join("datasets/pretrain/gutenberg_pg11.txt");
+            let text = std::fs::read_to_string(&config).unwrap().replace(
+                "input = [\"datasets/pretrain/gutenberg_pg11.txt\"]",
+                &format!("input = [{:?}]", input.to_str().unwrap()),
+            );
+            assert!(text.contains(input.to_str().unwrap()));
+            std::fs::write(&config, text).unwrap();
+        }
+        let ctx = bertline::stage::StageCtx::open(bertline::stage::StageOptions {
+            config: config.clone(),
+            profile: "tiny".into(),
+            force: false,
+            verify: false,
+        })
+        .unwrap();
+        bertline::tokenize::run_vocab(&ctx, &bertline::progress::NoProgress).unwrap();
+        drop(ctx);
+        let link = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(tmp.path(), link.path().join("project")).unwrap();
+        for (cwd, config) in [
+            (tmp.path(), Path::new("pipeline.toml")),
+            (tmp.path(), Path::new("./pipeline.toml")),
+            (link.path(), &link.path().join("project/pipeline.toml")),
+            (link.path(), Path::new("project/pipeline.toml")),
+            (Path::new("/"), &config),
+        ] {
+            let vocab = vocab_status(cwd, config);
+            assert!(
+                vocab.contains("fresh"),
+                "input absolute: {absolute_input}, --config {config:?} from {cwd:?}: {vocab}"
+            );
+        }
+    }
 }
 
 #[test]
