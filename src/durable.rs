@@ -262,7 +262,9 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
 
 /// Fault injection: when `BERTLINE_CRASH_AT` equals `point`, the process aborts here as a
 /// SIGKILL would stop it (no unwinding, no destructors, no flush). Points: `publish` (a
-/// stage's outputs marked as publishing, not moved), `commit` (moved, not recorded).
+/// stage's outputs marked as publishing, not moved), `commit` (moved, not recorded),
+/// `record` (inside the manifest's commit: the artifact records written, the stage record
+/// not).
 pub fn crash_point(point: &str) {
     if std::env::var("BERTLINE_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("BERTLINE_CRASH_AT={point}: aborting");

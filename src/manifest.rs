@@ -8,10 +8,21 @@
 //! lets an open clear what a killed open left behind (see [`Manifest::open`]).
 //!
 //! Records are JSON values in four trees: `stages` (stage name -> latest complete
-//! [`StageRecord`]), `artifacts` (artifact id -> [`ArtifactRecord`]), `history`
-//! (`<finished_at>/<stage>` -> [`StageRecord`]) and `publishing` (stage name -> fingerprint of
-//! a run that started moving its outputs into place and has not recorded them yet).
-//! [`Manifest::commit`] writes all four in one sled transaction. A fifth tree,
+//! [`StageRecord`], without its artifacts), `stage_artifacts` (`<stage>/<generation>/<chunk>`
+//! -> up to [`ARTIFACT_CHUNK`] [`ArtifactRecord`]s), `history` (`<finished_at>/<stage>` ->
+//! [`HistoryRecord`], a few hundred bytes) and `publishing` (stage name -> fingerprint of a run
+//! that started moving its outputs into place and has not recorded them yet).
+//!
+//! A stage of a large corpus writes hundreds of thousands of shards, so its artifact records
+//! are never one value: [`Manifest::commit`] writes them chunk by chunk under a new
+//! generation, then, in one sled transaction, the stage record naming that generation, its
+//! history entry and the cleared publishing mark. A kill before the transaction leaves the
+//! old record and its generation whole (the new chunks are removed by the next commit).
+//! Values are small because sled rewrites a whole leaf (up to 17 values) on a change: with
+//! every artifact inline in the stage record and in each history entry, the `mask` stage of
+//! 500 MB of text (2,477 shards) grew by 23 MB in its commit, sled paging in and rewriting
+//! the history's earlier records with the new one; with chunks and fixed-size history
+//! entries it grows by under 3 MB. A fifth tree,
 //! `input_stamps` (input file path -> [`InputStamp`]), is a cache: the content hash of an
 //! input file as of a size, mtime, ctime and inode, so a stage does not re-read a large
 //! corpus to find it unchanged. Losing it costs a re-hash, never a wrong answer.
@@ -98,8 +109,14 @@ pub struct StageRecord {
     pub config: serde_json::Value,
     /// Everything it read.
     pub inputs: Vec<InputRef>,
-    /// Everything it wrote.
+    /// Everything it wrote, in the order it was recorded. Stored apart from the record
+    /// ([`Manifest::commit`]).
+    #[serde(default, skip_serializing)]
     pub artifacts: Vec<ArtifactRecord>,
+    /// How many artifacts it wrote (`artifacts.len()`); set by the stage that made the
+    /// record and by the manifest's readers.
+    #[serde(default, skip_serializing)]
+    pub artifact_count: usize,
     /// Structured results (counts, losses, scores, throughput).
     pub metrics: serde_json::Value,
     /// [`code_version`].
@@ -121,6 +138,53 @@ impl StageRecord {
     /// Artifacts of the given kind, in recorded order.
     pub fn artifacts_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a ArtifactRecord> {
         self.artifacts.iter().filter(move |a| a.kind == kind)
+    }
+}
+
+/// One past run of a stage, as the manifest's history keeps it: what it was and how long it
+/// took, not what it read or wrote (the stage's current record has those).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// Stage name.
+    pub stage: String,
+    /// Profile the run used.
+    pub profile: String,
+    /// The run's [`StageRecord::fingerprint`].
+    pub fingerprint: String,
+    /// blake3 of the stage's config.
+    pub config_hash: String,
+    /// How many artifacts it wrote.
+    pub artifact_count: usize,
+    /// How many inputs it read.
+    pub input_count: usize,
+    /// [`code_version`].
+    pub code_version: String,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Unix seconds.
+    pub finished_at: f64,
+}
+
+impl HistoryRecord {
+    /// Wall time of the run in seconds.
+    pub fn duration_s(&self) -> f64 {
+        (self.finished_at - self.started_at).max(0.0)
+    }
+}
+
+impl From<&StageRecord> for HistoryRecord {
+    fn from(r: &StageRecord) -> Self {
+        HistoryRecord {
+            stage: r.stage.clone(),
+            profile: r.profile.clone(),
+            fingerprint: r.fingerprint.clone(),
+            config_hash: r.config_hash.clone(),
+            artifact_count: r.artifact_count.max(r.artifacts.len()),
+            input_count: r.inputs.len(),
+            code_version: r.code_version.clone(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
     }
 }
 
@@ -201,6 +265,7 @@ impl Manifest {
             match sled::Config::new()
                 .path(&path)
                 .mode(sled::Mode::LowSpace)
+                .cache_capacity(MANIFEST_CACHE_BYTES)
                 .open()
             {
                 Ok(db) => break db,
@@ -223,24 +288,39 @@ impl Manifest {
         &self.run_dir
     }
 
-    /// Latest complete record of `stage`, if any.
+    /// Latest complete record of `stage`, with its artifacts, if any.
     pub fn stage(&self, stage: &str) -> Result<Option<StageRecord>> {
-        self.get("stages", stage)
+        let value = self
+            .tree("stages")?
+            .get(stage.as_bytes())
+            .map_err(|e| self.db_error(e))?;
+        value
+            .map(|v| self.stage_record(stage.as_bytes(), &v, true))
+            .transpose()
     }
 
-    /// All latest stage records, keyed by stage name.
+    /// All latest stage records, with their artifacts, by stage name.
     pub fn stages(&self) -> Result<Vec<StageRecord>> {
-        self.all("stages")
+        let mut out = Vec::new();
+        for kv in self.tree("stages")?.iter() {
+            let (k, v) = kv.map_err(|e| self.db_error(e))?;
+            out.push(self.stage_record(&k, &v, true)?);
+        }
+        Ok(out)
     }
 
     /// Every stage run ever recorded here, oldest first.
-    pub fn history(&self) -> Result<Vec<StageRecord>> {
-        self.all("history")
-    }
-
-    /// One artifact by id.
-    pub fn artifact(&self, id: &str) -> Result<Option<ArtifactRecord>> {
-        self.get("artifacts", id)
+    pub fn history(&self) -> Result<Vec<HistoryRecord>> {
+        let mut out = Vec::new();
+        for kv in self.tree(HISTORY)?.iter() {
+            let (k, v) = kv.map_err(|e| self.db_error(e))?;
+            // Entries written before HistoryRecord are whole stage records.
+            out.push(match serde_json::from_slice::<HistoryRecord>(&v) {
+                Ok(h) => h,
+                Err(_) => HistoryRecord::from(&self.stage_record(&k, &v, false)?),
+            });
+        }
+        Ok(out)
     }
 
     /// Notes that `stage` is about to move new outputs into place: until [`Manifest::commit`]
@@ -265,33 +345,36 @@ impl Manifest {
     }
 
     /// Records a complete stage run and its artifacts, replacing the stage's previous record
-    /// (whose artifacts are dropped) and clearing its publishing mark, in one transaction;
-    /// then flushes to disk.
+    /// (whose artifacts are dropped) and clearing its publishing mark; then flushes to disk.
+    /// The artifacts go in chunks under a new generation first, then one transaction makes
+    /// the record naming it current (see the module doc): a kill at any point leaves either
+    /// the old record with its artifacts or the new one with its.
     pub fn commit(&self, record: &StageRecord) -> Result<()> {
-        let old = self.stage(&record.stage)?;
-        let json = to_json(record)?;
-        let artifact_json = record
-            .artifacts
-            .iter()
-            .map(|a| Ok((a.id.clone(), to_json(a)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let generation = self.db.generate_id().map_err(|e| self.db_error(e))?;
+        let artifacts = self.tree(STAGE_ARTIFACTS)?;
+        for (i, chunk) in record.artifacts.chunks(ARTIFACT_CHUNK).enumerate() {
+            artifacts
+                .insert(chunk_key(&record.stage, generation, i), to_json(&chunk)?)
+                .map_err(|e| self.db_error(e))?;
+        }
+        self.db.flush().map_err(|e| self.db_error(e))?;
+        crate::durable::crash_point("record");
+        let json = to_json(&StoredStage {
+            record,
+            artifact_count: record.artifacts.len(),
+            artifact_generation: generation,
+        })?;
+        let entry = to_json(&HistoryRecord::from(record))?;
         let key = format!("{:020.6}/{}", record.finished_at, record.stage);
         let trees = (
-            &self.tree("artifacts")?,
             &self.tree("stages")?,
-            &self.tree("history")?,
+            &self.tree(HISTORY)?,
             &self.tree(PUBLISHING)?,
         );
         trees
-            .transaction(|(artifacts, stages, history, publishing)| {
-                for a in old.iter().flat_map(|o| &o.artifacts) {
-                    artifacts.remove(a.id.as_bytes())?;
-                }
-                for (id, a) in &artifact_json {
-                    artifacts.insert(id.as_bytes(), a.clone())?;
-                }
+            .transaction(|(stages, history, publishing)| {
                 stages.insert(record.stage.as_bytes(), json.clone())?;
-                history.insert(key.as_bytes(), json.clone())?;
+                history.insert(key.as_bytes(), entry.clone())?;
                 publishing.remove(record.stage.as_bytes())?;
                 Ok(())
             })
@@ -301,25 +384,76 @@ impl Manifest {
                     Error::Manifest("manifest transaction aborted".into())
                 }
             })?;
+        self.remove_artifacts(&record.stage, Some(generation))?;
+        // A run directory of a version before stage_artifacts: its artifacts tree goes, and
+        // its history entries, whole stage records, become history records.
+        if self
+            .db
+            .drop_tree(LEGACY_ARTIFACTS)
+            .map_err(|e| self.db_error(e))?
+        {
+            self.compact_history()?;
+        }
         self.db.flush().map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
     /// Forgets a stage (used by `clean`-like operations and tests).
     pub fn remove_stage(&self, stage: &str) -> Result<()> {
-        if let Some(old) = self.stage(stage)? {
-            let artifacts = self.tree("artifacts")?;
-            for a in &old.artifacts {
-                artifacts
-                    .remove(a.id.as_bytes())
-                    .map_err(|e| self.db_error(e))?;
-            }
-        }
         self.tree("stages")?
             .remove(stage.as_bytes())
             .map_err(|e| self.db_error(e))?;
+        self.remove_artifacts(stage, None)?;
         self.db.flush().map_err(|e| self.db_error(e))?;
         Ok(())
+    }
+
+    /// Rewrites history entries that are whole stage records as [`HistoryRecord`]s.
+    fn compact_history(&self) -> Result<()> {
+        let tree = self.tree(HISTORY)?;
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(|e| self.db_error(e))?;
+            if serde_json::from_slice::<HistoryRecord>(&v).is_err() {
+                let entry = HistoryRecord::from(&self.stage_record(&k, &v, false)?);
+                tree.insert(k, to_json(&entry)?)
+                    .map_err(|e| self.db_error(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the artifact chunks of `stage` of every generation but `keep`: the previous
+    /// record's, and those of commits killed before their transaction.
+    fn remove_artifacts(&self, stage: &str, keep: Option<u64>) -> Result<()> {
+        let tree = self.tree(STAGE_ARTIFACTS)?;
+        let kept = keep.map(|g| chunk_prefix(stage, g));
+        for key in tree.scan_prefix(format!("{stage}/")).keys() {
+            let key = key.map_err(|e| self.db_error(e))?;
+            if kept.as_ref().is_none_or(|k| !key.starts_with(k.as_bytes())) {
+                tree.remove(key).map_err(|e| self.db_error(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A stored stage record as the readers see it: with its artifacts when `load_artifacts`
+    /// (read chunk by chunk from its generation), else with their count only.
+    fn stage_record(&self, key: &[u8], value: &[u8], load_artifacts: bool) -> Result<StageRecord> {
+        let unreadable = |e| self.unreadable(STAGES_OR_HISTORY, key, e);
+        let mut record: StageRecord = serde_json::from_slice(value).map_err(unreadable)?;
+        let stored: StoredArtifacts = serde_json::from_slice(value).map_err(unreadable)?;
+        // Records written before stage_artifacts hold their artifacts inline.
+        record.artifact_count = stored.artifact_count.unwrap_or(record.artifacts.len());
+        if let (Some(generation), true) = (stored.artifact_generation, load_artifacts) {
+            let prefix = chunk_prefix(&record.stage, generation);
+            for kv in self.tree(STAGE_ARTIFACTS)?.scan_prefix(prefix) {
+                let (k, v) = kv.map_err(|e| self.db_error(e))?;
+                let chunk: Vec<ArtifactRecord> = serde_json::from_slice(&v)
+                    .map_err(|e| self.unreadable(STAGE_ARTIFACTS, &k, e))?;
+                record.artifacts.extend(chunk);
+            }
+        }
+        Ok(record)
     }
 
     fn tree(&self, name: &str) -> Result<sled::Tree> {
@@ -338,20 +472,12 @@ impl Manifest {
         }
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(&self, tree: &str) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        for kv in self.tree(tree)?.iter() {
-            let (k, v) = kv.map_err(|e| self.db_error(e))?;
-            let rec = serde_json::from_slice(&v).map_err(|e| {
-                Error::Manifest(format!(
-                    "{}: unreadable record `{}` in `{tree}` ({e}); run `just clean` to start this run over",
-                    self.run_dir.join("manifest.sled").display(),
-                    String::from_utf8_lossy(&k)
-                ))
-            })?;
-            out.push(rec);
-        }
-        Ok(out)
+    fn unreadable(&self, tree: &str, key: &[u8], e: serde_json::Error) -> Error {
+        Error::Manifest(format!(
+            "{}: unreadable record `{}` in `{tree}` ({e}); run `just clean` to start this run over",
+            self.run_dir.join("manifest.sled").display(),
+            String::from_utf8_lossy(key)
+        ))
     }
 
     fn db_error(&self, e: sled::Error) -> Error {
@@ -368,6 +494,52 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 const PUBLISHING: &str = "publishing";
 const INPUT_STAMPS: &str = "input_stamps";
+const STAGE_ARTIFACTS: &str = "stage_artifacts";
+const HISTORY: &str = "history";
+/// Where versions before `stage_artifacts` kept artifact records (id -> record).
+const LEGACY_ARTIFACTS: &str = "artifacts";
+/// Named in errors about a stage record (read from `stages`, or a history entry of an older
+/// version).
+const STAGES_OR_HISTORY: &str = "stages";
+
+/// sled's page cache (its default is 1 GiB): what sled keeps in memory of the records it
+/// wrote or read. A stage reads its own and its upstream's records once, so a small cache
+/// costs nothing, and the manifest's memory stays bounded however many artifacts a stage
+/// of a large corpus records.
+const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
+
+/// Artifact records per value of `stage_artifacts` (about 1 KB each as JSON). sled splits a
+/// leaf at 17 values and serializes the whole leaf when it changes, so this bounds what an
+/// insert costs: about 300 KB, where chunks of 256 records made leaves of several MB.
+pub const ARTIFACT_CHUNK: usize = 16;
+
+/// `<stage>/<generation, 16 hex digits>/`: the keys of one generation of a stage's chunks.
+fn chunk_prefix(stage: &str, generation: u64) -> String {
+    format!("{stage}/{generation:016x}/")
+}
+
+/// The key of chunk `index` (8 hex digits, so keys sort in recorded order).
+fn chunk_key(stage: &str, generation: u64, index: usize) -> Vec<u8> {
+    format!("{}{index:08x}", chunk_prefix(stage, generation)).into_bytes()
+}
+
+/// A stage record as [`Manifest::commit`] stores it: without its artifacts, with their
+/// count and the generation of `stage_artifacts` holding them.
+#[derive(Serialize)]
+struct StoredStage<'a> {
+    #[serde(flatten)]
+    record: &'a StageRecord,
+    artifact_count: usize,
+    artifact_generation: u64,
+}
+
+/// The fields [`StoredStage`] adds to a record, read back; absent in records written before
+/// `stage_artifacts` (which hold their artifacts inline).
+#[derive(Deserialize)]
+struct StoredArtifacts {
+    artifact_count: Option<usize>,
+    artifact_generation: Option<u64>,
+}
 
 /// What a file looked like when its content hash was taken: any write, rename over it,
 /// `touch` or copy changes at least one of these (git's index trusts the same fields).

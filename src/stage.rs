@@ -506,6 +506,13 @@ impl StageCtx {
                 "a run was killed while moving its outputs into place".into(),
             ));
         }
+        if record.artifacts.len() != record.artifact_count {
+            return Ok(Freshness::Stale(format!(
+                "the manifest holds {} of its {} artifact records",
+                record.artifacts.len(),
+                record.artifact_count
+            )));
+        }
         for a in &record.artifacts {
             let path = self.path_of(a);
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -650,6 +657,7 @@ impl StageCtx {
             staging,
             started_at: now(),
             artifacts: Vec::new(),
+            artifact_index: Default::default(),
         }))
     }
 }
@@ -854,6 +862,8 @@ pub struct StageRun {
     staging: PathBuf,
     started_at: f64,
     artifacts: Vec<ArtifactRecord>,
+    /// Index in `artifacts` of each artifact id: an id recorded again replaces its record.
+    artifact_index: std::collections::HashMap<String, usize>,
 }
 
 impl StageRun {
@@ -930,8 +940,7 @@ impl StageRun {
         };
         let mtime_ns = std::fs::metadata(&path).ok().and_then(|m| mtime_ns(&m));
         let id = format!("{}/{rel}", self.stage.name());
-        self.artifacts.retain(|a| a.id != id);
-        self.artifacts.push(ArtifactRecord {
+        let record = ArtifactRecord {
             id: id.clone(),
             stage: self.stage.name().into(),
             kind: kind.into(),
@@ -947,7 +956,15 @@ impl StageRun {
             started_at: self.started_at,
             finished_at: 0.0,
             shard,
-        });
+        };
+        match self.artifact_index.get(&record.id) {
+            Some(&i) => self.artifacts[i] = record,
+            None => {
+                self.artifact_index
+                    .insert(record.id.clone(), self.artifacts.len());
+                self.artifacts.push(record);
+            }
+        }
         Ok(())
     }
 
@@ -984,6 +1001,7 @@ impl StageRun {
             config_hash: self.config_hash,
             config: self.config,
             inputs: self.inputs,
+            artifact_count: self.artifacts.len(),
             artifacts: self.artifacts,
             metrics,
             code_version: code_version(),

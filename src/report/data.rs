@@ -5,14 +5,14 @@
 //! renderers print "missing" for it instead of a zero. Unknown metric keys are kept where a
 //! table can show them and ignored elsewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::error::{IoContext, Result};
 use crate::finetune::{ArmSummary, FinetuneSummary};
-use crate::manifest::{ArtifactRecord, InputRef, Manifest, StageRecord};
+use crate::manifest::{ArtifactRecord, HistoryRecord, InputRef, Manifest, StageRecord};
 use crate::metrics::SeedSummary;
 use crate::pretrain::{fill_tokens_seen, LogSplit, PretrainLogRow};
 
@@ -282,21 +282,24 @@ impl ReportData {
     /// name. The report stage's own record is ignored.
     pub fn from_manifest(manifest: &Manifest) -> Result<ReportData> {
         let records = manifest.stages()?;
+        let current: HashMap<&str, &str> = records
+            .iter()
+            .flat_map(|r| &r.artifacts)
+            .map(|a| (a.id.as_str(), a.blake3.as_str()))
+            .collect();
+        let mut stale: HashMap<String, Vec<String>> = records
+            .iter()
+            .map(|r| (r.stage.clone(), stale_inputs(&current, r)))
+            .collect();
         let mut warnings = Vec::new();
         let stages = order_stages(records)
             .into_iter()
-            .map(|(name, record)| {
-                let stale_inputs = match &record {
-                    Some(r) => stale_inputs(manifest, r)?,
-                    None => Vec::new(),
-                };
-                Ok(StageEntry {
-                    name,
-                    record,
-                    stale_inputs,
-                })
+            .map(|(name, record)| StageEntry {
+                stale_inputs: stale.remove(&name).unwrap_or_default(),
+                name,
+                record,
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         let record_of = |name: &str| {
             stages
                 .iter()
@@ -388,22 +391,19 @@ fn order_stages(records: Vec<StageRecord>) -> Vec<(String, Option<StageRecord>)>
     out
 }
 
-/// Inputs of `record` that name an artifact which is now gone or has another hash.
-fn stale_inputs(manifest: &Manifest, record: &StageRecord) -> Result<Vec<String>> {
-    let mut stale = Vec::new();
-    for input in &record.inputs {
-        if input.id.starts_with("file:") {
-            continue;
-        }
-        match manifest.artifact(&input.id)? {
-            Some(a) if a.blake3 == input.blake3 => {}
-            _ => stale.push(input.id.clone()),
-        }
-    }
-    Ok(stale)
+/// Inputs of `record` that name an artifact which is now gone or has another hash;
+/// `current` maps the id of every current artifact to its hash.
+fn stale_inputs(current: &HashMap<&str, &str>, record: &StageRecord) -> Vec<String> {
+    record
+        .inputs
+        .iter()
+        .filter(|input| !input.id.starts_with("file:"))
+        .filter(|input| current.get(input.id.as_str()) != Some(&input.blake3.as_str()))
+        .map(|input| input.id.clone())
+        .collect()
 }
 
-fn history_entries(history: Vec<StageRecord>, stages: &[StageEntry]) -> Vec<HistoryEntry> {
+fn history_entries(history: Vec<HistoryRecord>, stages: &[StageEntry]) -> Vec<HistoryEntry> {
     history
         .into_iter()
         .map(|r| {
@@ -416,7 +416,7 @@ fn history_entries(history: Vec<StageRecord>, stages: &[StageEntry]) -> Vec<Hist
             });
             HistoryEntry {
                 duration_s: r.duration_s(),
-                artifacts: r.artifacts.len(),
+                artifacts: r.artifact_count,
                 stage: r.stage,
                 finished_at: r.finished_at,
                 fingerprint: r.fingerprint,
