@@ -7,6 +7,8 @@
 #   open:US   abort US microseconds into the manifest open (sled writes its snapshot there)
 #   publish   abort after the stage marked its outputs as publishing, before moving them
 #   commit    abort after the outputs moved into place, before the manifest records them
+#   record    abort inside the manifest's commit: the artifact records written, the stage
+#             record naming them not
 #   sigkill   SIGKILL after a random delay within the stage's uninterrupted duration
 # Killed runs use --force (a finished stage being redone, the worst case for publishing);
 # the rerun is a plain run, as a user would type it. The kind of each kill, its open delay and
@@ -79,20 +81,21 @@ for s in $stages; do
     secs[$s]=$(( ($(date +%s%N) - t0) / 1000000 ))
 done
 
-printf '%-9s %6s %6s %8s %7s %8s %8s %9s %8s %11s\n' \
-    stage kills open publish commit sigkill "ran-out" reruns verified mismatches
+printf '%-9s %6s %6s %8s %7s %7s %8s %8s %9s %8s %11s\n' \
+    stage kills open publish commit record sigkill "ran-out" reruns verified mismatches
 total_mismatch=0
 errors=0
 for s in $stages; do
     run_stage chaos "$s" # the stage's first run, uninterrupted (and its upstream's)
-    declare -A landed=([open]=0 [publish]=0 [commit]=0 [sigkill]=0 [ran-out]=0)
+    declare -A landed=([open]=0 [publish]=0 [commit]=0 [record]=0 [sigkill]=0 [ran-out]=0)
     reruns=0 verified=0
     for ((k = 0; k < kills; k++)); do
-        case $((RANDOM % 4)) in
+        case $((RANDOM % 5)) in
             0) point="open:$((RANDOM % 30000))" ;;
             1) point=publish ;;
             2) point=commit ;;
-            3) point=sigkill ;;
+            3) point=record ;;
+            4) point=sigkill ;;
         esac
         # Where it landed, from the exit status: 137 killed by the SIGKILL, 134 aborted at the
         # crash point, 0 finished first ("ran-out"); anything else is the stage failing on
@@ -140,8 +143,8 @@ for s in $stages; do
     [[ -z $differ ]] || echo "$s: outputs differ from the uninterrupted run:"$'\n'"$differ" >&2
     mismatch=$(awk '{ print $3 }' <<<"$differ" | sort -u | grep -c . || true)
     total_mismatch=$((total_mismatch + mismatch))
-    printf '%-9s %6d %6d %8d %7d %8d %8d %9d %8d %11d\n' "$s" "$kills" "${landed[open]}" \
-        "${landed[publish]}" "${landed[commit]}" "${landed[sigkill]}" "${landed[ran-out]}" \
+    printf '%-9s %6d %6d %8d %7d %7d %8d %8d %9d %8d %11d\n' "$s" "$kills" "${landed[open]}" \
+        "${landed[publish]}" "${landed[commit]}" "${landed[record]}" "${landed[sigkill]}" "${landed[ran-out]}" \
         "$reruns" "$verified" "$mismatch"
 done
 echo "seed $seed; reference seconds: $(for s in $stages; do printf '%s %d.%03d  ' "$s" $((secs[$s] / 1000)) $((secs[$s] % 1000)); done)"

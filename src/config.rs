@@ -673,10 +673,11 @@ pub struct LoadedConfig {
     pub config: PipelineConfig,
     /// Profile name (`default` for the top-level tables).
     pub profile: String,
-    /// Directory of pipeline.toml, absolute; relative paths resolve against it.
+    /// Directory of pipeline.toml, as `--config` named it; relative paths resolve against it.
     pub root: PathBuf,
-    /// `root` with symlinks resolved ([`crate::stage::input_id`]).
-    pub(crate) canonical_root: PathBuf,
+    /// `root` made absolute, and with symlinks resolved: what [`crate::stage::input_id`]
+    /// takes paths relative to, however `--config` was spelled.
+    pub(crate) absolute_roots: [PathBuf; 2],
     /// The file it was read from.
     pub path: PathBuf,
     /// `corpus.input` as last expanded, with the files it matched
@@ -724,14 +725,13 @@ pub fn load_config(path: &Path, profile: &str) -> Result<LoadedConfig> {
         })
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    // Absolute, so that ids of files under it do not depend on how `--config` was spelled.
-    let root = std::path::absolute(&root).unwrap_or(root);
-    let canonical_root = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+    let absolute = std::path::absolute(&root).unwrap_or_else(|_| root.clone());
+    let canonical = std::fs::canonicalize(&root).unwrap_or_else(|_| absolute.clone());
     Ok(LoadedConfig {
         config,
         profile: profile.to_string(),
         root,
-        canonical_root,
+        absolute_roots: [absolute, canonical],
         path: path.to_path_buf(),
         corpus_files: Default::default(),
     })

@@ -177,9 +177,9 @@ impl Stage {
 /// path, or through a symlink, gives the same fingerprints.
 pub fn input_id(loaded: &LoadedConfig, file: &Path) -> String {
     let under_root = |f: &Path| {
-        f.strip_prefix(&loaded.root)
-            .or_else(|_| f.strip_prefix(&loaded.canonical_root))
-            .ok()
+        std::iter::once(&loaded.root)
+            .chain(&loaded.absolute_roots)
+            .find_map(|root| f.strip_prefix(root).ok())
             .map(Path::to_path_buf)
     };
     let rel = under_root(file).or_else(|| {
