@@ -140,7 +140,15 @@ for s in $stages; do
         fi
     done
     differ=$(diff <(stage_hashes ref "$s") <(stage_hashes chaos "$s") | grep '^[<>]' || true)
-    [[ -z $differ ]] || echo "$s: outputs differ from the uninterrupted run:"$'\n'"$differ" >&2
+    if [[ -n $differ ]]; then
+        echo "$s: outputs differ from the uninterrupted run:"$'\n'"$differ" >&2
+        # Both sides' files kept, whatever KEEP says, so the difference can be read.
+        kept=$(mktemp -d "${TMPDIR:-/tmp}/bertline-chaos-mismatch-$s.XXXXXX")
+        cp -r "$work/ref/runs/$profile/$s" "$kept/ref"
+        cp -r "$work/chaos/runs/$profile/$s" "$kept/chaos"
+        cp "$work/chaos.log" "$kept/"
+        echo "$s: both sides' files kept in $kept" >&2
+    fi
     mismatch=$(awk '{ print $3 }' <<<"$differ" | sort -u | grep -c . || true)
     total_mismatch=$((total_mismatch + mismatch))
     printf '%-9s %6d %6d %8d %7d %7d %8d %8d %9d %8d %11d\n' "$s" "$kills" "${landed[open]}" \
