@@ -17,8 +17,8 @@ mismatch while a different loss, score, prediction or hash still is:
   wall-clock value (a UTC time stamp, a duration, a throughput, a key naming seconds or a
   rate), names a file with timings (`metrics.jsonl`, a fine-tuning `.json`) or holds
   pre-training's `resumed_from` (the step a rerun resumed from: how the run went, not what it
-  computed), every number and hex hash is masked: the line's words are compared, not its
-  figures. All other lines are compared exactly.
+  computed), every duration with its unit, number and hex hash is masked: the line's words
+  are compared, not its figures. All other lines are compared exactly.
 - Everything else: the raw bytes.
 
 usage: timeless.py DIR STAGE   prints "sha256  path" for every file under DIR/STAGE, sorted
@@ -44,10 +44,13 @@ DROPPED_SECTIONS = ("Machine and wall times", "Run history")
 DROPPED_FIGURES = ("Throughput",)
 
 TIME_STAMP = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")  # 2026-11-30 10:06:42
+# A duration with its unit (124 ms, 1.8 s): the report picks the unit by the size, so a run
+# that took under a second where the other took more differs in the unit too.
+DURATION = re.compile(r"\b\d+(\.\d+)?\s?(ms|s|min|h)\b")
 WALL_CLOCK_IN_LINE = re.compile(
     TIME_STAMP.pattern
-    + r"|\b\d+(\.\d+)?\s?(ms|s|min|h)\b"  # a duration: 124 ms, 1.8 s
-    r"|/s\b|_per_s\b|per second|seconds|wall time"  # a throughput or a key naming one
+    + "|" + DURATION.pattern
+    + r"|/s\b|_per_s\b|per second|seconds|wall time"  # a throughput or a key naming one
     r"|metrics\.jsonl|finetune/[^ <|]*\.json|results\.json|seed\d+\.json"
     r"|resumed_from"
 )
@@ -99,7 +102,7 @@ def timeless_report(data: bytes) -> bytes:
         if dropping:
             continue
         if WALL_CLOCK_IN_LINE.search(line):
-            line = FIGURE.sub("#", TIME_STAMP.sub("#", line))
+            line = FIGURE.sub("#", DURATION.sub("#", TIME_STAMP.sub("#", line)))
         out.append(line)
     return "\n".join(out).encode()
 

@@ -67,11 +67,19 @@ fn json_results_compare_without_their_timings() {
 
 #[test]
 fn reports_compare_without_durations_time_stamps_and_run_history() {
-    let report = |when: &str, ms: u32, rate: &str, resumed: u32, loss: &str, history: usize| {
+    // `wall`: a stage's wall time as the report writes it, in ms under a second, else in s
+    // (a rerun that resumed from a checkpoint can take the other unit).
+    let report = |when: &str,
+                  ms: u32,
+                  wall: &str,
+                  rate: &str,
+                  resumed: u32,
+                  loss: &str,
+                  history: usize| {
         let mut md = format!(
             "# bertline default run\n\nRun ./runs/tiny · 5 of 5 stages recorded · stage wall time {ms} ms\n\n\
              ## Lineage\n\n| Stage | Status | Finished (UTC) | Wall time | Throughput | Fingerprint |\n\
-             | pretrain | ok | {when} | {ms} ms | {rate} tokens/s | 6b867cd4c1a4 |\n\n\
+             | pretrain | ok | {when} | {wall} | {rate} tokens/s | 6b867cd4c1a4 |\n\n\
              | pretrain/metrics.jsonl | metrics | {:012x} | – | 1.9 KiB |\n\
              | pretrain/model.safetensors | model | 0123456789ab | – | 734.9 KiB |\n\n\
              | resumed_from | {resumed} |\n| train.loss | {loss} |\n| paper's claim | SST-2 |\n\n\
@@ -83,15 +91,23 @@ fn reports_compare_without_durations_time_stamps_and_run_history() {
         }
         digests(&[("report/report.md", &md)], "report").map(|d| d[0].clone())
     };
-    let Some(first) = report("2026-11-30 10:06:42", 238, "44.5k", 0, "7.4402", 5) else {
+    let Some(first) = report("2026-11-30 10:06:42", 238, "1.3 s", "44.5k", 0, "7.4402", 5) else {
         return;
     };
     assert_eq!(
-        report("2026-11-30 11:02:17", 292, "37.6", 20, "7.4402", 125),
+        report(
+            "2026-11-30 11:02:17",
+            292,
+            "840 ms",
+            "37.6",
+            20,
+            "7.4402",
+            125
+        ),
         Some(first.clone())
     );
     assert_ne!(
-        report("2026-11-30 10:06:42", 238, "44.5k", 0, "7.4403", 5),
+        report("2026-11-30 10:06:42", 238, "1.3 s", "44.5k", 0, "7.4403", 5),
         Some(first)
     );
 }
