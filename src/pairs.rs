@@ -230,15 +230,15 @@ pub fn create_instances_from_document(
 
 /// [`create_instances_from_document`] appending to columns (the stage's path: no vector per
 /// pair).
-fn push_instances_from_document(
-    all_documents: &[Document],
+fn push_instances_from_document<D: std::borrow::Borrow<Document>>(
+    all_documents: &[D],
     document_index: usize,
     max_seq_length: usize,
     short_seq_prob: f64,
     rng: &mut impl Rng,
     out: &mut PairColumns,
 ) {
-    let document = &all_documents[document_index];
+    let document: &Document = all_documents[document_index].borrow();
 
     // Account for [CLS], [SEP], [SEP]
     let max_num_tokens = max_seq_length - 3;
@@ -278,8 +278,9 @@ fn push_instances_from_document(
             let is_random_next = current_chunk.len() == 1 || rng.gen::<f64>() < 0.5;
             if is_random_next {
                 let target_b_length = target_seq_length.saturating_sub(len_a);
-                let random_document =
-                    &all_documents[pick_random_document(all_documents.len(), document_index, rng)];
+                let random_document: &Document = all_documents
+                    [pick_random_document(all_documents.len(), document_index, rng)]
+                .borrow();
                 let random_start = rng.gen_range(0..random_document.len());
                 for segment in &random_document[random_start..] {
                     tokens_b.extend_from_slice(segment);
@@ -370,7 +371,7 @@ struct ShuffledPairs {
 /// block, for a unit with too few of its own), which are never paired themselves.
 fn pair_documents(
     mut documents: Vec<Document>,
-    sources: &[Document],
+    sources: &[&Document],
     file_index: usize,
     cfg: &PairsConfig,
     random_seed: u64,
@@ -388,14 +389,14 @@ fn pair_documents(
     // 0.61, B 0.66 of the documents' tokens): room for three quarters each, so the columns
     // rarely regrow (a regrowth copies and page-faults a column of megabytes).
     let room = tokens(train_documents) * cfg.dupe_factor * 3 / 4;
-    // The documents `push_instances_from_document` draws from: the train documents first
-    // (the ones paired), then the sources.
-    let with_sources: Vec<Document>;
-    let drawn_from = if sources.is_empty() {
-        train_documents
-    } else {
-        with_sources = train_documents.iter().chain(sources).cloned().collect();
-        &with_sources
+    // The documents `push_instances_from_document` draws from, when there are sources: the
+    // train documents first (the ones paired), then the sources, borrowed.
+    let with_sources: Vec<&Document> = match sources.is_empty() {
+        true => Vec::new(),
+        false => train_documents
+            .iter()
+            .chain(sources.iter().copied())
+            .collect(),
     };
     let mut train = buffers.take();
     train.tokens_a.clear_for(0, room);
@@ -404,14 +405,26 @@ fn pair_documents(
     for dupe in 0..cfg.dupe_factor {
         let mut rng = seeded_rng(random_seed, "pairs", &[file, dupe as u64]);
         for document_index in 0..train_documents.len() {
-            push_instances_from_document(
-                drawn_from,
-                document_index,
-                cfg.max_seq_length,
-                cfg.short_seq_prob,
-                &mut rng,
-                &mut train,
-            );
+            let (max_seq_length, short_seq_prob) = (cfg.max_seq_length, cfg.short_seq_prob);
+            if sources.is_empty() {
+                push_instances_from_document(
+                    train_documents,
+                    document_index,
+                    max_seq_length,
+                    short_seq_prob,
+                    &mut rng,
+                    &mut train,
+                );
+            } else {
+                push_instances_from_document(
+                    &with_sources,
+                    document_index,
+                    max_seq_length,
+                    short_seq_prob,
+                    &mut rng,
+                    &mut train,
+                );
+            }
         }
     }
     let train_order = shuffled_order(
@@ -747,9 +760,10 @@ struct PairingUnit<'a> {
     /// Index in shard names and random seeds: the (first) block's index.
     index: usize,
     documents: Vec<Document>,
-    /// Documents of another block its random next sentences may also come from, never
-    /// paired themselves: for a lone one-document block ([`PoolGroup::sources`]).
-    sources: Vec<Document>,
+    /// Documents of other blocks its random next sentences may also come from, never paired
+    /// by this unit: the other members of its pool group, or the source block of a lone
+    /// one-document block ([`PoolGroup::sources`]). Borrowed from the group ([`PoolUnits`]).
+    sources: Vec<&'a Document>,
     /// Input files it starts (a file's first block counts it).
     files: usize,
     input_bytes: u64,
@@ -883,17 +897,18 @@ impl<'a> PoolUnits<'a> {
         })
     }
 
-    /// Member `member` as a pairing unit: a copy of its documents, and of every other
-    /// member's (and the source block's) to draw random next sentences from.
-    fn unit(&self, member: usize) -> PairingUnit<'a> {
+    /// Member `member` as a pairing unit: a copy of its documents (they are shuffled), and
+    /// every other member's (and the source block's) borrowed, to draw random next
+    /// sentences from.
+    fn unit(&self, member: usize) -> PairingUnit<'_> {
         let (index, ref documents, input_bytes) = self.members[member];
         let documents = documents.clone();
         let block = &self.blocks[index];
         let mut paths = vec![block.path.as_path()];
-        let mut sources = self.sources.clone();
+        let mut sources: Vec<&Document> = self.sources.iter().collect();
         for (other, (other_index, other_documents, _)) in self.members.iter().enumerate() {
             if other != member {
-                sources.extend(other_documents.iter().cloned());
+                sources.extend(other_documents.iter());
                 let path = self.blocks[*other_index].path.as_path();
                 if !paths.contains(&path) {
                     paths.push(path);
