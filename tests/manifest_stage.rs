@@ -871,3 +871,38 @@ fn records_of_the_older_layout_read_back_with_their_artifacts() {
     let entry: bertline::manifest::HistoryRecord = serde_json::from_slice(&entry).unwrap();
     assert_eq!(entry, bertline::manifest::HistoryRecord::from(&old));
 }
+
+/// A stage record whose artifact records are not all in the manifest (what a lost chunk
+/// would leave) is stale, naming what is missing, not fresh on the records that are there.
+#[test]
+fn a_record_missing_some_of_its_artifact_records_is_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), |t| t);
+    {
+        let ctx = open(&config, false);
+        bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+        assert_eq!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Fresh);
+    }
+    {
+        let db = sled::Config::new()
+            .path(tmp.path().join("run/manifest.sled"))
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .unwrap();
+        let chunks = db.open_tree("stage_artifacts").unwrap();
+        let key = chunks.scan_prefix("vocab/").keys().next().unwrap().unwrap();
+        let mut records: Vec<serde_json::Value> =
+            serde_json::from_slice(&chunks.get(&key).unwrap().unwrap()).unwrap();
+        assert_eq!(records.len(), 2);
+        records.pop();
+        chunks
+            .insert(key, serde_json::to_vec(&records).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let ctx = open(&config, false);
+    match ctx.freshness(Stage::Vocab).unwrap() {
+        Freshness::Stale(why) => assert!(why.contains("1 of its 2 artifact records"), "{why}"),
+        other => panic!("expected stale, got {other}"),
+    }
+}
