@@ -107,10 +107,16 @@ where
     }
 }
 
+/// Files handed to the [`Flusher`] and not yet taken by it, at most: a writer that finds the
+/// queue full waits for the disk. Each queued file is an open descriptor; unbounded, a stage
+/// writing small shards faster than the disk syncs them (50 MB of text as 113,000 shards of
+/// 16 pairs) ran out of descriptors ("Too many open files", the usual limit is 1,024).
+pub const FLUSH_QUEUE: usize = 128;
+
 /// The background thread that makes files written by [`write_bytes_unsynced`] durable
 /// (`fdatasync`, one file at a time, in the order written), and what it has left to do.
 struct Flusher {
-    queue: std::sync::mpsc::Sender<(PathBuf, File)>,
+    queue: std::sync::mpsc::SyncSender<(PathBuf, File)>,
     state: Mutex<FlushState>,
     idle: Condvar,
 }
@@ -128,7 +134,7 @@ impl Flusher {
     fn get() -> &'static Flusher {
         static FLUSHER: OnceLock<Flusher> = OnceLock::new();
         FLUSHER.get_or_init(|| {
-            let (queue, files) = std::sync::mpsc::channel::<(PathBuf, File)>();
+            let (queue, files) = std::sync::mpsc::sync_channel::<(PathBuf, File)>(FLUSH_QUEUE);
             std::thread::Builder::new()
                 .name("bertline-flush".into())
                 .spawn(move || {

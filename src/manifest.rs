@@ -7,22 +7,26 @@
 //! Holding it also means any temp file in the run belongs to a dead process, which is what
 //! lets an open clear what a killed open left behind (see [`Manifest::open`]).
 //!
-//! Records are JSON values in four trees: `stages` (stage name -> latest complete
-//! [`StageRecord`], without its artifacts), `stage_artifacts` (`<stage>/<generation>/<chunk>`
-//! -> up to [`ARTIFACT_CHUNK`] [`ArtifactRecord`]s), `history` (`<finished_at>/<stage>` ->
+//! Records are JSON values in three trees: `stages` (stage name -> latest complete
+//! [`StageRecord`], without its artifacts), `history` (`<finished_at>/<stage>` ->
 //! [`HistoryRecord`], a few hundred bytes) and `publishing` (stage name -> fingerprint of a run
-//! that started moving its outputs into place and has not recorded them yet).
+//! that started moving its outputs into place and has not recorded them yet). A stage's
+//! [`ArtifactRecord`]s are not in sled: they are its *artifact list*, a file of one JSON
+//! record a line in `<run>/manifest.artifacts/` ([`ARTIFACT_LISTS`]), which the stage record
+//! names with its blake3.
 //!
-//! A stage of a large corpus writes hundreds of thousands of shards, so its artifact records
-//! are never one value: [`Manifest::commit`] writes them chunk by chunk under a new
-//! generation, then, in one sled transaction, the stage record naming that generation, its
-//! history entry and the cleared publishing mark. A kill before the transaction leaves the
-//! old record and its generation whole (the new chunks are removed by the next commit).
-//! Values are small because sled rewrites a whole leaf (up to 17 values) on a change: with
-//! every artifact inline in the stage record and in each history entry, the `mask` stage of
-//! 500 MB of text (2,477 shards) grew by 23 MB in its commit, sled paging in and rewriting
-//! the history's earlier records with the new one; with chunks and fixed-size history
-//! entries it grows by under 3 MB. A fifth tree,
+//! A stage of a large corpus writes hundreds of thousands of shards, and sled keeps in memory
+//! what it wrote or read, whatever its cache size (its cache counts pages on disk, not the
+//! memory they take): with every artifact record in sled, 16 to a value, `mask` on 50 MB of
+//! text cut into 44,039 shards peaked at 219 MB (55 MB with its usual 250 shards), most of
+//! it in the commit. [`Manifest::commit`] therefore writes the list (temp file, fsync,
+//! rename) under a new generation, then, in one sled transaction, the stage record naming
+//! it, its history entry and the cleared publishing mark. A kill before the transaction
+//! leaves the old record and its list whole (the new list is removed by the next commit); a
+//! list that is missing, unreadable or not the one recorded reads as none, and its stage is
+//! stale. Values are small because sled rewrites a whole leaf (up to 17 values) on a change:
+//! with every artifact inline in the stage record and in each history entry, the `mask`
+//! stage of 500 MB of text (2,477 shards) grew by 23 MB in its commit. A fourth tree,
 //! `input_stamps` (input file path -> [`InputStamp`]), is a cache: the content hash of an
 //! input file as of a size, mtime, ctime and inode, so a stage does not re-read a large
 //! corpus to find it unchanged. Losing it costs a re-hash, never a wrong answer.
@@ -351,18 +355,14 @@ impl Manifest {
     /// the old record with its artifacts or the new one with its.
     pub fn commit(&self, record: &StageRecord) -> Result<()> {
         let generation = self.db.generate_id().map_err(|e| self.db_error(e))?;
-        let artifacts = self.tree(STAGE_ARTIFACTS)?;
-        for (i, chunk) in record.artifacts.chunks(ARTIFACT_CHUNK).enumerate() {
-            artifacts
-                .insert(chunk_key(&record.stage, generation, i), to_json(&chunk)?)
-                .map_err(|e| self.db_error(e))?;
-        }
-        self.db.flush().map_err(|e| self.db_error(e))?;
+        let file = artifact_file_name(&record.stage, generation);
+        let blake3 = self.write_artifact_list(&file, &record.artifacts)?;
         crate::durable::crash_point("record");
         let json = to_json(&StoredStage {
             record,
             artifact_count: record.artifacts.len(),
-            artifact_generation: generation,
+            artifact_file: &file,
+            artifact_blake3: &blake3,
         })?;
         let entry = to_json(&HistoryRecord::from(record))?;
         let key = format!("{:020.6}/{}", record.finished_at, record.stage);
@@ -384,7 +384,12 @@ impl Manifest {
                     Error::Manifest("manifest transaction aborted".into())
                 }
             })?;
-        self.remove_artifacts(&record.stage, Some(generation))?;
+        // The old list goes only once the record naming the new one is on disk: sled's
+        // transaction alone is not durable, and a kill before the flush brings the old record
+        // back.
+        self.db.flush().map_err(|e| self.db_error(e))?;
+        self.remove_artifact_lists(&record.stage, Some(&file))?;
+        self.remove_artifact_chunks(&record.stage)?;
         // A run directory of a version before stage_artifacts: its artifacts tree goes, and
         // its history entries, whole stage records, become history records.
         if self
@@ -403,8 +408,79 @@ impl Manifest {
         self.tree("stages")?
             .remove(stage.as_bytes())
             .map_err(|e| self.db_error(e))?;
-        self.remove_artifacts(stage, None)?;
+        self.remove_artifact_chunks(stage)?;
         self.db.flush().map_err(|e| self.db_error(e))?;
+        self.remove_artifact_lists(stage, None)
+    }
+
+    /// Writes `artifacts` as the artifact list `name` (one JSON record a line, temp file,
+    /// fsync, rename); returns the list's blake3.
+    fn write_artifact_list(&self, name: &str, artifacts: &[ArtifactRecord]) -> Result<String> {
+        use std::io::Write;
+        let path = self.run_dir.join(ARTIFACT_LISTS).join(name);
+        let mut hasher = blake3::Hasher::new();
+        crate::durable::write_with(&path, |w| {
+            for a in artifacts {
+                let mut line = to_json(a)?;
+                line.push(b'\n');
+                hasher.update(&line);
+                w.write_all(&line).map_err(|e| Error::io(&path, e))?;
+            }
+            Ok(())
+        })?;
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// The artifact list `name` read back, or `None` (with a warning) when it is missing,
+    /// unreadable or not the list recorded (its blake3 differs): the record it belongs to is
+    /// then stale, holding fewer artifact records than it counts.
+    fn read_artifact_list(&self, name: &str, blake3: &str) -> Option<Vec<ArtifactRecord>> {
+        use std::io::BufRead;
+        let path = self.run_dir.join(ARTIFACT_LISTS).join(name);
+        let read = || -> std::result::Result<Vec<ArtifactRecord>, String> {
+            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+            let (mut hasher, mut line, mut out) = (blake3::Hasher::new(), Vec::new(), Vec::new());
+            loop {
+                line.clear();
+                if reader
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| e.to_string())?
+                    == 0
+                {
+                    break;
+                }
+                hasher.update(&line);
+                out.push(serde_json::from_slice(&line).map_err(|e| e.to_string())?);
+            }
+            if hasher.finalize().to_hex().as_str() != blake3 {
+                return Err("its content is not the list recorded".into());
+            }
+            Ok(out)
+        };
+        read()
+            .inspect_err(|e| {
+                tracing::warn!(file = %path.display(), "unreadable artifact list ({e}): its stage is stale")
+            })
+            .ok()
+    }
+
+    /// Removes the artifact lists of `stage` but `keep`: the previous record's, those of
+    /// commits killed before their transaction, and temp files of killed writes.
+    fn remove_artifact_lists(&self, stage: &str, keep: Option<&str>) -> Result<()> {
+        let dir = self.run_dir.join(ARTIFACT_LISTS);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let (list, temp) = (format!("{stage}-"), format!(".{stage}-"));
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let of_stage = (name.starts_with(&list) && is_list_name(&name[list.len()..]))
+                || (name.starts_with(&temp) && name.ends_with(".tmp"));
+            if of_stage && Some(name.as_str()) != keep {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            }
+        }
         Ok(())
     }
 
@@ -422,16 +498,26 @@ impl Manifest {
         Ok(())
     }
 
-    /// Removes the artifact chunks of `stage` of every generation but `keep`: the previous
-    /// record's, and those of commits killed before their transaction.
-    fn remove_artifacts(&self, stage: &str, keep: Option<u64>) -> Result<()> {
+    /// Removes the artifact chunks of `stage` that the version before artifact lists kept in
+    /// `stage_artifacts`, and the tree once it is empty.
+    fn remove_artifact_chunks(&self, stage: &str) -> Result<()> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == STAGE_ARTIFACTS.as_bytes())
+        {
+            return Ok(());
+        }
         let tree = self.tree(STAGE_ARTIFACTS)?;
-        let kept = keep.map(|g| chunk_prefix(stage, g));
         for key in tree.scan_prefix(format!("{stage}/")).keys() {
             let key = key.map_err(|e| self.db_error(e))?;
-            if kept.as_ref().is_none_or(|k| !key.starts_with(k.as_bytes())) {
-                tree.remove(key).map_err(|e| self.db_error(e))?;
-            }
+            tree.remove(key).map_err(|e| self.db_error(e))?;
+        }
+        if tree.is_empty() {
+            self.db
+                .drop_tree(STAGE_ARTIFACTS)
+                .map_err(|e| self.db_error(e))?;
         }
         Ok(())
     }
@@ -444,7 +530,13 @@ impl Manifest {
         let stored: StoredArtifacts = serde_json::from_slice(value).map_err(unreadable)?;
         // Records written before stage_artifacts hold their artifacts inline.
         record.artifact_count = stored.artifact_count.unwrap_or(record.artifacts.len());
-        if let (Some(generation), true) = (stored.artifact_generation, load_artifacts) {
+        if let (Some(file), Some(blake3), true) = (
+            &stored.artifact_file,
+            &stored.artifact_blake3,
+            load_artifacts,
+        ) {
+            record.artifacts = self.read_artifact_list(file, blake3).unwrap_or_default();
+        } else if let (Some(generation), true) = (stored.artifact_generation, load_artifacts) {
             let prefix = chunk_prefix(&record.stage, generation);
             for kv in self.tree(STAGE_ARTIFACTS)?.scan_prefix(prefix) {
                 let (k, v) = kv.map_err(|e| self.db_error(e))?;
@@ -508,37 +600,47 @@ const STAGES_OR_HISTORY: &str = "stages";
 /// of a large corpus records.
 const MANIFEST_CACHE_BYTES: u64 = 8 << 20;
 
-/// Artifact records per value of `stage_artifacts` (about 1 KB each as JSON). sled splits a
-/// leaf at 17 values and serializes the whole leaf when it changes, so this bounds what an
-/// insert costs: about 300 KB, where chunks of 256 records made leaves of several MB.
-pub const ARTIFACT_CHUNK: usize = 16;
-
-/// `<stage>/<generation, 16 hex digits>/`: the keys of one generation of a stage's chunks.
+/// `<stage>/<generation, 16 hex digits>/`: the keys of one generation of a stage's chunks in
+/// `stage_artifacts` (the version before artifact lists).
 fn chunk_prefix(stage: &str, generation: u64) -> String {
     format!("{stage}/{generation:016x}/")
 }
 
-/// The key of chunk `index` (8 hex digits, so keys sort in recorded order).
-fn chunk_key(stage: &str, generation: u64, index: usize) -> Vec<u8> {
-    format!("{}{index:08x}", chunk_prefix(stage, generation)).into_bytes()
-}
-
 /// A stage record as [`Manifest::commit`] stores it: without its artifacts, with their
-/// count and the generation of `stage_artifacts` holding them.
+/// count and the artifact list holding them (its name and blake3).
 #[derive(Serialize)]
 struct StoredStage<'a> {
     #[serde(flatten)]
     record: &'a StageRecord,
     artifact_count: usize,
-    artifact_generation: u64,
+    artifact_file: &'a str,
+    artifact_blake3: &'a str,
 }
 
-/// The fields [`StoredStage`] adds to a record, read back; absent in records written before
-/// `stage_artifacts` (which hold their artifacts inline).
+/// The fields [`StoredStage`] adds to a record, read back: the artifact list, or in records
+/// of the version before it the generation of their chunks in `stage_artifacts`; neither in
+/// records written before that (which hold their artifacts inline).
 #[derive(Deserialize)]
 struct StoredArtifacts {
     artifact_count: Option<usize>,
+    artifact_file: Option<String>,
+    artifact_blake3: Option<String>,
     artifact_generation: Option<u64>,
+}
+
+/// The directory of the run holding the stages' artifact lists, beside `manifest.sled`.
+pub const ARTIFACT_LISTS: &str = "manifest.artifacts";
+
+/// `<stage>-<generation, 16 hex digits>.jsonl`: the artifact list of one commit of a stage.
+fn artifact_file_name(stage: &str, generation: u64) -> String {
+    format!("{stage}-{generation:016x}.jsonl")
+}
+
+/// True for what follows `<stage>-` in an artifact list's name: a generation and `.jsonl`
+/// (so that the lists of a stage `mask` are not taken for those of a stage `mask-x`).
+fn is_list_name(rest: &str) -> bool {
+    rest.strip_suffix(".jsonl")
+        .is_some_and(|g| g.len() == 16 && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// What a file looked like when its content hash was taken: any write, rename over it,

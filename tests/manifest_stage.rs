@@ -364,27 +364,38 @@ fn many(n: usize, finished_at: f64) -> bertline::manifest::StageRecord {
     r
 }
 
-/// Keys of the manifest's artifact chunks of `stage`, read with sled itself (the manifest
-/// closed).
-fn artifact_chunks(run: &Path, stage: &str) -> usize {
-    let db = sled::Config::new()
-        .path(run.join("manifest.sled"))
-        .mode(sled::Mode::LowSpace)
-        .open()
-        .unwrap();
-    db.open_tree("stage_artifacts")
-        .unwrap()
-        .scan_prefix(format!("{stage}/"))
-        .count()
+/// The artifact lists of `stage` in the run (`manifest.artifacts/<stage>-<generation>.jsonl`)
+/// and their lines.
+fn artifact_lists(run: &Path, stage: &str) -> Vec<usize> {
+    let Ok(entries) = std::fs::read_dir(run.join(bertline::manifest::ARTIFACT_LISTS)) else {
+        return Vec::new();
+    };
+    let mut lines: Vec<(String, usize)> = entries
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{stage}-"))
+        })
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                text.lines().count(),
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.into_iter().map(|(_, n)| n).collect()
 }
 
 #[test]
 fn many_artifacts_come_back_whole_in_order_and_a_new_commit_drops_the_old_ones() {
-    use bertline::manifest::{Manifest, ARTIFACT_CHUNK};
+    use bertline::manifest::Manifest;
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let m = Manifest::open(&run).unwrap();
-    let (first, second) = (many(3 * ARTIFACT_CHUNK + 7, 1.0), many(5, 2.0));
+    let (first, second) = (many(55, 1.0), many(5, 2.0));
     m.commit(&first).unwrap();
     m.commit(&record("vocab", 1.5)).unwrap();
     assert_eq!(m.stage("mask").unwrap().unwrap(), first);
@@ -401,22 +412,19 @@ fn many_artifacts_come_back_whole_in_order_and_a_new_commit_drops_the_old_ones()
         .collect();
     assert_eq!(
         counts,
-        [
-            ("mask", 3 * ARTIFACT_CHUNK + 7, 1.0),
-            ("vocab", 1, 1.5),
-            ("mask", 5, 2.0)
-        ]
+        [("mask", 55, 1.0), ("vocab", 1, 1.5), ("mask", 5, 2.0)]
     );
     assert_eq!(history[2], bertline::manifest::HistoryRecord::from(&second));
     drop(m);
-    // Only the current generation's one chunk is left of the mask stage.
-    assert_eq!(artifact_chunks(&run, "mask"), 1);
-    assert_eq!(artifact_chunks(&run, "vocab"), 1);
+    // Only the current list is left of the mask stage.
+    assert_eq!(artifact_lists(&run, "mask"), [5]);
+    assert_eq!(artifact_lists(&run, "vocab"), [1]);
     let m = Manifest::open(&run).unwrap();
     m.remove_stage("mask").unwrap();
     assert_eq!(m.stage("mask").unwrap(), None);
     drop(m);
-    assert_eq!(artifact_chunks(&run, "mask"), 0);
+    assert_eq!(artifact_lists(&run, "mask"), Vec::<usize>::new());
+    assert_eq!(artifact_lists(&run, "vocab"), [1]);
 }
 
 /// Runs in a child process (see below): commits 600 artifacts with
@@ -451,19 +459,18 @@ fn a_commit_killed_before_its_record_leaves_the_old_one_whole() {
         .status()
         .unwrap();
     assert!(!status.success(), "the child was not killed");
-    // The killed commit's chunks are on disk beside the first record's...
-    let chunks = |n: usize| n.div_ceil(bertline::manifest::ARTIFACT_CHUNK);
-    assert_eq!(artifact_chunks(&run, "mask"), chunks(300) + chunks(600));
+    // The killed commit's list is on disk beside the first record's...
+    assert_eq!(artifact_lists(&run, "mask"), [300, 600]);
     // ...and the record is the first one, whole.
     let m = Manifest::open(&run).unwrap();
     assert_eq!(m.stage("mask").unwrap().unwrap(), first);
     assert_eq!(m.history().unwrap().len(), 1);
-    // The next commit removes them with the first record's.
+    // The next commit removes it with the first record's.
     let third = many(10, 3.0);
     m.commit(&third).unwrap();
     assert_eq!(m.stage("mask").unwrap().unwrap(), third);
     drop(m);
-    assert_eq!(artifact_chunks(&run, "mask"), 1);
+    assert_eq!(artifact_lists(&run, "mask"), [10]);
 }
 
 fn snapshot_files(run: &Path) -> Vec<String> {
@@ -872,10 +879,11 @@ fn records_of_the_older_layout_read_back_with_their_artifacts() {
     assert_eq!(entry, bertline::manifest::HistoryRecord::from(&old));
 }
 
-/// A stage record whose artifact records are not all in the manifest (what a lost chunk
-/// would leave) is stale, naming what is missing, not fresh on the records that are there.
+/// A stage record whose artifact list is not the one recorded (a line lost, a record changed
+/// with the count kept, the file gone) is stale, naming what is missing, never fresh on the
+/// records that are there; the next run of the stage repairs it.
 #[test]
-fn a_record_missing_some_of_its_artifact_records_is_stale() {
+fn a_record_whose_artifact_list_changed_or_went_is_stale() {
     let tmp = tempfile::tempdir().unwrap();
     let config = project(tmp.path(), |t| t);
     {
@@ -883,26 +891,101 @@ fn a_record_missing_some_of_its_artifact_records_is_stale() {
         bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
         assert_eq!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Fresh);
     }
+    let lists = tmp
+        .path()
+        .join("run")
+        .join(bertline::manifest::ARTIFACT_LISTS);
+    let list = std::fs::read_dir(&lists)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let original = std::fs::read_to_string(&list).unwrap();
+    assert_eq!(original.lines().count(), 2);
+    let first_line = original.lines().next().unwrap();
+    let blake3 = serde_json::from_str::<serde_json::Value>(first_line).unwrap()["blake3"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let edits: [(&str, Option<String>); 3] = [
+        ("a line lost", Some(format!("{first_line}\n"))),
+        (
+            "a hash changed",
+            Some(original.replace(&blake3, &"0".repeat(64))),
+        ),
+        ("the list gone", None),
+    ];
+    for (what, content) in edits {
+        match &content {
+            Some(text) => std::fs::write(&list, text).unwrap(),
+            None => std::fs::remove_file(&list).unwrap(),
+        }
+        let ctx = open(&config, false);
+        match ctx.freshness(Stage::Vocab).unwrap() {
+            Freshness::Stale(why) => {
+                assert!(why.contains("0 of its 2 artifact records"), "{what}: {why}")
+            }
+            other => panic!("{what}: expected stale, got {other}"),
+        }
+        drop(ctx);
+        std::fs::write(&list, &original).unwrap();
+        assert_eq!(
+            open(&config, false).freshness(Stage::Vocab).unwrap(),
+            Freshness::Fresh
+        );
+    }
+    // A rerun (not forced) writes a new list, and only it is left.
+    std::fs::remove_file(&list).unwrap();
+    let ctx = open(&config, false);
+    assert!(!bertline::tokenize::run_vocab(&ctx, &NoProgress)
+        .unwrap()
+        .skipped());
+    assert_eq!(ctx.freshness(Stage::Vocab).unwrap(), Freshness::Fresh);
+    assert_eq!(std::fs::read_dir(&lists).unwrap().count(), 1);
+}
+
+/// A run directory of the version that kept artifact records in sled, 16 to a value under
+/// `stage_artifacts/<stage>/<generation>/<chunk>`, reads the same; the stage's next commit
+/// removes its chunks, and the tree once it is empty.
+#[test]
+fn records_of_the_chunk_layout_read_back_with_their_artifacts() {
+    use bertline::manifest::Manifest;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let old = many(20, 1.0);
     {
         let db = sled::Config::new()
-            .path(tmp.path().join("run/manifest.sled"))
+            .path(run.join("manifest.sled"))
             .mode(sled::Mode::LowSpace)
             .open()
             .unwrap();
+        let mut stored = serde_json::to_value(&old).unwrap();
+        stored["artifact_count"] = 20.into();
+        stored["artifact_generation"] = 7.into();
         let chunks = db.open_tree("stage_artifacts").unwrap();
-        let key = chunks.scan_prefix("vocab/").keys().next().unwrap().unwrap();
-        let mut records: Vec<serde_json::Value> =
-            serde_json::from_slice(&chunks.get(&key).unwrap().unwrap()).unwrap();
-        assert_eq!(records.len(), 2);
-        records.pop();
-        chunks
-            .insert(key, serde_json::to_vec(&records).unwrap())
+        for (i, chunk) in old.artifacts.chunks(16).enumerate() {
+            let key = format!("mask/{:016x}/{i:08x}", 7);
+            chunks
+                .insert(key, serde_json::to_vec(chunk).unwrap())
+                .unwrap();
+        }
+        db.open_tree("stages")
+            .unwrap()
+            .insert("mask", serde_json::to_vec(&stored).unwrap())
             .unwrap();
         db.flush().unwrap();
     }
-    let ctx = open(&config, false);
-    match ctx.freshness(Stage::Vocab).unwrap() {
-        Freshness::Stale(why) => assert!(why.contains("1 of its 2 artifact records"), "{why}"),
-        other => panic!("expected stale, got {other}"),
-    }
+    let m = Manifest::open(&run).unwrap();
+    assert_eq!(m.stage("mask").unwrap().unwrap(), old);
+    let new = many(3, 2.0);
+    m.commit(&new).unwrap();
+    assert_eq!(m.stage("mask").unwrap().unwrap(), new);
+    drop(m);
+    let db = sled::open(run.join("manifest.sled")).unwrap();
+    let names: Vec<Vec<u8>> = db.tree_names().into_iter().map(|n| n.to_vec()).collect();
+    assert!(!names.contains(&b"stage_artifacts".to_vec()), "{names:?}");
+    drop(db);
+    assert_eq!(artifact_lists(&run, "mask"), [3]);
 }
