@@ -354,17 +354,52 @@ impl Manifest {
     /// the record naming it current (see the module doc): a kill at any point leaves either
     /// the old record with its artifacts or the new one with its.
     pub fn commit(&self, record: &StageRecord) -> Result<()> {
+        let list = self.start_artifact_list(&record.stage)?;
+        self.commit_with_list(record, list)
+    }
+
+    /// Starts the artifact list of a run of `stage` that records its artifacts as it goes
+    /// ([`ArtifactList::push`]), so that none is held in memory; [`Manifest::commit_with_list`]
+    /// ends it. A list never committed is removed by the stage's next commit, or by the
+    /// next open of the run if its process died.
+    pub fn start_artifact_list(&self, stage: &str) -> Result<ArtifactList> {
         let generation = self.db.generate_id().map_err(|e| self.db_error(e))?;
-        let file = artifact_file_name(&record.stage, generation);
-        let blake3 = self.write_artifact_list(&file, &record.artifacts)?;
+        let name = artifact_file_name(stage, generation);
+        let dir = self.run_dir.join(ARTIFACT_LISTS);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join(&name);
+        let temp = crate::durable::temp_path(&path);
+        let file = std::fs::File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+        Ok(ArtifactList {
+            name,
+            path,
+            temp,
+            out: std::io::BufWriter::with_capacity(1 << 16, file),
+            hasher: blake3::Hasher::new(),
+            count: 0,
+        })
+    }
+
+    /// [`Manifest::commit`] for a run whose artifacts went to `list` as they were recorded:
+    /// `record.artifacts` are appended to it, then it is made durable and the record naming
+    /// it is committed, counting every artifact in the list.
+    pub fn commit_with_list(&self, record: &StageRecord, mut list: ArtifactList) -> Result<()> {
+        for a in &record.artifacts {
+            list.push(a)?;
+        }
+        let (file, blake3, artifact_count) = list.finish()?;
         crate::durable::crash_point("record");
         let json = to_json(&StoredStage {
             record,
-            artifact_count: record.artifacts.len(),
+            artifact_count,
             artifact_file: &file,
             artifact_blake3: &blake3,
         })?;
-        let entry = to_json(&HistoryRecord::from(record))?;
+        let history = HistoryRecord {
+            artifact_count,
+            ..HistoryRecord::from(record)
+        };
+        let entry = to_json(&history)?;
         let key = format!("{:020.6}/{}", record.finished_at, record.stage);
         let trees = (
             &self.tree("stages")?,
@@ -411,24 +446,6 @@ impl Manifest {
         self.remove_artifact_chunks(stage)?;
         self.db.flush().map_err(|e| self.db_error(e))?;
         self.remove_artifact_lists(stage, None)
-    }
-
-    /// Writes `artifacts` as the artifact list `name` (one JSON record a line, temp file,
-    /// fsync, rename); returns the list's blake3.
-    fn write_artifact_list(&self, name: &str, artifacts: &[ArtifactRecord]) -> Result<String> {
-        use std::io::Write;
-        let path = self.run_dir.join(ARTIFACT_LISTS).join(name);
-        let mut hasher = blake3::Hasher::new();
-        crate::durable::write_with(&path, |w| {
-            for a in artifacts {
-                let mut line = to_json(a)?;
-                line.push(b'\n');
-                hasher.update(&line);
-                w.write_all(&line).map_err(|e| Error::io(&path, e))?;
-            }
-            Ok(())
-        })?;
-        Ok(hasher.finalize().to_hex().to_string())
     }
 
     /// The artifact list `name` read back, or `None` (with a warning) when it is missing,
@@ -626,6 +643,59 @@ struct StoredArtifacts {
     artifact_file: Option<String>,
     artifact_blake3: Option<String>,
     artifact_generation: Option<u64>,
+}
+
+/// An artifact list being written: one JSON [`ArtifactRecord`] a line, to a temp file beside
+/// its final name (see [`Manifest::start_artifact_list`]).
+#[derive(Debug)]
+pub struct ArtifactList {
+    name: String,
+    path: PathBuf,
+    temp: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    hasher: blake3::Hasher,
+    count: usize,
+}
+
+impl ArtifactList {
+    /// Appends one record.
+    pub fn push(&mut self, artifact: &ArtifactRecord) -> Result<()> {
+        use std::io::Write;
+        let mut line = to_json(artifact)?;
+        line.push(b'\n');
+        self.hasher.update(&line);
+        self.out
+            .write_all(&line)
+            .map_err(|e| Error::io(&self.temp, e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Records appended so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True before the first record.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Flushes, fsyncs and renames the list to its final name: (name, blake3, records).
+    fn finish(self) -> Result<(String, String, usize)> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.temp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+        std::fs::rename(&self.temp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        crate::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")));
+        Ok((
+            self.name,
+            self.hasher.finalize().to_hex().to_string(),
+            self.count,
+        ))
+    }
 }
 
 /// The directory of the run holding the stages' artifact lists, beside `manifest.sled`.

@@ -633,10 +633,12 @@ impl StageCtx {
             self.freshness(stage)?
         };
         if !self.options.force && fresh == Freshness::Fresh {
-            let record = self
+            let mut record = self
                 .manifest
                 .stage(stage.name())?
                 .expect("fresh has record");
+            // As a run returns it (StageRun::finish): without its shards.
+            record.artifacts.retain(|a| a.shard.is_none());
             return Ok(Begin::Skip(record));
         }
         let expected = self.expected(stage)?;
@@ -656,6 +658,7 @@ impl StageCtx {
             inputs: expected.inputs,
             staging,
             started_at: now(),
+            shards: Box::new(self.manifest.start_artifact_list(stage.name())?),
             artifacts: Vec::new(),
             artifact_index: Default::default(),
         }))
@@ -801,7 +804,7 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> Option<u128> {
 }
 
 /// Removes what killed processes left in a run directory: staging and trash directories
-/// under `.staging/`, and temp files and checkpoint directories (`.tmp-*`, `.*.tmp`) in the
+/// under `.staging/`, artifact lists being written in `manifest.artifacts/`, and temp files and checkpoint directories (`.tmp-*`, `.*.tmp`) in the
 /// stages' work directories under `.work/`. Call only with the run lock held (then no
 /// process that wrote them is alive). Best effort: a leftover that cannot be removed is
 /// logged and left.
@@ -809,6 +812,13 @@ pub fn remove_dead_leftovers(run_dir: &Path) {
     let mut dead = Vec::new();
     if let Ok(rd) = std::fs::read_dir(run_dir.join(".staging")) {
         dead.extend(rd.flatten().map(|e| e.path()));
+    }
+    // Artifact lists a dead run was writing (crate::manifest::ArtifactList).
+    if let Ok(rd) = std::fs::read_dir(run_dir.join(crate::manifest::ARTIFACT_LISTS)) {
+        dead.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with('.') && name.ends_with(".tmp")
+        }));
     }
     if let Ok(rd) = std::fs::read_dir(run_dir.join(".work")) {
         for work in rd.flatten().filter(|e| e.path().is_dir()) {
@@ -861,6 +871,10 @@ pub struct StageRun {
     inputs: Vec<InputRef>,
     staging: PathBuf,
     started_at: f64,
+    /// The records of the shards recorded so far, written to the manifest's artifact list as
+    /// they come (a large corpus makes hundreds of thousands: none is held in memory).
+    shards: Box<crate::manifest::ArtifactList>,
+    /// The other artifacts (a few), appended to the list at [`StageRun::finish`].
     artifacts: Vec<ArtifactRecord>,
     /// Index in `artifacts` of each artifact id: an id recorded again replaces its record.
     artifact_index: std::collections::HashMap<String, usize>,
@@ -903,6 +917,11 @@ impl StageRun {
     /// ids of what it was made from (`sources`: a pairs shard's input files, a mask shard's
     /// pairs shard). Other artifacts list every input of their stage, which for shards would
     /// grow as shards x inputs: tens of millions of ids in the manifest for a large corpus.
+    ///
+    /// The record goes straight to the manifest's artifact list, in the order of the calls
+    /// (make it deterministic), and is not kept: a shard is recorded once (shard names are
+    /// unique by construction, [`crate::shard::ShardId`]), and its `finished_at` is the time
+    /// it was recorded.
     pub fn add_shard(
         &mut self,
         rel: &str,
@@ -923,7 +942,8 @@ impl StageRun {
     }
 
     /// Records `rel`; `hashed` is its (blake3, size) when the writer hashed the bytes it
-    /// wrote, else the file is hashed here; `inputs` are its inputs, else the stage's.
+    /// wrote, else the file is hashed here; `inputs` are its inputs, else the stage's. A shard
+    /// goes to the artifact list at once, anything else is kept until [`StageRun::finish`].
     fn add_artifact(
         &mut self,
         rel: &str,
@@ -954,9 +974,12 @@ impl StageRun {
             inputs: inputs.unwrap_or_else(|| self.inputs.iter().map(|i| i.id.clone()).collect()),
             code_version: code_version(),
             started_at: self.started_at,
-            finished_at: 0.0,
+            finished_at: if shard.is_some() { now() } else { 0.0 },
             shard,
         };
+        if record.shard.is_some() {
+            return self.shards.push(&record);
+        }
         match self.artifact_index.get(&record.id) {
             Some(&i) => self.artifacts[i] = record,
             None => {
@@ -969,7 +992,9 @@ impl StageRun {
     }
 
     /// Moves the outputs into `<run>/<stage>/` (replacing the previous ones) and writes the
-    /// manifest record. Nothing is recorded if this is never called.
+    /// manifest record. Nothing is recorded if this is never called. The record returned
+    /// holds the artifacts that are not shards; `artifact_count` counts them all (read the
+    /// stage's record from the manifest for its shards).
     pub fn finish(mut self, ctx: &StageCtx, metrics: Value) -> Result<StageRecord> {
         let finished_at = now();
         for a in &mut self.artifacts {
@@ -1001,7 +1026,7 @@ impl StageRun {
             config_hash: self.config_hash,
             config: self.config,
             inputs: self.inputs,
-            artifact_count: self.artifacts.len(),
+            artifact_count: self.shards.len() + self.artifacts.len(),
             artifacts: self.artifacts,
             metrics,
             code_version: code_version(),
@@ -1009,7 +1034,7 @@ impl StageRun {
             started_at: self.started_at,
             finished_at,
         };
-        ctx.manifest.commit(&record)?;
+        ctx.manifest.commit_with_list(&record, *self.shards)?;
         Ok(record)
     }
 }
@@ -1039,7 +1064,10 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What a stage's `run` function did.
+/// What a stage's `run` function did. Either way its record's `artifacts` leave out the
+/// stage's shards (`pairs` and `mask` write hundreds of thousands for a large corpus, and
+/// a run records them straight into the manifest: [`StageRun::add_shard`]);
+/// `artifact_count` counts them, and [`Manifest::stage`] reads them.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Inputs and config unchanged: the previous record stands.

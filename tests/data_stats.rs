@@ -258,7 +258,10 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
     bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
     let pairs = pairs::run(&ctx, &NoProgress).unwrap();
     assert!(!pairs.skipped());
-    let record = pairs.record();
+    // The record a run returns leaves out its shards (and counts them); the manifest has them.
+    assert!(pairs.record().artifacts.is_empty());
+    let record = &ctx.manifest.stage("pairs").unwrap().unwrap();
+    assert_eq!(record.artifacts.len(), pairs.record().artifact_count);
     let metrics = &record.metrics;
     let train_rows: u64 = record.artifacts_of("pairs-train").map(|a| a.rows).sum();
     let eval_rows: u64 = record.artifacts_of("pairs-eval").map(|a| a.rows).sum();
@@ -271,22 +274,25 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
         "{train_rows} / {eval_rows}"
     );
 
-    let mask = mask::run(&ctx, &NoProgress).unwrap();
-    assert!(!mask.skipped());
-    let instance_rows: u64 = mask.record().artifacts.iter().map(|a| a.rows).sum();
+    assert!(!mask::run(&ctx, &NoProgress).unwrap().skipped());
+    let mask = ctx.manifest.stage("mask").unwrap().unwrap();
+    assert_eq!(mask.artifacts.len(), mask.artifact_count);
+    let instance_rows: u64 = mask.artifacts.iter().map(|a| a.rows).sum();
     assert_eq!(instance_rows, train_rows + eval_rows);
     let stats = stage_stats(&ctx, Split::Train).unwrap();
     assert_eq!(stats.instances, train_rows);
     assert_eq!(
         stats.instances + stage_stats(&ctx, Split::Eval).unwrap().instances,
-        mask.record().metrics["instances"].as_u64().unwrap()
+        mask.metrics["instances"].as_u64().unwrap()
     );
     // max_seq_length 64, max_predictions_per_seq 10 in the tiny profile.
     for path in instance_shards(&ctx, Split::Train).unwrap() {
         let shard = read_instances(&path).unwrap();
         assert_eq!((shard.seq_len, shard.max_predictions), (64, 10));
     }
-    assert!(pairs::run(&ctx, &NoProgress).unwrap().skipped());
+    let skipped = pairs::run(&ctx, &NoProgress).unwrap();
+    assert!(skipped.skipped());
+    assert_eq!(skipped.record(), pairs.record(), "skipped as it ran");
     assert!(mask::run(&ctx, &NoProgress).unwrap().skipped());
     drop(ctx);
 
@@ -298,12 +304,14 @@ fn pairs_and_mask_stages_run_skip_and_reproduce() {
             .map(|a| (a.path.clone(), a.blake3.clone()))
             .collect::<Vec<_>>()
     };
+    pairs::run(&ctx, &NoProgress).unwrap();
     assert_eq!(
-        hashes(pairs::run(&ctx, &NoProgress).unwrap().record()),
+        hashes(&ctx.manifest.stage("pairs").unwrap().unwrap()),
         hashes(record)
     );
+    mask::run(&ctx, &NoProgress).unwrap();
     assert_eq!(
-        hashes(mask::run(&ctx, &NoProgress).unwrap().record()),
-        hashes(mask.record())
+        hashes(&ctx.manifest.stage("mask").unwrap().unwrap()),
+        hashes(&mask)
     );
 }

@@ -284,7 +284,9 @@ fn kill_9_mid_stage_records_nothing_and_the_rerun_finishes() {
     // The rerun finishes, clears the dead run's staging directory and records the shards.
     let out = bertline::pairs::run(&ctx, &NoProgress).unwrap();
     assert!(!out.skipped());
-    for a in &out.record().artifacts {
+    let record = ctx.manifest.stage("pairs").unwrap().unwrap();
+    assert!(!record.artifacts.is_empty());
+    for a in &record.artifacts {
         let (hash, _) = bertline::durable::hash_file(&ctx.path_of(a)).unwrap();
         assert_eq!(hash, a.blake3);
         bertline::shard::read_pairs(&ctx.path_of(a)).unwrap();
@@ -592,6 +594,7 @@ fn leftovers_of_dead_processes_are_removed_on_the_next_run() {
         ".staging/pairs-999999/train/.shard-00000.arrow.999999.tmp",
         ".work/pretrain-0123456789abcdef/.tmp-checkpoint-0000010-999999/state.json",
         ".work/pretrain-0123456789abcdef/.metrics.jsonl.999999.tmp",
+        "manifest.artifacts/.mask-0000000000000007.jsonl.999999.tmp",
     ];
     let kept = [
         ".work/pretrain-0123456789abcdef/checkpoint-0000010/state.json",
@@ -605,7 +608,7 @@ fn leftovers_of_dead_processes_are_removed_on_the_next_run() {
     drop(open_plain(&config, false));
     for f in dead {
         // What must go: the staging directory, or the work directory's entry.
-        let depth = if f.starts_with(".staging") { 2 } else { 3 };
+        let depth = if f.starts_with(".work") { 3 } else { 2 };
         let top: PathBuf = Path::new(f).iter().take(depth).collect();
         assert!(!run.join(&top).exists(), "{} left", top.display());
     }
@@ -722,23 +725,24 @@ fn shards_record_their_own_sources() {
     let config = project(tmp.path(), |t| t);
     let ctx = open(&config, false);
     bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
-    let pairs = bertline::pairs::run(&ctx, &NoProgress).unwrap();
-    let mask = bertline::mask::run(&ctx, &NoProgress).unwrap();
+    bertline::pairs::run(&ctx, &NoProgress).unwrap();
+    bertline::mask::run(&ctx, &NoProgress).unwrap();
+    let pairs = ctx.manifest.stage("pairs").unwrap().unwrap();
+    let mask = ctx.manifest.stage("mask").unwrap().unwrap();
     let corpus: Vec<&String> = pairs
-        .record()
         .inputs
         .iter()
         .map(|i| &i.id)
         .filter(|id| id.starts_with("file:"))
         .collect();
     assert_eq!(corpus.len(), 1, "{corpus:?}");
-    assert!(!pairs.record().artifacts.is_empty());
-    for a in &pairs.record().artifacts {
+    assert!(!pairs.artifacts.is_empty());
+    for a in &pairs.artifacts {
         assert_eq!(a.inputs, vec![corpus[0].clone()], "{}", a.id);
     }
-    let pairs_ids: Vec<&String> = pairs.record().artifacts.iter().map(|a| &a.id).collect();
+    let pairs_ids: Vec<&String> = pairs.artifacts.iter().map(|a| &a.id).collect();
     let mut used = Vec::new();
-    for a in &mask.record().artifacts {
+    for a in &mask.artifacts {
         assert_eq!(a.inputs.len(), 1, "{}: {:?}", a.id, a.inputs);
         assert!(
             pairs_ids.contains(&&a.inputs[0]),

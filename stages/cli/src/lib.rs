@@ -153,7 +153,7 @@ pub fn report_outcome(ctx: &StageCtx, stage: &str, outcome: &Outcome) {
     } else {
         tracing::info!(
             stage,
-            artifacts = record.artifacts.len(),
+            artifacts = record.artifact_count,
             seconds = format!("{:.1}", record.duration_s()),
             "done"
         );
