@@ -95,6 +95,52 @@ fn config_change_makes_stage_stale_with_reason() {
     assert!(err.contains("just stage vocab"), "{err}");
 }
 
+/// A stage records each upstream stage as one input, the digest of its artifacts: a forced
+/// upstream rerun that writes the same files leaves the stage fresh, one that writes other
+/// files makes it stale, naming the upstream stage.
+#[test]
+fn downstream_freshness_follows_the_upstream_outputs_not_their_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), |t| t);
+    {
+        let ctx = open_plain(&config, false);
+        bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
+        bertline::pairs::run(&ctx, &NoProgress).unwrap();
+        bertline::mask::run(&ctx, &NoProgress).unwrap();
+        let mask = ctx.manifest.stage("mask").unwrap().unwrap();
+        let pairs = ctx.manifest.stage("pairs").unwrap().unwrap();
+        assert!(pairs.artifacts.len() > 1);
+        let vocab = ctx.manifest.stage("vocab").unwrap().unwrap();
+        assert_eq!(
+            mask.inputs,
+            [
+                bertline::stage::upstream_input(&vocab),
+                bertline::stage::upstream_input(&pairs)
+            ]
+        );
+    }
+    let forced = open_plain(&config, true);
+    assert!(!bertline::pairs::run(&forced, &NoProgress)
+        .unwrap()
+        .skipped());
+    drop(forced);
+    let ctx = open_plain(&config, false);
+    assert_eq!(ctx.freshness(Stage::Mask).unwrap(), Freshness::Fresh);
+    drop(ctx);
+    project(tmp.path(), |t| {
+        t.replace(
+            "dupe_factor = 1\nmax_seq_length = 64",
+            "dupe_factor = 2\nmax_seq_length = 64",
+        )
+    });
+    let ctx = open_plain(&config, false);
+    bertline::pairs::run(&ctx, &NoProgress).unwrap();
+    match ctx.freshness(Stage::Mask).unwrap() {
+        Freshness::Stale(why) => assert_eq!(why, "inputs changed (stage:pairs)"),
+        other => panic!("expected stale, got {other}"),
+    }
+}
+
 #[test]
 fn tampered_artifact_is_stale_with_verify() {
     let tmp = tempfile::tempdir().unwrap();

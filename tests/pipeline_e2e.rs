@@ -40,7 +40,9 @@ fn tiny_pipeline_end_to_end() {
     let report = bertline::report::run(&ctx).unwrap();
     let _ = report;
 
-    // Every stage fresh, lineage complete: each artifact's inputs exist upstream.
+    // Every stage fresh, lineage complete: each stage's inputs are raw files or the current
+    // outputs of a stage upstream (its digest as it stands), each shard's inputs artifacts
+    // upstream.
     for (stage, fresh) in ctx.status().unwrap() {
         assert_eq!(fresh, Freshness::Fresh, "{stage}");
     }
@@ -49,20 +51,36 @@ fn tiny_pipeline_end_to_end() {
         .iter()
         .flat_map(|r| r.artifacts.iter().map(|a| a.id.clone()))
         .collect();
+    let digests: Vec<bertline::manifest::InputRef> = records
+        .iter()
+        .map(bertline::stage::upstream_input)
+        .collect();
     for r in &records {
         for input in &r.inputs {
             assert!(
-                input.id.starts_with("file:") || ids.contains(&input.id),
-                "{} reads {} which no stage recorded",
+                input.id.starts_with("file:") || digests.contains(input),
+                "{} reads {} which is not a current stage's output",
                 r.stage,
                 input.id
             );
         }
+        for a in r.artifacts.iter().filter(|a| a.shard.is_some()) {
+            for input in &a.inputs {
+                assert!(
+                    input.starts_with("file:") || ids.contains(input),
+                    "{} was made from {input}, which no stage recorded",
+                    a.id
+                );
+            }
+        }
     }
-    let mask = ctx.manifest.stage("mask").unwrap().unwrap();
-    assert!(mask.inputs.iter().any(|i| i.id.starts_with("pairs/")));
+    let upstream = |stage: &str| -> Vec<String> {
+        let record = ctx.manifest.stage(stage).unwrap().unwrap();
+        record.inputs.iter().map(|i| i.id.clone()).collect()
+    };
+    assert_eq!(upstream("mask"), ["stage:vocab", "stage:pairs"]);
+    assert_eq!(upstream("pretrain")[..2], ["stage:vocab", "stage:mask"]);
     let pretrain = ctx.manifest.stage("pretrain").unwrap().unwrap();
-    assert!(pretrain.inputs.iter().any(|i| i.id.starts_with("mask/")));
     assert!(pretrain
         .artifacts
         .iter()

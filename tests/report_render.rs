@@ -140,7 +140,18 @@ fn html_is_self_contained_and_names_every_artifact() {
     for id in &ids {
         assert!(html.contains(id.as_str()), "artifact {id} not named");
     }
-    assert_eq!(data.inputs().len(), 30);
+    // One input per stage described, the digest of its artifacts.
+    let stages: Vec<String> = data.inputs().into_iter().map(|i| i.id).collect();
+    assert_eq!(
+        stages,
+        [
+            "stage:vocab",
+            "stage:pairs",
+            "stage:mask",
+            "stage:pretrain",
+            "stage:finetune"
+        ]
+    );
     assert!(data.warnings.is_empty(), "{:?}", data.warnings);
     assert!(
         !html.contains("missing</td>"),
@@ -233,7 +244,39 @@ fn absent_stages_print_missing_never_zero() {
     assert!(html.contains("<td class=\"missing\">missing</td>"));
     assert!(!html.contains("<svg"), "no data, no plots");
     // The report only describes what exists.
-    assert_eq!(data.inputs().len(), 6);
+    let inputs: Vec<String> = data.inputs().into_iter().map(|i| i.id).collect();
+    assert_eq!(inputs, ["stage:vocab", "stage:pairs"]);
+}
+
+/// The same with what stages record now: one input per upstream stage, the digest of its
+/// artifacts (`bertline::stage::upstream_input`).
+#[test]
+fn a_changed_upstream_stage_marks_its_consumers_stale() {
+    use bertline::stage::upstream_input;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = recorded_run(dir.path(), &["vocab", "pairs", "mask"]);
+    let current = |stage: &str| manifest.stage(stage).unwrap().unwrap();
+    let mut mask = current("mask");
+    mask.inputs = vec![
+        upstream_input(&current("vocab")),
+        upstream_input(&current("pairs")),
+    ];
+    mask.finished_at += 1.0;
+    manifest.commit(&mask).unwrap();
+    let data = ReportData::from_manifest(&manifest).unwrap();
+    let entry = data.stages.iter().find(|s| s.name == "mask").unwrap();
+    assert!(entry.stale_inputs.is_empty(), "{:?}", entry.stale_inputs);
+    assert!(render_markdown(&data).contains("Inputs: the outputs of vocab, pairs"));
+
+    let mut pairs = current("pairs");
+    pairs.artifacts[0].blake3 = "f".repeat(64);
+    pairs.finished_at += 3600.0;
+    manifest.commit(&pairs).unwrap();
+    let data = ReportData::from_manifest(&manifest).unwrap();
+    let entry = data.stages.iter().find(|s| s.name == "mask").unwrap();
+    assert_eq!(entry.status(), "stale");
+    assert_eq!(entry.stale_inputs, ["stage:pairs"]);
+    assert!(render_markdown(&data).contains("mask is stale: 1 of its inputs changed upstream"));
 }
 
 #[test]
@@ -293,11 +336,8 @@ fn a_changed_or_lost_log_is_reported_not_trusted() {
 fn rerunning_after_a_new_pretrain_picks_up_the_new_log() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = recorded_run(dir.path(), &PIPELINE_STAGES);
-    let first = write_report(
-        &ReportData::from_manifest(&manifest).unwrap(),
-        &dir.path().join("report"),
-    )
-    .unwrap();
+    let first_data = ReportData::from_manifest(&manifest).unwrap();
+    let first = write_report(&first_data, &dir.path().join("report")).unwrap();
     let before = std::fs::read_to_string(&first.markdown).unwrap();
     assert!(before.contains("| pre-training loss | 3.9730 |"));
 
@@ -316,10 +356,21 @@ fn rerunning_after_a_new_pretrain_picks_up_the_new_log() {
     assert!(after.contains("| pre-training loss | 3.2500 |"));
     assert!(after.contains("| MLM accuracy | 0.3500 |"));
     let new_hash = blake3::hash(log.as_bytes()).to_hex().to_string();
-    assert!(data
-        .inputs()
-        .iter()
-        .any(|i| i.id == "pretrain/metrics.jsonl" && i.blake3 == new_hash));
+    let pretrain_input = |data: &ReportData| {
+        let inputs = data.inputs();
+        inputs
+            .into_iter()
+            .find(|i| i.id == "stage:pretrain")
+            .unwrap()
+    };
+    assert_eq!(
+        pretrain_input(&data),
+        bertline::stage::upstream_input(&pretrain)
+    );
+    assert_ne!(
+        pretrain_input(&data).blake3,
+        pretrain_input(&first_data).blake3
+    );
     let html = std::fs::read_to_string(&second.html).unwrap();
     assert!(html.contains(&new_hash[..12]));
     assert!(!dir.path().join("report").read_dir().unwrap().any(|e| e

@@ -98,16 +98,16 @@ fn report_stage_records_its_files_with_the_artifacts_it_describes() {
     let ids: Vec<&str> = record.artifacts.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, ["report/report.md", "report/report.html"]);
     assert!(record.artifacts.iter().all(|a| a.kind == REPORT_KIND));
-    let described: Vec<String> = fixture_records()
+    // Its inputs: every stage it describes, as the digest of all of that stage's artifacts.
+    let described: Vec<bertline::manifest::InputRef> = fixture_records()
         .iter()
-        .flat_map(|r| r.artifacts.iter().map(|a| a.id.clone()))
+        .map(|r| ctx.manifest.stage(&r.stage).unwrap().unwrap())
+        .map(|r| bertline::stage::upstream_input(&r))
         .collect();
-    let mut inputs: Vec<String> = record.inputs.iter().map(|i| i.id.clone()).collect();
-    let mut expected = described.clone();
-    inputs.sort();
-    expected.sort();
-    assert_eq!(inputs, expected);
-    assert_eq!(record.artifacts[1].inputs.len(), described.len());
+    assert_eq!(described.len(), 5);
+    assert_eq!(record.inputs, described);
+    let ids: Vec<String> = described.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(record.artifacts[1].inputs, ids);
     assert_eq!(record.metrics["artifacts_described"], 30);
     assert_eq!(
         record.metrics["stages_missing"].as_array().unwrap().len(),

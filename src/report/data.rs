@@ -15,6 +15,7 @@ use crate::finetune::{ArmSummary, FinetuneSummary};
 use crate::manifest::{ArtifactRecord, HistoryRecord, InputRef, Manifest, StageRecord};
 use crate::metrics::SeedSummary;
 use crate::pretrain::{fill_tokens_seen, LogSplit, PretrainLogRow};
+use crate::stage::upstream_input;
 
 use super::reference::{canonical_task, DATA_REFERENCES, STANDARD_TASKS};
 
@@ -282,10 +283,14 @@ impl ReportData {
     /// name. The report stage's own record is ignored.
     pub fn from_manifest(manifest: &Manifest) -> Result<ReportData> {
         let records = manifest.stages()?;
+        let digests: Vec<InputRef> = records.iter().map(upstream_input).collect();
+        // What a stage may have read: an upstream stage as a whole (`stage:<name>`), or, in
+        // records of earlier versions, each of its artifacts.
         let current: HashMap<&str, &str> = records
             .iter()
             .flat_map(|r| &r.artifacts)
             .map(|a| (a.id.as_str(), a.blake3.as_str()))
+            .chain(digests.iter().map(|d| (d.id.as_str(), d.blake3.as_str())))
             .collect();
         let mut stale: HashMap<String, Vec<String>> = records
             .iter()
@@ -326,14 +331,14 @@ impl ReportData {
         })
     }
 
-    /// The artifacts this report describes (every artifact of every stage it lists), as the
-    /// inputs of the report stage: rerunning after any of them changes makes a new report.
+    /// The stages this report describes, as the inputs of the report stage (one
+    /// [`upstream_input`] each, a digest of all its artifacts): rerunning after any artifact
+    /// changed makes a new report.
     pub fn inputs(&self) -> Vec<InputRef> {
-        self.artifacts()
-            .map(|a| InputRef {
-                id: a.id.clone(),
-                blake3: a.blake3.clone(),
-            })
+        self.stages
+            .iter()
+            .filter_map(|s| s.record.as_ref())
+            .map(upstream_input)
             .collect()
     }
 

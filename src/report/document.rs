@@ -260,9 +260,21 @@ fn lineage_section(data: &ReportData) -> Section {
             .filter(|i| i.id.starts_with("file:"))
             .map(|i| format!("{} ({})", i.id, short(&i.blake3)))
             .collect();
-        let upstream = record.inputs.len() - raw.len();
+        // One input per upstream stage (`stage:<name>`), or per artifact in records of
+        // earlier versions.
+        let stages: Vec<&str> = record
+            .inputs
+            .iter()
+            .filter_map(|i| i.id.strip_prefix(crate::stage::UPSTREAM_PREFIX))
+            .collect();
+        let artifacts = record.inputs.len() - raw.len() - stages.len();
+        let upstream = match (stages.is_empty(), artifacts) {
+            (false, _) => format!("the outputs of {}", stages.join(", ")),
+            (true, 0) => "nothing upstream".to_string(),
+            (true, n) => format!("{n} upstream artifact(s)"),
+        };
         inner.push(Block::Paragraph(format!(
-            "Inputs: {upstream} upstream artifact(s){}{}",
+            "Inputs: {upstream}{}{}",
             if raw.is_empty() { "" } else { "; raw files: " },
             raw.join(", ")
         )));
