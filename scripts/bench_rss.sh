@@ -32,6 +32,9 @@
 #   SIZES="7 50 500"     corpus sizes in MB (10^6 bytes), the default
 #   THREADS=N            the stages' run.threads (default 0: all cores); more threads than
 #                        cores shows what a larger machine would hold in memory
+#   SHARD_ROWS=N         pairs.shard_rows (default: pipeline.toml's, 32768); a small value
+#                        (16: 44,039 shards of each stage on 50 MB of text) shows what the
+#                        number of shards costs, as a corpus of many GB makes them
 #   TMPDIR=DIR           where the corpora and run directories go (default /tmp)
 #   NO_BUILD=1           skip `cargo build`
 #   KEEP=1               keep the temporary directory (corpora, runs, logs, timings); needs
@@ -57,6 +60,8 @@ mapfile -t sources < <(for g in "${groups[@]}"; do echo "$g" | awk -v OFS='\t' '
 
 threads=${THREADS:-0}
 [[ $threads =~ ^[0-9]+$ ]] || { echo "error: THREADS holds '$threads'; it is a number of threads (0: all cores)" >&2; exit 2; }
+shard_rows=${SHARD_ROWS:-}
+[[ -z $shard_rows || $shard_rows =~ ^[1-9][0-9]*$ ]] || { echo "error: SHARD_ROWS holds '$shard_rows'; it is a number of pairs per shard (at least 1)" >&2; exit 2; }
 read -r -a sizes <<< "${SIZES:-7 50 500}"
 [[ ${#sizes[@]} -gt 0 ]] || { echo "error: SIZES is empty" >&2; exit 2; }
 for s in "${sizes[@]}"; do
@@ -207,6 +212,7 @@ vocab_size = 8192
 max_seq_length = 128
 short_seq_prob = 0.1
 dupe_factor = 5
+${shard_rows:+shard_rows = $shard_rows}
 [profiles.bench_rss.mask]
 masked_lm_prob = 0.15
 max_predictions_per_seq = 20
@@ -223,8 +229,9 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 avx=$(grep -qw avx512f /proc/cpuinfo && echo AVX-512 || { grep -qw avx2 /proc/cpuinfo && echo AVX2 || echo "no AVX2"; })
 setup() { python3 -c 'import json, sys; print(json.dumps({"setup": sys.argv[1]}))' "$1"; }
 {
-    setup "$(printf 'bench-rss: real text of %s (%d files, %.1f MB, repeated above that), max_seq_length 128, dupe_factor 5, max_predictions 20, masked_lm_prob 0.15, vocab 8192, seed %d' \
-        "$text" "${#sources[@]}" "$(awk -v b="$source_bytes" 'BEGIN { print b / 1e6 }')" "$seed")"
+    setup "$(printf 'bench-rss: real text of %s (%d files, %.1f MB, repeated above that), max_seq_length 128, dupe_factor 5, max_predictions 20, masked_lm_prob 0.15, vocab 8192, seed %d%s' \
+        "$text" "${#sources[@]}" "$(awk -v b="$source_bytes" 'BEGIN { print b / 1e6 }')" "$seed" \
+        "${shard_rows:+, shard_rows $shard_rows}")"
     setup "$(printf '%s (%s), %d cores, run.threads %s; load average %s before, %s after' \
         "$cpu" "$avx" "$(nproc)" "$threads" "$load_before" "$load_after")"
     cat "$tmp/measured.jsonl"

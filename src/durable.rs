@@ -107,9 +107,9 @@ where
     }
 }
 
-/// Files handed to the [`Flusher`] and not yet taken by it, at most: a writer that finds the
+/// Files handed to the background flusher and not yet taken by it, at most: a writer that finds the
 /// queue full waits for the disk. Each queued file is an open descriptor; unbounded, a stage
-/// writing small shards faster than the disk syncs them (50 MB of text as 113,000 shards of
+/// writing small shards faster than the disk syncs them (50 MB of text as 44,039 shards of
 /// 16 pairs) ran out of descriptors ("Too many open files", the usual limit is 1,024).
 pub const FLUSH_QUEUE: usize = 128;
 

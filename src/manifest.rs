@@ -31,6 +31,7 @@
 //! input file as of a size, mtime, ctime and inode, so a stage does not re-read a large
 //! corpus to find it unchanged. Losing it costs a re-hash, never a wrong answer.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -75,13 +76,15 @@ pub struct ArtifactRecord {
     pub schema_version: u32,
     /// blake3 of the stage's canonical config JSON.
     pub config_hash: String,
-    /// Ids of the artifacts (and `file:` paths) the stage read.
+    /// What it was made from: for a shard, the ids of its sources (input files, an upstream
+    /// shard); else the ids of its stage's inputs (`file:` paths and `stage:<name>`).
     pub inputs: Vec<String>,
     /// [`code_version`] of the writer.
     pub code_version: String,
-    /// Unix seconds.
+    /// Unix seconds: when its stage started.
     pub started_at: f64,
-    /// Unix seconds.
+    /// Unix seconds: when it was recorded (a shard, [`crate::stage::StageRun::add_shard`]),
+    /// else when its stage finished.
     pub finished_at: f64,
     /// Which shard it is, for the shards of `pairs` and `mask` (what later stages
     /// read instead of the file name).
@@ -89,12 +92,16 @@ pub struct ArtifactRecord {
     pub shard: Option<crate::shard::ShardId>,
 }
 
-/// An input of a stage run: an upstream artifact or a raw file, with its hash at run time.
+/// An input of a stage run: an upstream stage's outputs or a raw file, with its hash at run
+/// time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRef {
-    /// Artifact id (`pairs/train-00000-0000.arrow`) or `file:<path as configured>`.
+    /// `stage:<name>` (all of an upstream stage's artifacts, [`crate::stage::upstream_input`]),
+    /// `file:<path>`, or in records of earlier versions an artifact id
+    /// (`pairs/train-00000-0000.arrow`).
     pub id: String,
-    /// blake3 of the content when the stage ran.
+    /// blake3 of the content when the stage ran (for a stage, of its artifacts' ids and
+    /// hashes).
     pub blake3: String,
 }
 
@@ -350,7 +357,7 @@ impl Manifest {
 
     /// Records a complete stage run and its artifacts, replacing the stage's previous record
     /// (whose artifacts are dropped) and clearing its publishing mark; then flushes to disk.
-    /// The artifacts go in chunks under a new generation first, then one transaction makes
+    /// The artifacts go to a new artifact list first (fsynced), then one transaction makes
     /// the record naming it current (see the module doc): a kill at any point leaves either
     /// the old record with its artifacts or the new one with its.
     pub fn commit(&self, record: &StageRecord) -> Result<()> {
@@ -448,38 +455,48 @@ impl Manifest {
         self.remove_artifact_lists(stage, None)
     }
 
-    /// The artifact list `name` read back, or `None` (with a warning) when it is missing,
-    /// unreadable or not the list recorded (its blake3 differs): the record it belongs to is
-    /// then stale, holding fewer artifact records than it counts.
-    fn read_artifact_list(&self, name: &str, blake3: &str) -> Option<Vec<ArtifactRecord>> {
+    /// Streams the artifact list `name` to `f`, one record at a time; the records read, or
+    /// `None` (with a warning) when it is missing, unreadable or not the list recorded (its
+    /// blake3 differs, found at its end, after `f` saw its records).
+    fn stream_artifact_list(
+        &self,
+        name: &str,
+        blake3: &str,
+        f: &mut dyn FnMut(ArtifactRecord) -> Result<ControlFlow<()>>,
+    ) -> Result<Option<Streamed>> {
         use std::io::BufRead;
         let path = self.run_dir.join(ARTIFACT_LISTS).join(name);
-        let read = || -> std::result::Result<Vec<ArtifactRecord>, String> {
-            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-            let (mut hasher, mut line, mut out) = (blake3::Hasher::new(), Vec::new(), Vec::new());
-            loop {
-                line.clear();
-                if reader
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| e.to_string())?
-                    == 0
-                {
-                    break;
-                }
-                hasher.update(&line);
-                out.push(serde_json::from_slice(&line).map_err(|e| e.to_string())?);
-            }
-            if hasher.finalize().to_hex().as_str() != blake3 {
-                return Err("its content is not the list recorded".into());
-            }
-            Ok(out)
+        let unreadable = |e: String| {
+            tracing::warn!(file = %path.display(), "unreadable artifact list ({e}): its stage is stale");
+            Ok(None)
         };
-        read()
-            .inspect_err(|e| {
-                tracing::warn!(file = %path.display(), "unreadable artifact list ({e}): its stage is stale")
-            })
-            .ok()
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => return unreadable(e.to_string()),
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let (mut hasher, mut line, mut count) = (blake3::Hasher::new(), Vec::new(), 0);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return unreadable(e.to_string()),
+            }
+            hasher.update(&line);
+            let record = match serde_json::from_slice(&line) {
+                Ok(record) => record,
+                Err(e) => return unreadable(e.to_string()),
+            };
+            count += 1;
+            if f(record)?.is_break() {
+                return Ok(Some(Streamed::Stopped));
+            }
+        }
+        if hasher.finalize().to_hex().as_str() != blake3 {
+            return unreadable("its content is not the list recorded".into());
+        }
+        Ok(Some(Streamed::All(count)))
     }
 
     /// Removes the artifact lists of `stage` but `keep`: the previous record's, those of
@@ -539,30 +556,110 @@ impl Manifest {
         Ok(())
     }
 
-    /// A stored stage record as the readers see it: with its artifacts when `load_artifacts`
-    /// (read chunk by chunk from its generation), else with their count only.
+    /// A stored stage record as the readers see it: with its artifacts when `load_artifacts`,
+    /// else with their count only.
     fn stage_record(&self, key: &[u8], value: &[u8], load_artifacts: bool) -> Result<StageRecord> {
+        let (mut record, stored) = self.parse_stage_record(key, value)?;
+        if load_artifacts {
+            let mut artifacts = Vec::with_capacity(record.artifact_count);
+            let read = self.stream_stored_artifacts(&record, &stored, &mut |a| {
+                artifacts.push(a);
+                Ok(ControlFlow::Continue(()))
+            })?;
+            // A list that cannot be read counts as none: the record is then stale.
+            record.artifacts = if read.is_some() {
+                artifacts
+            } else {
+                Vec::new()
+            };
+        }
+        Ok(record)
+    }
+
+    /// A stored stage record without its artifacts (`artifact_count` set), and where they are.
+    fn parse_stage_record(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(StageRecord, StoredArtifacts)> {
         let unreadable = |e| self.unreadable(STAGES_OR_HISTORY, key, e);
         let mut record: StageRecord = serde_json::from_slice(value).map_err(unreadable)?;
-        let stored: StoredArtifacts = serde_json::from_slice(value).map_err(unreadable)?;
+        let mut stored: StoredArtifacts = serde_json::from_slice(value).map_err(unreadable)?;
         // Records written before stage_artifacts hold their artifacts inline.
         record.artifact_count = stored.artifact_count.unwrap_or(record.artifacts.len());
-        if let (Some(file), Some(blake3), true) = (
-            &stored.artifact_file,
-            &stored.artifact_blake3,
-            load_artifacts,
-        ) {
-            record.artifacts = self.read_artifact_list(file, blake3).unwrap_or_default();
-        } else if let (Some(generation), true) = (stored.artifact_generation, load_artifacts) {
+        stored.inline = std::mem::take(&mut record.artifacts);
+        Ok((record, stored))
+    }
+
+    /// Streams a record's artifacts from wherever its version kept them: its artifact list,
+    /// chunks in `stage_artifacts`, or inline.
+    fn stream_stored_artifacts(
+        &self,
+        record: &StageRecord,
+        stored: &StoredArtifacts,
+        f: &mut dyn FnMut(ArtifactRecord) -> Result<ControlFlow<()>>,
+    ) -> Result<Option<Streamed>> {
+        if let (Some(file), Some(blake3)) = (&stored.artifact_file, &stored.artifact_blake3) {
+            return self.stream_artifact_list(file, blake3, f);
+        }
+        let mut count = 0;
+        let mut each = |a: ArtifactRecord| -> Result<bool> {
+            count += 1;
+            Ok(f(a)?.is_break())
+        };
+        if let Some(generation) = stored.artifact_generation {
             let prefix = chunk_prefix(&record.stage, generation);
             for kv in self.tree(STAGE_ARTIFACTS)?.scan_prefix(prefix) {
                 let (k, v) = kv.map_err(|e| self.db_error(e))?;
                 let chunk: Vec<ArtifactRecord> = serde_json::from_slice(&v)
                     .map_err(|e| self.unreadable(STAGE_ARTIFACTS, &k, e))?;
-                record.artifacts.extend(chunk);
+                for a in chunk {
+                    if each(a)? {
+                        return Ok(Some(Streamed::Stopped));
+                    }
+                }
+            }
+        } else {
+            for a in stored.inline.iter().cloned() {
+                if each(a)? {
+                    return Ok(Some(Streamed::Stopped));
+                }
             }
         }
-        Ok(record)
+        Ok(Some(Streamed::All(count)))
+    }
+
+    /// The latest complete record of `stage` without its artifacts (`artifact_count` says
+    /// how many it has; [`Manifest::each_artifact`] reads them).
+    pub fn stage_summary(&self, stage: &str) -> Result<Option<StageRecord>> {
+        let value = self
+            .tree("stages")?
+            .get(stage.as_bytes())
+            .map_err(|e| self.db_error(e))?;
+        value
+            .map(|v| self.stage_record(stage.as_bytes(), &v, false))
+            .transpose()
+    }
+
+    /// Streams the artifact records of `stage`'s latest record to `f`, in recorded order,
+    /// none held: a stage of a large corpus has hundreds of thousands. `f` may stop early
+    /// (`ControlFlow::Break`). `None` when the stage has no record, or its artifacts cannot
+    /// be read whole (a list that is missing, unreadable or not the one recorded, warned
+    /// about: the stage is stale, and `f` may have seen part of it).
+    pub fn each_artifact(
+        &self,
+        stage: &str,
+        mut f: impl FnMut(ArtifactRecord) -> Result<ControlFlow<()>>,
+    ) -> Result<Option<Streamed>> {
+        let value = self
+            .tree("stages")?
+            .get(stage.as_bytes())
+            .map_err(|e| self.db_error(e))?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let (record, stored) = self.parse_stage_record(stage.as_bytes(), &value)?;
+        self.stream_stored_artifacts(&record, &stored, &mut f)
     }
 
     fn tree(&self, name: &str) -> Result<sled::Tree> {
@@ -643,6 +740,18 @@ struct StoredArtifacts {
     artifact_file: Option<String>,
     artifact_blake3: Option<String>,
     artifact_generation: Option<u64>,
+    /// The artifacts of a record that holds them inline (taken from the parsed record).
+    #[serde(skip)]
+    inline: Vec<ArtifactRecord>,
+}
+
+/// How far [`Manifest::each_artifact`] read a stage's artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// All of them: this many.
+    All(usize),
+    /// The callback stopped it.
+    Stopped,
 }
 
 /// An artifact list being written: one JSON [`ArtifactRecord`] a line, to a temp file beside

@@ -613,6 +613,21 @@ impl ShardMasker<'_> {
     }
 }
 
+/// What the `mask` stage keeps of a pairs shard's record while it masks them all: a large
+/// corpus has hundreds of thousands, whose full records it does not hold.
+struct PairsShard {
+    path: PathBuf,
+    /// The artifact id, recorded as the source of its instance shards.
+    artifact: String,
+    id: ShardId,
+    rows: u64,
+    shape: InstanceShape,
+}
+
+/// Pairs shards masked between two recordings of their instance shards: what masking
+/// returns (hashes, counts) is held for this many at most.
+const RECORD_WINDOW: usize = 256;
+
 pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let cfg = ctx.config();
     let mut run = match ctx.begin(Stage::Mask)? {
@@ -622,19 +637,34 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
     let (tokens, vocab_path) = load_stage_vocab_tokens(ctx)?;
     let vocab =
         MaskVocab::from_tokens(&tokens).map_err(|e| Error::data(&vocab_path, e.to_string()))?;
-    let pairs_record = ctx.upstream(Stage::Pairs)?;
     let started = Instant::now();
-    let shards: Vec<(usize, &ArtifactRecord, ShardId, InstanceShape)> = [Split::Train, Split::Eval]
-        .into_iter()
-        .flat_map(|split| pairs_record.artifacts_of(pairs_kind(split)))
-        .enumerate()
-        .map(|(index, artifact)| {
-            let id = recorded_shard_id(artifact)?;
-            Ok((index, artifact, id, shape_of_pairs_shard(cfg, &id)?))
-        })
-        .collect::<Result<_>>()?;
-    progress.start("mask", shards.iter().map(|(_, a, _, _)| a.rows).sum());
-    let longest = shards.iter().map(|(.., shape)| shape.max_seq_length).max();
+    // What masking needs of each pairs shard, train shards first, each split in recorded
+    // order (the order numbers them and seeds their random streams).
+    let (mut shards, mut eval) = (Vec::new(), Vec::new());
+    ctx.each_upstream_artifact(Stage::Pairs, |artifact| {
+        let split = [Split::Train, Split::Eval]
+            .into_iter()
+            .find(|&split| artifact.kind == pairs_kind(split));
+        let Some(split) = split else {
+            return Ok(());
+        };
+        let id = recorded_shard_id(&artifact)?;
+        let shard = PairsShard {
+            path: ctx.path_of(&artifact),
+            shape: shape_of_pairs_shard(cfg, &id)?,
+            artifact: artifact.id,
+            id,
+            rows: artifact.rows,
+        };
+        match split {
+            Split::Train => shards.push(shard),
+            Split::Eval => eval.push(shard),
+        }
+        Ok(())
+    })?;
+    shards.append(&mut eval);
+    progress.start("mask", shards.iter().map(|s| s.rows).sum());
+    let longest = shards.iter().map(|s| s.shape.max_seq_length).max();
     let in_flight =
         crate::workers::items_in_flight(cfg.run.data_memory_mb, shard_memory(longest.unwrap_or(0)));
     let masker = ShardMasker {
@@ -644,34 +674,45 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
         pair_buffers: Recycler::default(),
         block_buffers: Recycler::default(),
     };
-    // One pairs shard per thread at a time, `in_flight` at most (crate::workers explains
-    // why not `par_iter`).
-    let per_shard =
-        crate::workers::map_bounded(&shards, in_flight, |_, &(index, artifact, id, shape)| {
-            let path = ctx.path_of(artifact);
-            let (parts, stats) = masker.mask_shard(&path, index, id, shape, run.dir(), progress)?;
-            let parts: Vec<_> = parts
-                .into_iter()
-                .map(|(part_id, info)| (part_id, info, artifact.id.clone()))
-                .collect();
-            Ok((parts, stats, shape))
-        })?;
-    progress.finish();
     let mut totals = InstanceStats::default();
     let mut by_length: std::collections::BTreeMap<usize, InstanceStats> = Default::default();
     let mut written = 0;
-    for (parts, stats, shape) in &per_shard {
-        for (id, info, source) in parts {
-            let sources = vec![source.clone()];
-            run.add_shard(&id.file_name(), instances_kind(id.split), id, info, sources)?;
-            written += 1;
+    // One pairs shard per thread at a time, `in_flight` at most (crate::workers explains
+    // why not `par_iter`), a window of shards at a time so that what their masking returns
+    // is recorded (in order) and dropped as it goes.
+    for (window, group) in shards.chunks(RECORD_WINDOW).enumerate() {
+        let per_shard = crate::workers::map_bounded(group, in_flight, |i, shard| {
+            let index = window * RECORD_WINDOW + i;
+            let (parts, stats) = masker.mask_shard(
+                &shard.path,
+                index,
+                shard.id,
+                shard.shape,
+                run.dir(),
+                progress,
+            )?;
+            Ok((parts, stats))
+        })?;
+        for ((parts, stats), shard) in per_shard.into_iter().zip(group) {
+            for (id, info) in parts {
+                let sources = vec![shard.artifact.clone()];
+                run.add_shard(
+                    &id.file_name(),
+                    instances_kind(id.split),
+                    &id,
+                    &info,
+                    sources,
+                )?;
+                written += 1;
+            }
+            totals.merge(&stats);
+            by_length
+                .entry(shard.shape.max_seq_length)
+                .or_default()
+                .merge(&stats);
         }
-        totals.merge(stats);
-        by_length
-            .entry(shape.max_seq_length)
-            .or_default()
-            .merge(stats);
     }
+    progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     let mut metrics = serde_json::to_value(&totals).expect("stats serialise");
     metrics["shards"] = json!(written);

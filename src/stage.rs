@@ -1,11 +1,11 @@
 //! Stages and their freshness: what each stage reads, how its fingerprint is made, and the
 //! [`StageCtx`] every stage binary runs in.
 //!
-//! A stage's fingerprint is blake3 over its slice of the config, the hashes of the upstream
-//! artifacts it reads, the hashes of raw input files, and [`SCHEMA_VERSION`]. A stage whose
-//! complete record has the same fingerprint (and whose files are still there) is skipped; a
-//! changed one makes everything downstream stale, because downstream fingerprints include
-//! the upstream artifacts' hashes. Outputs are written into a staging directory and moved
+//! A stage's fingerprint is blake3 over its slice of the config, one digest per upstream stage
+//! it reads (of that stage's artifacts' ids and hashes, [`upstream_input`]), the hashes of
+//! raw input files, and [`SCHEMA_VERSION`]. A stage whose complete record has the same
+//! fingerprint (and whose files are still there) is skipped; a changed one makes everything
+//! downstream stale, because downstream fingerprints include the upstream artifacts' hashes. Outputs are written into a staging directory and moved
 //! into place only when the stage succeeds; only then is the manifest record written.
 //!
 //! Publishing is one step as far as freshness goes: before the outputs move, the manifest
@@ -18,6 +18,7 @@
 //! as large as the corpus together) only when their mtime moved or with `--verify`.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,8 @@ use crate::config::{load_config, LoadedConfig, PipelineConfig};
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
-    code_version, ArtifactRecord, InputRef, InputStamp, Manifest, StageRecord, SCHEMA_VERSION,
+    code_version, ArtifactRecord, InputRef, InputStamp, Manifest, StageRecord, Streamed,
+    SCHEMA_VERSION,
 };
 
 /// The six stages, in pipeline order.
@@ -442,11 +444,37 @@ impl StageCtx {
 
     /// The record of an upstream stage, which must be fresh.
     pub fn upstream(&self, stage: Stage) -> Result<StageRecord> {
+        self.require_fresh(stage)?;
+        Ok(self
+            .manifest
+            .stage(stage.name())?
+            .expect("fresh stage has a record"))
+    }
+
+    /// Streams the artifact records of an upstream stage, which must be fresh, to `f`, in
+    /// recorded order, none held (the shards of a large corpus are hundreds of thousands).
+    pub fn each_upstream_artifact(
+        &self,
+        stage: Stage,
+        mut f: impl FnMut(ArtifactRecord) -> Result<()>,
+    ) -> Result<()> {
+        self.require_fresh(stage)?;
+        let read = self.manifest.each_artifact(stage.name(), |a| {
+            f(a)?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        match read {
+            Some(Streamed::All(_)) => Ok(()),
+            _ => Err(Error::Stage(format!(
+                "the artifact records of `{stage}` changed while it was read; run again"
+            ))),
+        }
+    }
+
+    /// Fails with a one-line error unless the upstream stage is fresh.
+    fn require_fresh(&self, stage: Stage) -> Result<()> {
         match self.freshness(stage)? {
-            Freshness::Fresh => Ok(self
-                .manifest
-                .stage(stage.name())?
-                .expect("fresh stage has a record")),
+            Freshness::Fresh => Ok(()),
             other => Err(Error::Stage(format!(
                 "upstream stage `{stage}` is {other}; run `just stage {stage}` (or `just pipeline`) first"
             ))),
@@ -463,12 +491,12 @@ impl StageCtx {
 
     /// Where `stage` stands now.
     pub fn freshness(&self, stage: Stage) -> Result<Freshness> {
-        let record = self.manifest.stage(stage.name())?;
+        let record = self.manifest.stage_summary(stage.name())?;
         let mut upstream = stage.upstream(self.config());
         if stage == Stage::Report {
             // The report describes every stage that has run: it is stale when any of them is.
             for s in &Stage::ALL[..5] {
-                if self.manifest.stage(s.name())?.is_some() {
+                if self.manifest.stage_summary(s.name())?.is_some() {
                     upstream.push(*s);
                 }
             }
@@ -488,8 +516,9 @@ impl StageCtx {
         self.own_freshness(stage, record)
     }
 
-    /// Freshness from the stage's own record alone: fingerprint and files, ignoring whether
-    /// upstream stages are themselves fresh.
+    /// Freshness from the stage's own record alone (`record`: without its artifacts, which
+    /// are streamed from the manifest): fingerprint and files, ignoring whether upstream
+    /// stages are themselves fresh.
     fn own_freshness(&self, stage: Stage, record: Option<StageRecord>) -> Result<Freshness> {
         let Some(record) = record else {
             return Ok(Freshness::Missing("never run".into()));
@@ -506,38 +535,59 @@ impl StageCtx {
                 "a run was killed while moving its outputs into place".into(),
             ));
         }
-        if record.artifacts.len() != record.artifact_count {
-            return Ok(Freshness::Stale(format!(
-                "the manifest holds {} of its {} artifact records",
-                record.artifacts.len(),
+        let mut changed = None;
+        let read = self.manifest.each_artifact(stage.name(), |a| {
+            changed = self.artifact_change(&a)?;
+            Ok(match changed {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
+            })
+        })?;
+        Ok(match (changed, read) {
+            (Some(why), _) => Freshness::Stale(why),
+            (None, Some(Streamed::All(n))) if n == record.artifact_count => Freshness::Fresh,
+            (None, Some(Streamed::All(n))) => Freshness::Stale(format!(
+                "the manifest holds {n} of its {} artifact records",
                 record.artifact_count
-            )));
+            )),
+            (None, _) => Freshness::Stale(format!(
+                "its list of {} artifact records is missing or not the one recorded",
+                record.artifact_count
+            )),
+        })
+    }
+
+    /// How a recorded artifact differs from the file on disk, if it does: gone, another
+    /// size, or (hashed when small, when its mtime moved, or with `--verify`) other bytes.
+    fn artifact_change(&self, a: &ArtifactRecord) -> Result<Option<String>> {
+        let path = self.path_of(a);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(Some(format!("artifact {} is gone", a.path)));
+        };
+        if meta.len() != a.bytes {
+            return Ok(Some(format!("artifact {} changed size on disk", a.path)));
         }
-        for a in &record.artifacts {
-            let path = self.path_of(a);
-            let Ok(meta) = std::fs::metadata(&path) else {
-                return Ok(Freshness::Stale(format!("artifact {} is gone", a.path)));
-            };
-            if meta.len() != a.bytes {
-                return Ok(Freshness::Stale(format!(
-                    "artifact {} changed size on disk",
-                    a.path
-                )));
-            }
-            let hash = self.options.verify
-                || (a.bytes <= SMALL_ARTIFACT_BYTES && a.shard.is_none())
-                || a.mtime_ns.is_some_and(|t| mtime_ns(&meta) != Some(t));
-            if hash {
-                let (hash, _) = durable::hash_file(&path)?;
-                if hash != a.blake3 {
-                    return Ok(Freshness::Stale(format!(
-                        "artifact {} changed on disk",
-                        a.path
-                    )));
-                }
+        let hash = self.options.verify
+            || (a.bytes <= SMALL_ARTIFACT_BYTES && a.shard.is_none())
+            || a.mtime_ns.is_some_and(|t| mtime_ns(&meta) != Some(t));
+        if hash {
+            let (hash, _) = durable::hash_file(&path)?;
+            if hash != a.blake3 {
+                return Ok(Some(format!("artifact {} changed on disk", a.path)));
             }
         }
-        Ok(Freshness::Fresh)
+        Ok(None)
+    }
+
+    /// The input a stage records for the upstream `stage` ([`upstream_input`]), its
+    /// artifacts streamed from the manifest.
+    fn upstream_input_of(&self, stage: &str) -> Result<Option<InputRef>> {
+        let mut digest = UpstreamDigest::default();
+        let read = self.manifest.each_artifact(stage, |a| {
+            digest.add(&a);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(read.map(|_| digest.finish(stage)))
     }
 
     fn expected(&self, stage: Stage) -> Result<Expected> {
@@ -545,18 +595,18 @@ impl StageCtx {
         if stage == Stage::Report {
             // The report's inputs: every other stage's current artifacts.
             for s in &Stage::ALL[..5] {
-                if let Some(r) = self.manifest.stage(s.name())? {
-                    inputs.push(upstream_input(&r));
+                if self.manifest.stage_summary(s.name())?.is_some() {
+                    inputs.extend(self.upstream_input_of(s.name())?);
                 }
             }
         }
         for up in stage.upstream(self.config()) {
-            let r = self.manifest.stage(up.name())?.ok_or_else(|| {
+            let input = self.upstream_input_of(up.name())?.ok_or_else(|| {
                 Error::Stage(format!(
                     "upstream stage `{up}` has not run; run `just stage {up}` first"
                 ))
             })?;
-            inputs.push(upstream_input(&r));
+            inputs.push(input);
         }
         for (id, path) in stage.input_files(&self.loaded)? {
             let blake3 = self.input_hash(&path)?;
@@ -617,22 +667,27 @@ impl StageCtx {
     /// always runs; otherwise a fresh stage is skipped.
     pub fn begin(&self, stage: Stage) -> Result<Begin> {
         for up in stage.upstream(self.config()) {
-            self.upstream(up)?;
+            self.require_fresh(up)?;
         }
         // The report is skipped when what it read is unchanged, even if it describes stale
         // stages (rerunning it would write the same report); `status` still calls it stale.
         let fresh = if stage == Stage::Report {
-            self.own_freshness(stage, self.manifest.stage(stage.name())?)?
+            self.own_freshness(stage, self.manifest.stage_summary(stage.name())?)?
         } else {
             self.freshness(stage)?
         };
         if !self.options.force && fresh == Freshness::Fresh {
             let mut record = self
                 .manifest
-                .stage(stage.name())?
+                .stage_summary(stage.name())?
                 .expect("fresh has record");
             // As a run returns it (StageRun::finish): without its shards.
-            record.artifacts.retain(|a| a.shard.is_none());
+            self.manifest.each_artifact(stage.name(), |a| {
+                if a.shard.is_none() {
+                    record.artifacts.push(a);
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
             return Ok(Begin::Skip(record));
         }
         let expected = self.expected(stage)?;
@@ -666,16 +721,30 @@ impl StageCtx {
 /// shards). Equal outputs give equal digests, so a forced rerun of an upstream stage that
 /// writes the same files leaves the stages below it fresh.
 pub fn upstream_input(record: &StageRecord) -> InputRef {
-    let mut h = blake3::Hasher::new();
+    let mut digest = UpstreamDigest::default();
     for a in &record.artifacts {
-        h.update(a.id.as_bytes());
-        h.update(b"\0");
-        h.update(a.blake3.as_bytes());
-        h.update(b"\n");
+        digest.add(a);
     }
-    InputRef {
-        id: format!("{UPSTREAM_PREFIX}{}", record.stage),
-        blake3: h.finalize().to_hex().to_string(),
+    digest.finish(&record.stage)
+}
+
+/// The digest of an [`upstream_input`], fed one artifact at a time.
+#[derive(Default)]
+struct UpstreamDigest(blake3::Hasher);
+
+impl UpstreamDigest {
+    fn add(&mut self, a: &ArtifactRecord) {
+        self.0.update(a.id.as_bytes());
+        self.0.update(b"\0");
+        self.0.update(a.blake3.as_bytes());
+        self.0.update(b"\n");
+    }
+
+    fn finish(self, stage: &str) -> InputRef {
+        InputRef {
+            id: format!("{UPSTREAM_PREFIX}{stage}"),
+            blake3: self.0.finalize().to_hex().to_string(),
+        }
     }
 }
 
