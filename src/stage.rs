@@ -5,8 +5,11 @@
 //! it reads (of that stage's artifacts' ids and hashes, [`upstream_input`]), the hashes of
 //! raw input files, and [`SCHEMA_VERSION`]. A stage whose complete record has the same
 //! fingerprint (and whose files are still there) is skipped; a changed one makes everything
-//! downstream stale, because downstream fingerprints include the upstream artifacts' hashes. Outputs are written into a staging directory and moved
-//! into place only when the stage succeeds; only then is the manifest record written.
+//! downstream stale, because downstream fingerprints include the upstream artifacts' hashes.
+//! Outputs are written into a staging directory and moved into place only when the stage
+//! succeeds; only then is the manifest record written. A stage's artifact records are read
+//! and written one at a time ([`Manifest::each_artifact`], [`StageRun::add_shard`]): a large
+//! corpus makes hundreds of thousands of shards, and none of their records is held.
 //!
 //! Publishing is one step as far as freshness goes: before the outputs move, the manifest
 //! marks the stage as publishing (flushed), and the commit that records the new outputs
