@@ -396,3 +396,64 @@ fn write_fixture_report_for_inspection() {
     )
     .unwrap();
 }
+
+/// A stage's shards are one row per kind in the lineage (a large corpus makes hundreds of
+/// thousands): their count, first and last, rows and bytes summed; other artifacts one row
+/// each, as before.
+#[test]
+fn the_lineage_lists_shards_as_one_row_per_kind() {
+    use bertline::shard::{ShardId, Split};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = recorded_run(dir.path(), &["vocab", "pairs"]);
+    let mut pairs = manifest.stage("pairs").unwrap().unwrap();
+    let template = pairs.artifacts[0].clone();
+    let shard = |split: Split, file: usize, kind: &str| {
+        let id = ShardId {
+            split,
+            seq_len: None,
+            file,
+            shard: 0,
+            part: None,
+        };
+        let path = format!("pairs/{}", id.file_name());
+        bertline::manifest::ArtifactRecord {
+            id: path.clone(),
+            path,
+            kind: kind.into(),
+            blake3: format!("{file:064x}"),
+            rows: file as u64,
+            bytes: 100,
+            shard: Some(id),
+            ..template.clone()
+        }
+    };
+    pairs.artifacts = (0..30)
+        .map(|f| shard(Split::Train, f, "pairs-train"))
+        .chain((0..2).map(|f| shard(Split::Eval, f, "pairs-eval")))
+        .chain([template.clone()])
+        .collect();
+    pairs.artifact_count = pairs.artifacts.len();
+    pairs.finished_at += 1.0;
+    manifest.commit(&pairs).unwrap();
+    let data = ReportData::from_manifest(&manifest).unwrap();
+    let md = render_markdown(&data);
+    let first = pairs.artifacts[0].id.clone();
+    let last = pairs.artifacts[29].id.clone();
+    let train = md_row(&md, &format!("30 shards, {first} .. {last}"));
+    assert!(train.contains("| pairs-train |"), "{train}");
+    assert!(
+        train.ends_with(&format!("| 435 | {} |", bertline::report::fmt_bytes(3000))),
+        "{train}"
+    );
+    let eval = md_row(
+        &md,
+        &format!(
+            "2 shards, {} .. {}",
+            pairs.artifacts[30].id, pairs.artifacts[31].id
+        ),
+    );
+    assert!(eval.contains("| pairs-eval |"), "{eval}");
+    // The shards between the first and the last are not listed; the other artifact is.
+    assert!(!md.contains(&pairs.artifacts[15].id));
+    assert!(md_row(&md, &template.id).contains(&template.blake3[..12]));
+}

@@ -14,6 +14,7 @@ use super::reference::{
     canonical_task, task_display_name, DATA_REFERENCE_SOURCE, PUBLISHED, STANDARD_TASKS,
 };
 use crate::error::Result;
+use crate::manifest::ArtifactRecord;
 use crate::pretrain::PretrainLogRow;
 
 /// Rows of an artifact table shown before HTML folds it.
@@ -235,14 +236,8 @@ fn lineage_section(data: &ReportData) -> Section {
     for s in &data.stages {
         let Some(record) = &s.record else { continue };
         let mut artifacts = Table::new(&["Artifact", "Kind", "blake3", "Rows", "Bytes"]);
-        for a in &record.artifacts {
-            artifacts.row(vec![
-                a.id.clone(),
-                a.kind.clone(),
-                short(&a.blake3),
-                fmt_rows(a.rows),
-                fmt_bytes(a.bytes),
-            ]);
+        for row in artifact_rows(&record.artifacts) {
+            artifacts.row(row);
         }
         let mut config = Table::new(&["Config key", "Value"]);
         for (k, v) in flatten_scalars(&record.config) {
@@ -253,6 +248,7 @@ fn lineage_section(data: &ReportData) -> Section {
         } else {
             Block::Table(config)
         };
+        let artifacts_rows = artifacts.rows.len();
         let mut inner = vec![Block::Row(vec![Block::Table(artifacts), config])];
         let raw: Vec<String> = record
             .inputs
@@ -286,7 +282,7 @@ fn lineage_section(data: &ReportData) -> Section {
                 record.profile,
                 record.code_version
             ),
-            open: record.artifacts.len() <= OPEN_ARTIFACT_ROWS,
+            open: artifacts_rows <= OPEN_ARTIFACT_ROWS,
             blocks: inner,
         });
     }
@@ -294,6 +290,73 @@ fn lineage_section(data: &ReportData) -> Section {
         title: "Lineage".into(),
         blocks,
     }
+}
+
+/// The rows of a stage's artifact table: one per artifact, except shards, one row per kind
+/// (a stage of a large corpus writes hundreds of thousands): how many, the first and last,
+/// a blake3 over their ids and hashes, and their rows and bytes summed.
+fn artifact_rows(artifacts: &[ArtifactRecord]) -> Vec<Vec<String>> {
+    struct Shards<'a> {
+        first: &'a ArtifactRecord,
+        last: &'a str,
+        count: usize,
+        rows: u64,
+        bytes: u64,
+        digest: blake3::Hasher,
+    }
+    let mut kinds: Vec<(&str, Shards)> = Vec::new();
+    let mut out = Vec::new();
+    for a in artifacts {
+        if a.shard.is_none() {
+            out.push(vec![
+                a.id.clone(),
+                a.kind.clone(),
+                short(&a.blake3),
+                fmt_rows(a.rows),
+                fmt_bytes(a.bytes),
+            ]);
+            continue;
+        }
+        let i = match kinds.iter().position(|(kind, _)| *kind == a.kind) {
+            Some(i) => i,
+            None => {
+                let shards = Shards {
+                    first: a,
+                    last: &a.id,
+                    count: 0,
+                    rows: 0,
+                    bytes: 0,
+                    digest: blake3::Hasher::new(),
+                };
+                kinds.push((&a.kind, shards));
+                kinds.len() - 1
+            }
+        };
+        let shards = &mut kinds[i].1;
+        shards.last = &a.id;
+        shards.count += 1;
+        shards.rows += a.rows;
+        shards.bytes += a.bytes;
+        shards.digest.update(a.id.as_bytes());
+        shards.digest.update(a.blake3.as_bytes());
+    }
+    let grouped = kinds.into_iter().map(|(kind, s)| {
+        let (name, hash) = match s.count {
+            1 => (s.first.id.clone(), short(&s.first.blake3)),
+            n => (
+                format!("{n} shards, {} .. {}", s.first.id, s.last),
+                short(s.digest.finalize().to_hex().as_str()),
+            ),
+        };
+        vec![
+            name,
+            kind.to_string(),
+            hash,
+            fmt_rows(s.rows),
+            fmt_bytes(s.bytes),
+        ]
+    });
+    grouped.chain(out).collect()
 }
 
 fn stage_row(s: &StageEntry) -> Vec<String> {
