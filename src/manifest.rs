@@ -320,6 +320,17 @@ impl Manifest {
         Ok(out)
     }
 
+    /// All latest stage records without their artifacts (`artifact_count` set), by stage
+    /// name; [`Manifest::each_artifact`] streams them.
+    pub fn stage_summaries(&self) -> Result<Vec<StageRecord>> {
+        let mut out = Vec::new();
+        for kv in self.tree("stages")?.iter() {
+            let (k, v) = kv.map_err(|e| self.db_error(e))?;
+            out.push(self.stage_record(&k, &v, false)?);
+        }
+        Ok(out)
+    }
+
     /// Every stage run ever recorded here, oldest first.
     pub fn history(&self) -> Result<Vec<HistoryRecord>> {
         let mut out = Vec::new();

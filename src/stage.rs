@@ -733,17 +733,19 @@ pub fn upstream_input(record: &StageRecord) -> InputRef {
 
 /// The digest of an [`upstream_input`], fed one artifact at a time.
 #[derive(Default)]
-struct UpstreamDigest(blake3::Hasher);
+pub struct UpstreamDigest(blake3::Hasher);
 
 impl UpstreamDigest {
-    fn add(&mut self, a: &ArtifactRecord) {
+    /// Adds the next artifact, in recorded order.
+    pub fn add(&mut self, a: &ArtifactRecord) {
         self.0.update(a.id.as_bytes());
         self.0.update(b"\0");
         self.0.update(a.blake3.as_bytes());
         self.0.update(b"\n");
     }
 
-    fn finish(self, stage: &str) -> InputRef {
+    /// The input a stage records for the upstream `stage` whose artifacts were added.
+    pub fn finish(self, stage: &str) -> InputRef {
         InputRef {
             id: format!("{UPSTREAM_PREFIX}{stage}"),
             blake3: self.0.finalize().to_hex().to_string(),

@@ -456,4 +456,42 @@ fn the_lineage_lists_shards_as_one_row_per_kind() {
     // The shards between the first and the last are not listed; the other artifact is.
     assert!(!md.contains(&pairs.artifacts[15].id));
     assert!(md_row(&md, &template.id).contains(&template.blake3[..12]));
+    // The report holds the shards summed, not one record each; the totals count them.
+    let entry = data.stages.iter().find(|s| s.name == "pairs").unwrap();
+    assert_eq!(
+        entry.record.as_ref().unwrap().artifacts,
+        std::slice::from_ref(&template)
+    );
+    let groups: Vec<(&str, usize)> = entry
+        .shards
+        .iter()
+        .map(|g| (g.kind.as_str(), g.count))
+        .collect();
+    assert_eq!(groups, [("pairs-train", 30), ("pairs-eval", 2)]);
+    assert_eq!(entry.total_rows(), Some(435 + 1 + template.rows));
+    assert_eq!(
+        data.inputs()[1],
+        bertline::stage::upstream_input(&manifest.stage("pairs").unwrap().unwrap())
+    );
+
+    // A list that is gone: the report says so, naming the stage.
+    for e in std::fs::read_dir(dir.path().join(bertline::manifest::ARTIFACT_LISTS)).unwrap() {
+        let path = e.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pairs-")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let data = ReportData::from_manifest(&manifest).unwrap();
+    assert!(
+        data.warnings
+            .iter()
+            .any(|w| w.contains("list of the pairs stage's 33 artifacts is missing")),
+        "{:?}",
+        data.warnings
+    );
 }

@@ -6,16 +6,18 @@
 //! table can show them and ignored elsewhere.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::error::{IoContext, Result};
 use crate::finetune::{ArmSummary, FinetuneSummary};
+use crate::manifest::Streamed;
 use crate::manifest::{ArtifactRecord, HistoryRecord, InputRef, Manifest, StageRecord};
 use crate::metrics::SeedSummary;
 use crate::pretrain::{fill_tokens_seen, LogSplit, PretrainLogRow};
-use crate::stage::upstream_input;
+use crate::stage::{UpstreamDigest, UPSTREAM_PREFIX};
 
 use super::reference::{canonical_task, DATA_REFERENCES, STANDARD_TASKS};
 
@@ -57,10 +59,77 @@ pub struct ReportData {
 pub struct StageEntry {
     /// Stage name.
     pub name: String,
-    /// Its latest complete run, if it ever ran.
+    /// Its latest complete run, if it ever ran, with the artifacts that are not shards (a
+    /// large corpus makes hundreds of thousands of shards: they are in `shards`, summed).
     pub record: Option<StageRecord>,
+    /// Its shards, one group per kind, in recorded order of their first shard.
+    pub shards: Vec<ShardGroup>,
     /// Inputs whose artifact has since been replaced or removed upstream.
     pub stale_inputs: Vec<String>,
+    /// What a stage reading this one records of it (`stage:<name>` and the digest of all its
+    /// artifacts, [`crate::stage::upstream_input`]).
+    pub digest: Option<InputRef>,
+}
+
+/// A stage's shards of one kind, summed as the report reads them one at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardGroup {
+    /// Artifact kind (`pairs-train`, `instances-eval`, ...).
+    pub kind: String,
+    /// How many.
+    pub count: usize,
+    /// The first shard's id and hash, in recorded order.
+    pub first: (String, String),
+    /// The last shard's id.
+    pub last: String,
+    /// Rows over all of them.
+    pub rows: u64,
+    /// Bytes over all of them.
+    pub bytes: u64,
+    /// blake3 over their ids and hashes, in recorded order.
+    pub blake3: String,
+}
+
+/// Builds the [`ShardGroup`]s of one stage from its shards, one at a time.
+#[derive(Default)]
+struct ShardGroups(Vec<(ShardGroup, blake3::Hasher)>);
+
+impl ShardGroups {
+    fn add(&mut self, a: &ArtifactRecord) {
+        let i = match self.0.iter().position(|(g, _)| g.kind == a.kind) {
+            Some(i) => i,
+            None => {
+                let group = ShardGroup {
+                    kind: a.kind.clone(),
+                    count: 0,
+                    first: (a.id.clone(), a.blake3.clone()),
+                    last: String::new(),
+                    rows: 0,
+                    bytes: 0,
+                    blake3: String::new(),
+                };
+                self.0.push((group, blake3::Hasher::new()));
+                self.0.len() - 1
+            }
+        };
+        let (group, hasher) = &mut self.0[i];
+        group.count += 1;
+        group.last.clone_from(&a.id);
+        group.rows += a.rows;
+        group.bytes += a.bytes;
+        hasher.update(a.id.as_bytes());
+        hasher.update(a.blake3.as_bytes());
+    }
+
+    fn finish(self) -> Vec<ShardGroup> {
+        self.0
+            .into_iter()
+            .map(|(mut group, hasher)| {
+                group.blake3 = hasher.finalize().to_hex().to_string();
+                group
+            })
+            .collect()
+    }
 }
 
 impl StageEntry {
@@ -73,18 +142,20 @@ impl StageEntry {
         }
     }
 
-    /// Rows over all artifacts.
+    /// Rows over all artifacts, shards included.
     pub fn total_rows(&self) -> Option<u64> {
-        self.record
-            .as_ref()
-            .map(|r| r.artifacts.iter().map(|a| a.rows).sum())
+        self.record.as_ref().map(|r| {
+            r.artifacts.iter().map(|a| a.rows).sum::<u64>()
+                + self.shards.iter().map(|g| g.rows).sum::<u64>()
+        })
     }
 
-    /// Bytes over all artifacts.
+    /// Bytes over all artifacts, shards included.
     pub fn total_bytes(&self) -> Option<u64> {
-        self.record
-            .as_ref()
-            .map(|r| r.artifacts.iter().map(|a| a.bytes).sum())
+        self.record.as_ref().map(|r| {
+            r.artifacts.iter().map(|a| a.bytes).sum::<u64>()
+                + self.shards.iter().map(|g| g.bytes).sum::<u64>()
+        })
     }
 
     /// The stage's own throughput figure (the first metrics key ending in `_per_s`), or rows
@@ -282,10 +353,35 @@ impl ReportData {
     /// Reads the manifest's stage records and history, and the JSONL metrics artifacts they
     /// name. The report stage's own record is ignored.
     pub fn from_manifest(manifest: &Manifest) -> Result<ReportData> {
-        let records = manifest.stages()?;
-        let digests: Vec<InputRef> = records.iter().map(upstream_input).collect();
+        let mut warnings = Vec::new();
+        // Each stage's artifacts read one at a time: the shards summed by kind, the others
+        // kept, and the digest a stage reading it records.
+        let mut records = Vec::new();
+        let mut shards: HashMap<String, Vec<ShardGroup>> = HashMap::new();
+        let mut digests = Vec::new();
+        for mut record in manifest.stage_summaries()? {
+            let (mut groups, mut digest) = (ShardGroups::default(), UpstreamDigest::default());
+            let read = manifest.each_artifact(&record.stage, |a| {
+                digest.add(&a);
+                match a.shard {
+                    Some(_) => groups.add(&a),
+                    None => record.artifacts.push(a),
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if !matches!(read, Some(Streamed::All(n)) if n == record.artifact_count) {
+                warnings.push(format!(
+                    "the manifest's list of the {} stage's {} artifacts is missing or not the one recorded: rerun `just stage {}`",
+                    record.stage, record.artifact_count, record.stage
+                ));
+            }
+            digests.push(digest.finish(&record.stage));
+            shards.insert(record.stage.clone(), groups.finish());
+            records.push(record);
+        }
         // What a stage may have read: an upstream stage as a whole (`stage:<name>`), or, in
-        // records of earlier versions, each of its artifacts.
+        // records of earlier versions, each of its artifacts (shards among them are not
+        // kept: such a record's stage reruns after an upgrade, and shows as stale here).
         let current: HashMap<&str, &str> = records
             .iter()
             .flat_map(|r| &r.artifacts)
@@ -296,11 +392,14 @@ impl ReportData {
             .iter()
             .map(|r| (r.stage.clone(), stale_inputs(&current, r)))
             .collect();
-        let mut warnings = Vec::new();
+        let digests: HashMap<String, InputRef> =
+            digests.into_iter().map(|d| (d.id.clone(), d)).collect();
         let stages = order_stages(records)
             .into_iter()
             .map(|(name, record)| StageEntry {
                 stale_inputs: stale.remove(&name).unwrap_or_default(),
+                shards: shards.remove(&name).unwrap_or_default(),
+                digest: digests.get(&format!("{UPSTREAM_PREFIX}{name}")).cloned(),
                 name,
                 record,
             })
@@ -337,17 +436,26 @@ impl ReportData {
     pub fn inputs(&self) -> Vec<InputRef> {
         self.stages
             .iter()
-            .filter_map(|s| s.record.as_ref())
-            .map(upstream_input)
+            .filter(|s| s.record.is_some())
+            .filter_map(|s| s.digest.clone())
             .collect()
     }
 
-    /// Every artifact of every listed stage, in pipeline order.
+    /// The artifacts of every listed stage that are not shards, in pipeline order.
     pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRecord> {
         self.stages
             .iter()
             .filter_map(|s| s.record.as_ref())
             .flat_map(|r| r.artifacts.iter())
+    }
+
+    /// How many artifacts the listed stages recorded, shards included.
+    pub fn artifact_count(&self) -> usize {
+        self.stages
+            .iter()
+            .filter_map(|s| s.record.as_ref())
+            .map(|r| r.artifact_count)
+            .sum()
     }
 
     /// The record of `stage`, if it ran.

@@ -3,7 +3,8 @@
 //! files always show the same rows. Anything a stage did not produce is [`MISSING`].
 
 use super::data::{
-    flatten_scalars, ArmResult, PretrainCurves, ReportData, RowValue, StageEntry, TaskResult,
+    flatten_scalars, ArmResult, PretrainCurves, ReportData, RowValue, ShardGroup, StageEntry,
+    TaskResult,
 };
 use super::format::{
     as_percent, fmt_bytes, fmt_duration, fmt_opt, fmt_rate, fmt_rows, fmt_time, short, MISSING,
@@ -236,7 +237,7 @@ fn lineage_section(data: &ReportData) -> Section {
     for s in &data.stages {
         let Some(record) = &s.record else { continue };
         let mut artifacts = Table::new(&["Artifact", "Kind", "blake3", "Rows", "Bytes"]);
-        for row in artifact_rows(&record.artifacts) {
+        for row in artifact_rows(&s.shards, &record.artifacts) {
             artifacts.row(row);
         }
         let mut config = Table::new(&["Config key", "Value"]);
@@ -277,10 +278,7 @@ fn lineage_section(data: &ReportData) -> Section {
         blocks.push(Block::Details {
             summary: format!(
                 "{}: {} artifact(s), profile {}, code {}",
-                s.name,
-                record.artifacts.len(),
-                record.profile,
-                record.code_version
+                s.name, record.artifact_count, record.profile, record.code_version
             ),
             open: artifacts_rows <= OPEN_ARTIFACT_ROWS,
             blocks: inner,
@@ -292,71 +290,36 @@ fn lineage_section(data: &ReportData) -> Section {
     }
 }
 
-/// The rows of a stage's artifact table: one per artifact, except shards, one row per kind
-/// (a stage of a large corpus writes hundreds of thousands): how many, the first and last,
-/// a blake3 over their ids and hashes, and their rows and bytes summed.
-fn artifact_rows(artifacts: &[ArtifactRecord]) -> Vec<Vec<String>> {
-    struct Shards<'a> {
-        first: &'a ArtifactRecord,
-        last: &'a str,
-        count: usize,
-        rows: u64,
-        bytes: u64,
-        digest: blake3::Hasher,
-    }
-    let mut kinds: Vec<(&str, Shards)> = Vec::new();
-    let mut out = Vec::new();
-    for a in artifacts {
-        if a.shard.is_none() {
-            out.push(vec![
-                a.id.clone(),
-                a.kind.clone(),
-                short(&a.blake3),
-                fmt_rows(a.rows),
-                fmt_bytes(a.bytes),
-            ]);
-            continue;
-        }
-        let i = match kinds.iter().position(|(kind, _)| *kind == a.kind) {
-            Some(i) => i,
-            None => {
-                let shards = Shards {
-                    first: a,
-                    last: &a.id,
-                    count: 0,
-                    rows: 0,
-                    bytes: 0,
-                    digest: blake3::Hasher::new(),
-                };
-                kinds.push((&a.kind, shards));
-                kinds.len() - 1
-            }
-        };
-        let shards = &mut kinds[i].1;
-        shards.last = &a.id;
-        shards.count += 1;
-        shards.rows += a.rows;
-        shards.bytes += a.bytes;
-        shards.digest.update(a.id.as_bytes());
-        shards.digest.update(a.blake3.as_bytes());
-    }
-    let grouped = kinds.into_iter().map(|(kind, s)| {
-        let (name, hash) = match s.count {
-            1 => (s.first.id.clone(), short(&s.first.blake3)),
+/// The rows of a stage's artifact table: its shards one row per kind (a stage of a large
+/// corpus writes hundreds of thousands): how many, the first and last, a blake3 over their
+/// ids and hashes, rows and bytes summed; then its other artifacts, one row each.
+fn artifact_rows(shards: &[ShardGroup], others: &[ArtifactRecord]) -> Vec<Vec<String>> {
+    let grouped = shards.iter().map(|g| {
+        let (name, hash) = match g.count {
+            1 => (g.first.0.clone(), short(&g.first.1)),
             n => (
-                format!("{n} shards, {} .. {}", s.first.id, s.last),
-                short(s.digest.finalize().to_hex().as_str()),
+                format!("{n} shards, {} .. {}", g.first.0, g.last),
+                short(&g.blake3),
             ),
         };
         vec![
             name,
-            kind.to_string(),
+            g.kind.clone(),
             hash,
-            fmt_rows(s.rows),
-            fmt_bytes(s.bytes),
+            fmt_rows(g.rows),
+            fmt_bytes(g.bytes),
         ]
     });
-    grouped.chain(out).collect()
+    let others = others.iter().map(|a| {
+        vec![
+            a.id.clone(),
+            a.kind.clone(),
+            short(&a.blake3),
+            fmt_rows(a.rows),
+            fmt_bytes(a.bytes),
+        ]
+    });
+    grouped.chain(others).collect()
 }
 
 fn stage_row(s: &StageEntry) -> Vec<String> {
@@ -370,7 +333,7 @@ fn stage_row(s: &StageEntry) -> Vec<String> {
         s.status().to_string(),
         fmt_time(r.finished_at),
         fmt_duration(r.duration_s()),
-        r.artifacts.len().to_string(),
+        r.artifact_count.to_string(),
         fmt_rows(s.total_rows().unwrap_or(0)),
         fmt_bytes(s.total_bytes().unwrap_or(0)),
         s.throughput()

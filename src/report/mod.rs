@@ -55,8 +55,8 @@ use std::path::{Path, PathBuf};
 
 pub use data::{
     flatten_scalars, parse_cpuinfo, parse_finetune, ArmResult, DataStatRow, DataStats,
-    HistoryEntry, Machine, PretrainCurves, ReportData, RowValue, StageEntry, TaskResult,
-    METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
+    HistoryEntry, Machine, PretrainCurves, ReportData, RowValue, ShardGroup, StageEntry,
+    TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
 pub use document::{build_document, glue_table, headline, Block, Chart, Document, Section, Table};
 pub use format::{as_percent, fmt_bytes, fmt_duration, fmt_time, MISSING, NOT_APPLICABLE, NOT_RUN};
@@ -96,7 +96,7 @@ pub fn write_report(data: &ReportData, out_dir: &Path) -> Result<ReportFiles> {
     durable::write_bytes(&files.html, html.as_bytes())?;
     tracing::debug!(
         html = %files.html.display(),
-        artifacts = data.artifacts().count(),
+        artifacts = data.artifact_count(),
         "report written"
     );
     Ok(files)
@@ -163,7 +163,7 @@ pub fn report_metrics(data: &ReportData) -> Value {
     json!({
         "stages_recorded": names(true),
         "stages_missing": names(false),
-        "artifacts_described": data.artifacts().count(),
+        "artifacts_described": data.artifact_count(),
         "warnings": data.warnings,
         "headline": headline,
     })

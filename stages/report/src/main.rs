@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             );
         } else {
             tracing::info!(
-                artifacts = report.data.artifacts().count(),
+                artifacts = report.data.artifact_count(),
                 seconds = format!("{:.1}", record.duration_s()),
                 "done"
             );
