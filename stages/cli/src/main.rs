@@ -51,18 +51,26 @@ fn status(common: &bertline_cli::CommonArgs) -> anyhow::Result<()> {
     );
     for stage in Stage::ALL {
         let fresh = ctx.freshness(stage)?;
-        let record = ctx.manifest.stage(stage.name())?;
+        let record = ctx.manifest.stage_summary(stage.name())?;
         let (state, why) = match &fresh {
             Freshness::Fresh => ("fresh", String::new()),
             Freshness::Stale(w) => ("stale", w.clone()),
             Freshness::Missing(w) => ("missing", w.clone()),
         };
         let (n, rows, secs) = match &record {
-            Some(r) => (
-                r.artifacts.len().to_string(),
-                r.artifacts.iter().map(|a| a.rows).sum::<u64>().to_string(),
-                format!("{:.1}", r.duration_s()),
-            ),
+            Some(r) => {
+                // Read one at a time: a stage of a large corpus has hundreds of thousands.
+                let mut rows = 0;
+                ctx.manifest.each_artifact(stage.name(), |a| {
+                    rows += a.rows;
+                    Ok(std::ops::ControlFlow::Continue(()))
+                })?;
+                (
+                    r.artifact_count.to_string(),
+                    rows.to_string(),
+                    format!("{:.1}", r.duration_s()),
+                )
+            }
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
