@@ -733,11 +733,15 @@ pub fn run(ctx: &StageCtx, progress: &dyn Progress) -> Result<Outcome> {
 
 /// The written instance shards of `split`, every length (the `mask` stage must be fresh).
 pub fn instance_shards(ctx: &StageCtx, split: Split) -> Result<Vec<PathBuf>> {
-    let record = ctx.upstream(Stage::Mask)?;
-    Ok(record
-        .artifacts_of(instances_kind(split))
-        .map(|a| ctx.path_of(a))
-        .collect())
+    let kind = instances_kind(split);
+    let mut paths = Vec::new();
+    ctx.each_upstream_artifact(Stage::Mask, |a| {
+        if a.kind == kind {
+            paths.push(ctx.path_of(&a));
+        }
+        Ok(())
+    })?;
+    Ok(paths)
 }
 
 /// Stats over the `mask` stage's written shards of `split`, read one at a time.

@@ -13,7 +13,6 @@ use super::{
 };
 use crate::durable;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::StageRecord;
 use crate::mask::{instances_kind, recorded_shard_id};
 use crate::model::export::{CONFIG_FILE, MODEL_FILE};
 use crate::model::{BertDevice, MaskedLmBatch};
@@ -26,12 +25,17 @@ use crate::stage::{Begin, Outcome, Stage, StageCtx};
 pub type MaskShard = (ShardId, PathBuf);
 
 /// The mask stage's shards of `split` with the identities they were recorded with, every
-/// sequence length, in file-name order; [`phase_shards`] picks one phase's.
-pub fn mask_shards(ctx: &StageCtx, record: &StageRecord, split: Split) -> Result<Vec<MaskShard>> {
-    let mut shards = record
-        .artifacts_of(instances_kind(split))
-        .map(|a| Ok((recorded_shard_id(a)?, ctx.path_of(a))))
-        .collect::<Result<Vec<MaskShard>>>()?;
+/// sequence length, in file-name order; [`phase_shards`] picks one phase's. The stage's
+/// records are read one at a time (the `mask` stage must be fresh).
+pub fn mask_shards(ctx: &StageCtx, split: Split) -> Result<Vec<MaskShard>> {
+    let kind = instances_kind(split);
+    let mut shards = Vec::new();
+    ctx.each_upstream_artifact(Stage::Mask, |a| {
+        if a.kind == kind {
+            shards.push((recorded_shard_id(&a)?, ctx.path_of(&a)));
+        }
+        Ok(())
+    })?;
     shards.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(shards)
 }
@@ -91,9 +95,8 @@ pub fn run_on<D: BertDevice>(
         .iter()
         .map(|a| ctx.path_of(a))
         .collect();
-    let mask_record = ctx.upstream(Stage::Mask)?;
-    let train_shards = mask_shards(ctx, &mask_record, Split::Train)?;
-    let eval_shards = mask_shards(ctx, &mask_record, Split::Eval)?;
+    let train_shards = mask_shards(ctx, Split::Train)?;
+    let eval_shards = mask_shards(ctx, Split::Eval)?;
     let mut phases = Vec::new();
     for plan in cfg.pretrain_phases() {
         let length = cfg.has_phases().then_some(plan.max_seq_length);
