@@ -301,32 +301,35 @@ impl Manifest {
 
     /// Latest complete record of `stage`, with its artifacts, if any.
     pub fn stage(&self, stage: &str) -> Result<Option<StageRecord>> {
-        let value = self
-            .tree("stages")?
-            .get(stage.as_bytes())
-            .map_err(|e| self.db_error(e))?;
-        value
+        self.stored_stage(stage)?
             .map(|v| self.stage_record(stage.as_bytes(), &v, true))
             .transpose()
     }
 
     /// All latest stage records, with their artifacts, by stage name.
     pub fn stages(&self) -> Result<Vec<StageRecord>> {
-        let mut out = Vec::new();
-        for kv in self.tree("stages")?.iter() {
-            let (k, v) = kv.map_err(|e| self.db_error(e))?;
-            out.push(self.stage_record(&k, &v, true)?);
-        }
-        Ok(out)
+        self.all_stage_records(true)
     }
 
     /// All latest stage records without their artifacts (`artifact_count` set), by stage
     /// name; [`Manifest::each_artifact`] streams them.
     pub fn stage_summaries(&self) -> Result<Vec<StageRecord>> {
+        self.all_stage_records(false)
+    }
+
+    /// The stored value of `stage`'s latest record, if any.
+    fn stored_stage(&self, stage: &str) -> Result<Option<sled::IVec>> {
+        self.tree("stages")?
+            .get(stage.as_bytes())
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Every latest stage record, by stage name, with its artifacts when `load_artifacts`.
+    fn all_stage_records(&self, load_artifacts: bool) -> Result<Vec<StageRecord>> {
         let mut out = Vec::new();
         for kv in self.tree("stages")?.iter() {
             let (k, v) = kv.map_err(|e| self.db_error(e))?;
-            out.push(self.stage_record(&k, &v, false)?);
+            out.push(self.stage_record(&k, &v, load_artifacts)?);
         }
         Ok(out)
     }
@@ -643,11 +646,7 @@ impl Manifest {
     /// The latest complete record of `stage` without its artifacts (`artifact_count` says
     /// how many it has; [`Manifest::each_artifact`] reads them).
     pub fn stage_summary(&self, stage: &str) -> Result<Option<StageRecord>> {
-        let value = self
-            .tree("stages")?
-            .get(stage.as_bytes())
-            .map_err(|e| self.db_error(e))?;
-        value
+        self.stored_stage(stage)?
             .map(|v| self.stage_record(stage.as_bytes(), &v, false))
             .transpose()
     }
@@ -662,11 +661,7 @@ impl Manifest {
         stage: &str,
         mut f: impl FnMut(ArtifactRecord) -> Result<ControlFlow<()>>,
     ) -> Result<Option<Streamed>> {
-        let value = self
-            .tree("stages")?
-            .get(stage.as_bytes())
-            .map_err(|e| self.db_error(e))?;
-        let Some(value) = value else {
+        let Some(value) = self.stored_stage(stage)? else {
             return Ok(None);
         };
         let (record, stored) = self.parse_stage_record(stage.as_bytes(), &value)?;

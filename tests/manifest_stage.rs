@@ -95,6 +95,13 @@ fn config_change_makes_stage_stale_with_reason() {
     assert!(err.contains("just stage vocab"), "{err}");
 }
 
+/// Runs vocab, pairs and mask.
+fn run_data_stages(ctx: &StageCtx) {
+    bertline::tokenize::run_vocab(ctx, &NoProgress).unwrap();
+    bertline::pairs::run(ctx, &NoProgress).unwrap();
+    bertline::mask::run(ctx, &NoProgress).unwrap();
+}
+
 /// A stage records each upstream stage as one input, the digest of its artifacts: a forced
 /// upstream rerun that writes the same files leaves the stage fresh, one that writes other
 /// files makes it stale, naming the upstream stage.
@@ -104,9 +111,7 @@ fn downstream_freshness_follows_the_upstream_outputs_not_their_runs() {
     let config = project(tmp.path(), |t| t);
     {
         let ctx = open_plain(&config, false);
-        bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
-        bertline::pairs::run(&ctx, &NoProgress).unwrap();
-        bertline::mask::run(&ctx, &NoProgress).unwrap();
+        run_data_stages(&ctx);
         let mask = ctx.manifest.stage("mask").unwrap().unwrap();
         let pairs = ctx.manifest.stage("pairs").unwrap().unwrap();
         assert!(pairs.artifacts.len() > 1);
@@ -770,9 +775,7 @@ fn shards_record_their_own_sources() {
     let tmp = tempfile::tempdir().unwrap();
     let config = project(tmp.path(), |t| t);
     let ctx = open(&config, false);
-    bertline::tokenize::run_vocab(&ctx, &NoProgress).unwrap();
-    bertline::pairs::run(&ctx, &NoProgress).unwrap();
-    bertline::mask::run(&ctx, &NoProgress).unwrap();
+    run_data_stages(&ctx);
     let pairs = ctx.manifest.stage("pairs").unwrap().unwrap();
     let mask = ctx.manifest.stage("mask").unwrap().unwrap();
     let corpus: Vec<&String> = pairs

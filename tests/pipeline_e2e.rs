@@ -38,7 +38,27 @@ fn tiny_pipeline_end_to_end() {
     let ctx = open(&config);
     assert_eq!(run_all(&ctx), vec![false; 5]);
     let report = bertline::report::run(&ctx).unwrap();
-    let _ = report;
+    // The report's shard groups, read from what pairs and mask wrote: every shard counted
+    // once, with its rows, under its kind.
+    for stage in ["pairs", "mask"] {
+        let record = ctx.manifest.stage(stage).unwrap().unwrap();
+        let entry = report.data.stages.iter().find(|s| s.name == stage).unwrap();
+        let mut expected: Vec<(String, usize, u64)> = Vec::new();
+        for a in record.artifacts.iter().filter(|a| a.shard.is_some()) {
+            match expected.iter_mut().find(|(kind, ..)| *kind == a.kind) {
+                Some(group) => (group.1, group.2) = (group.1 + 1, group.2 + a.rows),
+                None => expected.push((a.kind.clone(), 1, a.rows)),
+            }
+        }
+        let groups: Vec<(String, usize, u64)> = entry
+            .shards
+            .iter()
+            .map(|g| (g.kind.clone(), g.count, g.rows))
+            .collect();
+        assert!(!groups.is_empty(), "{stage}");
+        assert_eq!(groups, expected, "{stage}");
+        assert_eq!(entry.total_rows(), Some(expected.iter().map(|g| g.2).sum()));
+    }
 
     // Every stage fresh, lineage complete: each stage's inputs are raw files or the current
     // outputs of a stage upstream (its digest as it stands), each shard's inputs artifacts

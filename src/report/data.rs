@@ -92,7 +92,7 @@ pub struct ShardGroup {
 
 /// Builds the [`ShardGroup`]s of one stage from its shards, one at a time.
 #[derive(Default)]
-struct ShardGroups(Vec<(ShardGroup, blake3::Hasher)>);
+struct ShardGroups(Vec<(ShardGroup, UpstreamDigest)>);
 
 impl ShardGroups {
     fn add(&mut self, a: &ArtifactRecord) {
@@ -108,24 +108,23 @@ impl ShardGroups {
                     bytes: 0,
                     blake3: String::new(),
                 };
-                self.0.push((group, blake3::Hasher::new()));
+                self.0.push((group, UpstreamDigest::default()));
                 self.0.len() - 1
             }
         };
-        let (group, hasher) = &mut self.0[i];
+        let (group, digest) = &mut self.0[i];
         group.count += 1;
         group.last.clone_from(&a.id);
         group.rows += a.rows;
         group.bytes += a.bytes;
-        hasher.update(a.id.as_bytes());
-        hasher.update(a.blake3.as_bytes());
+        digest.add(a);
     }
 
     fn finish(self) -> Vec<ShardGroup> {
         self.0
             .into_iter()
-            .map(|(mut group, hasher)| {
-                group.blake3 = hasher.finalize().to_hex().to_string();
+            .map(|(mut group, digest)| {
+                group.blake3 = digest.finish(&group.kind).blake3;
                 group
             })
             .collect()
