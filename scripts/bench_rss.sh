@@ -35,6 +35,9 @@
 #   SHARD_ROWS=N         pairs.shard_rows (default: pipeline.toml's, 32768); a small value
 #                        (16: 44,039 shards of each stage on 50 MB of text) shows what the
 #                        number of shards costs, as a corpus of many GB makes them
+#   REPEATS=N            runs of every stage at each size and layout (default 1); the tables
+#                        show the median of their peaks, the 300 MB target holds each run
+#                        (a peak of pairs varies by up to a quarter from run to run)
 #   TMPDIR=DIR           where the corpora and run directories go (default /tmp)
 #   NO_BUILD=1           skip `cargo build`
 #   KEEP=1               keep the temporary directory (corpora, runs, logs, timings); needs
@@ -62,6 +65,8 @@ threads=${THREADS:-0}
 [[ $threads =~ ^[0-9]+$ ]] || { echo "error: THREADS holds '$threads'; it is a number of threads (0: all cores)" >&2; exit 2; }
 shard_rows=${SHARD_ROWS:-}
 [[ -z $shard_rows || $shard_rows =~ ^[1-9][0-9]*$ ]] || { echo "error: SHARD_ROWS holds '$shard_rows'; it is a number of pairs per shard (at least 1)" >&2; exit 2; }
+repeats=${REPEATS:-1}
+[[ $repeats =~ ^[1-9][0-9]*$ ]] || { echo "error: REPEATS holds '$repeats'; it is a number of runs (at least 1)" >&2; exit 2; }
 read -r -a sizes <<< "${SIZES:-7 50 500}"
 [[ ${#sizes[@]} -gt 0 ]] || { echo "error: SIZES is empty" >&2; exit 2; }
 for s in "${sizes[@]}"; do
@@ -160,7 +165,7 @@ corpus() {
 # /usr/bin/time -v; appends its JSON row to rows.jsonl.
 timed() {
     local size=$1 layout=$2 stage=$3 bytes=$4 dir=$5 start end
-    echo "bench-rss: $size MB, $layout: $stage..." >&2
+    echo "bench-rss: $size MB, $layout: $stage (run $run of $repeats)..." >&2
     start=$(date +%s.%N)
     if ! RUST_LOG=warn /usr/bin/time -v -o "$dir/time-$stage.txt" "$bin/bertline-$stage" \
         --config "$dir/pipeline.toml" --profile bench_rss --no-progress --force \
@@ -218,7 +223,9 @@ masked_lm_prob = 0.15
 max_predictions_per_seq = 20
 EOF
         for stage in vocab pairs mask; do
-            timed "$size" "$layout" "$stage" "$bytes" "$dir"
+            for ((run = 1; run <= repeats; run++)); do
+                timed "$size" "$layout" "$stage" "$bytes" "$dir"
+            done
         done
         if [[ -z "${KEEP:-}" ]]; then rm -rf "$dir"; fi
     done
@@ -227,11 +234,13 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 avx=$(grep -qw avx512f /proc/cpuinfo && echo AVX-512 || { grep -qw avx2 /proc/cpuinfo && echo AVX2 || echo "no AVX2"; })
+runs_note=""
+if ((repeats > 1)); then runs_note=", $repeats runs of each stage"; fi
 setup() { python3 -c 'import json, sys; print(json.dumps({"setup": sys.argv[1]}))' "$1"; }
 {
     setup "$(printf 'bench-rss: real text of %s (%d files, %.1f MB, repeated above that), max_seq_length 128, dupe_factor 5, max_predictions 20, masked_lm_prob 0.15, vocab 8192, seed %d%s' \
         "$text" "${#sources[@]}" "$(awk -v b="$source_bytes" 'BEGIN { print b / 1e6 }')" "$seed" \
-        "${shard_rows:+, shard_rows $shard_rows}")"
+        "${shard_rows:+, shard_rows $shard_rows}")$runs_note"
     setup "$(printf '%s (%s), %d cores, run.threads %s; load average %s before, %s after' \
         "$cpu" "$avx" "$(nproc)" "$threads" "$load_before" "$load_after")"
     cat "$tmp/measured.jsonl"

@@ -196,14 +196,16 @@ where
 {
     let lines: Vec<&str> = lines.collect();
     let words = crate::vocab::count_words(&lines, cfg.lowercase)?;
-    train_wordpiece_on_counts(cfg, &words, source)
+    train_wordpiece_on_counts(cfg, &words, &Default::default(), source)
 }
 
 /// [`train_wordpiece`] on words already counted ([`crate::vocab::count_words`] or
-/// [`crate::vocab::WordCounter`]), as the `vocab` stage streams a corpus.
+/// [`crate::vocab::WordCounter`]), as the `vocab` stage streams a corpus, with the
+/// characters of any words the counter dropped ([`crate::vocab::Dropped::chars`]).
 pub fn train_wordpiece_on_counts(
     cfg: &VocabConfig,
     words: &[(String, u64)],
+    dropped_chars: &std::collections::BTreeMap<char, u64>,
     source: &Path,
 ) -> Result<WordPiece> {
     let trainer = crate::vocab::TrainerConfig {
@@ -213,7 +215,7 @@ pub fn train_wordpiece_on_counts(
         lowercase: cfg.lowercase,
         special_tokens: SPECIAL_TOKENS.iter().map(|t| t.to_string()).collect(),
     };
-    let tokens = crate::vocab::train(&trainer, words);
+    let tokens = crate::vocab::train_with_dropped(&trainer, words, dropped_chars);
     let vocab: ahash::AHashMap<String, u32> = tokens
         .iter()
         .enumerate()
@@ -331,19 +333,22 @@ pub fn run_vocab(
         Begin::Run(run) => run,
     };
     let started = std::time::Instant::now();
-    let (mut words, mut bytes, mut line_count) = (crate::vocab::WordCounter::default(), 0, 0);
-    progress.start("counting words", blocks.iter().map(|b| b.len()).sum());
-    for block in &blocks {
-        let text = block.read()?;
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        words.add(&lines, cfg.vocab.lowercase)?;
-        bytes += text.len();
-        line_count += lines.len();
-        progress.advance(block.len());
+    let counted = count_corpus_words(&blocks, &cfg.vocab, progress)?;
+    let (words, dropped) = (counted.words, counted.dropped);
+    if dropped.words > 0 {
+        tracing::warn!(
+            max_words = cfg.vocab.max_words,
+            kept = words.len(),
+            floor = dropped.floor,
+            dropped_words = dropped.words,
+            dropped_occurrences = dropped.occurrences,
+            "the corpus has more distinct words than vocab.max_words: words counted at most \
+             `floor` times were left out of the WordPiece training (raise vocab.max_words to \
+             keep more, at about 300 bytes a word)"
+        );
     }
-    progress.finish();
     progress.start("training WordPiece", 0);
-    let wp = train_wordpiece_on_counts(&cfg.vocab, &words.into_sorted(), &files[0])?;
+    let wp = train_wordpiece_on_counts(&cfg.vocab, &words, &dropped.chars, &files[0])?;
     progress.finish();
     check_vocab_size(&wp, cfg.model.vocab_size, &ctx.loaded.path)?;
     wp.write_vocab_txt(&run.dir().join("vocab.txt"))?;
@@ -355,13 +360,58 @@ pub fn run_vocab(
     let metrics = serde_json::json!({
         "vocab_size": n,
         "input_files": files.len(),
-        "input_bytes": bytes,
-        "input_lines": line_count,
+        "input_bytes": counted.bytes,
+        "input_lines": counted.lines,
+        "distinct_words": words.len(),
+        "dropped_word_floor": dropped.floor,
+        "dropped_words": dropped.words,
+        "dropped_occurrences": dropped.occurrences,
         "continuation_tokens": wp.continuation_flags().iter().filter(|c| **c).count(),
         "seconds": secs,
-        "input_mb_per_s": bytes as f64 / 1e6 / secs.max(1e-9),
+        "input_mb_per_s": counted.bytes as f64 / 1e6 / secs.max(1e-9),
     });
     Ok(Outcome::Ran(run.finish(ctx, metrics)?))
+}
+
+/// The words of a corpus as the `vocab` stage counts them, with what it read.
+pub struct CountedWords {
+    /// Words with their counts, sorted by word ([`crate::vocab::WordCounter::finish`]).
+    pub words: Vec<(String, u64)>,
+    /// What was dropped to stay within `vocab.max_words`.
+    pub dropped: crate::vocab::Dropped,
+    /// Bytes of text read.
+    pub bytes: usize,
+    /// Non-blank lines read.
+    pub lines: usize,
+}
+
+/// Counts the words of `blocks` in order, one block of text in memory at a time, holding
+/// at most `cfg.max_words` distinct words ([`crate::vocab::WordCounter`]); `progress`
+/// counts bytes.
+pub fn count_corpus_words(
+    blocks: &[crate::corpus::CorpusBlock],
+    cfg: &VocabConfig,
+    progress: &dyn crate::progress::Progress,
+) -> Result<CountedWords> {
+    let mut words = crate::vocab::WordCounter::new(cfg.max_words);
+    let (mut bytes, mut line_count) = (0, 0);
+    progress.start("counting words", blocks.iter().map(|b| b.len()).sum());
+    for block in blocks {
+        let text = block.read()?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        words.add(&lines, cfg.lowercase)?;
+        bytes += text.len();
+        line_count += lines.len();
+        progress.advance(block.len());
+    }
+    progress.finish();
+    let (words, dropped) = words.finish();
+    Ok(CountedWords {
+        words,
+        dropped,
+        bytes,
+        lines: line_count,
+    })
 }
 
 /// The vocabulary a finished `vocab` stage recorded.

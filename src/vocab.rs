@@ -18,7 +18,7 @@
 //! times. The main function is [`train`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use rayon::prelude::*;
 use tokenizers::normalizers::bert::BertNormalizer;
@@ -58,14 +58,60 @@ pub fn count_words(lines: &[&str], lowercase: bool) -> Result<Vec<(String, u64)>
 }
 
 /// [`count_words`] over text that comes in pieces (a corpus read block by block): add each
-/// piece's lines, then take the sorted counts. Only the distinct words are held.
-#[derive(Debug, Default)]
+/// piece's lines, then take the sorted counts ([`WordCounter::finish`]).
+///
+/// Only the distinct words are held, and at most `max_words` of them: the distinct words
+/// of a corpus keep growing with it (about 236,000 in the 73 MB of the shared pre-training
+/// text, growing as its size to the power 0.6; millions in a Wikipedia), and each costs
+/// memory here and in [`train`]. When a piece takes the table past `max_words`, the rarest
+/// words are dropped as word2vec's `ReduceVocab` and fastText's `Dictionary::threshold`
+/// drop them: every word counted at most `floor` times goes, `floor` rising by one until
+/// the table holds at most three quarters of `max_words`. The floor never falls again, and
+/// [`WordCounter::finish`] applies it to the words counted since, so the result is the
+/// words counted more than `floor` times (their counts low by at most what they had when
+/// dropped). Pieces are added in corpus order and counted exactly, so what is dropped
+/// depends on the text and `max_words` alone, not on the thread count. A table that never
+/// reaches `max_words` is the exact count.
+#[derive(Debug)]
 pub struct WordCounter {
     counts: HashMap<String, u64>,
+    max_words: usize,
+    dropped: Dropped,
+}
+
+/// What a [`WordCounter`] dropped to stay within its `max_words`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Words counted at most this many times are not in the table (0: nothing dropped).
+    pub floor: u64,
+    /// Word entries removed (a word dropped twice counts twice).
+    pub words: u64,
+    /// Occurrences those entries held.
+    pub occurrences: u64,
+    /// The characters of those occurrences, with their counts: [`train_with_dropped`] counts
+    /// them into the alphabet, so that a character found only in rare words keeps its token.
+    pub chars: BTreeMap<char, u64>,
+}
+
+impl Default for WordCounter {
+    /// A counter with no limit: the exact count.
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 impl WordCounter {
-    /// Counts the words of `lines` into the total.
+    /// A counter holding at most `max_words` distinct words (at least 1).
+    pub fn new(max_words: usize) -> Self {
+        Self {
+            counts: HashMap::new(),
+            max_words: max_words.max(1),
+            dropped: Dropped::default(),
+        }
+    }
+
+    /// Counts the words of `lines` into the total, dropping the rarest words when the
+    /// table grows past `max_words`.
     pub fn add(&mut self, lines: &[&str], lowercase: bool) -> Result<()> {
         let piece = count_words_unsorted(lines, lowercase)?;
         self.counts = if self.counts.len() < piece.len() {
@@ -73,14 +119,48 @@ impl WordCounter {
         } else {
             merge_counts(std::mem::take(&mut self.counts), piece)
         };
+        if self.counts.len() > self.max_words {
+            let target = self.max_words - self.max_words / 4;
+            while self.counts.len() > target {
+                self.dropped.floor += 1;
+                self.drop_at_or_below_floor();
+            }
+        }
         Ok(())
     }
 
-    /// The words with their counts, sorted by word, as [`count_words`] returns them.
-    pub fn into_sorted(self) -> Vec<(String, u64)> {
+    /// Distinct words held now.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// No word counted yet.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The words with their counts, sorted by word, as [`count_words`] returns them (words
+    /// counted at most the floor's times left out), and what was dropped.
+    pub fn finish(mut self) -> (Vec<(String, u64)>, Dropped) {
+        self.drop_at_or_below_floor();
         let mut words: Vec<(String, u64)> = self.counts.into_iter().collect();
         words.sort_unstable();
-        words
+        (words, self.dropped)
+    }
+
+    fn drop_at_or_below_floor(&mut self) {
+        let (floor, dropped) = (self.dropped.floor, &mut self.dropped);
+        self.counts.retain(|word, &mut n| {
+            let keep = n > floor;
+            if !keep {
+                dropped.words += 1;
+                dropped.occurrences += n;
+                for c in word.chars() {
+                    *dropped.chars.entry(c).or_default() += n;
+                }
+            }
+            keep
+        });
     }
 }
 
@@ -149,6 +229,20 @@ impl Vocab {
 /// Trains a WordPiece vocabulary on counted words ([`count_words`]); returns the tokens in
 /// id order. It may be shorter than `vocab_size` when the text runs out of merges.
 pub fn train(cfg: &TrainerConfig, words: &[(String, u64)]) -> Vec<String> {
+    train_with_dropped(cfg, words, &BTreeMap::new())
+}
+
+/// [`train`] on the words a [`WordCounter`] kept, given the characters of the words it
+/// dropped ([`Dropped::chars`]): they count towards the alphabet as if their words had been
+/// kept, so a character found only in rare words stays a token (without them, `@`, which
+/// the shipped Wikipedia text has only in rare words, was left out at a limit of 30,000
+/// words, and 2.2% of WikiText-2's tokens became [UNK]). With nothing dropped this is
+/// [`train`].
+pub fn train_with_dropped(
+    cfg: &TrainerConfig,
+    words: &[(String, u64)],
+    dropped_chars: &BTreeMap<char, u64>,
+) -> Vec<String> {
     let mut vocab = Vocab {
         tokens: Vec::with_capacity(cfg.vocab_size),
         ids: HashMap::with_capacity(cfg.vocab_size),
@@ -163,6 +257,9 @@ pub fn train(cfg: &TrainerConfig, words: &[(String, u64)]) -> Vec<String> {
         for c in word.chars() {
             *chars.entry(c).or_default() += count;
         }
+    }
+    for (&c, &count) in dropped_chars {
+        *chars.entry(c).or_default() += count;
     }
     let mut alphabet: Vec<(char, u64)> = chars.into_iter().collect();
     alphabet.sort_unstable_by_key(|&(c, n)| (Reverse(n), c));
@@ -338,6 +435,92 @@ mod tests {
         let tokens = train(&c, &words);
         assert!(tokens.contains(&"a".to_string()) && tokens.contains(&"##b".to_string()));
         assert!(!tokens.iter().any(|t| t.contains('c')), "{tokens:?}");
+    }
+
+    /// Lines of `(word, times)`: each word on its own line, repeated.
+    fn lines_of(words: &[(&str, usize)]) -> Vec<String> {
+        words
+            .iter()
+            .flat_map(|&(w, n)| std::iter::repeat_n(w.to_string(), n))
+            .collect()
+    }
+
+    fn add(counter: &mut WordCounter, words: &[(&str, usize)]) {
+        let lines = lines_of(words);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        counter.add(&lines, true).unwrap();
+    }
+
+    #[test]
+    fn a_counter_within_its_limit_counts_exactly() {
+        let pieces: [&[(&str, usize)]; 2] = [&[("a", 3), ("b", 1)], &[("b", 2), ("c", 1)]];
+        let mut counter = WordCounter::new(3);
+        for piece in pieces {
+            add(&mut counter, piece);
+        }
+        let (words, dropped) = counter.finish();
+        let expected = vec![("a".into(), 3), ("b".into(), 3), ("c".into(), 1)];
+        assert_eq!(words, expected);
+        assert_eq!(dropped, Dropped::default());
+        let all = lines_of(&[("a", 3), ("b", 1), ("b", 2), ("c", 1)]);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert_eq!(count_words(&all, true).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_full_counter_drops_the_rarest_words_and_keeps_its_floor() {
+        let mut counter = WordCounter::new(4);
+        add(&mut counter, &[("a", 5), ("b", 2), ("c", 1), ("d", 1)]);
+        assert_eq!(counter.len(), 4);
+        // Five words > 4: the floor rises to 1 (c, d, e go: 2 left <= 3), and stays there.
+        add(&mut counter, &[("e", 1), ("a", 1)]);
+        assert_eq!(counter.len(), 2);
+        // f is counted once after the floor rose; g twice: finish drops f as well.
+        add(&mut counter, &[("f", 1), ("g", 2)]);
+        let (words, dropped) = counter.finish();
+        assert_eq!(
+            words,
+            vec![("a".into(), 6), ("b".into(), 2), ("g".into(), 2)]
+        );
+        let chars = "cdef".chars().map(|c| (c, 1)).collect();
+        assert_eq!(
+            dropped,
+            Dropped {
+                floor: 1,
+                words: 4,
+                occurrences: 4,
+                chars
+            }
+        );
+        // The floor rises until at most three quarters of the limit are left: 8 words counted
+        // 1..=8 times and a limit of 7 (6 then): floor 1 leaves 7, floor 2 leaves 6.
+        let mut counter = WordCounter::new(7);
+        let words: Vec<(String, usize)> = (1..=8).map(|n| (format!("w{n}"), n)).collect();
+        let words: Vec<(&str, usize)> = words.iter().map(|(w, n)| (w.as_str(), *n)).collect();
+        add(&mut counter, &words);
+        let (kept, dropped) = counter.finish();
+        assert_eq!(dropped.floor, 2);
+        assert_eq!(kept.len(), 6);
+        assert_eq!(kept[0], ("w3".into(), 3));
+    }
+
+    #[test]
+    fn the_characters_of_dropped_words_stay_in_the_alphabet() {
+        let words = vec![("abab".to_string(), 10u64)];
+        let dropped: BTreeMap<char, u64> = [('@', 3), ('b', 1)].into_iter().collect();
+        let tokens = train_with_dropped(&cfg(8), &words, &dropped);
+        // The alphabet in code-point order, @ first; then abab's pieces, then one merge.
+        assert_eq!(
+            tokens,
+            ["[PAD]", "[UNK]", "@", "a", "b", "##b", "##a", "ab"]
+        );
+        assert_eq!(train(&cfg(8), &words)[2..4], ["a", "b"]);
+        // A limited alphabet ranks the dropped characters by their counts too.
+        let mut c = cfg(100);
+        c.limit_alphabet = 2;
+        let dropped: BTreeMap<char, u64> = [('@', 30)].into_iter().collect();
+        let tokens = train_with_dropped(&c, &words, &dropped);
+        assert_eq!(tokens[2..4], ["@", "a"]);
     }
 
     #[test]

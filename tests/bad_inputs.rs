@@ -50,6 +50,7 @@ const CASES: &[Case] = &[
     case("default", "vocab_size = 8192             # tokens", "vocab_size = 100             # tokens", "vocab.vocab_size = 100 but model.vocab_size = 8192"),
     case("default", "limit_alphabet = 1000 ", "limit_alphabet = 0 ", "vocab.limit_alphabet = 0"),
     case("default", "min_frequency = 2 ", "min_frequency = -2 ", "vocab.min_frequency"),
+    case("default", "max_words = 500000 ", "max_words = 10 ", "vocab.max_words = 10 must be at least 1000"),
     // [pairs]
     case("default", "max_seq_length = 128          # tokens incl.", "max_seq_length = 4          # tokens incl.", "pairs.max_seq_length = 4"),
     case("default", "max_seq_length = 128          # tokens incl.", "max_seq_length = 1024          # tokens incl.", "pairs.max_seq_length = 1024 exceeds"),

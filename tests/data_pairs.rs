@@ -215,6 +215,7 @@ fn train_test_wordpiece() -> WordPiece {
         lowercase: true,
         min_frequency: 2,
         limit_alphabet: 1000,
+        max_words: bertline::config::MAX_WORDS,
     };
     train_wordpiece(&cfg, text.lines().filter(|l| !l.trim().is_empty()), &wiki).unwrap()
 }

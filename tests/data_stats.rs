@@ -144,6 +144,7 @@ fn train_vocab(file: &Path) -> WordPiece {
         lowercase: true,
         min_frequency: 2,
         limit_alphabet: 1000,
+        max_words: bertline::config::MAX_WORDS,
     };
     train_wordpiece(&cfg, text.lines().filter(|l| !l.trim().is_empty()), file).unwrap()
 }

@@ -53,6 +53,7 @@ fn tokenizer(cfg: &SquadConfig) -> WordPiece {
         lowercase: true,
         min_frequency: 2,
         limit_alphabet: 300,
+        max_words: bertline::config::MAX_WORDS,
     };
     train_wordpiece(&vocab, lines.iter().map(String::as_str), &cfg.dev_file).unwrap()
 }

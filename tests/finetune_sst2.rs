@@ -30,6 +30,7 @@ fn tiny_model_beats_the_majority_class_on_sst2() {
         lowercase: true,
         min_frequency: 2,
         limit_alphabet: 200,
+        max_words: bertline::config::MAX_WORDS,
     };
     let lines: Vec<&str> = train.iter().map(|e| e.text_a.as_str()).collect();
     let wp = train_wordpiece(&vocab, lines.into_iter(), &task.train.path).unwrap();

@@ -24,6 +24,7 @@ fn heldout_rows_are_wikitext_masked_like_bert_and_an_untrained_model_is_uniform(
         lowercase: true,
         min_frequency: 2,
         limit_alphabet: 1000,
+        max_words: bertline::config::MAX_WORDS,
     };
     let wp = train_wordpiece(
         &vocab,
