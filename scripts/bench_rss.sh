@@ -35,9 +35,10 @@
 #   SHARD_ROWS=N         pairs.shard_rows (default: pipeline.toml's, 32768); a small value
 #                        (16: 44,039 shards of each stage on 50 MB of text) shows what the
 #                        number of shards costs, as a corpus of many GB makes them
-#   REPEATS=N            runs of every stage at each size and layout (default 1); the tables
-#                        show the median of their peaks, the 300 MB target holds each run
-#                        (a peak of pairs varies by up to a quarter from run to run)
+#   REPEATS=N            runs of every stage at each size and layout (default 3; about 20
+#                        minutes a run on 2 cores); the tables show the median of their
+#                        peaks and the 300 MB target holds each run (a peak of pairs varies
+#                        by up to a quarter from run to run); 1 for a quick look
 #   TMPDIR=DIR           where the corpora and run directories go (default /tmp)
 #   NO_BUILD=1           skip `cargo build`
 #   KEEP=1               keep the temporary directory (corpora, runs, logs, timings); needs
@@ -65,7 +66,7 @@ threads=${THREADS:-0}
 [[ $threads =~ ^[0-9]+$ ]] || { echo "error: THREADS holds '$threads'; it is a number of threads (0: all cores)" >&2; exit 2; }
 shard_rows=${SHARD_ROWS:-}
 [[ -z $shard_rows || $shard_rows =~ ^[1-9][0-9]*$ ]] || { echo "error: SHARD_ROWS holds '$shard_rows'; it is a number of pairs per shard (at least 1)" >&2; exit 2; }
-repeats=${REPEATS:-1}
+repeats=${REPEATS:-3}
 [[ $repeats =~ ^[1-9][0-9]*$ ]] || { echo "error: REPEATS holds '$repeats'; it is a number of runs (at least 1)" >&2; exit 2; }
 read -r -a sizes <<< "${SIZES:-7 50 500}"
 [[ ${#sizes[@]} -gt 0 ]] || { echo "error: SIZES is empty" >&2; exit 2; }

@@ -2,13 +2,14 @@
 //! word exactly and trains the same vocabulary as the in-memory trainer; below the corpus's
 //! distinct words it holds at most that many, drops only words counted at most its floor,
 //! loses no occurrence from the books (kept + dropped = all), keeps the frequent words, and
-//! says what it dropped in its metrics.
+//! says what it dropped in its metrics, which the report reads back.
 
 use std::path::{Path, PathBuf};
 
 use bertline::config::parse_config;
 use bertline::corpus::corpus_blocks;
 use bertline::progress::NoProgress;
+use bertline::report::{render_markdown, ReportData, VocabDropped};
 use bertline::stage::{StageCtx, StageOptions};
 use bertline::tokenize::{count_corpus_words, run_vocab, train_wordpiece};
 use bertline::vocab::count_words;
@@ -146,7 +147,8 @@ fn a_word_limit_below_the_corpus_keeps_the_frequent_words_and_accounts_for_the_r
     // The stage says what it dropped, and still writes a full vocabulary.
     let tmp = tempfile::tempdir().unwrap();
     let config = project(tmp.path(), Some(limit));
-    let metrics = run_vocab(&open(&config), &NoProgress)
+    let ctx = open(&config);
+    let metrics = run_vocab(&ctx, &NoProgress)
         .unwrap()
         .record()
         .metrics
@@ -159,4 +161,23 @@ fn a_word_limit_below_the_corpus_keeps_the_frequent_words_and_accounts_for_the_r
     );
     let written = std::fs::read_to_string(tmp.path().join("run/vocab/vocab.txt")).unwrap();
     assert_eq!(written.lines().count(), 8192);
+    // The report reads what the stage wrote and says it.
+    let data = ReportData::from_manifest(&ctx.manifest).unwrap();
+    let shown = VocabDropped {
+        kept: kept.len() as u64,
+        floor: dropped.floor,
+        words: dropped.words,
+        occurrences: dropped.occurrences,
+    };
+    assert_eq!(data.data_stats.vocab_dropped, Some(shown));
+    let markdown = render_markdown(&data);
+    let sentence = format!(
+        "The vocabulary was trained on {} distinct words: {} word entries counted at most {} \
+         times ({} occurrences) were left out to stay within vocab.max_words.",
+        kept.len(),
+        dropped.words,
+        dropped.floor,
+        dropped.occurrences
+    );
+    assert!(markdown.contains(&sentence), "{markdown}");
 }

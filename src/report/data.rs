@@ -187,9 +187,12 @@ pub struct HistoryEntry {
 }
 
 /// The `mask` stage's statistics beside Google's figures, plus the other scalar metrics of
-/// `pairs` and `mask`.
+/// `vocab`, `pairs` and `mask`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DataStats {
+    /// What the `vocab` stage left out of its training to stay within `vocab.max_words`
+    /// (`None`: nothing, or no vocab record).
+    pub vocab_dropped: Option<VocabDropped>,
     /// The `mask` stage has a record.
     pub mask_present: bool,
     /// Instances written (`instances` in the mask metrics).
@@ -198,6 +201,33 @@ pub struct DataStats {
     pub compared: Vec<DataStatRow>,
     /// Other scalar metrics, `stage.key` → value, for a second table.
     pub other: Vec<(String, String)>,
+}
+
+/// Words the `vocab` stage left out ([`crate::vocab::WordCounter`]), from its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VocabDropped {
+    /// Distinct words it trained on (`distinct_words`).
+    pub kept: u64,
+    /// Words counted at most this many times were left out (`dropped_word_floor`).
+    pub floor: u64,
+    /// Word entries left out (`dropped_words`).
+    pub words: u64,
+    /// Occurrences they held (`dropped_occurrences`).
+    pub occurrences: u64,
+}
+
+impl VocabDropped {
+    /// From the vocab stage's metrics: `None` when it dropped nothing (or predates the limit).
+    fn from_metrics(metrics: &Value) -> Option<VocabDropped> {
+        let get = |key: &str| metrics.get(key).and_then(Value::as_u64);
+        let words = get("dropped_words")?;
+        (words > 0).then(|| VocabDropped {
+            kept: get("distinct_words").unwrap_or(0),
+            floor: get("dropped_word_floor").unwrap_or(0),
+            words,
+            occurrences: get("dropped_occurrences").unwrap_or(0),
+        })
+    }
 }
 
 /// One statistic of this run beside its reference.
@@ -409,7 +439,7 @@ impl ReportData {
                 .find(|s| s.name == name)
                 .and_then(|s| s.record.as_ref())
         };
-        let data_stats = data_stats(record_of("pairs"), record_of("mask"));
+        let data_stats = data_stats(record_of("vocab"), record_of("pairs"), record_of("mask"));
         let pretrain = match record_of("pretrain") {
             Some(r) => Some(read_pretrain(manifest.run_dir(), r, &mut warnings)?),
             None => None,
@@ -538,8 +568,12 @@ fn history_entries(history: Vec<HistoryRecord>, stages: &[StageEntry]) -> Vec<Hi
         .collect()
 }
 
-/// Builds the data statistics from the `pairs` and `mask` metrics.
-fn data_stats(pairs: Option<&StageRecord>, mask: Option<&StageRecord>) -> DataStats {
+/// Builds the data statistics from the `vocab`, `pairs` and `mask` metrics.
+fn data_stats(
+    vocab: Option<&StageRecord>,
+    pairs: Option<&StageRecord>,
+    mask: Option<&StageRecord>,
+) -> DataStats {
     let metric = |key: &str| {
         mask.and_then(|m| m.metrics.get(key))
             .and_then(Value::as_f64)
@@ -554,7 +588,7 @@ fn data_stats(pairs: Option<&StageRecord>, mask: Option<&StageRecord>) -> DataSt
         })
         .collect();
     let mut other = Vec::new();
-    for record in [pairs, mask].into_iter().flatten() {
+    for record in [vocab, pairs, mask].into_iter().flatten() {
         for (key, value) in flatten_scalars(&record.metrics) {
             let shown = record.stage == "mask"
                 && (key == "instances" || DATA_REFERENCES.iter().any(|r| r.key == key));
@@ -564,6 +598,7 @@ fn data_stats(pairs: Option<&StageRecord>, mask: Option<&StageRecord>) -> DataSt
         }
     }
     DataStats {
+        vocab_dropped: vocab.and_then(|v| VocabDropped::from_metrics(&v.metrics)),
         mask_present: mask.is_some(),
         instances: metric("instances"),
         compared,

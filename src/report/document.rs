@@ -356,6 +356,13 @@ fn data_section(data: &ReportData) -> Section {
         "Instances: {}. Reference: {DATA_REFERENCE_SOURCE}.",
         fmt_opt(stats.instances, 0)
     )));
+    if let Some(d) = &stats.vocab_dropped {
+        blocks.push(Block::Paragraph(format!(
+            "The vocabulary was trained on {} distinct words: {} word entries counted at most \
+             {} times ({} occurrences) were left out to stay within vocab.max_words.",
+            d.kept, d.words, d.floor, d.occurrences
+        )));
+    }
     let mut table = Table::new(&["Statistic", "This run", "Google's generator"]);
     for row in &stats.compared {
         table.row(vec![
@@ -371,7 +378,7 @@ fn data_section(data: &ReportData) -> Section {
             other.row(vec![k.clone(), v.clone()]);
         }
         blocks.push(Block::Details {
-            summary: "Other pairs and mask metrics".into(),
+            summary: "Other vocab, pairs and mask metrics".into(),
             open: false,
             blocks: vec![Block::Table(other)],
         });

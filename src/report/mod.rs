@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 pub use data::{
     flatten_scalars, parse_cpuinfo, parse_finetune, ArmResult, DataStatRow, DataStats,
     HistoryEntry, Machine, PretrainCurves, ReportData, RowValue, ShardGroup, StageEntry,
-    TaskResult, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
+    TaskResult, VocabDropped, METRICS_KIND, PIPELINE_STAGES, REPORT_STAGE,
 };
 pub use document::{build_document, glue_table, headline, Block, Chart, Document, Section, Table};
 pub use format::{as_percent, fmt_bytes, fmt_duration, fmt_time, MISSING, NOT_APPLICABLE, NOT_RUN};
