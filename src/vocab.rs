@@ -8,7 +8,9 @@
 //! ties break by those numbers, so every run picks other merges among equal counts and
 //! writes the tokens in another order. Here words are counted exactly (parallel partial
 //! counts, summed) and then sorted; alphabet cuts break count ties by character, and merge
-//! ties by the pair's ids, which now follow from that sorted order.
+//! ties by the pair's ids, which now follow from that sorted order. A corpus with more
+//! distinct words than `vocab.max_words` has its rarest words left out, in a way that
+//! depends on the text alone too ([`WordCounter`]).
 //!
 //! Steps, as in HF: (1) the special tokens; (2) the alphabet: every character of the
 //! normalized words, the `limit_alphabet` most frequent kept, in code-point order; (3) each
