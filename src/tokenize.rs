@@ -344,7 +344,7 @@ pub fn run_vocab(
             dropped_occurrences = dropped.occurrences,
             "the corpus has more distinct words than vocab.max_words: words counted at most \
              `floor` times were left out of the WordPiece training (raise vocab.max_words to \
-             keep more, at about 300 bytes a word)"
+             keep more, at about 280 bytes a word)"
         );
     }
     progress.start("training WordPiece", 0);

@@ -122,11 +122,15 @@ impl WordCounter {
             merge_counts(std::mem::take(&mut self.counts), piece)
         };
         if self.counts.len() > self.max_words {
+            // The lowest floor, above the last, that leaves at most `target` words: the
+            // (target + 1)-th largest count (every word counted more than it is among the
+            // `target` largest), found in one pass instead of one pass per floor.
             let target = self.max_words - self.max_words / 4;
-            while self.counts.len() > target {
-                self.dropped.floor += 1;
-                self.drop_at_or_below_floor();
-            }
+            let mut counts: Vec<u64> = self.counts.values().copied().collect();
+            let (_, &mut at_target, _) =
+                counts.select_nth_unstable_by_key(target, |&n| std::cmp::Reverse(n));
+            self.dropped.floor = at_target.max(self.dropped.floor + 1);
+            self.drop_at_or_below_floor();
         }
         Ok(())
     }
