@@ -3,8 +3,9 @@
 //! the words block by block as the `vocab` stage does, and prints per limit the words kept,
 //! the floor (words counted at most that often were left out), the share of the corpus's
 //! word occurrences left out, the tokens shared with the exact vocabulary, and tokens per
-//! word and [UNK] share on held-out text (its `<unk>` markers removed). (Peak memory per limit: run the stage itself
-//! under `/usr/bin/time -v`, docs/benchmarks.md.)
+//! word and [UNK] share on held-out text (its `<unk>` markers removed). Peak memory per
+//! limit: the stage itself under `/usr/bin/time` (docs/benchmarks.md, "The vocab stage's
+//! word limit").
 //!
 //!     cargo run --release --example vocab_word_limit -- HELD_OUT.txt 30000,60000,120000 \
 //!         ../shared/datasets/pretrain/{wikipedia_en,gutenberg,nltk}/*.txt

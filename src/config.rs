@@ -111,13 +111,11 @@ fn default_max_words() -> usize {
     MAX_WORDS
 }
 
-/// The default `vocab.max_words`: 500,000 distinct words. Training costs about 280 bytes a
-/// word kept (measured on the 233,505 words of the shared pre-training text: 33 MB while
-/// counting, 97 MB at the end of training), and a full counter keeps at most three quarters
-/// of its limit, so the stage should stay near 140 MB on any corpus (extrapolated: no
-/// corpus here has that many words); a limit of a sixteenth of the corpus's distinct words
-/// tokenized held-out text as well as all of them (docs/benchmarks.md, "The vocab stage's
-/// word limit").
+/// The default `vocab.max_words`: 500,000 distinct words. The stage's peak grows by about
+/// 250-280 bytes a word it trains on; on 899 MB of source code with 558,324 distinct words
+/// it peaked at 218 MB with every word and at 183 MB at this limit (406,199 words trained
+/// on), and a limit of a sixteenth of a corpus's distinct words tokenized held-out text as
+/// well as all of them (docs/benchmarks.md, "The vocab stage's word limit").
 pub const MAX_WORDS: usize = 500_000;
 
 /// `[pairs]`: `create_instances_from_document` of Google's create_pretraining_data.py.
