@@ -113,9 +113,9 @@ fn default_max_words() -> usize {
 
 /// The default `vocab.max_words`: 500,000 distinct words. The stage's peak grows by about
 /// 250-280 bytes a word it trains on; on 899 MB of source code with 558,324 distinct words
-/// it peaked at 218 MB with every word and at 183 MB at this limit (406,199 words trained
-/// on), and a limit of a sixteenth of a corpus's distinct words tokenized held-out text as
-/// well as all of them (docs/benchmarks.md, "The vocab stage's word limit").
+/// it peaked at 218 MB with every word and at 189-192 MB at this limit (406,199 words
+/// trained on), and a limit of a sixteenth of a corpus's distinct words tokenized held-out
+/// text as well as all of them (docs/benchmarks.md, "The vocab stage's word limit").
 pub const MAX_WORDS: usize = 500_000;
 
 /// `[pairs]`: `create_instances_from_document` of Google's create_pretraining_data.py.

@@ -718,9 +718,9 @@ fn pair_files(
                     total.add(summary);
                 }
                 // As the blocks before them hand back theirs (RELEASE_EVERY_BYTES): a group's
-                // members come at the end, and on 500 MB in 505 files (seven one-document
-                // blocks in three groups) pairs peaked in them at 67-81 MB, after each
-                // member's release at 73-78 MB, its peak no longer in the last second.
+                // members come at the end. On 500 MB in 505 files (seven one-document blocks
+                // in three groups), three interleaved runs each: 67-81 MB, two of the peaks in
+                // the last second (the groups); with this release 73-78 MB, one of them.
                 crate::allocator::release_free_memory();
             }
             Ok(total)

@@ -10,9 +10,12 @@ use bertline::config::parse_config;
 use bertline::corpus::corpus_blocks;
 use bertline::progress::NoProgress;
 use bertline::report::{render_markdown, ReportData, VocabDropped};
-use bertline::stage::{StageCtx, StageOptions};
+use bertline::stage::StageCtx;
 use bertline::tokenize::{count_corpus_words, run_vocab, train_wordpiece};
 use bertline::vocab::count_words;
+
+mod stages_common;
+use stages_common::open;
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -63,14 +66,16 @@ fn project(dir: &Path, max_words: Option<usize>) -> PathBuf {
     path
 }
 
-fn open(config: &Path) -> StageCtx {
-    StageCtx::open(StageOptions {
-        config: config.to_path_buf(),
-        profile: "default".into(),
-        force: false,
-        verify: false,
-    })
-    .unwrap()
+/// The vocab stage run on the shipped corpus with `max_words` (the default when `None`):
+/// the opened run and the stage's metrics.
+fn run_vocab_stage(dir: &Path, max_words: Option<usize>) -> (StageCtx, serde_json::Value) {
+    let ctx = open(&project(dir, max_words), "default", false);
+    let metrics = run_vocab(&ctx, &NoProgress)
+        .unwrap()
+        .record()
+        .metrics
+        .clone();
+    (ctx, metrics)
 }
 
 #[test]
@@ -78,13 +83,7 @@ fn the_vocab_stage_counts_exactly_at_the_default_limit() {
     let files = shipped_files();
     let exact = exact_counts(&files);
     let tmp = tempfile::tempdir().unwrap();
-    let config = project(tmp.path(), None);
-    let ctx = open(&config);
-    let metrics = run_vocab(&ctx, &NoProgress)
-        .unwrap()
-        .record()
-        .metrics
-        .clone();
+    let (ctx, metrics) = run_vocab_stage(tmp.path(), None);
     assert_eq!(metrics["distinct_words"], exact.len() as u64, "{metrics}");
     assert_eq!(metrics["dropped_words"], 0, "{metrics}");
     assert_eq!(metrics["dropped_word_floor"], 0, "{metrics}");
@@ -146,13 +145,7 @@ fn a_word_limit_below_the_corpus_keeps_the_frequent_words_and_accounts_for_the_r
 
     // The stage says what it dropped, and still writes a full vocabulary.
     let tmp = tempfile::tempdir().unwrap();
-    let config = project(tmp.path(), Some(limit));
-    let ctx = open(&config);
-    let metrics = run_vocab(&ctx, &NoProgress)
-        .unwrap()
-        .record()
-        .metrics
-        .clone();
+    let (ctx, metrics) = run_vocab_stage(tmp.path(), Some(limit));
     assert_eq!(metrics["distinct_words"], kept.len() as u64, "{metrics}");
     assert_eq!(metrics["dropped_word_floor"], dropped.floor, "{metrics}");
     assert_eq!(
